@@ -1,0 +1,58 @@
+"""VGG-19 layer names: the Caffe/NST names, their order, and the Keras aliases."""
+
+# (block, number of convolutions) for VGG-19, configuration "E".
+BLOCKS = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
+
+# Output channels of each block's convolutions.
+BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+
+CONV_LAYERS = tuple(f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1))
+
+
+def _execution_order():
+    order = []
+    for block, n in BLOCKS:
+        for i in range(1, n + 1):
+            order += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        order.append(f"pool{block}")
+    return tuple(order)
+
+
+# Every named activation, in the order the network computes them.
+LAYER_ORDER = _execution_order()
+
+# Keras' blockB_convI layers include the ReLU, so they are the relu activations.
+KERAS_ALIASES = {
+    **{f"block{b}_conv{i}": f"relu{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1)},
+    **{f"block{b}_pool": f"pool{b}" for b, _ in BLOCKS},
+}
+
+
+def conv_shape(name):
+    """Kernel shape (HWIO) of a convolution, e.g. conv1_1 -> (3, 3, 3, 64)."""
+    block, index = (int(part) for part in name[len("conv"):].split("_"))
+    out_channels = BLOCK_CHANNELS[block]
+    if index > 1:
+        in_channels = out_channels
+    elif block == 1:
+        in_channels = 3
+    else:
+        in_channels = BLOCK_CHANNELS[block - 1]
+    return (3, 3, in_channels, out_channels)
+
+
+def canonical_layer(name):
+    """The Caffe/NST name of a layer given by that name or its Keras alias."""
+    if name in LAYER_ORDER:
+        return name
+    if name in KERAS_ALIASES:
+        return KERAS_ALIASES[name]
+    raise ValueError(
+        f"unknown VGG-19 layer {name!r}: use conv/relu names such as relu4_2 or pool1 "
+        f"(Keras names such as block4_conv2 are accepted too)")
+
+
+def deepest_conv(layer_names):
+    """The last convolution the network must run to produce all of `layer_names`."""
+    deepest = max(LAYER_ORDER.index(canonical_layer(n)) for n in layer_names)
+    return [c for c in CONV_LAYERS if LAYER_ORDER.index(c) <= deepest][-1]

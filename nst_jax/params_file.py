@@ -1,0 +1,103 @@
+"""The project's one params file: VGG-19 kernels (HWIO) and biases, plus metadata, in one .npz.
+
+Only `weights_tools.convert` writes these from public releases; everything else only loads them.
+Loading needs neither the source file nor the converter.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from nst_jax.errors import WeightsFileError
+from nst_jax.layers import CONV_LAYERS, conv_shape
+from nst_jax.preprocess import CONVENTIONS
+
+FORMAT = "nst-jax-vgg19"
+FORMAT_VERSION = 1
+_METADATA_KEY = "__metadata__"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamsMetadata:
+    """What a params file says about itself.
+
+    Attributes:
+      preprocessing: "caffe" (BGR, 0..255 minus means) or "torch" (RGB [0,1], mean/std).
+      source_format: the public layout it came from, e.g. "keras-h5", "torchvision-pth".
+      source_file: the source file's name (no directory).
+      source_hash: "md5:<hex>" or "sha256:<hex>" of the source file.
+      layers: the convolutions stored, in network order.
+      synthetic: True for random weights made for tests and benchmarks (not for art).
+    """
+
+    preprocessing: str
+    source_format: str
+    source_file: str
+    source_hash: str
+    layers: tuple = CONV_LAYERS
+    synthetic: bool = False
+
+    def to_json(self):
+        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                           **dataclasses.asdict(self), "layers": list(self.layers)})
+
+
+def save_params(path, params, metadata):
+    """Write params ({"conv1_1": {"kernel", "bias"}, ...}) and metadata atomically to `path`."""
+    if metadata.preprocessing not in CONVENTIONS:
+        raise ValueError(f"preprocessing must be one of {CONVENTIONS}, not {metadata.preprocessing!r}")
+    arrays = {_METADATA_KEY: np.array(metadata.to_json())}
+    for layer in metadata.layers:
+        arrays[f"{layer}/kernel"] = np.asarray(params[layer]["kernel"], np.float32)
+        arrays[f"{layer}/bias"] = np.asarray(params[layer]["bias"], np.float32)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".params-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)  # a half-written file is never seen under the final name
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def load_params(path):
+    """Read a params file. Returns (params, ParamsMetadata); raises WeightsFileError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise WeightsFileError(f"{path}: no such params file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise WeightsFileError(
+            f"{path}: not an nst-jax params file ({error}); convert public weights with "
+            f"'python -m weights_tools.convert'") from None
+    if _METADATA_KEY not in contents:
+        raise WeightsFileError(f"{path}: not an nst-jax params file (no metadata); convert public "
+                               f"weights with 'python -m weights_tools.convert'")
+    raw = json.loads(str(contents.pop(_METADATA_KEY)))
+    if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        raise WeightsFileError(f"{path}: params format {raw.get('format')!r} version "
+                               f"{raw.get('format_version')!r}, expected {FORMAT!r} {FORMAT_VERSION}")
+    metadata = ParamsMetadata(
+        preprocessing=raw["preprocessing"], source_format=raw["source_format"],
+        source_file=raw["source_file"], source_hash=raw["source_hash"],
+        layers=tuple(raw["layers"]), synthetic=bool(raw.get("synthetic", False)))
+    params, problems = {}, []
+    for layer in metadata.layers:
+        kernel, bias = contents.get(f"{layer}/kernel"), contents.get(f"{layer}/bias")
+        expected = conv_shape(layer)
+        if kernel is None or bias is None:
+            problems.append(f"- {layer} missing")
+        elif kernel.shape != expected or bias.shape != expected[-1:]:
+            problems.append(f"{layer} kernel {kernel.shape} bias {bias.shape}, expected "
+                            f"{expected} and {expected[-1:]}")
+        else:
+            params[layer] = {"kernel": kernel, "bias": bias}
+    if problems:
+        raise WeightsFileError(f"{path}: damaged params file: {'; '.join(problems)}")
+    return params, metadata
