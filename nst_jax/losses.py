@@ -1,0 +1,181 @@
+"""The terms of neural style transfer as pure functions of arrays (jit, vmap and grad friendly).
+
+Every reference system weighs and normalizes the terms differently (docs/PEERS.md, "Loss
+conventions"); the string options below express each of them exactly, so a preset only names them.
+
+Features are the VGG activation of ONE image, (1, H, W, C) or (H, W, C). A batch is handled outside
+with `jax.vmap`, so a leading axis other than 1 is an error rather than something summed over.
+Sums run in at least float32: bfloat16 features are cast before any arithmetic.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+GRAM_NORMALIZATIONS = ("raw", "hw", "chw")
+CONTENT_REDUCTIONS = ("sum", "mean", "half_sum")
+STYLE_REDUCTIONS = ("gatys", "mse", "sum", "keras_example")
+TV_KINDS = ("l1", "l2", "power")
+
+# fchollet's Keras example divides by 4·channels²·size² with channels = 3 fixed, whatever the layer.
+KERAS_EXAMPLE_CHANNELS = 3
+
+
+def _check_option(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, not {value!r}")
+
+
+def _at_least_float32(array):
+    """Cast to float32, or keep float64 (x64 tests); bfloat16 sums lose too many digits."""
+    array = jnp.asarray(array)
+    return array.astype(jnp.promote_types(array.dtype, jnp.float32))
+
+
+def _single_image(array, name):
+    """(1, H, W, C) or (H, W, C) -> (H, W, C), at least float32."""
+    array = jnp.asarray(array)
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ValueError(
+                f"{name} has shape {array.shape}, a batch of {array.shape[0]}: losses take one "
+                f"image, (1, H, W, C) or (H, W, C); map over a batch with jax.vmap")
+        array = array[0]
+    elif array.ndim != 3:
+        raise ValueError(f"{name} must have shape (1, H, W, C) or (H, W, C), got {array.shape}")
+    return _at_least_float32(array)
+
+
+def _gram_of_image(image, normalization):
+    height, width, channels = image.shape
+    matrix = image.reshape(height * width, channels)
+    # HIGHEST: accelerators default to bfloat16 passes, and a Gram entry sums H·W products.
+    product = jnp.matmul(matrix.T, matrix, precision=jax.lax.Precision.HIGHEST)
+    divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[normalization]
+    return product / divisor if divisor != 1 else product
+
+
+def gram(features, normalization="raw"):
+    """Gram matrix G = Fᵀ F of one image's features, F being them reshaped to (H·W, C).
+
+    Args:
+      features: (1, H, W, C) or (H, W, C).
+      normalization: "raw" (G, the paper), "hw" (G / (H·W), TF tutorial) or "chw"
+        (G / (C·H·W), neural-style and the PyTorch tutorial).
+
+    Returns:
+      (C, C), float32 (float64 if the features are).
+    """
+    _check_option("normalization", normalization, GRAM_NORMALIZATIONS)
+    return _gram_of_image(_single_image(features, "features"), normalization)
+
+
+def content_loss(features, target, reduction="half_sum"):
+    """Distance between an image's features and the content target at one layer.
+
+    Args:
+      features, target: (1, H, W, C) or (H, W, C), the same (H, W, C).
+      reduction: "sum" Σ(F−P)² (thesis, Sandahl, Keras example), "mean" mean (F−P)² (MSE:
+        neural-style, TF and PyTorch tutorials) or "half_sum" ½·Σ(F−P)² (Gatys et al.).
+    """
+    _check_option("reduction", reduction, CONTENT_REDUCTIONS)
+    image = _single_image(features, "features")
+    goal = _single_image(target, "target")
+    if image.shape != goal.shape:
+        raise ValueError(f"features have shape {jnp.shape(features)} but the content target has "
+                         f"shape {jnp.shape(target)}")
+    squared = jnp.square(image - goal)
+    if reduction == "mean":
+        return jnp.mean(squared)
+    total = jnp.sum(squared)
+    return 0.5 * total if reduction == "half_sum" else total
+
+
+def style_layer_loss(features, target_gram, *, gram_normalization="raw", reduction="gatys",
+                     image_positions=None):
+    """Distance between the Gram matrix of an image's features and a style target at one layer.
+
+    With G = gram(features, gram_normalization), A = target_gram, N = C channels and M = H·W
+    positions of this layer:
+      "gatys"          Σ(G−A)² / (4 N² M²), the paper's E_l.
+      "mse"            mean (G−A)² (neural-style, TF and PyTorch tutorials).
+      "sum"            Σ(G−A)² (McCafferty's thesis).
+      "keras_example"  Σ(G−A)² / (4 · 3² · P²), P = `image_positions`. fchollet's Keras example
+                       divides by `channels = 3` and `size = img_nrows * img_ncols`, the channels
+                       and pixel count of the IMAGE, not of the layer, so every layer gets the
+                       same divisor. Reproducing that example needs P = the content image's H·W.
+
+    Args:
+      features: (1, H, W, C) or (H, W, C).
+      target_gram: (C, C), made by `gram` with the same normalization.
+      image_positions: required by "keras_example" (an int, or an array under vmap); ignored by
+        the other reductions so a caller may pass it always.
+    """
+    _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
+    _check_option("reduction", reduction, STYLE_REDUCTIONS)
+    if reduction == "keras_example" and image_positions is None:
+        raise ValueError("reduction='keras_example' needs image_positions, the content image's H·W")
+    image = _single_image(features, "features")
+    image_gram = _gram_of_image(image, gram_normalization)
+    target = _at_least_float32(target_gram)
+    if target.shape != image_gram.shape:
+        raise ValueError(f"target_gram has shape {target.shape} but features of shape "
+                         f"{jnp.shape(features)} give a Gram matrix of shape {image_gram.shape}")
+    difference = image_gram - target
+    if reduction == "mse":
+        return jnp.mean(jnp.square(difference))
+    if reduction == "sum":
+        return jnp.sum(jnp.square(difference))
+    # Divide before squaring (Σ(d/2NM)² == Σd²/4N²M²): raw Grams of large images are big enough
+    # that their squares summed would come close to float32's range.
+    if reduction == "gatys":
+        height, width, channels = image.shape
+        scale = 2.0 * channels * height * width
+    else:
+        # An array, so an int32 image_positions under vmap cannot overflow when squared.
+        scale = 2.0 * KERAS_EXAMPLE_CHANNELS * jnp.asarray(image_positions, difference.dtype)
+    return jnp.sum(jnp.square(difference / scale))
+
+
+def total_variation(image, kind="l2", beta=2.5):
+    """Total variation of one image, (1, H, W, C) or (H, W, C), summed over channels.
+
+    With Δh = x[1:, :] − x[:-1, :] and Δw = x[:, 1:] − x[:, :-1]:
+      "l1"     Σ|Δh| + Σ|Δw| over their full ranges (tf.image.total_variation, neural-style-pt).
+      "l2"     ½·Σ(Δh² + Δw²) over the common (H−1)×(W−1) grid anchored at the top left: the
+               loss whose gradient jcjohnson/neural-style's TVLoss writes by hand (it defines no
+               loss value of its own).
+      "power"  Σ(Δh² + Δw²)^(β/2) over the same grid (Keras example, Sandahl et al., β = 2.5).
+               Its gradient is 0, not NaN, where both differences are 0, as long as β ≥ 2.
+    """
+    _check_option("kind", kind, TV_KINDS)
+    pixels = _single_image(image, "image")
+    down = pixels[1:, :] - pixels[:-1, :]
+    right = pixels[:, 1:] - pixels[:, :-1]
+    if kind == "l1":
+        return jnp.sum(jnp.abs(down)) + jnp.sum(jnp.abs(right))
+    # Both differences taken at the same pixel (i, j), i < H−1 and j < W−1.
+    squared = jnp.square(down[:, :-1]) + jnp.square(right[:-1, :])
+    if kind == "l2":
+        return 0.5 * jnp.sum(squared)
+    return jnp.sum(jnp.power(squared, beta / 2))
+
+
+def weighted_sum(terms, weights):
+    """Σ weight · term, pairing mappings by key (e.g. layer name) or sequences by position."""
+    if isinstance(terms, Mapping) != isinstance(weights, Mapping):
+        raise ValueError("terms and weights must both be mappings or both be sequences")
+    if isinstance(terms, Mapping):
+        if set(terms) != set(weights):
+            raise ValueError(
+                f"terms have keys {sorted(terms)} but weights have keys {sorted(weights)}")
+        pairs = [(terms[key], weights[key]) for key in terms]
+    else:
+        if len(terms) != len(weights):
+            raise ValueError(f"{len(terms)} terms but {len(weights)} weights")
+        pairs = list(zip(terms, weights))
+    total = jnp.zeros((), jnp.float32)
+    for term, weight in pairs:
+        total = total + weight * _at_least_float32(term)
+    return total
