@@ -1,0 +1,151 @@
+"""VGG-19's shape: parameter count, truncation at the deepest layer, layer names, params files."""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import nst_jax
+from nst_jax.errors import WeightsFileError
+from nst_jax.params_file import ParamsMetadata, load_params, save_params
+from weights_tools.synthetic import synthetic_params
+
+IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
+
+
+@pytest.fixture(scope="module")
+def params(synthetic_params_path):
+    loaded, _ = load_params(synthetic_params_path)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def vgg_input():
+    """A small real photo, preprocessed for Caffe-convention weights: (1, 48, 64, 3)."""
+    with Image.open(IMAGES / "starry_night.jpg") as image:
+        rgb = np.asarray(image.convert("RGB").resize((64, 48), Image.BICUBIC), np.float32) / 255.0
+    return nst_jax.preprocess(rgb[None], "caffe")
+
+
+def count_primitive(jaxpr, primitive):
+    """Occurrences of `primitive` in a jaxpr and, recursively, in every sub-jaxpr (pjit, scan, ...)."""
+    total = 0
+    for equation in jaxpr.eqns:
+        total += equation.primitive.name == primitive
+        for value in equation.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "eqns"):  # a Jaxpr
+                    total += count_primitive(sub, primitive)
+                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):  # a ClosedJaxpr
+                    total += count_primitive(sub.jaxpr, primitive)
+    return total
+
+
+def test_parameter_count_is_vgg19s(params):
+    # WEIGHTS.md: 20,024,384 parameters in the convolutional part (80,097,536 bytes of float32).
+    sizes = [array.size for layer in params.values() for array in layer.values()]
+    assert len(params) == 16
+    assert sum(sizes) == 20_024_384
+    assert sum(array.nbytes for layer in params.values() for array in layer.values()) == 80_097_536
+
+
+@pytest.mark.parametrize("layer, convolutions", [("relu2_1", 3), ("conv2_1", 3), ("relu4_2", 10),
+                                                 ("block4_conv2", 10), ("pool5", 16)])
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_network_stops_at_the_deepest_layer_asked_for(params, vgg_input, layer, convolutions, jitted):
+    def extract(params, image):
+        return nst_jax.features(params, image, [layer])
+
+    # Under jit every convolution sits in the jit equation's sub-jaxpr: counted all the same.
+    jaxpr = jax.make_jaxpr(jax.jit(extract) if jitted else extract)(params, vgg_input)
+    assert count_primitive(jaxpr.jaxpr, "conv_general_dilated") == convolutions
+
+
+def test_later_layers_params_may_be_absent(params, vgg_input):
+    first_three = {name: params[name] for name in ("conv1_1", "conv1_2", "conv2_1")}
+    truncated = nst_jax.features(first_three, vgg_input, ["relu2_1"])
+    full = nst_jax.features(params, vgg_input, ["relu2_1", "relu5_1"])
+    np.testing.assert_array_equal(np.asarray(truncated["relu2_1"]), np.asarray(full["relu2_1"]))
+
+
+def test_keras_names_are_aliases(params, vgg_input):
+    by_alias = nst_jax.features(params, vgg_input, ["block4_conv2", "block1_pool"])
+    by_name = nst_jax.features(params, vgg_input, ["relu4_2", "pool1"])
+    assert sorted(by_alias) == ["pool1", "relu4_2"]
+    for layer in by_name:
+        np.testing.assert_array_equal(np.asarray(by_alias[layer]), np.asarray(by_name[layer]))
+    assert nst_jax.canonical_layer("block4_conv2") == "relu4_2"
+    assert nst_jax.canonical_layer("block1_pool") == "pool1"
+    assert nst_jax.canonical_layer("conv4_2") == "conv4_2"
+
+
+@pytest.mark.parametrize("unknown", ["relu9_9", "block6_conv1", "fc6"])
+def test_unknown_layer_is_refused_by_name(params, vgg_input, unknown):
+    with pytest.raises(ValueError, match=unknown):
+        nst_jax.features(params, vgg_input, ["relu1_1", unknown])
+
+
+def test_conv_is_before_relu(params, vgg_input):
+    activations = nst_jax.features(params, vgg_input, ["conv4_2", "relu4_2"])
+    conv, relu = np.asarray(activations["conv4_2"]), np.asarray(activations["relu4_2"])
+    assert (conv < 0).any() and (conv > 0).any()
+    # Written from the definition of ReLU with numpy: exact, not approximate.
+    np.testing.assert_array_equal(relu, np.maximum(conv, 0.0))
+
+
+# ---------------------------------------------------------------- the params file
+
+
+METADATA = ParamsMetadata(preprocessing="torch", source_format="torchvision-pth",
+                          source_file="vgg19-dcbb9e9d.pth", source_hash="sha256:" + "ab" * 32,
+                          synthetic=True)
+
+
+def test_params_file_round_trip(tmp_path):
+    written = synthetic_params(seed=3)
+    path = tmp_path / "params.npz"
+    save_params(path, written, METADATA)
+    started = time.perf_counter()
+    loaded, metadata = load_params(path)
+    print(f"load_params: {time.perf_counter() - started:.3f} s for 80 MB")  # informative, not asserted
+    assert metadata == METADATA
+    assert sorted(loaded) == sorted(written)
+    for layer, arrays in written.items():
+        assert loaded[layer]["kernel"].dtype == np.float32
+        np.testing.assert_array_equal(loaded[layer]["kernel"], arrays["kernel"])
+        np.testing.assert_array_equal(loaded[layer]["bias"], arrays["bias"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.npz"]  # no temporary file left
+
+
+def test_random_bytes_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "random.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(WeightsFileError, match="random.npz"):
+        load_params(path)
+
+
+def test_npz_without_metadata_is_refused(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, **{f"{layer}/{kind}": array for layer, arrays in synthetic_params().items()
+                      for kind, array in arrays.items()})
+    with pytest.raises(WeightsFileError, match="plain.npz.*metadata"):
+        load_params(path)
+
+
+def test_wrong_shape_is_refused_naming_file_and_layer(tmp_path):
+    damaged = synthetic_params()
+    damaged["conv3_2"] = {"kernel": np.zeros((3, 3, 128, 256), np.float32),
+                          "bias": damaged["conv3_2"]["bias"]}
+    path = tmp_path / "damaged.npz"
+    save_params(path, damaged, dataclasses.replace(METADATA, preprocessing="caffe"))
+    with pytest.raises(WeightsFileError, match=r"damaged.npz.*conv3_2.*\(3, 3, 128, 256\)"):
+        load_params(path)
+
+
+def test_missing_file_is_refused_naming_it(tmp_path):
+    with pytest.raises(WeightsFileError, match="absent.npz"):
+        load_params(tmp_path / "absent.npz")
