@@ -59,10 +59,17 @@ def save_params(path, params, metadata):
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **arrays)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a params file is shareable
         os.replace(temporary, path)  # a half-written file is never seen under the final name
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def _umask():
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def load_params(path):

@@ -22,21 +22,20 @@ from pathlib import Path
 
 from nst_jax.errors import UserInputError, WeightsFileError
 from weights_tools.hashing import file_digest
+from weights_tools.layouts import KNOWN_FILES
 
-# Keras Applications' no-top VGG-19 (Caffe-derived Oxford weights); facts from WEIGHTS.md.
-DEFAULT_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
-               "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
-DEFAULT_MD5 = "253f8cb515780f3b799900260a226db6"
-DEFAULT_FILE_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# Keras Applications' no-top VGG-19 (Caffe-derived Oxford weights): the first known file.
+_DEFAULT = KNOWN_FILES[0]
+DEFAULT_URL = _DEFAULT.url
+DEFAULT_MD5 = _DEFAULT.digest
+DEFAULT_FILE_NAME = _DEFAULT.name
 # The converted default weights, named for their preprocessing convention. Keyed on the file
 # name, not the URL, so a download from a mirror fills the same cache entry.
 DEFAULT_PARAMS_NAME = "vgg19_caffe.npz"
 
-# Checksums of public files known by name, so a mirror (--url) is verified without --md5.
-KNOWN_CHECKSUMS = {
-    DEFAULT_FILE_NAME: DEFAULT_MD5,
-    "vgg19_weights_tf_dim_ordering_tf_kernels.h5": "cbe5617147190e668d6c5d5026f83318",
-}
+# Full checksums of public files known by name, so a mirror (--url) is verified without --md5
+# (torch hub's 8-digit prefixes cannot verify a download, so they are left out).
+KNOWN_CHECKSUMS = {known.name: known.digest for known in KNOWN_FILES if len(known.digest) in (32, 64)}
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
