@@ -1,0 +1,394 @@
+"""Image files <-> float32 RGB arrays (H, W, 3) in [0, 1]: loading, resizing, atomic saving.
+
+Everything between loading and saving works on those arrays; this module owns the files.
+"""
+
+import contextlib
+import io
+import os
+import secrets
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from nst_jax.errors import UserInputError
+
+# Smaller images carry no usable content or style, and VGG's pooling leaves nothing of them.
+MIN_SIDE = 8
+
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+                  ".tif": "TIFF", ".tiff": "TIFF"}
+
+RESAMPLING = Image.Resampling.LANCZOS
+
+_SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+# Pillow has no 16-bit colour mode: it decodes 16-bit RGB(A) samples to 8 bits by keeping the most
+# significant byte. Decoding the same data once more as the opposite byte order keeps the least
+# significant byte instead (the row and filter arithmetic is the same for both), and the two bytes
+# together are the full sample. Only for decoders where the tile's raw mode is all that differs.
+_OTHER_BYTE_ORDER = {"RGB;16B": "RGB;16L", "RGB;16L": "RGB;16B",
+                     "RGBA;16B": "RGBA;16L", "RGBA;16L": "RGBA;16B"}
+_BYTE_ORDER_DECODERS = ("zip", "raw")  # PNG, uncompressed TIFF
+
+
+def load_image(path, long_side=None):
+    """Read an image file as float32 RGB (H, W, 3) in [0, 1].
+
+    Args:
+      path: any image Pillow reads; the first frame of an animation; turned upright per EXIF;
+        transparency composited over white; colour-managed to sRGB when it carries an ICC profile.
+      long_side: if given, resize (Lanczos) so the longer side has this many pixels.
+
+    Raises:
+      UserInputError naming `path` when the file is missing, unreadable, damaged or too small.
+    """
+    if long_side is not None and long_side < 1:
+        raise ValueError(f"long_side must be a positive number of pixels, not {long_side!r}")
+    rgb = _read_rgb(path)
+    _check_size(path, rgb.shape, "is")
+    if long_side is not None:
+        rgb = resize_long_side(rgb, long_side)
+        _check_size(path, rgb.shape, f"resized to a long side of {long_side} px is")
+    return rgb
+
+
+def resize_to(rgb, height, width):
+    """Resize (H, W, C) float pixels to (height, width, C): Lanczos, antialiased when shrinking.
+
+    The filter runs in float32 (Pillow "F" images, one per channel), so no precision is lost to
+    8 bits; the result is clipped to [0, 1] because Lanczos overshoots at sharp edges.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"cannot resize to {height}x{width} pixels")
+    pixels = np.asarray(rgb, np.float32)
+    if pixels.ndim != 3:
+        raise ValueError(f"image must have shape (H, W, C), got {pixels.shape}")
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., channel]))
+                   .resize((width, height), RESAMPLING))
+        for channel in range(pixels.shape[-1])]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+
+
+def resize_long_side(rgb, long_side):
+    """Resize so the longer side is `long_side` px, keeping the aspect ratio (short side >= 1 px)."""
+    height, width = np.shape(rgb)[:2]
+    if height >= width:
+        return resize_to(rgb, long_side, _scaled_side(width, height, long_side))
+    return resize_to(rgb, _scaled_side(height, width, long_side), long_side)
+
+
+def check_output_path(path):
+    """Fail in the first second, not after a long run, if `path` cannot receive an output image."""
+    _output_format(path)
+    if os.path.isdir(path):
+        raise UserInputError(f"{path}: is a directory; name an output file such as "
+                             f"{os.path.join(path, 'out.png')}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise UserInputError(f"{path}: cannot write there: {directory} {problem}")
+    temporary, descriptor = _create_beside(path)
+    os.close(descriptor)
+    os.unlink(temporary)
+
+
+def save_image(path, rgb, metadata=None):
+    """Write float RGB (H, W, 3) to `path`, clipped to [0, 1]; the format follows the extension.
+
+    PNG: 8 bits, with `metadata` ({str: str}) as text chunks, readable with `read_png_metadata`.
+    JPEG: quality 95, no chroma subsampling. WebP: quality 95. TIFF: 16 bits per channel.
+    Metadata is written to PNG only. The file appears complete or not at all: it is written
+    beside `path` under a temporary name and renamed; on any failure the temporary is removed.
+    """
+    file_format = _output_format(path)
+    pixels = np.asarray(rgb, np.float32)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{path}: the image contains NaN or infinite values; nothing written")
+    metadata = dict(metadata or {})
+    if file_format == "PNG":
+        _check_png_metadata(metadata)
+    pixels = np.clip(pixels, 0.0, 1.0)
+    temporary, descriptor = _create_beside(path)
+    finished = False
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            _ENCODERS[file_format](stream, pixels, metadata)
+        os.replace(temporary, path)  # a half-written file is never seen under the final name
+        finished = True
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot write the image ({_reason(error)})") from None
+    finally:
+        if not finished:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+
+def read_png_metadata(path):
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG file, as {key: value}."""
+    with _reading(path), Image.open(path) as image:
+        if image.format != "PNG":
+            raise UserInputError(f"{path}: not a PNG file (it is {image.format}), so it has no "
+                                 f"PNG metadata")
+        return {key: str(value) for key, value in image.text.items()}
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _reading(path):
+    """Turn every way opening or decoding `path` can fail into a one-line UserInputError."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except UserInputError:  # already says what is wrong (and is a ValueError, caught below)
+        raise
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{path}: is a directory, not an image file") from None
+    except PermissionError:
+        raise UserInputError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise UserInputError(f"{path}: not a readable image (another kind of file, an unsupported "
+                             f"format or a damaged header); use PNG, JPEG, WebP, TIFF, BMP or "
+                             f"GIF") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise UserInputError(f"{path}: too large to load safely ({_one_line(error)}); shrink "
+                             f"it first") from None
+    # What Pillow's decoders raise on damaged data (a truncated JPEG is an OSError).
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error) as error:
+        raise UserInputError(f"{path}: damaged or unreadable image ({_one_line(error)})") from None
+
+
+def _decoded(path, rawmode=None):
+    """(first frame fully decoded and turned upright per EXIF, the raw mode of its pixel data).
+
+    rawmode: decode the pixel data as this raw mode instead of the file's own.
+    """
+    with Image.open(path) as image:
+        file_rawmode = _tile_rawmode(image)
+        if rawmode is not None:
+            image.tile = [_with_rawmode(tile, rawmode) for tile in image.tile]
+        # A full decode now, so a truncated file fails here (LOAD_TRUNCATED_IMAGES stays False).
+        image.load()
+        return ImageOps.exif_transpose(image), file_rawmode
+
+
+def _tile_rawmode(image):
+    """The raw mode of a not-yet-decoded image's pixel data, when one decoder reads it all."""
+    if len(image.tile) != 1 or image.tile[0][0] not in _BYTE_ORDER_DECODERS:
+        return None
+    args = image.tile[0][3]  # the raw mode alone (PNG), or a tuple that starts with it (TIFF)
+    if isinstance(args, tuple) and args:
+        return args[0]
+    return args if isinstance(args, str) else None
+
+
+def _with_rawmode(tile, rawmode):
+    decoder, extents, offset, args = tile
+    args = rawmode if isinstance(args, str) else (rawmode, *args[1:])
+    return (decoder, extents, offset, args)
+
+
+def _read_rgb(path):
+    with _reading(path):
+        image, rawmode = _decoded(path)
+        foreign_profile = _foreign_profile(image)
+        sixteen_bit = (rawmode in _OTHER_BYTE_ORDER and foreign_profile is None
+                       and "transparency" not in image.info)
+        if sixteen_bit:
+            low_bytes, _ = _decoded(path, _OTHER_BYTE_ORDER[rawmode])
+    if sixteen_bit:
+        samples = np.asarray(image).astype(np.uint16) * 256 + np.asarray(low_bytes)
+        return _over_white(samples.astype(np.float32) / 65535.0)
+    return _to_rgb(path, image, foreign_profile)
+
+
+def _to_rgb(path, image, foreign_profile):
+    """A decoded Pillow image of any mode -> float32 RGB in [0, 1], alpha composited over white."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_GRAY_MODES or mode == "I":
+        # Pillow reads 16-bit grayscale as I;16 or I, with samples 0..65535.
+        return _gray_to_rgb(np.asarray(image).astype(np.float32) / 65535.0)
+    if mode == "F":
+        return _gray_to_rgb(np.asarray(image, np.float32))  # float files store [0, 1]
+    if foreign_profile is not None:
+        converted = _to_srgb(image, foreign_profile)
+        if converted is not None:
+            image = converted
+    try:
+        if mode in _ALPHA_MODES or "transparency" in image.info:
+            return _over_white(np.asarray(image.convert("RGBA"), np.float32) / 255.0)
+        # Pillow's own conversions: palette, 1-bit, YCbCr, and CMYK (Adobe's inverted CMYK
+        # JPEGs are already un-inverted by Pillow's decoder).
+        return np.asarray(image.convert("RGB"), np.float32) / 255.0
+    except ValueError:
+        raise UserInputError(f"{path}: unsupported pixel format {mode!r}") from None
+
+
+def _gray_to_rgb(gray):
+    return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=-1)
+
+
+def _over_white(pixels):
+    """RGB, or RGBA composited over white: transparent areas have no defined colour (often black
+    or leftover pixels), and white is how most viewers show them."""
+    if pixels.shape[-1] == 3:
+        return pixels
+    alpha = pixels[..., 3:]
+    return pixels[..., :3] * alpha + (1.0 - alpha)
+
+
+def _foreign_profile(image):
+    """The embedded ICC profile when pixels need converting to sRGB with it, else None.
+
+    None when there is no profile, when it is unreadable (Pillow's plain conversion is used
+    then), or when it maps colours as sRGB does (the common case: no conversion, no rounding,
+    and 16-bit samples keep their precision).
+    """
+    embedded = image.info.get("icc_profile")
+    if not embedded or image.mode not in ("RGB", "CMYK"):  # alpha and gray profiles: ignored
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(embedded))
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+    if image.mode == "RGB" and _acts_as_srgb(profile):
+        return None
+    return profile
+
+
+def _acts_as_srgb(profile):
+    """Whether converting with `profile` to sRGB leaves a cube of test colours within one level.
+
+    Judged by what the profile does, not by its name, which may say sRGB and mean otherwise.
+    """
+    levels = np.linspace(0, 255, 6).astype(np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(36, 6, 3)
+    converted = _to_srgb(Image.fromarray(cube), profile)
+    if converted is None:
+        return True  # unusable profile: Pillow's plain reading, as if it were sRGB
+    return np.abs(np.asarray(converted, np.int16) - cube).max() <= 1
+
+
+def _to_srgb(image, profile):
+    """Convert RGB or CMYK pixels with their embedded profile to sRGB; None if LittleCMS can't."""
+    try:
+        return ImageCms.profileToProfile(image, profile, ImageCms.createProfile("sRGB"),
+                                         outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+
+
+def _check_size(path, shape, what):
+    height, width = shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise UserInputError(f"{path}: image {what} {width}x{height} pixels; both sides must be at "
+                             f"least {MIN_SIDE} px")
+
+
+def _scaled_side(side, long_side_before, long_side_after):
+    """side * long_side_after / long_side_before, rounded half up, at least 1."""
+    return max(1, (2 * side * long_side_after + long_side_before) // (2 * long_side_before))
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def _output_format(path):
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension not in OUTPUT_FORMATS:
+        raise UserInputError(f"{path}: unsupported output format {extension or '(no extension)'}; "
+                             f"use {', '.join(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[extension]
+
+
+def _create_beside(path):
+    """Create a new hidden temporary file in `path`'s directory: (its path, an open descriptor)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    # Mode 0o666 less the umask: the output gets the permissions any new file gets (mkstemp's
+    # would be 0o600, unreadable to other users).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        return temporary, os.open(temporary, flags, 0o666)
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot write in {directory} ({_reason(error)})") from None
+
+
+def _check_png_metadata(metadata):
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"PNG metadata must map str to str, got {key!r}: {type(value).__name__}")
+        # PNG text keywords: 1 to 79 Latin-1 characters (values may be any Unicode, via iTXt).
+        if not 1 <= len(key) <= 79 or not all(ord(char) < 256 for char in key):
+            raise ValueError(f"PNG metadata key {key!r} must be 1 to 79 Latin-1 characters")
+
+
+def _eight_bit_image(pixels):
+    return Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8))
+
+
+def _encode_png(stream, pixels, metadata):
+    chunks = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        chunks.add_text(key, value)  # tEXt, or iTXt when the value is not Latin-1
+    _eight_bit_image(pixels).save(stream, format="PNG", pnginfo=chunks)
+
+
+def _encode_jpeg(stream, pixels, metadata):
+    _eight_bit_image(pixels).save(stream, format="JPEG", quality=95, subsampling="4:4:4")
+
+
+def _encode_webp(stream, pixels, metadata):
+    _eight_bit_image(pixels).save(stream, format="WEBP", quality=95)
+
+
+def _encode_tiff(stream, pixels, metadata):
+    """A baseline TIFF, 16-bit RGB, uncompressed, little-endian, one strip.
+
+    Written by hand because Pillow has no 16-bit RGB mode to save from.
+    """
+    height, width, _ = pixels.shape
+    samples = np.floor(pixels * 65535.0 + 0.5).astype("<u2").tobytes()
+    short, long = 3, 4  # TIFF field types
+    entry_count = 10
+    bits_offset = 8 + 2 + 12 * entry_count + 4  # after the header and the directory
+    data_offset = bits_offset + 6
+    entries = [  # (tag, type, count, value or offset), in ascending tag order as TIFF requires
+        (256, long, 1, width), (257, long, 1, height),
+        (258, short, 3, bits_offset),  # BitsPerSample: 16, 16, 16, stored after the directory
+        (259, short, 1, 1),  # no compression
+        (262, short, 1, 2),  # photometric interpretation: RGB
+        (273, long, 1, data_offset), (277, short, 1, 3), (278, long, 1, height),
+        (279, long, 1, len(samples)),
+        (284, short, 1, 1)]  # samples interleaved RGBRGB...
+    stream.write(b"II*\0" + struct.pack("<I", 8))
+    stream.write(struct.pack("<H", len(entries)))
+    for tag, field_type, count, value in entries:
+        # A single SHORT sits left-justified in the 4-byte value field.
+        value_field = (struct.pack("<HH", value, 0) if field_type == short and count == 1
+                       else struct.pack("<I", value))
+        stream.write(struct.pack("<HHI", tag, field_type, count) + value_field)
+    stream.write(struct.pack("<I", 0))  # no further directories
+    stream.write(struct.pack("<3H", 16, 16, 16))
+    stream.write(samples)
+
+
+_ENCODERS = {"PNG": _encode_png, "JPEG": _encode_jpeg, "WEBP": _encode_webp, "TIFF": _encode_tiff}
+
+
+def _reason(error):
+    return error.strerror or _one_line(error)
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
