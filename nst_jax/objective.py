@@ -1,0 +1,120 @@
+"""The style-transfer objective: pure functions of (pixels, params, targets, loss weights).
+
+    loss(x) = α·Σ_l c_l·content_l(x) + β·Σ_l w_l·style_l(x) + γ·tv(x)
+
+Targets (content features, blended style Gram matrices) are computed once, outside the
+optimization loop, and passed in as arrays; so are α, β, γ, which lets one compiled loop serve
+many weight settings at once under jax.vmap.
+"""
+
+import dataclasses
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax import losses
+from nst_jax.layers import LAYER_ORDER, canonical_layer
+from nst_jax.preprocess import preprocess
+from nst_jax.settings import layer_weights
+from nst_jax.vgg import features
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The static (hashable) part of the loss: which layers, which normalizations, which network."""
+
+    convention: str
+    content_layers: Tuple[str, ...]
+    content_layer_weights: Tuple[float, ...]
+    style_layers: Tuple[str, ...]
+    style_layer_weights: Tuple[float, ...]
+    pooling: str = "max"
+    compute_dtype: str = "float32"
+    content_loss: str = "mean"
+    gram_normalization: str = "chw"
+    style_loss: str = "mse"
+    tv_loss: str = "l2"
+    tv_beta: float = 2.5
+    pixel_range: float = 255.0
+
+    @classmethod
+    def from_settings(cls, settings, convention):
+        content = tuple(canonical_layer(n) for n in settings.content_layers)
+        style = tuple(canonical_layer(n) for n in settings.style_layers)
+        return cls(
+            convention=convention, content_layers=content,
+            content_layer_weights=layer_weights(content, settings.content_layer_weights),
+            style_layers=style, style_layer_weights=layer_weights(style, settings.style_layer_weights),
+            pooling=settings.pooling, compute_dtype=settings.compute_dtype,
+            content_loss=settings.content_loss, gram_normalization=settings.gram_normalization,
+            style_loss=settings.style_loss, tv_loss=settings.tv_loss, tv_beta=settings.tv_beta,
+            pixel_range=settings.pixel_range)
+
+    @property
+    def layers(self):
+        """Every layer the loss reads, in network order (the network stops at the last one)."""
+        return tuple(sorted(set(self.content_layers + self.style_layers), key=LAYER_ORDER.index))
+
+
+def loss_weights(content_weight, style_weight, tv_weight):
+    """α, β, γ as float32 arrays (a pytree, so a batch of settings is a batch of arrays)."""
+    return {"content": jnp.float32(content_weight), "style": jnp.float32(style_weight),
+            "tv": jnp.float32(tv_weight)}
+
+
+def vgg_features(objective, params, pixels, layers=None):
+    """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]."""
+    rgb = pixels / objective.pixel_range
+    if rgb.shape[-1] == 1:  # luminance-only transfer feeds the gray image to all three channels
+        rgb = jnp.broadcast_to(rgb, rgb.shape[:-1] + (3,))
+    dtype = jnp.bfloat16 if objective.compute_dtype == "bfloat16" else jnp.float32
+    return features(params, preprocess(rgb[None], objective.convention),
+                    layers or objective.layers, pooling=objective.pooling, dtype=dtype)
+
+
+def content_targets(objective, params, content_pixels):
+    """{layer: features} of the content image at the content layers (float32)."""
+    activations = vgg_features(objective, params, content_pixels, objective.content_layers)
+    return {layer: activations[layer].astype(jnp.float32) for layer in objective.content_layers}
+
+
+def style_grams(objective, params, style_pixels):
+    """{layer: Gram matrix} of one style image at the style layers."""
+    activations = vgg_features(objective, params, style_pixels, objective.style_layers)
+    return {layer: losses.gram(activations[layer], objective.gram_normalization)
+            for layer in objective.style_layers}
+
+
+def blend_grams(grams_per_style, blend_weights):
+    """Σ_i b_i·G_i / Σ_i b_i, layer by layer: one style target from several paintings."""
+    total = float(sum(blend_weights))
+    if total <= 0:
+        raise ValueError(f"style blend weights must have a positive sum, got {blend_weights}")
+    return jax.tree_util.tree_map(
+        lambda *grams: sum(w / total * g for w, g in zip(blend_weights, grams)), *grams_per_style)
+
+
+def loss_terms(objective, params, pixels, targets, weights):
+    """The weighted content, style and TV terms and their total, each a float32 scalar."""
+    activations = vgg_features(objective, params, pixels)
+    content = sum(
+        w * losses.content_loss(activations[layer], targets["content"][layer], objective.content_loss)
+        for layer, w in zip(objective.content_layers, objective.content_layer_weights))
+    image_positions = pixels.shape[0] * pixels.shape[1]
+    style = sum(
+        w * losses.style_layer_loss(
+            activations[layer], targets["style"][layer],
+            gram_normalization=objective.gram_normalization, reduction=objective.style_loss,
+            image_positions=image_positions)
+        for layer, w in zip(objective.style_layers, objective.style_layer_weights))
+    tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)
+    terms = {"content": weights["content"] * content, "style": weights["style"] * jnp.float32(style),
+             "tv": weights["tv"] * tv}
+    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+    return terms
+
+
+def total_loss(objective, params, pixels, targets, weights):
+    """The scalar the optimizer minimizes."""
+    return loss_terms(objective, params, pixels, targets, weights)["total"]

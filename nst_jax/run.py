@@ -1,0 +1,170 @@
+"""python -m nst_jax.run content.jpg style.jpg [style2.jpg ...] [-o out.png] [--preset NAME] [flags]
+
+Thin entry point: parse flags, build one Settings (a preset with the flags given on top), call
+the library. Bad input ends with one line naming the file or flag, and exit status 2.
+"""
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from nst_jax.errors import UserInputError
+from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
+from nst_jax.settings import CHOICES, Settings
+
+# Help for each Settings field; the flag is the field name with dashes.
+FIELD_HELP = {
+    "image_size": "long side of the output in pixels (aspect ratio kept)",
+    "style_scale": "style image size relative to the output size",
+    "style_blend_weights": "comma-separated weight per style image (default: equal)",
+    "content_layers": "comma-separated layers for the content loss, e.g. relu4_2 (Keras names work too)",
+    "content_layer_weights": "comma-separated weight per content layer (default: 1 each)",
+    "style_layers": "comma-separated layers for the style loss",
+    "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
+    "pooling": "VGG pooling",
+    "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
+    "content_weight": "α, weight of the content loss",
+    "style_weight": "β, weight of the style loss",
+    "tv_weight": "γ, weight of the total-variation loss (0: none)",
+    "content_loss": "content reduction: ½Σ(F−P)² (paper), Σ, or mean",
+    "gram_normalization": "Gram matrix divided by 1, H·W or C·H·W",
+    "style_loss": "per-layer style loss: Σ(G−A)²/(4N²M²) (paper), MSE, Σ, or the Keras example's",
+    "tv_loss": "TV: l2 (neural-style), l1 (TF tutorial), power Σ((Δx)²+(Δy)²)^(β/2)",
+    "tv_beta": "β of the power TV",
+    "pixel_range": "pixels are optimized in [0, this]: 255 (Caffe-era tools) or 1 (TF/PyTorch tutorials)",
+    "optimizer": "optimizer",
+    "num_steps": "number of optimizer steps",
+    "learning_rate": "learning rate of Adam and SGD",
+    "adam_b1": "Adam β1", "adam_b2": "Adam β2", "adam_eps": "Adam ε",
+    "sgd_momentum": "SGD momentum (0: plain SGD)",
+    "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
+    "lr_decay_steps": "steps between learning-rate decays",
+    "lbfgs_memory": "L-BFGS memory (correction pairs kept)",
+    "lbfgs_linesearch_steps": "most zoom line-search evaluations per L-BFGS step",
+    "init": "start image: the content, noise around the mean color, flat gray, or --init-image",
+    "init_image": "start image file (implies --init image)",
+    "init_noise_std": "noise standard deviation for --init noise, as a fraction of the pixel range",
+    "seed": "random seed for the noise init",
+    "original_colors": "keep the content's colors: luminance-only transfer (Gatys et al. 2016) "
+                       "or recombine YCbCr chroma after the run",
+    "print_every": "print the loss terms every N steps (0: never)",
+    "save_every": "also save the image every N steps as OUT_<step>.png (0: only at the end)",
+}
+
+
+def _parse_list(text, item_type, flag):
+    try:
+        return tuple(item_type(item.strip()) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise UserInputError(f"--{flag}: {text!r} is not a comma-separated list of "
+                             f"{item_type.__name__} values") from None
+
+
+def _field_type(field):
+    """(scalar type, is_list) of a Settings field."""
+    annotation = field.type if not isinstance(field.type, str) else eval(field.type, vars(typing))
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    while args and typing.get_origin(annotation) is typing.Union:
+        annotation, args = args[0], [a for a in typing.get_args(args[0]) if a is not type(None)]
+    if typing.get_origin(annotation) in (tuple, typing.Tuple):
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m nst_jax.run",
+        description="Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
+                    "style of STYLE (several styles are blended). Every flag overrides the preset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("content", help="content image (photo)")
+    parser.add_argument("styles", nargs="+", metavar="style", help="style image(s) (painting)")
+    parser.add_argument("-o", "--output", default="out.png",
+                        help="output image (.png with the settings in its metadata, .jpg, .webp, .tif)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help="named settings reproducing a reference system (see README)")
+    parser.add_argument("--weights", default=None,
+                        help="params file (.npz from weights_tools.convert) or a public VGG-19 file; "
+                             "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
+    group = parser.add_argument_group("settings (default: the preset's value)")
+    for field in dataclasses.fields(Settings):
+        scalar, is_list = _field_type(field)
+        kwargs = {"default": None, "help": FIELD_HELP.get(field.name, field.name.replace("_", " "))}
+        if field.name in CHOICES and not is_list:
+            kwargs["choices"] = CHOICES[field.name]
+        elif scalar is bool:
+            kwargs["type"] = lambda text: text.lower() in ("1", "true", "yes")
+        elif not is_list and scalar in (int, float):
+            kwargs["type"] = _number(scalar, field.name)
+        kwargs["metavar"] = None if "choices" in kwargs else (
+            "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE"))
+        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def _number(kind, name):
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def settings_from_args(args):
+    """The preset's Settings with every given flag on top."""
+    base = preset(args.preset)
+    changes = {}
+    for field in dataclasses.fields(Settings):
+        value = getattr(args, field.name)
+        if value is None:
+            continue
+        scalar, is_list = _field_type(field)
+        if is_list:
+            value = _parse_list(value, scalar, field.name.replace("_", "-"))
+        changes[field.name] = value
+    if "init_image" in changes and "init" not in changes:
+        changes["init"] = "image"
+    if "content_layers" in changes and "content_layer_weights" not in changes:
+        changes["content_layer_weights"] = None  # the preset's weights were for its own layers
+    if "style_layers" in changes and "style_layer_weights" not in changes:
+        changes["style_layer_weights"] = None
+    return dataclasses.replace(base, **changes)
+
+
+def load_weights(weights_arg):
+    """(params, metadata) from --weights, $NST_JAX_WEIGHTS or the default download."""
+    from nst_jax.params_file import load_params
+    from weights_tools import fetch
+    if weights_arg:
+        path = fetch.params_for_file(Path(weights_arg).expanduser(), origin="--weights")
+    else:
+        path = fetch.default_params_path()
+    return load_params(path)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
+            raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
+                                 f"{len(args.styles)} style images")
+        from nst_jax.stylize import stylize_files
+        result = stylize_files(args.content, args.styles, args.output, settings,
+                               lambda: load_weights(args.weights))
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted before the first step; nothing written", file=sys.stderr)
+        return 130
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

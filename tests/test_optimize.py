@@ -1,0 +1,144 @@
+"""The jitted loop: one compilation, only the image differentiated, loss cut, Ctrl-C keeps the image."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nst_jax import color
+from nst_jax.objective import Objective, loss_weights, total_loss
+from nst_jax.optimize import (init_state, jit_chunk, make_chunk, make_optimizer, run_loop,
+                              visit_steps)
+from nst_jax.presets import preset
+from nst_jax.stylize import compute_targets, stylize
+from nst_jax.images import load_image, resize_long_side
+from weights_tools.synthetic import synthetic_params
+
+IMAGES = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "images"
+# Block-2 layers: the whole loop machinery at a fraction of the compile and step time.
+CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), style_layer_weights=None,
+             content_layer_weights=None)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return load_image(IMAGES / "tubingen.jpg", 96), load_image(IMAGES / "starry_night.jpg", 96)
+
+
+def _count_convolutions(jaxpr):
+    count = 0
+    for equation in jaxpr.eqns:
+        count += equation.primitive.name == "conv_general_dilated"
+        for value in equation.params.values():
+            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    count += _count_convolutions(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    count += _count_convolutions(sub)
+    return count
+
+
+def _setup(settings, params, size=(24, 32)):
+    objective = Objective.from_settings(settings, "caffe")
+    rng = np.random.default_rng(0)
+    content = jnp.asarray(rng.uniform(0, 255, size + (3,)).astype(np.float32))
+    style = jnp.asarray(rng.uniform(0, 255, size + (3,)).astype(np.float32))
+    targets = compute_targets(objective, params, content, [style])
+    weights = loss_weights(settings.content_weight, settings.style_weight, settings.tv_weight)
+    return objective, content, targets, weights
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_chunks_of_any_length_compile_once(optimizer, params):
+    settings = preset("neural-style").replace(optimizer=optimizer, **CHEAP)
+    objective, content, targets, weights = _setup(settings, params)
+    opt = make_optimizer(settings)
+    traces = []
+    inner = make_chunk(objective, opt, optimizer == "lbfgs")
+
+    def counted(*args):
+        traces.append(1)  # runs only while tracing
+        return inner(*args)
+
+    chunk = jit_chunk(counted)
+    result = run_loop(chunk, content, init_state(opt, content), 12, (params, targets, weights), (5, 7))
+    assert visit_steps(12, (5, 7)) == [5, 7, 10, 12]  # chunks of 5, 2, 3 and 2 steps
+    assert result.steps_done == 12 and not result.interrupted
+    assert len(traces) == 1
+
+
+def test_only_the_image_is_differentiated(params):
+    # Forward convs + input-gradient convs only: weight gradients would add one conv per layer.
+    settings = preset("neural-style").replace(**CHEAP)
+    objective, content, targets, weights = _setup(settings, params)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x: total_loss(objective, params, x, targets, weights)))(content)
+    convolutions_used = 3  # conv1_1, conv1_2, conv2_1
+    assert _count_convolutions(jaxpr.jaxpr) == 2 * convolutions_used
+
+
+def test_visit_steps_cover_every_interval_and_the_end():
+    assert visit_steps(10, (0, 0)) == [10]
+    assert visit_steps(10, (4,)) == [4, 8, 10]
+    assert visit_steps(9, (3, 0, 10)) == [3, 6, 9]
+
+
+@pytest.mark.parametrize("optimizer,steps,extra", [("lbfgs", 25, {}), ("adam", 60, {"learning_rate": 8.0})])
+def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params, photos):
+    content, style = photos
+    settings = preset("neural-style").replace(optimizer=optimizer, num_steps=steps, image_size=64,
+                                              init="gray", **extra)
+    losses = []
+    result = stylize(content, [style], settings, params, "caffe",
+                     on_visit=lambda step, pixels, loss, terms: losses.append(loss), intervals=(1,))
+    assert len(losses) == steps
+    assert losses[0] / losses[-1] > 10, (losses[0], losses[-1])
+    assert result.image.shape == (48, 64, 3)  # 96×72 content: aspect ratio kept at long side 64
+    assert result.image.min() >= 0 and result.image.max() <= 1
+    assert np.abs(result.image - resize_long_side(content, 64)).mean() > 0.02
+
+
+def test_ctrl_c_between_chunks_returns_the_last_finished_image(params):
+    settings = preset("neural-style").replace(optimizer="adam", **CHEAP)
+    objective, content, targets, weights = _setup(settings, params)
+    opt = make_optimizer(settings)
+    chunk = jit_chunk(make_chunk(objective, opt, False))
+    seen = {}
+
+    def interrupt_at_six(step, pixels, loss):
+        seen[step] = np.asarray(pixels)
+        if step == 6:
+            raise KeyboardInterrupt
+
+    result = run_loop(chunk, content, init_state(opt, content), 100, (params, targets, weights), (3,),
+                      interrupt_at_six)
+    assert result.interrupted and result.steps_done == 6
+    np.testing.assert_array_equal(np.asarray(result.pixels), seen[6])
+
+
+def test_adam_keeps_pixels_in_range(params):
+    settings = preset("neural-style").replace(optimizer="adam", learning_rate=200.0, **CHEAP)
+    objective, content, targets, weights = _setup(settings, params)
+    opt = make_optimizer(settings)
+    chunk = jit_chunk(make_chunk(objective, opt, False))
+    result = run_loop(chunk, content, init_state(opt, content), 5, (params, targets, weights), ())
+    pixels = np.asarray(result.pixels)
+    assert pixels.min() >= 0 and pixels.max() <= 255
+    assert (pixels == 0).any() or (pixels == 255).any()  # the projection was exercised
+
+
+@pytest.mark.parametrize("mode", ["luminance", "recombine"])
+def test_original_colors_keep_the_content_chroma(mode, params, photos):
+    content, style = photos
+    settings = preset("neural-style").replace(optimizer="adam", num_steps=4, image_size=48,
+                                              original_colors=mode, init="content", **CHEAP)
+    result = stylize(content, [style], settings, params, "caffe")
+    small = resize_long_side(content, 48)
+    out_yiq, content_yiq = np.asarray(color.rgb_to_yiq(result.image)), np.asarray(color.rgb_to_yiq(small))
+    inside = (result.image > 0.01).all(-1) & (result.image < 0.99).all(-1)  # clipping changes chroma
+    np.testing.assert_allclose(out_yiq[..., 1:][inside], content_yiq[..., 1:][inside], atol=2e-3)
+    assert np.abs(out_yiq[..., 0] - content_yiq[..., 0]).mean() > 1e-3  # luminance did change
