@@ -29,7 +29,10 @@ class ProgressBar:
             rate = (step - self.first_step) / max(now - self.first_time, 1e-9)
         filled = int(self.width * step / max(self.total, 1))
         bar = "#" * filled + "." * (self.width - filled)
-        loss = "  ".join(f"{name} {value:.4g}" for name, value in (terms or {}).items())
+        terms = dict(terms or {})
+        if "total" in terms:  # the total first, as "loss"
+            terms = {"loss": terms.pop("total"), **terms}
+        loss = "  ".join(f"{name} {value:.4g}" for name, value in terms.items())
         eta = _format_seconds((self.total - step) / rate) if rate > 0 else "?"
         line = (f"{self.label} {step:>{len(str(self.total))}}/{self.total} [{bar}] "
                 f"{loss}  {rate:.2f} it/s  eta {eta}")

@@ -88,6 +88,16 @@ def build_parser():
     parser.add_argument("--weights", default=None,
                         help="params file (.npz from weights_tools.convert) or a public VGG-19 file; "
                              "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
+    batch = parser.add_argument_group(
+        "many images in one compiled run (any of these makes the run batched; outputs are "
+        "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
+    batch.add_argument("--batch", action="store_true",
+                       help="one output per style image instead of one blended output")
+    batch.add_argument("--sweep-style-weight", metavar="LIST", help="one output per style weight, e.g. 1e2,1e3,1e4")
+    batch.add_argument("--sweep-content-weight", metavar="LIST", help="one output per content weight")
+    batch.add_argument("--sweep-seed", metavar="LIST", help="one output per seed, e.g. 0,1,2,3")
+    batch.add_argument("--devices", type=_number(int, "devices"), metavar="N",
+                       help="shard the batch over N devices (default: all visible)")
     group = parser.add_argument_group("settings (default: the preset's value)")
     for field in dataclasses.fields(Settings):
         scalar, is_list = _field_type(field)
@@ -154,9 +164,21 @@ def main(argv=None):
         if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
             raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
                                  f"{len(args.styles)} style images")
-        from nst_jax.stylize import stylize_files
-        result = stylize_files(args.content, args.styles, args.output, settings,
-                               lambda: load_weights(args.weights))
+        sweeps = {name: _parse_list(getattr(args, "sweep_" + name), kind, "sweep-" + name.replace("_", "-"))
+                  for name, kind in (("style_weight", float), ("content_weight", float), ("seed", int))
+                  if getattr(args, "sweep_" + name)}
+        if args.batch or sweeps or args.devices:
+            from nst_jax.batch import stylize_batch_files
+            outputs = stylize_batch_files(
+                args.content, args.styles, args.output, settings, lambda: load_weights(args.weights),
+                per_style=args.batch, style_weights=sweeps.get("style_weight"),
+                content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
+                num_devices=args.devices)
+            result = outputs[0][1]
+        else:
+            from nst_jax.stylize import stylize_files
+            result = stylize_files(args.content, args.styles, args.output, settings,
+                                   lambda: load_weights(args.weights))
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

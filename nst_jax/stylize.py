@@ -151,6 +151,41 @@ def intermediate_path(output_path, step, num_steps):
     return f"{stem}_{step:0{len(str(num_steps))}d}{extension}"
 
 
+def load_inputs(content_path, style_paths, output_path, settings, load_weights, stream=None):
+    """Check the output path, load the images, then the weights: cheapest failure first.
+
+    Returns (content, styles, init_image or None, params, params_metadata).
+    """
+    images.check_output_path(output_path)
+    content = images.load_image(content_path)
+    styles = [images.load_image(path) for path in style_paths]
+    init_image = images.load_image(settings.init_image) if settings.init == "image" else None
+    params, params_metadata = load_weights()
+    if params_metadata.synthetic:
+        print("warning: these VGG-19 weights are synthetic random values (for tests); "
+              "the picture will not be art", file=stream or sys.stderr)
+    return content, styles, init_image, params, params_metadata
+
+
+def run_description(content_path, style_paths, settings, params_metadata):
+    """A function (**extra) -> PNG text chunks describing how an output was made."""
+    description = {
+        "content": os.path.basename(content_path),
+        "styles": [os.path.basename(p) for p in style_paths],
+        "weights": {"source_file": params_metadata.source_file, "source_hash": params_metadata.source_hash,
+                    "preprocessing": params_metadata.preprocessing, "synthetic": params_metadata.synthetic},
+        "settings": settings.to_dict(),
+    }
+    return lambda **extra: {"nst-jax": json.dumps({**description, **extra}), "Software": "nst-jax"}
+
+
+def check_finite(image, steps_done):
+    """A diverged run is the user's settings' doing: say so in one line instead of saving NaNs."""
+    if not np.isfinite(image).all():
+        raise UserInputError(f"the optimization diverged (NaN pixels) by step {steps_done}; "
+                             f"lower --learning-rate or the loss weights")
+
+
 def stylize_files(content_path, style_paths, output_path, settings, load_weights, *, stream=None):
     """The CLI's run: load, stylize with progress and intermediate saves, write the output atomically.
 
@@ -161,27 +196,9 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     Raises UserInputError (one line naming the file) for unusable inputs or outputs, before any
     compute. Ctrl-C saves the current image and returns the result with interrupted=True.
     """
-    images.check_output_path(output_path)
-    content = images.load_image(content_path)
-    styles = [images.load_image(path) for path in style_paths]
-    init_image = images.load_image(settings.init_image) if settings.init == "image" else None
-    params, params_metadata = load_weights()
-    if params_metadata.synthetic:
-        print("warning: these VGG-19 weights are synthetic random values (for tests); "
-              "the picture will not be art", file=stream or sys.stderr)
-
-    description = {
-        "content": os.path.basename(content_path),
-        "styles": [os.path.basename(p) for p in style_paths],
-        "weights": {"source_file": params_metadata.source_file, "source_hash": params_metadata.source_hash,
-                    "preprocessing": params_metadata.preprocessing, "synthetic": params_metadata.synthetic},
-        "settings": settings.to_dict(),
-    }
-
-    def png_metadata(steps):
-        return {"nst-jax": json.dumps({**description, "steps": steps}),
-                "Software": "nst-jax"}
-
+    content, styles, init_image, params, params_metadata = load_inputs(
+        content_path, style_paths, output_path, settings, load_weights, stream)
+    describe = run_description(content_path, style_paths, settings, params_metadata)
     bar = ProgressBar(settings.num_steps, stream=stream)
     content_rgb_for_saves = {}
 
@@ -194,16 +211,14 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
                 content_rgb_for_saves["rgb"] = images.resize_long_side(content, settings.image_size)
             snapshot = finish_image(pixels, content_rgb_for_saves["rgb"], settings)
             images.save_image(intermediate_path(output_path, step, settings.num_steps), snapshot,
-                              png_metadata(step))
+                              describe(steps=step))
 
     intervals = (settings.print_every, settings.save_every,
                  PROGRESS_INTERVAL if bar.interactive else 0)
     result = stylize(content, styles, settings, params, params_metadata.preprocessing,
                      init_image=init_image, on_visit=on_visit, intervals=intervals)
-    if not np.isfinite(result.image).all():
-        raise UserInputError(f"the optimization diverged (NaN pixels) by step {result.steps_done}; "
-                             f"lower --learning-rate or the loss weights")
-    images.save_image(output_path, result.image, png_metadata(result.steps_done))
+    check_finite(result.image, result.steps_done)
+    images.save_image(output_path, result.image, describe(steps=result.steps_done))
     state = "interrupted" if result.interrupted else "done"
     bar.close(f"{state} after {result.steps_done} steps in {result.seconds:.1f} s; wrote {output_path}")
     return result
