@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax import images
 from nst_jax.errors import UserInputError
 from nst_jax.objective import Objective, blend_grams, loss_terms, loss_weights
-from nst_jax.optimize import init_state, make_chunk, make_optimizer, run_loop
+from nst_jax.optimize import init_state, make_chunk, make_optimizer, run_loop, to_host
 from nst_jax.progress import ProgressBar
 from nst_jax.stylize import (PROGRESS_INTERVAL, StylizeResult, check_finite, compute_targets,
                              finish_image, initial_pixels, intermediate_path, load_inputs,
@@ -91,6 +91,18 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
+def join_cluster(coordinator=None, num_processes=None, process_id=None):
+    """Make this process one host of a multi-host run (jax.distributed), before any other JAX work.
+
+    With no arguments the cluster is detected from the environment (Slurm, Open MPI, TPU pods,
+    or JAX_COORDINATOR_ADDRESS); afterwards jax.devices() lists every host's devices, so
+    `batch_mesh()` spans them all. CPU hosts exchange data through gloo.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
 def batch_mesh(num_devices=None):
     """A 1-D mesh named "batch" over the first `num_devices` visible devices (default: all)."""
     devices = jax.devices()
@@ -110,8 +122,8 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
       members: from `make_members`.
       init_image: RGB array for settings.init == "image".
       mesh: a "batch" Mesh to shard over (see `batch_mesh`); None: the default device.
-      on_visit: on_visit(step, pixels, losses, terms_fn) at each host visit; pixels is
-        (members, H, W, C), losses has one value per member, terms_fn() returns
+      on_visit: on_visit(step, pixels, losses, terms_fn) at each host visit; pixels is the
+        (padded) device array of every member, losses has one value per member, terms_fn() returns
         {term: array of one value per member}.
     """
     if not members:
@@ -154,13 +166,13 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
 
     def visit(step, current, losses):
         if on_visit is not None:
-            terms_fn = lambda: {k: np.asarray(v)[: len(members)]
+            terms_fn = lambda: {k: to_host(v)[: len(members)]
                                 for k, v in terms_of(current, params, targets, batch_weights).items()}
-            on_visit(step, current[: len(members)], np.asarray(losses)[: len(members)], terms_fn)
+            on_visit(step, current, np.asarray(losses)[: len(members)], terms_fn)
 
     result = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
                       (params, targets, batch_weights), intervals, visit)
-    final = np.asarray(result.pixels)
+    final = to_host(result.pixels)
     return [StylizeResult(finish_image(final[i], content_rgb, settings), result.steps_done,
                           result.interrupted, float(result.loss[i]), result.seconds)
             for i in range(len(members))]
@@ -195,16 +207,19 @@ def stylize_batch_files(content_path, style_paths, output_path, settings, load_w
         mesh = batch_mesh(num_devices) if (num_devices or jax.device_count()) > 1 else None
     except ValueError as error:
         raise UserInputError(f"--devices: {error}") from None
+    # With several hosts (jax.distributed) every host runs this; the first one reports and writes.
+    writes = jax.process_index() == 0
     bar = ProgressBar(settings.num_steps, stream=stream, label=f"{len(members)} images, step")
     content_rgb = images.resize_long_side(content, settings.image_size)
 
     def on_visit(step, pixels, losses, terms_fn):
         at_print = settings.print_every and (step % settings.print_every == 0 or step == settings.num_steps)
-        if bar.interactive or at_print:
+        if writes and (bar.interactive or at_print):
             bar.update(step, {"loss mean": float(np.mean(losses)), "min": float(np.min(losses)),
                               "max": float(np.max(losses))}, force_line=bool(at_print))
         if settings.save_every and step % settings.save_every == 0 and step < settings.num_steps:
-            for member, path, member_pixels in zip(members, paths, np.asarray(pixels)):
+            snapshots = to_host(pixels)  # a collective across hosts: every host takes part
+            for member, path, member_pixels in zip(members, paths, snapshots if writes else ()):
                 images.save_image(intermediate_path(path, step, settings.num_steps),
                                   finish_image(member_pixels, content_rgb, settings),
                                   describe(steps=step, member=dataclasses.asdict(member)))
@@ -212,7 +227,7 @@ def stylize_batch_files(content_path, style_paths, output_path, settings, load_w
     intervals = (settings.print_every, settings.save_every, PROGRESS_INTERVAL if bar.interactive else 0)
     results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing, members,
                             init_image=init_image, mesh=mesh, on_visit=on_visit, intervals=intervals)
-    for member, path, result in zip(members, paths, results):
+    for member, path, result in zip(members, paths, results if writes else ()):
         check_finite(result.image, result.steps_done)
         images.save_image(path, result.image,
                           describe(steps=result.steps_done, member=dataclasses.asdict(member)))

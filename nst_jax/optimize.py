@@ -90,6 +90,14 @@ def init_state(optimizer, pixels):
                                   optimizer.init(pixels))
 
 
+def to_host(array):
+    """A numpy copy of a (possibly sharded) array; across hosts, every host gets the whole array."""
+    if getattr(array, "is_fully_addressable", True):
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
 def visit_steps(num_steps, intervals):
     """The step counts after which the host looks at the run: every multiple of any interval, and the end."""
     stops = {num_steps}
@@ -121,7 +129,7 @@ def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_
         for stop in visit_steps(num_steps, intervals):
             pixels, opt_state, loss_array = chunk_fn(pixels, opt_state, jnp.int32(stop - done),
                                                      *static_args)
-            loss = np.asarray(loss_array)  # the one host sync per chunk (one loss per member in a batch)
+            loss = to_host(loss_array)  # the one host sync per chunk (one loss per member in a batch)
             done, last_good = stop, pixels
             if on_visit is not None:
                 on_visit(done, pixels, loss)

@@ -98,6 +98,15 @@ def build_parser():
     batch.add_argument("--sweep-seed", metavar="LIST", help="one output per seed, e.g. 0,1,2,3")
     batch.add_argument("--devices", type=_number(int, "devices"), metavar="N",
                        help="shard the batch over N devices (default: all visible)")
+    batch.add_argument("--distributed", action="store_true",
+                       help="join a multi-host run with jax.distributed (cluster detected from the "
+                            "environment: Slurm, MPI, TPU, JAX_COORDINATOR_ADDRESS); run the same "
+                            "command on every host; the first host writes the outputs")
+    batch.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host coordinator (implies --distributed)")
+    batch.add_argument("--num-processes", type=_number(int, "num-processes"), metavar="N",
+                       help="number of hosts (with --coordinator)")
+    batch.add_argument("--process-id", type=_number(int, "process-id"), metavar="I",
+                       help="this host's index, 0..N-1 (with --coordinator)")
     group = parser.add_argument_group("settings (default: the preset's value)")
     for field in dataclasses.fields(Settings):
         scalar, is_list = _field_type(field)
@@ -167,7 +176,11 @@ def main(argv=None):
         sweeps = {name: _parse_list(getattr(args, "sweep_" + name), kind, "sweep-" + name.replace("_", "-"))
                   for name, kind in (("style_weight", float), ("content_weight", float), ("seed", int))
                   if getattr(args, "sweep_" + name)}
-        if args.batch or sweeps or args.devices:
+        distributed = args.distributed or args.coordinator is not None
+        if distributed:
+            from nst_jax.batch import join_cluster
+            join_cluster(args.coordinator, args.num_processes, args.process_id)
+        if args.batch or sweeps or args.devices or distributed:
             from nst_jax.batch import stylize_batch_files
             outputs = stylize_batch_files(
                 args.content, args.styles, args.output, settings, lambda: load_weights(args.weights),

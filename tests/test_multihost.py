@@ -1,0 +1,63 @@
+"""Several hosts: the same batched command on two processes (jax.distributed over 127.0.0.1).
+
+Each process has two simulated CPU devices, so the batch is sharded over four devices on two
+hosts; the images the first host writes must equal a one-process run's.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nst_jax.images import load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT.parent / "shared" / "images"
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _command(weights, output, *extra):
+    return [sys.executable, "-m", "nst_jax.run", str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"),
+            "-o", str(output), "--weights", str(weights), "--sweep-seed", "0,1,2", "--image-size", "32",
+            "--num-steps", "3", "--optimizer", "adam", "--init", "noise", "--init-noise-std", "0.1",
+            "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1", *extra]
+
+
+def test_two_hosts_write_what_one_host_writes(synthetic_params_path, tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    port = _free_port()
+    outputs = [tmp_path / f"host{i}" for i in range(2)]
+    for folder in outputs:
+        folder.mkdir()
+    hosts = [subprocess.Popen(_command(synthetic_params_path, outputs[i] / "out.png", "--coordinator",
+                                       f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        logs = [host.communicate(timeout=300) for host in hosts]
+    finally:
+        for host in hosts:
+            host.kill()
+    assert [host.returncode for host in hosts] == [0, 0], [log[1][-2000:] for log in logs]
+
+    single = tmp_path / "single"
+    single.mkdir()
+    completed = subprocess.run(_command(synthetic_params_path, single / "out.png"), cwd=ROOT, timeout=300,
+                               env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                               capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+    names = sorted(p.name for p in single.iterdir())
+    assert names == ["out_seed0.png", "out_seed1.png", "out_seed2.png"]
+    assert sorted(p.name for p in outputs[0].iterdir()) == names  # the first host writes
+    assert list(outputs[1].iterdir()) == []  # the others do not
+    for name in names:
+        np.testing.assert_allclose(load_image(outputs[0] / name), load_image(single / name), atol=2 / 255)
