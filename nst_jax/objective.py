@@ -37,6 +37,7 @@ class Objective:
     tv_loss: str = "l2"
     tv_beta: float = 2.5
     pixel_range: float = 255.0
+    normalize_gradients: bool = False
 
     @classmethod
     def from_settings(cls, settings, convention):
@@ -49,7 +50,7 @@ class Objective:
             pooling=settings.pooling, compute_dtype=settings.compute_dtype,
             content_loss=settings.content_loss, gram_normalization=settings.gram_normalization,
             style_loss=settings.style_loss, tv_loss=settings.tv_loss, tv_beta=settings.tv_beta,
-            pixel_range=settings.pixel_range)
+            pixel_range=settings.pixel_range, normalize_gradients=settings.normalize_gradients)
 
     @property
     def layers(self):
@@ -95,16 +96,47 @@ def blend_grams(grams_per_style, blend_weights):
         lambda *grams: sum(w / total * g for w, g in zip(blend_weights, grams)), *grams_per_style)
 
 
+@jax.custom_vjp
+def l1_normalized_gradient(features, strength):
+    """Identity whose backward pass divides the gradient by its L1 norm, strength kept.
+
+    neural-style's -normalize_gradients: each loss layer hands back
+    strength · ∂E/∂F / (‖∂E/∂F‖₁ + 1e-8) instead of strength · ∂E/∂F.
+    """
+    return features
+
+
+def _l1_normalized_forward(features, strength):
+    return features, strength
+
+
+def _l1_normalized_backward(strength, cotangent):
+    # The cotangent is strength · ∂E/∂F; dividing by ‖cotangent‖₁/|strength| leaves strength in.
+    magnitude = jnp.maximum(jnp.abs(strength), 1e-30)
+    norm = jnp.sum(jnp.abs(cotangent.astype(jnp.float32))) / magnitude
+    return (cotangent / (norm + 1e-8)).astype(cotangent.dtype), jnp.zeros_like(strength)
+
+
+l1_normalized_gradient.defvjp(_l1_normalized_forward, _l1_normalized_backward)
+
+
 def loss_terms(objective, params, pixels, targets, weights):
     """The weighted content, style and TV terms and their total, each a float32 scalar."""
     activations = vgg_features(objective, params, pixels)
+
+    def layer_input(layer, strength):
+        if not objective.normalize_gradients:
+            return activations[layer]
+        return l1_normalized_gradient(activations[layer], jnp.float32(strength))
+
     content = sum(
-        w * losses.content_loss(activations[layer], targets["content"][layer], objective.content_loss)
+        w * losses.content_loss(layer_input(layer, w * weights["content"]), targets["content"][layer],
+                                objective.content_loss)
         for layer, w in zip(objective.content_layers, objective.content_layer_weights))
     image_positions = pixels.shape[0] * pixels.shape[1]
     style = sum(
         w * losses.style_layer_loss(
-            activations[layer], targets["style"][layer],
+            layer_input(layer, w * weights["style"]), targets["style"][layer],
             gram_normalization=objective.gram_normalization, reduction=objective.style_loss,
             image_positions=image_positions)
         for layer, w in zip(objective.style_layers, objective.style_layer_weights))

@@ -49,6 +49,7 @@ FIELD_HELP = {
     "seed": "random seed for the noise init",
     "original_colors": "keep the content's colors: luminance-only transfer (Gatys et al. 2016) "
                        "or recombine YCbCr chroma after the run",
+    "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
     "print_every": "print the loss terms every N steps (0: never)",
     "save_every": "also save the image every N steps as OUT_<step>.png (0: only at the end)",
 }
@@ -78,13 +79,15 @@ def build_parser():
         prog="python -m nst_jax.run",
         description="Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
                     "style of STYLE (several styles are blended). Every flag overrides the preset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="Settings flags default to the chosen preset's values; the values in brackets are the "
+               f"default preset's ({DEFAULT_PRESET}).")
     parser.add_argument("content", help="content image (photo)")
     parser.add_argument("styles", nargs="+", metavar="style", help="style image(s) (painting)")
     parser.add_argument("-o", "--output", default="out.png",
-                        help="output image (.png with the settings in its metadata, .jpg, .webp, .tif)")
+                        help="output image (.png with the settings in its metadata, .jpg, .webp, .tif); "
+                             "default: out.png")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                        help="named settings reproducing a reference system (see README)")
+                        help=f"named settings reproducing a reference system (see README); default: {DEFAULT_PRESET}")
     parser.add_argument("--weights", default=None,
                         help="params file (.npz from weights_tools.convert) or a public VGG-19 file; "
                              "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
@@ -108,17 +111,21 @@ def build_parser():
     batch.add_argument("--process-id", type=_number(int, "process-id"), metavar="I",
                        help="this host's index, 0..N-1 (with --coordinator)")
     group = parser.add_argument_group("settings (default: the preset's value)")
+    defaults = preset(DEFAULT_PRESET)
     for field in dataclasses.fields(Settings):
         scalar, is_list = _field_type(field)
-        kwargs = {"default": None, "help": FIELD_HELP.get(field.name, field.name.replace("_", " "))}
+        default = getattr(defaults, field.name)
+        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        text = FIELD_HELP.get(field.name, field.name.replace("_", " "))
+        kwargs = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
         if field.name in CHOICES and not is_list:
             kwargs["choices"] = CHOICES[field.name]
         elif scalar is bool:
-            kwargs["type"] = lambda text: text.lower() in ("1", "true", "yes")
+            kwargs["action"] = argparse.BooleanOptionalAction
         elif not is_list and scalar in (int, float):
             kwargs["type"] = _number(scalar, field.name)
-        kwargs["metavar"] = None if "choices" in kwargs else (
-            "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE"))
+        if "choices" not in kwargs and scalar is not bool:
+            kwargs["metavar"] = "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE")
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
     return parser
 

@@ -54,6 +54,7 @@ class Settings:
     tv_loss: str = "l2"
     tv_beta: float = 2.5  # exponent of the "power" TV: Σ((Δx)² + (Δy)²)^(β/2)
     pixel_range: float = 255.0
+    normalize_gradients: bool = False  # neural-style's -normalize_gradients (L1 per loss layer)
 
     # Optimizer.
     optimizer: str = "lbfgs"

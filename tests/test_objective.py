@@ -1,0 +1,46 @@
+"""The assembled objective: gradient normalization as neural-style computes it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import losses
+from nst_jax.objective import Objective, loss_weights, total_loss, vgg_features
+from nst_jax.presets import preset
+from nst_jax.stylize import compute_targets
+from weights_tools.synthetic import synthetic_params
+
+
+def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
+    params = jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=1))
+    settings = preset("neural-style").replace(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"),
+                                              tv_weight=0.0, normalize_gradients=True)
+    objective = Objective.from_settings(settings, "caffe")
+    rng = np.random.default_rng(0)
+    content, style, start = (jnp.asarray(rng.uniform(0, 255, (20, 24, 3)).astype(np.float32)) for _ in range(3))
+    targets = compute_targets(objective, params, content, [style])
+    weights = loss_weights(settings.content_weight, settings.style_weight, 0.0)
+    ours = jax.grad(lambda x: total_loss(objective, params, x, targets, weights))(start)
+
+    # Reference, following neural-style's ContentLoss/StyleLoss:updateGradInput: each layer's
+    # gradient ∂E/∂F is divided by its L1 norm (+1e-8), times the layer's strength, then
+    # back-propagated through the network to the image.
+    layers = ("relu1_1", "relu2_1")
+    acts, pullback = jax.vjp(lambda x: vgg_features(objective, params, x, layers), start)
+    cotangents = {layer: jnp.zeros_like(acts[layer]) for layer in layers}
+    layer_losses = {
+        ("content", "relu2_1"): lambda f: losses.content_loss(f, targets["content"]["relu2_1"], "mean"),
+        ("style", "relu1_1"): lambda f: losses.style_layer_loss(f, targets["style"]["relu1_1"], gram_normalization="chw", reduction="mse"),
+        ("style", "relu2_1"): lambda f: losses.style_layer_loss(f, targets["style"]["relu2_1"], gram_normalization="chw", reduction="mse"),
+    }
+    strengths = {"content": settings.content_weight, "style": settings.style_weight}
+    for (kind, layer), loss in layer_losses.items():
+        gradient = jax.grad(loss)(acts[layer])
+        cotangents[layer] += strengths[kind] * gradient / (jnp.sum(jnp.abs(gradient)) + 1e-8)
+    (reference,) = pullback(cotangents)
+    np.testing.assert_allclose(ours, reference, rtol=2e-4, atol=1e-6 * float(jnp.abs(reference).max()))
+
+    # The loss value itself is unchanged by the normalization.
+    plain = Objective.from_settings(settings.replace(normalize_gradients=False), "caffe")
+    np.testing.assert_allclose(total_loss(objective, params, start, targets, weights),
+                               total_loss(plain, params, start, targets, weights), rtol=1e-6)
