@@ -87,6 +87,17 @@ def make_members(settings, style_names, *, per_style=True, style_weights=None,
     return members
 
 
+# Batched chunk arguments: (pixels, opt_state, num_steps, params, targets, weights); the content
+# targets are shared by every member, the style Gram matrices are one per member.
+TARGET_AXES = {"content": None, "style": 0}
+
+
+def batched_chunk(objective, optimizer, is_lbfgs):
+    """The single-image chunk vmapped over members (unjitted)."""
+    return jax.vmap(make_chunk(objective, optimizer, is_lbfgs),
+                    in_axes=(0, 0, None, None, TARGET_AXES, 0))
+
+
 def _stack(trees):
     return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
 
@@ -149,12 +160,10 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
                         for m in padded])
 
     optimizer = make_optimizer(settings)
-    chunk = make_chunk(objective, optimizer, settings.optimizer == "lbfgs")
-    target_axes = {"content": None, "style": 0}
-    batched = jax.vmap(chunk, in_axes=(0, 0, None, None, target_axes, 0))
+    batched = batched_chunk(objective, optimizer, settings.optimizer == "lbfgs")
     opt_state = jax.vmap(lambda x: init_state(optimizer, x))(pixels)
     terms_of = jax.jit(jax.vmap(lambda x, p, t, w: loss_terms(objective, p, x, t, w),
-                                in_axes=(0, None, target_axes, 0)))
+                                in_axes=(0, None, TARGET_AXES, 0)))
 
     if mesh is not None:
         sharded, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())

@@ -74,12 +74,16 @@ def resize_to(rgb, height, width):
     return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
 
 
+def long_side_shape(height, width, long_side):
+    """(height, width) scaled so the longer side is `long_side`, aspect ratio kept (short side >= 1)."""
+    if height >= width:
+        return long_side, _scaled_side(width, height, long_side)
+    return _scaled_side(height, width, long_side), long_side
+
+
 def resize_long_side(rgb, long_side):
     """Resize so the longer side is `long_side` px, keeping the aspect ratio (short side >= 1 px)."""
-    height, width = np.shape(rgb)[:2]
-    if height >= width:
-        return resize_to(rgb, long_side, _scaled_side(width, height, long_side))
-    return resize_to(rgb, _scaled_side(height, width, long_side), long_side)
+    return resize_to(rgb, *long_side_shape(*np.shape(rgb)[:2], long_side))
 
 
 def check_output_path(path):

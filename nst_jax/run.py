@@ -91,6 +91,9 @@ def build_parser():
     parser.add_argument("--weights", default=None,
                         help="params file (.npz from weights_tools.convert) or a public VGG-19 file; "
                              "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="print how much device memory the run needs (XLA's analysis of the "
+                             "compiled step, per device) and exit without running")
     batch = parser.add_argument_group(
         "many images in one compiled run (any of these makes the run batched; outputs are "
         "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
@@ -172,6 +175,24 @@ def load_weights(weights_arg):
     return load_params(path)
 
 
+def memory_report(args, settings, sweeps):
+    """One line: the output size, the members per device and the memory they need."""
+    import math
+    import jax
+    from nst_jax import images
+    from nst_jax.memory import estimate_memory
+    height, width = images.load_image(args.content).shape[:2]
+    height, width = images.long_side_shape(height, width, settings.image_size)
+    members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
+    devices = args.devices or (jax.device_count() if members > 1 else 1)
+    per_device = math.ceil(members / devices)
+    estimate = estimate_memory(settings, height, width, batch_size=per_device)
+    return (f"{height}x{width} px, {members} image(s) on {devices} device(s) ({per_device} per device), "
+            f"{settings.optimizer}: about {estimate.total / 2**30:.2f} GiB per device "
+            f"(inputs and optimizer state {estimate.arguments / 2**30:.2f} GiB, "
+            f"temporaries {estimate.temporaries / 2**30:.2f} GiB)")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -183,6 +204,9 @@ def main(argv=None):
         sweeps = {name: _parse_list(getattr(args, "sweep_" + name), kind, "sweep-" + name.replace("_", "-"))
                   for name, kind in (("style_weight", float), ("content_weight", float), ("seed", int))
                   if getattr(args, "sweep_" + name)}
+        if args.estimate_memory:
+            print(memory_report(args, settings, sweeps))
+            return 0
         distributed = args.distributed or args.coordinator is not None
         if distributed:
             from nst_jax.batch import join_cluster
