@@ -6,10 +6,14 @@
 saves, Ctrl-C handling and the atomic write of the result (for the CLI).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+import types
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +190,31 @@ def check_finite(image, steps_done):
                              f"lower --learning-rate or the loss weights")
 
 
+@contextlib.contextmanager
+def ctrl_c_at_visits():
+    """Within it, Ctrl-C sets `.requested` (the run stops at its next host visit); a second one raises.
+
+    A KeyboardInterrupt raised while XLA compiles leaves jaxlib (0.10, CPU) in a state that
+    crashes the interpreter at exit (SIGSEGV, not status 130), and one raised when a chunk returns
+    throws that finished chunk away. Outside the main thread (no signals there) nothing changes.
+    """
+    state = types.SimpleNamespace(requested=False)
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def on_sigint(signum, frame):
+        if state.requested:
+            raise KeyboardInterrupt
+        state.requested = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def stylize_files(content_path, style_paths, output_path, settings, load_weights, *, stream=None):
     """The CLI's run: load, stylize with progress and intermediate saves, write the output atomically.
 
@@ -194,7 +223,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         are checked, so a bad image fails before any download or compile.
 
     Raises UserInputError (one line naming the file) for unusable inputs or outputs, before any
-    compute. Ctrl-C saves the current image and returns the result with interrupted=True.
+    compute. Ctrl-C saves the current image and returns the result with interrupted=True;
+    before the first step is done it raises KeyboardInterrupt and writes nothing.
     """
     content, styles, init_image, params, params_metadata = load_inputs(
         content_path, style_paths, output_path, settings, load_weights, stream)
@@ -203,6 +233,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     content_rgb_for_saves = {}
 
     def on_visit(step, pixels, loss, terms_fn):
+        if ctrl_c.requested and step < settings.num_steps:
+            raise KeyboardInterrupt  # run_loop keeps the pixels of the chunk that just finished
         at_print = settings.print_every and (step % settings.print_every == 0 or step == settings.num_steps)
         if bar.interactive or at_print:
             bar.update(step, terms_fn(), force_line=bool(at_print))
@@ -215,8 +247,11 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
 
     intervals = (settings.print_every, settings.save_every,
                  PROGRESS_INTERVAL if bar.interactive else 0)
-    result = stylize(content, styles, settings, params, params_metadata.preprocessing,
-                     init_image=init_image, on_visit=on_visit, intervals=intervals)
+    with ctrl_c_at_visits() as ctrl_c:
+        result = stylize(content, styles, settings, params, params_metadata.preprocessing,
+                         init_image=init_image, on_visit=on_visit, intervals=intervals)
+    if result.interrupted and result.steps_done == 0:
+        raise KeyboardInterrupt  # the start image is no result: write nothing
     check_finite(result.image, result.steps_done)
     images.save_image(output_path, result.image, describe(steps=result.steps_done))
     state = "interrupted" if result.interrupted else "done"

@@ -1,0 +1,515 @@
+"""`python -m nst_jax.run`: flags onto Settings, one-line errors, real runs on odd files, Ctrl-C.
+
+References: the presets' own Settings (the flags must reproduce them exactly), Pillow 13 (makes
+the unusual input files, reads what the CLI wrote, and rotates/resizes the EXIF reference), and
+plain arithmetic for the expected output sizes. Real runs are few (six, two of them as
+subprocesses) and tiny: 32 px, Adam, VGG truncated after block 2, synthetic weights.
+"""
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst_jax import images, run, stylize
+from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
+from nst_jax.settings import Settings
+
+SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
+CONTENT = SHARED_IMAGES / "tubingen.jpg"
+STYLE = SHARED_IMAGES / "starry_night.jpg"
+
+IMAGE_SIZE = 32
+# Cheap where the test is not about the network: block 2 is the deepest layer, Adam's step is
+# one forward and backward pass (L-BFGS adds line-search evaluations).
+CHEAP_FLAGS = ("--image-size", str(IMAGE_SIZE), "--content-layers", "relu2_1",
+               "--style-layers", "relu1_1,relu2_1", "--optimizer", "adam")
+
+# Bounded waits for the Ctrl-C subprocess (compiling on a busy 2-core machine takes a while).
+FIRST_PROGRESS_TIMEOUT_S = 180
+EXIT_AFTER_SIGINT_TIMEOUT_S = 60
+
+
+def _settings(*flags):
+    """The Settings the CLI would build for `flags` (no compute)."""
+    return run.settings_from_args(run.build_parser().parse_args(["content.jpg", "style.jpg", *flags]))
+
+
+def _main(argv):
+    """(exit status, stderr) of nst_jax.run.main(argv) in this process; argparse's exits included."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = run.main([str(arg) for arg in argv])
+        except SystemExit as exit_:
+            status = exit_.code
+    return status, stderr.getvalue()
+
+
+def _files_under(folder):
+    return sorted(str(path.relative_to(folder)) for path in Path(folder).rglob("*") if path.is_file())
+
+
+def _crop(source, width, height):
+    """A width×height RGB crop from the middle of a shared image."""
+    with Image.open(source) as image:
+        left, top = (image.width - width) // 2, (image.height - height) // 2
+        return image.convert("RGB").crop((left, top, left + width, top + height))
+
+
+def _expected_size(width, height):
+    """(width, height) of the output: long side IMAGE_SIZE, aspect ratio kept (no .5 ties here)."""
+    scale = IMAGE_SIZE / max(width, height)
+    return round(width * scale), round(height * scale)
+
+
+def _png_description(path):
+    return json.loads(images.read_png_metadata(path)["nst-jax"])
+
+
+@pytest.fixture(autouse=True)
+def weights_cache(tmp_path, monkeypatch):
+    """Any conversion a test triggers goes to tmp_path, never to the user's cache."""
+    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NST_JAX_WEIGHTS", raising=False)
+
+
+# --- flags, presets, overrides (no compute) ---------------------------------------------------
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_each_preset_name_gives_that_presets_settings(name):
+    assert _settings("--preset", name) == PRESETS[name]()
+
+
+def test_no_preset_flag_gives_the_default_preset():
+    assert _settings() == preset(DEFAULT_PRESET)
+
+
+def test_flags_override_the_preset_and_keep_the_rest():
+    settings = _settings("--preset", "gatys", "--num-steps", "7", "--pooling", "max",
+                         "--content-weight", "2.5", "--tv-loss", "l1", "--seed", "3")
+    assert settings == dataclasses.replace(PRESETS["gatys"](), num_steps=7, pooling="max",
+                                           content_weight=2.5, tv_loss="l1", seed=3)
+    assert type(settings.num_steps) is int and type(settings.content_weight) is float
+
+
+def test_list_flags_parse_into_tuples():
+    settings = _settings("--style-layers", "relu1_1,relu2_1", "--content-layers", " relu3_1 , block4_conv2 ",
+                         "--style-blend-weights", "0.25,0.75")
+    assert settings.style_layers == ("relu1_1", "relu2_1")
+    assert settings.content_layers == ("relu3_1", "block4_conv2")  # Keras names are accepted
+    assert settings.style_blend_weights == (0.25, 0.75)
+
+
+def test_new_layers_without_weights_drop_the_presets_layer_weights():
+    assert PRESETS["gatys"]().style_layer_weights == (0.2,) * 5  # what the reset must undo
+    reset = _settings("--preset", "gatys", "--style-layers", "relu1_1,relu2_1")
+    assert reset.style_layers == ("relu1_1", "relu2_1")
+    assert reset.style_layer_weights is None
+    given = _settings("--preset", "gatys", "--style-layers", "relu1_1,relu2_1",
+                      "--style-layer-weights", "3,1")
+    assert given.style_layer_weights == (3.0, 1.0)
+    content_given = _settings("--content-layers", "relu3_1,relu4_1", "--content-layer-weights", "1,2")
+    assert content_given.content_layer_weights == (1.0, 2.0)
+
+
+def test_init_image_flag_implies_init_image():
+    assert preset(DEFAULT_PRESET).init != "image"
+    settings = _settings("--init-image", "start.png")
+    assert (settings.init, settings.init_image) == ("image", "start.png")
+
+
+def test_help_exits_0_and_names_every_preset_and_setting(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    for name in PRESETS:
+        assert name in help_text
+    for field in dataclasses.fields(Settings):
+        assert "--" + field.name.replace("_", "-") in help_text
+
+
+# --- bad input: one line, status 2, nothing written, nothing compiled ---------------------------
+
+def _truncated_jpeg(folder):
+    data = CONTENT.read_bytes()
+    path = folder / "cut.jpg"
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def _text_named_jpg(folder):
+    path = folder / "notes.jpg"
+    path.write_text("not a picture\n")
+    return path
+
+
+def _random_bytes_bmp(folder):
+    path = folder / "noise.bmp"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 600, np.uint8).tobytes())
+    return path
+
+
+def _svg(folder):
+    path = folder / "drawing.svg"
+    path.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+                    '<rect width="64" height="64" fill="red"/></svg>\n')
+    return path
+
+
+def _one_pixel_png(folder):
+    path = folder / "dot.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(path)
+    return path
+
+
+def _inside_regular_file(folder):
+    """An output path whose folder is a regular file (permissions can't block root, this can)."""
+    (folder / "somefile.txt").write_text("not a folder\n")
+    return folder / "somefile.txt" / "out.png"
+
+
+def _text_as_weights(folder):
+    path = folder / "vgg19.h5"  # named like Keras weights, so the converter really looks at it
+    path.write_text("these are not weights\n")
+    return path
+
+
+def _foreign_npz(folder):
+    path = folder / "other.npz"
+    np.savez(path, kernel=np.ones((3, 3), np.float32))
+    return path
+
+
+# Each case: folder -> {"content", "style", "output", "flags" overrides; "named": what the error
+# line must name; "loads_weights": whether the failure is in the weights (so they get loaded)}.
+BAD_INPUTS = {
+    "missing content": lambda d: {"content": d / "missing.jpg", "named": "missing.jpg"},
+    "truncated jpeg style": lambda d: {"style": _truncated_jpeg(d), "named": "cut.jpg"},
+    "text file named .jpg": lambda d: {"content": _text_named_jpg(d), "named": "notes.jpg"},
+    "random bytes named .bmp": lambda d: {"style": _random_bytes_bmp(d), "named": "noise.bmp"},
+    "svg": lambda d: {"content": _svg(d), "named": "drawing.svg"},
+    "1x1 image": lambda d: {"content": _one_pixel_png(d), "named": "dot.png"},
+    "output inside a regular file": lambda d: {"output": _inside_regular_file(d),
+                                               "named": "somefile.txt"},
+    "output folder missing": lambda d: {"output": d / "no-such-folder" / "out.png",
+                                        "named": "no-such-folder"},
+    "output is a folder": lambda d: {"output": d, "named": str(d)},
+    "unsupported output extension": lambda d: {"output": d / "out" / "result.gif",
+                                               "named": "result.gif"},
+    "text file as weights": lambda d: {"weights": _text_as_weights(d), "named": "vgg19.h5",
+                                       "loads_weights": True},
+    "npz that is not ours": lambda d: {"weights": _foreign_npz(d), "named": "other.npz",
+                                       "loads_weights": True},
+    "missing init image": lambda d: {"flags": ["--init-image", d / "start.png"], "named": "start.png"},
+    "negative num steps": lambda d: {"flags": ["--num-steps", "-3"], "named": "--num-steps"},
+    "unknown content layer": lambda d: {"flags": ["--content-layers", "relu9_9"],
+                                        "named": "--content-layers"},
+    "blend weights count": lambda d: {"flags": ["--style-blend-weights", "1,2,3"],
+                                      "named": "--style-blend-weights"},
+    "layer weights count": lambda d: {"flags": ["--style-layers", "relu1_1", "--style-layer-weights", "1,2"],
+                                      "named": "--style-layer-weights"},
+    "non-numeric list": lambda d: {"flags": ["--style-blend-weights", "1,x"],
+                                   "named": "--style-blend-weights"},
+}
+
+
+@pytest.fixture
+def weight_loads(monkeypatch):
+    """Records weight loads, and fails the test if a bad input got as far as stylizing."""
+    loads = []
+    real_load = run.load_weights
+
+    def load_weights(argument):
+        loads.append(argument)
+        return real_load(argument)
+
+    def stylize_must_not_run(*args, **kwargs):
+        raise AssertionError("bad input reached the optimization")
+
+    monkeypatch.setattr(run, "load_weights", load_weights)
+    monkeypatch.setattr(stylize, "stylize", stylize_must_not_run)
+    return loads
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_error_line_with_status_2_and_no_file(case, tmp_path, synthetic_params_path,
+                                                               weight_loads):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (tmp_path / "out").mkdir()
+    spec = {"content": CONTENT, "style": STYLE, "output": tmp_path / "out" / "result.png",
+            "weights": synthetic_params_path, "flags": [], "loads_weights": False,
+            **BAD_INPUTS[case](inputs)}
+    before = _files_under(tmp_path)
+
+    status, stderr = _main([spec["content"], spec["style"], "-o", spec["output"],
+                            "--weights", spec["weights"], *CHEAP_FLAGS, "--num-steps", "2",
+                            *spec["flags"]])
+
+    assert status == 2
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and spec["named"] in lines[0], lines[0]
+    assert "Traceback" not in stderr
+    assert _files_under(tmp_path) == before  # no output, no temporary, no cache entry
+    # Images, the output path and flags are all checked before any weights are read.
+    assert bool(weight_loads) == spec["loads_weights"]
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--optimizer", "foo"], "--optimizer"),
+    (["--num-steps", "many"], "--num-steps"),
+    (["--preset", "picasso"], "--preset"),
+])
+def test_argparse_rejects_bad_values_with_status_2(flags, flag, tmp_path, weight_loads):
+    status, stderr = _main([CONTENT, STYLE, "-o", tmp_path / "out.png", *flags])
+    assert status == 2
+    assert flag in stderr and "Traceback" not in stderr
+    assert weight_loads == [] and _files_under(tmp_path) == []
+
+
+def test_error_from_the_command_line_has_no_traceback(tmp_path, synthetic_params_path):
+    # Once as a real process: what a user sees, including anything printed while importing.
+    broken = _truncated_jpeg(tmp_path)
+    completed = subprocess.run(
+        [sys.executable, "-m", "nst_jax.run", str(broken), str(STYLE), "-o", str(tmp_path / "out.png"),
+         "--weights", str(synthetic_params_path), *CHEAP_FLAGS],
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.splitlines() == [completed.stderr.strip()], completed.stderr
+    assert completed.stderr.startswith(f"error: {broken}")
+    assert not (tmp_path / "out.png").exists()
+
+
+# --- unusual valid input, and what a run writes -------------------------------------------------
+
+@dataclasses.dataclass
+class RunRecord:
+    status: int
+    stderr: str
+    content: Path
+    output: Path
+    content_size: tuple  # (width, height) as displayed, i.e. after EXIF orientation
+    num_steps: int
+
+
+def _run(folder, content, style, output_name, content_size, num_steps, *flags, weights):
+    output = folder / "out" / output_name
+    output.parent.mkdir()
+    status, stderr = _main([content, style, "-o", output, "--weights", weights, *CHEAP_FLAGS,
+                            "--num-steps", str(num_steps), *flags])
+    return RunRecord(status, stderr, Path(content), output, content_size, num_steps)
+
+
+@pytest.fixture(scope="module")
+def gray_content_rgba_style(tmp_path_factory, synthetic_params_path):
+    """8-bit grayscale JPEG content, RGBA PNG style with a transparency gradient; PNG output,
+    a progress line every step and an intermediate save at step 2."""
+    folder = tmp_path_factory.mktemp("gray-rgba")
+    content = folder / "gray.jpg"
+    _crop(CONTENT, 96, 64).convert("L").save(content, quality=90)
+    style = folder / "translucent.png"
+    rgba = _crop(STYLE, 60, 72).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    rgba.save(style)
+    with Image.open(content) as check_content, Image.open(style) as check_style:
+        assert (check_content.mode, check_style.mode) == ("L", "RGBA")
+    return _run(folder, content, style, "result.png", (96, 64), 4,
+                "--print-every", "1", "--save-every", "2", weights=synthetic_params_path)
+
+
+@pytest.fixture(scope="module")
+def sixteen_bit_content_cmyk_style(tmp_path_factory, synthetic_params_path):
+    """16-bit grayscale PNG content (portrait), CMYK JPEG style; JPEG output."""
+    folder = tmp_path_factory.mktemp("16bit-cmyk")
+    content = folder / "deep.png"
+    gray = np.asarray(_crop(CONTENT, 48, 80).convert("L"), np.uint16)
+    # Every 16-bit value distinct from an 8-bit one scaled up: the low byte carries information.
+    Image.fromarray(gray * 256 + np.arange(gray.size, dtype=np.uint16).reshape(gray.shape) % 256).save(content)
+    style = folder / "print.jpg"
+    _crop(STYLE, 64, 64).convert("CMYK").save(style, quality=90)
+    with Image.open(content) as check_content, Image.open(style) as check_style:
+        assert check_content.mode.startswith("I") and check_style.mode == "CMYK"
+    assert content.read_bytes()[24] == 16  # the PNG header's bit depth
+    return _run(folder, content, style, "result.jpg", (48, 80), 2, weights=synthetic_params_path)
+
+
+@pytest.fixture(scope="module")
+def exif_rotated_content(tmp_path_factory, synthetic_params_path):
+    """Content stored 80×56 with EXIF orientation 6 (shown rotated 90° clockwise, 56×80).
+
+    Learning rate 0 from the content: the output is the upright, resized content, so the test can
+    tell a rotation in the wrong direction from the right one.
+    """
+    folder = tmp_path_factory.mktemp("exif")
+    content = folder / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the 0th row is the visual right-hand side
+    _crop(CONTENT, 80, 56).save(content, quality=95, exif=exif)
+    return _run(folder, content, STYLE, "result.png", (56, 80), 2,
+                "--init", "content", "--learning-rate", "0", weights=synthetic_params_path)
+
+
+@pytest.mark.parametrize("fixture", ["gray_content_rgba_style", "sixteen_bit_content_cmyk_style",
+                                     "exif_rotated_content"])
+def test_unusual_valid_input_just_works(fixture, request):
+    record = request.getfixturevalue(fixture)
+    assert record.status == 0, record.stderr
+    assert "error" not in record.stderr and "Traceback" not in record.stderr
+    with Image.open(record.output) as written:
+        written.load()
+        assert written.mode == "RGB"
+        # Aspect ratio of the content as displayed, long side = --image-size.
+        assert written.size == _expected_size(*record.content_size)
+
+
+def test_exif_rotated_content_is_used_upright(exif_rotated_content):
+    record = exif_rotated_content
+    with Image.open(record.content) as stored:
+        # Pillow 13, independently of nst_jax: orientation 6 displays as the stored pixels
+        # rotated 90° clockwise (= ROTATE_270, counter-clockwise angles).
+        upright = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    # Pillow's Lanczos on float ("F") images, one per channel: no 8-bit rounding in between.
+    size = _expected_size(*record.content_size)
+    reference = np.stack([np.asarray(Image.fromarray(np.asarray(band, np.float32) / 255).resize(
+        size, Image.Resampling.LANCZOS)) for band in upright.split()], axis=-1)
+    with Image.open(record.output) as written:
+        output = np.asarray(written.convert("RGB"), np.float32) / 255
+    # The output PNG has 8 bits: half a level of rounding. A wrong rotation or a mirror is far off.
+    np.testing.assert_allclose(output, np.clip(reference, 0.0, 1.0), rtol=0, atol=0.6 / 255)
+
+
+def test_png_output_holds_the_settings(gray_content_rgba_style):
+    record = gray_content_rgba_style
+    description = _png_description(record.output)
+    assert description["steps"] == record.num_steps
+    assert description["content"] == "gray.jpg" and description["styles"] == ["translucent.png"]
+    settings = description["settings"]
+    assert settings["num_steps"] == record.num_steps
+    assert settings["image_size"] == IMAGE_SIZE
+    assert settings["content_layers"] == ["relu2_1"] and settings["optimizer"] == "adam"
+    assert description["weights"]["synthetic"] is True
+
+
+def test_jpeg_output_is_a_jpeg(sixteen_bit_content_cmyk_style):
+    with Image.open(sixteen_bit_content_cmyk_style.output) as written:
+        assert written.format == "JPEG"
+
+
+def test_save_every_writes_the_intermediate_images(gray_content_rgba_style):
+    record = gray_content_rgba_style
+    intermediate = Path(stylize.intermediate_path(str(record.output), 2, record.num_steps))
+    # Only the final image and the step-2 save: no temporaries, no save at the last step.
+    assert _files_under(record.output.parent) == sorted([record.output.name, intermediate.name])
+    assert _png_description(intermediate)["steps"] == 2
+    with Image.open(intermediate) as snapshot, Image.open(record.output) as final:
+        assert snapshot.size == final.size
+
+
+def test_progress_lines_show_rate_and_loss_terms(gray_content_rgba_style):
+    record = gray_content_rgba_style
+    progress = [line for line in record.stderr.splitlines() if "it/s" in line]
+    assert [int(re.search(r"(\d+)/\d+", line).group(1)) for line in progress] == [1, 2, 3, 4]
+    for line in progress:
+        terms = {name: float(value) for name, value in
+                 re.findall(r"\b(loss|content|style|tv) ([-+]?[0-9.]+(?:e[-+]?\d+)?)\s", line)}
+        assert set(terms) == {"loss", "content", "style", "tv"}, line
+        # The loss is the sum of the (weighted) terms shown, each printed to 4 significant digits.
+        np.testing.assert_allclose(terms["loss"], terms["content"] + terms["style"] + terms["tv"],
+                                   rtol=1.5e-3)
+    assert "done after 4 steps" in record.stderr
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("moment, cue", [
+    # Right after loading, while XLA compiles (an interrupted compile crashed jaxlib at exit).
+    ("while compiling", "warning: these VGG-19 weights are synthetic"),
+    ("while stepping", "it/s"),
+])
+def test_ctrl_c_saves_the_image_and_exits_130(moment, cue, tmp_path, synthetic_params_path):
+    output = tmp_path / "result.png"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nst_jax.run", str(CONTENT), str(STYLE), "-o", str(output),
+         "--weights", str(synthetic_params_path), *CHEAP_FLAGS, "--num-steps", "100000",
+         "--print-every", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    # A reader thread, so waiting for a line can time out instead of blocking on the pipe.
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+    reader.start()
+    seen = []
+    try:
+        while not any(cue in line for line in seen):
+            seen.append(lines.get(timeout=FIRST_PROGRESS_TIMEOUT_S))
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=EXIT_AFTER_SIGINT_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=10)
+    while not lines.empty():
+        seen.append(lines.get())
+    stderr = "".join(seen)
+
+    assert status == 130, stderr
+    assert "Traceback" not in stderr
+    if moment == "while compiling" and "nothing written" in stderr:
+        # Ctrl-C landed before the run began: nothing to save, and nothing saved.
+        assert _files_under(tmp_path) == []
+        return
+    assert "interrupted after" in stderr
+    steps = _png_description(output)["steps"]
+    assert 1 <= steps < 100000
+    with Image.open(output) as written:
+        written.load()
+        assert max(written.size) == IMAGE_SIZE
+    assert _files_under(tmp_path) == ["result.png"]  # and no temporary beside it
+
+
+def test_ctrl_c_before_the_loop_stops_at_the_first_visit(tmp_path, synthetic_params_path, monkeypatch):
+    # Deterministic version of "Ctrl-C while compiling": the signal arrives just before the
+    # targets are compiled. Raised there, it would escape XLA's compile (jaxlib then crashes at
+    # exit); deferred, the run finishes its first chunk and saves it.
+    real_compute_targets = stylize.compute_targets
+
+    def compute_targets_after_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_compute_targets(*args, **kwargs)
+
+    monkeypatch.setattr(stylize, "compute_targets", compute_targets_after_ctrl_c)
+    output = tmp_path / "result.png"
+    status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path,
+                            *CHEAP_FLAGS, "--num-steps", "50", "--print-every", "1"])
+    assert status == 130, stderr
+    assert "interrupted after 1 step" in stderr
+    assert _png_description(output)["steps"] == 1
+
+
+def test_a_second_ctrl_c_raises_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with stylize.ctrl_c_at_visits() as ctrl_c:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:  # caught here: escaping would end the whole pytest session
+            pytest.fail("the first Ctrl-C raised instead of being deferred")
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
