@@ -1,10 +1,10 @@
-"""Many stylizations of one content image as one compiled computation.
+"""Style transfer for one or many images as one compiled computation: the engine behind every run.
 
 Members differ in their style target (one painting each, or a blend), their loss weights
 (α, β, γ) and their seed; everything else (sizes, layers, optimizer, steps) is shared, so one
-`jax.vmap` of the single-image chunk runs them all and compiles once. L-BFGS keeps each member's
-own memory and line search: vmap batches the optimizer state, and the zoom line search's
-while-loop runs until every member has finished its own search.
+`jax.vmap` of the single-image chunk runs them all and compiles once. A single stylization is a
+batch of one. L-BFGS keeps each member's own memory and line search: vmap batches the optimizer
+state, and the zoom line search's while-loop runs until every member has finished its own search.
 
 Styles of different sizes need no resizing or padding: a style enters only through its Gram
 matrices, which are C×C whatever the painting's size, so each style is measured at its own size
@@ -17,8 +17,7 @@ its last member, whose outputs are dropped.
 
 import dataclasses
 import itertools
-import os
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +25,32 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import images
-from nst_jax.errors import UserInputError
 from nst_jax.objective import Objective, blend_grams, loss_terms, loss_weights
 from nst_jax.optimize import init_state, make_chunk, make_optimizer, run_loop, to_host
-from nst_jax.progress import ProgressBar
-from nst_jax.stylize import (PROGRESS_INTERVAL, StylizeResult, check_finite, compute_targets,
-                             finish_image, initial_pixels, intermediate_path, load_inputs,
-                             prepare_images, run_description)
+from nst_jax.stages import (compute_targets, finish_image, initial_pixels, prepare_images,
+                            scale_sizes)
+
+
+@dataclasses.dataclass
+class StylizeResult:
+    """One member's finished image (H, W, 3) RGB in [0, 1] and how the run went."""
+
+    image: np.ndarray
+    steps_done: int  # over all scales
+    interrupted: bool
+    loss: float  # at the last step, at the last scale reached
+    seconds: float
+
+
+@dataclasses.dataclass
+class Visit:
+    """What a run shows its caller at a host visit; the costly parts only on request."""
+
+    step: int  # steps done so far, over all scales
+    total_steps: int
+    losses: np.ndarray  # one per member
+    terms: Callable[[], dict]  # () -> {"total"/"content"/"style"/"tv": one value per member}
+    images: Callable[[], list]  # () -> finished RGB images, one per member (at this scale's size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,19 +146,47 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
                   init_image=None, mesh=None, on_visit=None, intervals=()):
     """Run every member in one vmapped, jitted loop; returns one StylizeResult per member.
 
+    With settings.scales > 1 the run goes coarse to fine (stages.scale_sizes), each scale
+    starting from the previous one's images, upsampled; each scale compiles once.
+
     Args:
       content: (H, W, 3) RGB in [0, 1]; styles: list of RGB arrays.
+      params: VGG-19 params as loaded by nst_jax.load_params; convention: their preprocessing.
       members: from `make_members`.
       init_image: RGB array for settings.init == "image".
       mesh: a "batch" Mesh to shard over (see `batch_mesh`); None: the default device.
-      on_visit: on_visit(step, pixels, losses, terms_fn) at each host visit; pixels is the
-        (padded) device array of every member, losses has one value per member, terms_fn() returns
-        {term: array of one value per member}.
+      on_visit: called with a `Visit` at every host visit (Ctrl-C may be raised from it: the run
+        then stops and returns the last finished images, interrupted=True).
+      intervals: step intervals at which to visit the host (progress, saves, Ctrl-C checks).
     """
     if not members:
         raise ValueError("a batch needs at least one member")
-    objective = Objective.from_settings(settings, convention)
+    if not styles:
+        raise ValueError("at least one style image is needed")
+    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
+        raise ValueError(f"{len(settings.style_blend_weights)} style blend weights for "
+                         f"{len(styles)} style images")
     params = jax.tree_util.tree_map(jnp.asarray, params)
+    total_steps = settings.num_steps * settings.scales
+    starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
+    for size in scale_sizes(settings):
+        scale = settings.replace(image_size=size)
+        finished, losses, run = _run_scale(content, styles, scale, params, convention, members, starts,
+                                           mesh, on_visit, intervals, steps_done, total_steps)
+        steps_done, seconds, starts = steps_done + run.steps_done, seconds + run.seconds, finished
+        if run.interrupted:
+            break
+    if finished[0].shape[:2] != images.long_side_shape(*content.shape[:2], settings.image_size):
+        # Interrupted at a coarse scale: hand back the requested size all the same.
+        finished = [images.resize_long_side(image, settings.image_size) for image in finished]
+    return [StylizeResult(image, steps_done, run.interrupted, float(loss), seconds)
+            for image, loss in zip(finished, losses)]
+
+
+def _run_scale(content, styles, settings, params, convention, members, starts, mesh, on_visit,
+               intervals, first_step, total_steps):
+    """One size of the run: (finished images, final losses, LoopResult)."""
+    objective = Objective.from_settings(settings, convention)
     content_rgb, content_pixels, style_pixels = prepare_images(content, styles, settings)
     # Content targets once; Gram matrices once per style image, each at its own size.
     per_style = [compute_targets(objective, params, jnp.asarray(content_pixels), [jnp.asarray(s)])
@@ -150,14 +196,13 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
     style_targets = [per_style[m.style_index]["style"] if m.style_index is not None
                      else blend_grams([t["style"] for t in per_style], blend) for m in members]
 
-    padded = list(members)
-    if mesh is not None:
-        padded += [members[-1]] * (-len(members) % mesh.size)
-    indices = [members.index(m) if i >= len(members) else i for i, m in enumerate(padded)]
-    batch_styles = _stack([style_targets[i] for i in indices])
-    batch_weights = _stack([loss_weights(m.content_weight, m.style_weight, m.tv_weight) for m in padded])
-    pixels = jnp.stack([initial_pixels(settings, convention, content_pixels, init_image, seed=m.seed)
-                        for m in padded])
+    count = len(members)
+    padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if mesh is not None else 0)
+    batch_styles = _stack([style_targets[i] for i in padded])
+    batch_weights = _stack([loss_weights(members[i].content_weight, members[i].style_weight,
+                                         members[i].tv_weight) for i in padded])
+    pixels = jnp.stack([initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
+                        for i in padded])
 
     optimizer = make_optimizer(settings)
     batched = batched_chunk(objective, optimizer, settings.optimizer == "lbfgs")
@@ -173,74 +218,17 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
     targets = {"content": content_targets, "style": batch_styles}
     chunk_fn = jax.jit(batched, donate_argnums=(1,))
 
+    def finished_images(current):
+        return [finish_image(member, content_rgb, settings) for member in to_host(current)[:count]]
+
     def visit(step, current, losses):
         if on_visit is not None:
-            terms_fn = lambda: {k: to_host(v)[: len(members)]
-                                for k, v in terms_of(current, params, targets, batch_weights).items()}
-            on_visit(step, current, np.asarray(losses)[: len(members)], terms_fn)
+            on_visit(Visit(
+                step=step, total_steps=total_steps, losses=np.asarray(losses)[:count],
+                terms=lambda: {k: to_host(v)[:count]
+                               for k, v in terms_of(current, params, targets, batch_weights).items()},
+                images=lambda: finished_images(current)))
 
-    result = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
-                      (params, targets, batch_weights), intervals, visit)
-    final = to_host(result.pixels)
-    return [StylizeResult(finish_image(final[i], content_rgb, settings), result.steps_done,
-                          result.interrupted, float(result.loss[i]), result.seconds)
-            for i in range(len(members))]
-
-
-def member_path(output_path, label):
-    """out.png + "starry_night_sw1000" -> out_starry_night_sw1000.png"""
-    stem, extension = os.path.splitext(output_path)
-    return f"{stem}_{label}{extension}"
-
-
-def style_names(style_paths):
-    """File stems, made unique (a_1, a_2) where two styles share a name."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in style_paths]
-    return [f"{stem}_{i + 1}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
-
-
-def stylize_batch_files(content_path, style_paths, output_path, settings, load_weights, *,
-                        per_style=True, style_weights=None, content_weights=None, seeds=None,
-                        num_devices=None, stream=None):
-    """The CLI's batched run: every member written as OUT_<label>.EXT; returns [(path, result)].
-
-    num_devices: shard over this many devices (None: all visible; 1: no sharding).
-    """
-    content, styles, init_image, params, params_metadata = load_inputs(
-        content_path, style_paths, output_path, settings, load_weights, stream)
-    members = make_members(settings, style_names(style_paths), per_style=per_style,
-                           style_weights=style_weights, content_weights=content_weights, seeds=seeds)
-    paths = [member_path(output_path, m.label) for m in members]
-    describe = run_description(content_path, style_paths, settings, params_metadata)
-    try:
-        mesh = batch_mesh(num_devices) if (num_devices or jax.device_count()) > 1 else None
-    except ValueError as error:
-        raise UserInputError(f"--devices: {error}") from None
-    # With several hosts (jax.distributed) every host runs this; the first one reports and writes.
-    writes = jax.process_index() == 0
-    bar = ProgressBar(settings.num_steps, stream=stream, label=f"{len(members)} images, step")
-    content_rgb = images.resize_long_side(content, settings.image_size)
-
-    def on_visit(step, pixels, losses, terms_fn):
-        at_print = settings.print_every and (step % settings.print_every == 0 or step == settings.num_steps)
-        if writes and (bar.interactive or at_print):
-            bar.update(step, {"loss mean": float(np.mean(losses)), "min": float(np.min(losses)),
-                              "max": float(np.max(losses))}, force_line=bool(at_print))
-        if settings.save_every and step % settings.save_every == 0 and step < settings.num_steps:
-            snapshots = to_host(pixels)  # a collective across hosts: every host takes part
-            for member, path, member_pixels in zip(members, paths, snapshots if writes else ()):
-                images.save_image(intermediate_path(path, step, settings.num_steps),
-                                  finish_image(member_pixels, content_rgb, settings),
-                                  describe(steps=step, member=dataclasses.asdict(member)))
-
-    intervals = (settings.print_every, settings.save_every, PROGRESS_INTERVAL if bar.interactive else 0)
-    results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing, members,
-                            init_image=init_image, mesh=mesh, on_visit=on_visit, intervals=intervals)
-    for member, path, result in zip(members, paths, results if writes else ()):
-        check_finite(result.image, result.steps_done)
-        images.save_image(path, result.image,
-                          describe(steps=result.steps_done, member=dataclasses.asdict(member)))
-    state = "interrupted" if results[0].interrupted else "done"
-    bar.close(f"{state} after {results[0].steps_done} steps in {results[0].seconds:.1f} s; wrote "
-              f"{len(paths)} images: {', '.join(paths)}")
-    return list(zip(paths, results))
+    run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps, (params, targets, batch_weights),
+                   intervals, visit, first_step=first_step)
+    return finished_images(run.pixels), np.asarray(run.loss)[:count], run

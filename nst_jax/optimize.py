@@ -98,12 +98,14 @@ def to_host(array):
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def visit_steps(num_steps, intervals):
-    """The step counts after which the host looks at the run: every multiple of any interval, and the end."""
+def visit_steps(num_steps, intervals, first_step=0):
+    """The local step counts after which the host looks at the run: wherever the overall step
+    (first_step + local) is a multiple of an interval, and at the end."""
     stops = {num_steps}
     for interval in intervals:
         if interval:
-            stops.update(range(interval, num_steps, interval))
+            first = interval - first_step % interval
+            stops.update(range(first, num_steps, interval))
     return sorted(stops)
 
 
@@ -116,23 +118,25 @@ class LoopResult:
     seconds: float
 
 
-def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_visit=None):
+def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_visit=None,
+             first_step=0):
     """Drive `chunk_fn` to `num_steps`, calling on_visit(step, pixels, loss) at each host visit.
 
     `static_args` are the chunk's arguments after the step count (params, targets, weights).
+    `first_step` offsets the steps on_visit sees and aligns the intervals (multi-scale runs).
 
     Ctrl-C stops the run between chunks and returns the last finished image (interrupted=True).
     """
     done, loss, start = 0, float("nan"), time.perf_counter()
     last_good = pixels
     try:
-        for stop in visit_steps(num_steps, intervals):
+        for stop in visit_steps(num_steps, intervals, first_step):
             pixels, opt_state, loss_array = chunk_fn(pixels, opt_state, jnp.int32(stop - done),
                                                      *static_args)
             loss = to_host(loss_array)  # the one host sync per chunk (one loss per member in a batch)
             done, last_good = stop, pixels
             if on_visit is not None:
-                on_visit(done, pixels, loss)
+                on_visit(first_step + done, pixels, loss)
     except KeyboardInterrupt:
         return LoopResult(last_good, done, True, loss, time.perf_counter() - start)
     return LoopResult(pixels, done, False, loss, time.perf_counter() - start)

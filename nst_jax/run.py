@@ -17,6 +17,7 @@ from nst_jax.settings import CHOICES, Settings
 # Help for each Settings field; the flag is the field name with dashes.
 FIELD_HELP = {
     "image_size": "long side of the output in pixels (aspect ratio kept)",
+    "scales": "coarse-to-fine passes, each √2 larger, the last at --image-size; --num-steps each",
     "style_scale": "style image size relative to the output size",
     "style_blend_weights": "comma-separated weight per style image (default: equal)",
     "content_layers": "comma-separated layers for the content loss, e.g. relu4_2 (Keras names work too)",
@@ -211,18 +212,15 @@ def main(argv=None):
         if distributed:
             from nst_jax.batch import join_cluster
             join_cluster(args.coordinator, args.num_processes, args.process_id)
+        from nst_jax.stylize import BatchRequest, stylize_files
+        batch = None
         if args.batch or sweeps or args.devices or distributed:
-            from nst_jax.batch import stylize_batch_files
-            outputs = stylize_batch_files(
-                args.content, args.styles, args.output, settings, lambda: load_weights(args.weights),
-                per_style=args.batch, style_weights=sweeps.get("style_weight"),
-                content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
-                num_devices=args.devices)
-            result = outputs[0][1]
-        else:
-            from nst_jax.stylize import stylize_files
-            result = stylize_files(args.content, args.styles, args.output, settings,
-                                   lambda: load_weights(args.weights))
+            batch = BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
+                                 content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
+                                 num_devices=args.devices)
+        outputs = stylize_files(args.content, args.styles, args.output, settings,
+                                lambda: load_weights(args.weights), batch=batch)
+        result = outputs[0][1]
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ class Settings:
 
     # Sizes.
     image_size: int = 512  # long side of the output in pixels; the aspect ratio is kept
+    scales: int = 1  # coarse-to-fine passes, each √2 larger, the last at image_size; num_steps each
     style_scale: float = 1.0  # style image long side = style_scale * image_size
     style_blend_weights: Optional[Tuple[float, ...]] = None  # one per style image; None = equal
 
@@ -102,7 +103,7 @@ class Settings:
             if given is not None and len(given) != len(getattr(self, layers)):
                 raise UserInputError(f"--{_flag(weights)}: {len(given)} weights for "
                                      f"{len(getattr(self, layers))} {layers.replace('_', ' ')}")
-        positive = ("image_size", "style_scale", "pixel_range", "num_steps", "lbfgs_memory",
+        positive = ("image_size", "scales", "style_scale", "pixel_range", "num_steps", "lbfgs_memory",
                     "lbfgs_linesearch_steps", "lr_decay_steps", "tv_beta")
         for field in positive:
             if not getattr(self, field) > 0:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import nst_jax.batch as batch_module
-from nst_jax.batch import make_members, member_path, stylize_batch
+from nst_jax.batch import make_members, stylize_batch
 from nst_jax.images import load_image, read_png_metadata
 from nst_jax.presets import preset
 from nst_jax.run import main
-from nst_jax.stylize import stylize
+from nst_jax.stylize import member_path, stylize
 from weights_tools.synthetic import synthetic_params
 
 ROOT = Path(__file__).resolve().parents[1]

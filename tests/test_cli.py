@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax import images, run, stylize
+from nst_jax import batch, images, run, stylize
 from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.settings import Settings
 
@@ -241,7 +241,7 @@ def weight_loads(monkeypatch):
         raise AssertionError("bad input reached the optimization")
 
     monkeypatch.setattr(run, "load_weights", load_weights)
-    monkeypatch.setattr(stylize, "stylize", stylize_must_not_run)
+    monkeypatch.setattr(stylize, "stylize_batch", stylize_must_not_run)
     return loads
 
 
@@ -487,13 +487,13 @@ def test_ctrl_c_before_the_loop_stops_at_the_first_visit(tmp_path, synthetic_par
     # Deterministic version of "Ctrl-C while compiling": the signal arrives just before the
     # targets are compiled. Raised there, it would escape XLA's compile (jaxlib then crashes at
     # exit); deferred, the run finishes its first chunk and saves it.
-    real_compute_targets = stylize.compute_targets
+    real_compute_targets = batch.compute_targets
 
     def compute_targets_after_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return real_compute_targets(*args, **kwargs)
 
-    monkeypatch.setattr(stylize, "compute_targets", compute_targets_after_ctrl_c)
+    monkeypatch.setattr(batch, "compute_targets", compute_targets_after_ctrl_c)
     output = tmp_path / "result.png"
     status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path,
                             *CHEAP_FLAGS, "--num-steps", "50", "--print-every", "1"])

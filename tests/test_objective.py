@@ -7,7 +7,7 @@ import numpy as np
 from nst_jax import losses
 from nst_jax.objective import Objective, loss_weights, total_loss, vgg_features
 from nst_jax.presets import preset
-from nst_jax.stylize import compute_targets
+from nst_jax.stages import compute_targets
 from weights_tools.synthetic import synthetic_params
 
 

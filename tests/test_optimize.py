@@ -10,7 +10,8 @@ from nst_jax.objective import Objective, loss_weights, total_loss
 from nst_jax.optimize import (init_state, jit_chunk, make_chunk, make_optimizer, run_loop,
                               visit_steps)
 from nst_jax.presets import preset
-from nst_jax.stylize import compute_targets, stylize
+from nst_jax.stages import compute_targets
+from nst_jax.stylize import stylize
 from nst_jax.images import load_image, resize_long_side
 from weights_tools.synthetic import synthetic_params
 
@@ -28,19 +29,6 @@ def params():
 @pytest.fixture(scope="module")
 def photos():
     return load_image(IMAGES / "tubingen.jpg", 96), load_image(IMAGES / "starry_night.jpg", 96)
-
-
-def _count_convolutions(jaxpr):
-    count = 0
-    for equation in jaxpr.eqns:
-        count += equation.primitive.name == "conv_general_dilated"
-        for value in equation.params.values():
-            for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    count += _count_convolutions(sub.jaxpr)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
-                    count += _count_convolutions(sub)
-    return count
 
 
 def _setup(settings, params, size=(24, 32)):
@@ -73,12 +61,14 @@ def test_chunks_of_any_length_compile_once(optimizer, params):
 
 
 def test_only_the_image_is_differentiated(params):
-    # Forward convs + input-gradient convs only: weight gradients would add one conv per layer.
+    # What runs: forward convs + input-gradient convs only, in the compiled program. Weight
+    # gradients would add one convolution per layer.
     settings = preset("neural-style").replace(**CHEAP)
     objective, content, targets, weights = _setup(settings, params)
-    jaxpr = jax.make_jaxpr(jax.grad(lambda x: total_loss(objective, params, x, targets, weights)))(content)
+    gradient = jax.jit(jax.grad(lambda x, p: total_loss(objective, p, x, targets, weights)))
+    compiled = gradient.lower(content, params).compile().as_text()
     convolutions_used = 3  # conv1_1, conv1_2, conv2_1
-    assert _count_convolutions(jaxpr.jaxpr) == 2 * convolutions_used
+    assert compiled.count("convolution(") == 2 * convolutions_used
 
 
 def test_visit_steps_cover_every_interval_and_the_end():
@@ -94,7 +84,7 @@ def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params,
                                               init="gray", **extra)
     losses = []
     result = stylize(content, [style], settings, params, "caffe",
-                     on_visit=lambda step, pixels, loss, terms: losses.append(loss), intervals=(1,))
+                     on_visit=lambda visit: losses.append(float(visit.losses[0])), intervals=(1,))
     assert len(losses) == steps
     assert losses[0] / losses[-1] > 10, (losses[0], losses[-1])
     assert result.image.shape == (48, 64, 3)  # 96×72 content: aspect ratio kept at long side 64
@@ -142,3 +132,18 @@ def test_original_colors_keep_the_content_chroma(mode, params, photos):
     inside = (result.image > 0.01).all(-1) & (result.image < 0.99).all(-1)  # clipping changes chroma
     np.testing.assert_allclose(out_yiq[..., 1:][inside], content_yiq[..., 1:][inside], atol=2e-3)
     assert np.abs(out_yiq[..., 0] - content_yiq[..., 0]).mean() > 1e-3  # luminance did change
+
+
+def test_multiscale_runs_coarse_to_fine_with_continuous_steps(params, photos):
+    content, style = photos
+    settings = preset("neural-style").replace(optimizer="adam", num_steps=3, image_size=64, scales=3,
+                                              init="content", **CHEAP)
+    seen = []
+    result = stylize(content, [style], settings, params, "caffe", intervals=(1,),
+                     on_visit=lambda visit: seen.append((visit.step, visit.total_steps,
+                                                         visit.images()[0].shape)))
+    # Sizes 64/√2² = 32, 64/√2 ≈ 45, 64 (long side), each from the last one's result.
+    assert [step for step, _, _ in seen] == list(range(1, 10))
+    assert {total for _, total, _ in seen} == {9}
+    assert [shape for _, _, shape in seen[2::3]] == [(24, 32, 3), (34, 45, 3), (48, 64, 3)]
+    assert result.steps_done == 9 and not result.interrupted and result.image.shape == (48, 64, 3)

@@ -1,0 +1,98 @@
+"""The stages around the optimization loop, as functions of arrays.
+
+    images ─▶ sizes and colors ─▶ targets (once) ─▶ start image ─▶ [jitted loop] ─▶ colors ─▶ image
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import color, images
+from nst_jax.objective import blend_grams, content_targets, style_grams
+from nst_jax.preprocess import mean_rgb
+
+# The coarsest pass of a multi-scale run is never smaller than this (long side, px).
+MIN_SCALE_SIDE = 32
+
+
+def scale_sizes(settings):
+    """Long sides of the coarse-to-fine passes: image_size / √2^k for k = scales−1 … 0.
+
+    Each pass starts from the previous one's result, upsampled: the coarse passes settle the
+    large structures cheaply, the last one adds detail at full size (crowsonkb's ×√2 steps).
+    """
+    return [max(MIN_SCALE_SIDE, round(settings.image_size / math.sqrt(2) ** k))
+            for k in range(settings.scales - 1, -1, -1)]
+
+
+def prepare_images(content, styles, settings):
+    """Resize content to the output size and styles to style_scale of it; gray them for luminance mode.
+
+    Returns (content_rgb, content_pixels, style_pixels list): content_rgb is the resized color
+    content (for recombining colors), the others are what the network sees, in [0, pixel_range].
+    """
+    content_rgb = images.resize_long_side(content, settings.image_size)
+    style_side = max(16, round(settings.style_scale * settings.image_size))
+    style_rgbs = [images.resize_long_side(style, style_side) for style in styles]
+    if settings.original_colors == "luminance":
+        # Gatys et al. 2016: transfer on luminance only, the style's luminance matched to the content's.
+        content_luminance = color.luminance(content_rgb)
+        content_view = content_luminance[..., None]
+        style_views = [color.match_luminance(color.luminance(s), content_luminance)[..., None]
+                       for s in style_rgbs]
+    else:
+        content_view, style_views = content_rgb, style_rgbs
+    scale = settings.pixel_range
+    return (content_rgb, np.asarray(content_view, np.float32) * scale,
+            [np.asarray(s, np.float32) * scale for s in style_views])
+
+
+def compute_targets(objective, params, content_pixels, style_pixels, blend_weights=None):
+    """Content features and the blended style Gram matrices: computed once, before the loop."""
+    content = jax.jit(lambda p, x: content_targets(objective, p, x))(params, content_pixels)
+    grams_of = jax.jit(lambda p, x: style_grams(objective, p, x))
+    grams = [grams_of(params, s) for s in style_pixels]
+    if not grams:
+        return {"content": content, "style": {}}
+    weights = blend_weights if blend_weights is not None else (1.0,) * len(grams)
+    return {"content": content, "style": blend_grams(grams, weights)}
+
+
+def initial_pixels(settings, convention, content_pixels, init_image=None, seed=None):
+    """The image the optimization starts from, shaped like content_pixels.
+
+    A given `init_image` (RGB; the init file, or the previous scale's result) is always used;
+    otherwise settings.init says what to start from.
+    """
+    shape, scale = content_pixels.shape, settings.pixel_range
+    if init_image is None and settings.init == "image":
+        raise ValueError("init='image' needs an init image")
+    if init_image is not None:
+        start = images.resize_to(init_image, shape[0], shape[1])
+        if shape[-1] == 1:
+            start = color.luminance(start)[..., None]
+        return jnp.asarray(np.asarray(start, np.float32) * scale)
+    if settings.init == "content":
+        return jnp.asarray(content_pixels)
+    if settings.init == "gray":
+        return jnp.full(shape, 0.5 * scale, jnp.float32)
+    # "noise": the training set's mean color (a zero VGG input) plus Gaussian noise.
+    mean = mean_rgb(convention)
+    if shape[-1] == 1:
+        mean = np.asarray(color.luminance(mean))[None]
+    key = jax.random.PRNGKey(settings.seed if seed is None else seed)
+    noise = jax.random.normal(key, shape, jnp.float32) * settings.init_noise_std
+    return jnp.clip(jnp.asarray(mean, jnp.float32) + noise, 0.0, 1.0) * scale
+
+
+def finish_image(pixels, content_rgb, settings):
+    """Optimized pixels -> RGB in [0, 1], with the content's colors where asked."""
+    rgb = np.clip(np.asarray(pixels, np.float32) / settings.pixel_range, 0.0, 1.0)
+    if rgb.shape[-1] == 1:  # luminance-only: stylized Y, content's I and Q
+        rgb = np.repeat(rgb, 3, axis=-1)
+        rgb = color.recombine_colors(rgb, content_rgb, space="yiq")
+    elif settings.original_colors == "recombine":
+        rgb = color.recombine_colors(rgb, content_rgb, space="ycbcr")
+    return np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)
