@@ -28,7 +28,7 @@ from nst_jax import images
 from nst_jax.objective import Objective, blend_grams, loss_terms, loss_weights
 from nst_jax.optimize import init_state, make_chunk, make_optimizer, run_loop, to_host
 from nst_jax.stages import (compute_targets, finish_image, initial_pixels, prepare_images,
-                            scale_sizes)
+                            scale_sizes, style_targets)
 
 
 @dataclasses.dataclass
@@ -189,16 +189,15 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
     objective = Objective.from_settings(settings, convention)
     content_rgb, content_pixels, style_pixels = prepare_images(content, styles, settings)
     # Content targets once; Gram matrices once per style image, each at its own size.
-    per_style = [compute_targets(objective, params, jnp.asarray(content_pixels), [jnp.asarray(s)])
-                 for s in style_pixels]
-    content_targets = per_style[0]["content"]
+    content_targets = compute_targets(objective, params, jnp.asarray(content_pixels), [])["content"]
+    grams = style_targets(objective, params, [jnp.asarray(s) for s in style_pixels])
     blend = settings.style_blend_weights or (1.0,) * len(styles)
-    style_targets = [per_style[m.style_index]["style"] if m.style_index is not None
-                     else blend_grams([t["style"] for t in per_style], blend) for m in members]
+    member_grams = [grams[m.style_index] if m.style_index is not None else blend_grams(grams, blend)
+                    for m in members]
 
     count = len(members)
     padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if mesh is not None else 0)
-    batch_styles = _stack([style_targets[i] for i in padded])
+    batch_styles = _stack([member_grams[i] for i in padded])
     batch_weights = _stack([loss_weights(members[i].content_weight, members[i].style_weight,
                                          members[i].tv_weight) for i in padded])
     pixels = jnp.stack([initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)

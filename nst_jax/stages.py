@@ -3,6 +3,7 @@
     images ─▶ sizes and colors ─▶ targets (once) ─▶ start image ─▶ [jitted loop] ─▶ colors ─▶ image
 """
 
+import functools
 import math
 
 import jax
@@ -51,13 +52,18 @@ def prepare_images(content, styles, settings):
 
 def compute_targets(objective, params, content_pixels, style_pixels, blend_weights=None):
     """Content features and the blended style Gram matrices: computed once, before the loop."""
-    content = jax.jit(lambda p, x: content_targets(objective, p, x))(params, content_pixels)
-    grams_of = jax.jit(lambda p, x: style_grams(objective, p, x))
-    grams = [grams_of(params, s) for s in style_pixels]
+    content = jax.jit(functools.partial(content_targets, objective))(params, content_pixels)
+    grams = style_targets(objective, params, style_pixels)
     if not grams:
         return {"content": content, "style": {}}
     weights = blend_weights if blend_weights is not None else (1.0,) * len(grams)
     return {"content": content, "style": blend_grams(grams, weights)}
+
+
+def style_targets(objective, params, style_pixels):
+    """{layer: Gram matrix} of each style image at its own size (one compile per distinct size)."""
+    grams_of = jax.jit(functools.partial(style_grams, objective))
+    return [grams_of(params, s) for s in style_pixels]
 
 
 def initial_pixels(settings, convention, content_pixels, init_image=None, seed=None):
