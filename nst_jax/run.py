@@ -65,12 +65,11 @@ def _parse_list(text, item_type, flag):
 
 
 def _field_type(field):
-    """(scalar type, is_list) of a Settings field."""
-    annotation = field.type if not isinstance(field.type, str) else eval(field.type, vars(typing))
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    while args and typing.get_origin(annotation) is typing.Union:
-        annotation, args = args[0], [a for a in typing.get_args(args[0]) if a is not type(None)]
-    if typing.get_origin(annotation) in (tuple, typing.Tuple):
+    """(scalar type, is_list) of a Settings field: Optional[...] unwrapped, Tuple[X, ...] -> (X, True)."""
+    annotation = field.type
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
         return typing.get_args(annotation)[0], True
     return annotation, False
 
