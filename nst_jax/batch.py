@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import images
 from nst_jax.objective import Objective, blend_grams, loss_terms, loss_weights
-from nst_jax.optimize import init_state, make_chunk, make_optimizer, run_loop, to_host
+from nst_jax.optimize import init_state, jit_chunk, make_chunk, make_optimizer, run_loop, to_host
 from nst_jax.stages import (compute_targets, finish_image, initial_pixels, prepare_images,
                             scale_sizes, style_targets)
 
@@ -215,7 +215,7 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
             (pixels, opt_state, batch_styles, batch_weights), sharded)
         params, content_targets = jax.device_put((params, content_targets), replicated)
     targets = {"content": content_targets, "style": batch_styles}
-    chunk_fn = jax.jit(batched, donate_argnums=(1,))
+    chunk_fn = jit_chunk(batched)
 
     def finished_images(current):
         return [finish_image(member, content_rgb, settings) for member in to_host(current)[:count]]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from nst_jax.batch import batched_chunk
 from nst_jax.layers import BLOCK_CHANNELS, CONV_LAYERS, conv_shape, deepest_conv
 from nst_jax.objective import Objective, content_targets
-from nst_jax.optimize import make_optimizer
+from nst_jax.optimize import jit_chunk, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def estimate_memory(settings, height, width, convention="caffe", batch_size=1):
              for layer in objective.style_layers}
     weights = {key: jax.ShapeDtypeStruct((batch_size,), jnp.float32) for key in ("content", "style", "tv")}
     batched = batched_chunk(objective, optimizer, settings.optimizer == "lbfgs")
-    compiled = jax.jit(batched, donate_argnums=(1,)).lower(
+    compiled = jit_chunk(batched).lower(
         pixels, state, jnp.int32(1), params, {"content": content, "style": grams}, weights).compile()
     analysis = compiled.memory_analysis()
     return MemoryEstimate(analysis.argument_size_in_bytes, analysis.temp_size_in_bytes,

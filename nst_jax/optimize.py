@@ -12,6 +12,7 @@ taken, and in practice the image drifts only slightly out of range.
 """
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -70,14 +71,35 @@ def make_chunk(objective, optimizer, is_lbfgs):
     return chunk
 
 
+# On CPU, XLA's (experimental, default-on) YNNPACK fusion runs VGG's 3×3 convolutions slower
+# than its Eigen runtime: 8–23 % per step here (BENCHMARKS.md, "What we tried").
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def compiler_options():
+    """Compiler options for the chunk on this backend; None where none apply or XLA lacks them.
+
+    Passed per jit rather than through XLA_FLAGS so that a jaxlib without the option raises a
+    catchable error here (and is compiled for without it) instead of aborting the process.
+    """
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception:  # an unknown option in this jaxlib: keep XLA's defaults
+        return None
+    return _CPU_COMPILER_OPTIONS
+
+
 def jit_chunk(chunk):
-    """Jit a chunk function, donating the optimizer state it replaces.
+    """Jit a chunk function (single or vmapped), donating the optimizer state it replaces.
 
     The optimizer state is the big buffer (L-BFGS keeps 2·memory copies of the image), so it is
     donated; the image is not, so that Ctrl-C during a chunk still finds the last finished image
     intact (it costs one image-sized buffer).
     """
-    return jax.jit(chunk, donate_argnums=(1,))
+    return jax.jit(chunk, donate_argnums=(1,), compiler_options=compiler_options())
 
 
 def init_state(optimizer, pixels):
