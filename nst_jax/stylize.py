@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from nst_jax import images
-from nst_jax.batch import StylizeResult, batch_mesh, make_members, stylize_batch  # noqa: F401 (StylizeResult: API)
+from nst_jax.batch import batch_mesh, make_members, stylize_batch
 from nst_jax.errors import UserInputError
 from nst_jax.progress import ProgressBar
 
@@ -30,7 +30,7 @@ PROGRESS_INTERVAL = 10
 
 def stylize(content, styles, settings, params, convention, *, init_image=None, on_visit=None,
             intervals=()):
-    """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a StylizeResult.
+    """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
 
     Args:
       params: VGG-19 params as loaded by nst_jax.load_params (numpy or jax arrays).
@@ -151,7 +151,7 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         are checked, so a bad image fails before any download or compile.
       batch: a BatchRequest for many outputs (OUT_<label>.EXT), or None for one (OUT).
 
-    Returns [(path, StylizeResult)], one per output. Raises UserInputError (one line naming the
+    Returns [(path, batch.StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
     and returns them with interrupted=True; before the first step it raises KeyboardInterrupt
     and writes nothing. With several hosts (jax.distributed) the first one writes.

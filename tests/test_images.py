@@ -6,7 +6,6 @@ Pillow's documented Lanczos resampling (separable, kernel sinc(x)·sinc(x/3) wid
 downscale factor, pixel centres at (i + 0.5)·scale).
 """
 
-import io
 import os
 import struct
 import zlib

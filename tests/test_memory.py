@@ -1,6 +1,5 @@
 """The memory estimate: XLA's analysis of the compiled step, checked against sizes known by hand."""
 
-import pytest
 
 from nst_jax.memory import estimate_memory
 from nst_jax.presets import preset
