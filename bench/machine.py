@@ -57,15 +57,20 @@ def describe_machine():
     }
 
 
-def _meminfo_total():
+def _proc_bytes(path, key):
+    """A "Key:  N kB" field of a /proc file, in bytes; None where there is no such file or field."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
+        with open(path) as fields:
+            for line in fields:
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _meminfo_total():
+    return _proc_bytes("/proc/meminfo", "MemTotal")
 
 
 def versions():
@@ -123,13 +128,9 @@ def reset_host_peak():
 
 def host_peak_rss():
     """Peak resident set size of this process in bytes since the last reset_host_peak()."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     # No /proc: the peak since the process started (kilobytes on Linux, bytes on macOS).
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
