@@ -225,20 +225,11 @@ def _matches(path, checksum):
 
 
 def _convert_atomically(source, params_path):
+    """Convert into the cache; save_params writes beside the final name and renames when done."""
     from weights_tools.convert import convert  # the converter is only needed on a cache miss
 
     params_path.parent.mkdir(parents=True, exist_ok=True)
-    # A private folder next to the final name: the converter writes a fresh file of the usual
-    # name there, and only a finished conversion is moved into place.
-    workspace = Path(tempfile.mkdtemp(prefix=f".{params_path.stem}-", dir=params_path.parent))
-    try:
-        converted = workspace / params_path.name
-        convert(source, converted)
-        os.replace(converted, params_path)
-    finally:
-        for leftover in workspace.iterdir():
-            leftover.unlink()
-        workspace.rmdir()
+    convert(source, params_path)
 
 
 def main(argv=None):
