@@ -34,7 +34,9 @@ class Experiment:
     xla_flags: str = ""
     env: tuple = ()  # extra (NAME, value) pairs
     stock_conv: bool = False  # JAX's own differentiation of flax's convolution (before the fix)
-    hoisted_kernels: bool = False  # input-gradient kernels behind an optimization barrier
+    # The input gradient's rotated kernels: made once per run ("prepared", the shipped way), in
+    # every step ("in-loop", as before), or in every step behind an optimization barrier.
+    adjoint: str = "prepared"
     compute_dtype: str = "float32"
     chunk_steps: int = 1
     one_core: bool = False
@@ -56,8 +58,10 @@ EXPERIMENTS = (
                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
     Experiment("eigen-convolutions", "now, YNNPACK off: convolutions on XLA's Eigen runtime",
                xla_flags="--xla_cpu_experimental_ynn_fusion_type="),
-    Experiment("hoisted-kernels", "now, flipped kernels behind lax.optimization_barrier so XLA "
-               "hoists them out of the loop", hoisted_kernels=True),
+    Experiment("adjoint-in-loop", "now, but the input gradient's kernels rotated in every step "
+               "(before they were prepared once per run)", adjoint="in-loop"),
+    Experiment("hoisted-kernels", "kernels rotated in the step behind lax.optimization_barrier, "
+               "so XLA hoists them out of the loop", adjoint="in-loop-barrier"),
     Experiment("onednn", "now + oneDNN", xla_flags="--xla_cpu_use_onednn=true"),
     Experiment("stock-conv-onednn", "before + oneDNN", xla_flags="--xla_cpu_use_onednn=true",
                stock_conv=True),
@@ -96,44 +100,38 @@ EXPERIMENTS = (
 
 
 def _use_stock_conv():
-    """Make nst_jax.vgg use lax.conv_general_dilated as flax does by default (the old network)."""
+    """Make nst_jax.vgg differentiate lax.conv_general_dilated as JAX does (the old network)."""
     import jax
 
     import nst_jax.vgg
 
-    nst_jax.vgg._flax_conv = jax.lax.conv_general_dilated  # experiment only: the pre-fix network
+    def stock(x, kernel, adjoint):  # experiment only: the pre-fix network
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    nst_jax.vgg._convolve = stock
 
 
-def _use_hoisted_kernels():
-    """Rotate/transpose the input-gradient kernels behind an optimization barrier.
+def _use_barrier_adjoint():
+    """Rotate the input-gradient kernels in the step, behind an optimization barrier.
 
     XLA's loop-invariant code motion does not hoist a lone transpose or reverse ("not worth
     hoisting individually") but does hoist a barrier and what feeds it: the rearranged kernels
     are then made once per chunk call instead of once per step (Adam only: L-BFGS evaluates the
     loss inside conditionals, which the pass does not look into).
     """
-    import functools
-
     import jax
-    import jax.numpy as jnp
 
     import nst_jax.vgg as vgg
 
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def conv(x, kernel, precision=None):
-        return vgg._conv3x3_same(x, kernel, precision)
+    rotate = vgg.adjoint_kernel
+    vgg.adjoint_kernel = lambda kernel: jax.lax.optimization_barrier(rotate(kernel))
 
-    def forward(x, kernel, precision):
-        return vgg._conv3x3_same(x, kernel, precision), (x, kernel)
 
-    def backward(precision, residuals, cotangent):
-        x, kernel = residuals
-        flipped = jax.lax.optimization_barrier(jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3))
-        _, kernel_vjp = jax.vjp(lambda k: vgg._conv3x3_same(x, k, precision), kernel)
-        return vgg._conv3x3_same(cotangent, flipped, precision), kernel_vjp(cotangent)[0]
+def _without_adjoint_kernels(params):
+    from nst_jax.vgg import ADJOINT
 
-    conv.defvjp(forward, backward)
-    vgg._flax_conv = lambda inputs, kernel, *unused, precision=None, **more: conv(inputs, kernel, precision)
+    return {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
 
 
 def _summary_ms(seconds):
@@ -158,13 +156,15 @@ def _child(experiment, size, steps):
 
     if experiment.stock_conv:
         _use_stock_conv()
-    if experiment.hoisted_kernels:
-        _use_hoisted_kernels()
+    if experiment.adjoint == "in-loop-barrier":
+        _use_barrier_adjoint()
     if experiment.kind == "layout":
         return _layout(size, steps)
     if experiment.kind == "conv-layers":
         return _conv_layers(size, steps)
     problem = jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype)
+    if experiment.adjoint != "prepared":
+        problem.params = _without_adjoint_kernels(problem.params)
     threads = 1 if experiment.one_core else machine.usable_cores()
     if experiment.kind in ("torch", "torch-forward"):
         return _torch(problem, experiment, steps, threads)
@@ -262,7 +262,7 @@ def _layout(size, steps):
     import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax.vgg import conv3x3_same
+    from nst_jax.vgg import adjoint_kernel, conv3x3_same
 
     side, channels = size // 2, 128
     rng = np.random.default_rng(0)
@@ -271,7 +271,8 @@ def _layout(size, steps):
     variants = {
         "NHWC autodiff": (lambda x, k: jax.lax.conv_general_dilated(
             x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), image_nhwc, kernel_hwio),
-        "NHWC canonical input gradient": (conv3x3_same, image_nhwc, kernel_hwio),
+        "NHWC canonical input gradient": (lambda x, k: conv3x3_same(x, k, adjoint_kernel(k)),
+                                          image_nhwc, kernel_hwio),
         "NCHW autodiff": (lambda x, k: jax.lax.conv_general_dilated(
             x, k, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")),
             jnp.transpose(image_nhwc, (0, 3, 1, 2)), jnp.transpose(kernel_hwio, (3, 2, 0, 1))),

@@ -23,6 +23,7 @@ from nst_jax.optimize import init_state, jit_chunk, make_chunk, make_optimizer, 
 from nst_jax.presets import preset
 from nst_jax.stages import compute_targets, initial_pixels, prepare_images
 from nst_jax.stylize import PROGRESS_INTERVAL
+from nst_jax.vgg import with_adjoint_kernels
 from weights_tools.synthetic import synthetic_params
 
 # The synthetic params stand for the Keras (Caffe-derived) release: BGR, 0..255, mean-subtracted.
@@ -42,9 +43,11 @@ def synthetic_images(height, width, seed=0):
 
 
 def network_params(objective, params):
-    """Only the convolutions the loss needs, as device arrays (the network is truncated too)."""
+    """Only the convolutions the loss needs, as device arrays (the network is truncated too),
+    with their adjoint kernels, as nst_jax.batch prepares them."""
     last = CONV_LAYERS.index(deepest_conv(objective.layers))
-    return {name: jax.tree_util.tree_map(jnp.asarray, params[name]) for name in CONV_LAYERS[: last + 1]}
+    return with_adjoint_kernels(
+        {name: jax.tree_util.tree_map(jnp.asarray, params[name]) for name in CONV_LAYERS[: last + 1]})
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ from nst_jax.objective import Objective, blend_grams, loss_terms, loss_weights
 from nst_jax.optimize import init_state, jit_chunk, make_chunk, make_optimizer, run_loop, to_host
 from nst_jax.stages import (compute_targets, finish_image, initial_pixels, prepare_images,
                             scale_sizes, style_targets)
+from nst_jax.vgg import with_adjoint_kernels
 
 
 @dataclasses.dataclass
@@ -166,7 +167,8 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
     if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
         raise ValueError(f"{len(settings.style_blend_weights)} style blend weights for "
                          f"{len(styles)} style images")
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    # Made once here, the input gradient's rotated kernels are not remade in every step.
+    params = with_adjoint_kernels(jax.tree_util.tree_map(jnp.asarray, params))
     total_steps = settings.num_steps * settings.scales
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
     for size in scale_sizes(settings):

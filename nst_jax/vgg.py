@@ -1,6 +1,5 @@
 """Frozen VGG-19 feature extractor in Flax (NHWC), truncated at the deepest layer asked for."""
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,54 +14,83 @@ POOLINGS = ("max", "avg")
 _NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv3x3_same(x, kernel, precision):
-    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC_HWIO,
-                                    precision=precision)
+def _conv3x3_same(x, kernel):
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC_HWIO)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3_same(x, kernel, precision=None):
+def adjoint_kernel(kernel):
+    """The HWIO kernel whose "same" correlation is the adjoint of correlating with `kernel`:
+    rotated 180° with its input and output channels swapped (for a symmetric (1, 1) pad)."""
+    return jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
+
+
+@jax.custom_vjp
+def conv3x3_same(x, kernel, adjoint):
     """3×3, stride 1, "same" convolution (NHWC × HWIO) whose input gradient is NHWC × HWIO too.
+
+    `adjoint` is `adjoint_kernel(kernel)`, passed in so that it can be made once per run
+    (`with_adjoint_kernels`) instead of in every step: XLA's CPU transposes took ~10 % of a step.
 
     JAX differentiates a convolution into one that swaps the kernel's input and output feature
     dimensions through its dimension numbers ("01oi"). XLA's CPU compiler rewrites such a
     convolution into the canonical form its fast kernels need only in the entry computation
     (ConvCanonicalization), so inside the optimizer's lax.fori_loop every backward-data
     convolution fell back to naive loops: 5-7x slower steps (BENCHMARKS.md, "What we tried").
-    Here the input gradient is a plain convolution with the kernel flipped and transposed, which
-    XLA handles alike everywhere; it sums the same products. Not forward-mode differentiable
-    (jax.jvp), as with any custom_vjp.
+    Here the input gradient is a plain convolution with the adjoint kernel, which XLA handles
+    alike everywhere; it sums the same products. Not forward-mode differentiable (jax.jvp), as
+    with any custom_vjp. `adjoint` gets no gradient.
     """
-    return _conv3x3_same(x, kernel, precision)
+    return _conv3x3_same(x, kernel)
 
 
-def _conv3x3_same_forward(x, kernel, precision):
-    return _conv3x3_same(x, kernel, precision), (x, kernel)
+def _conv3x3_same_forward(x, kernel, adjoint):
+    return _conv3x3_same(x, kernel), (x, kernel, adjoint)
 
 
-def _conv3x3_same_backward(precision, residuals, cotangent):
-    x, kernel = residuals
-    # Correlation's adjoint for a symmetric (1, 1) pad: correlate with the kernel rotated 180°
-    # and its in/out channels swapped.
-    flipped = jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
-    x_gradient = _conv3x3_same(cotangent, flipped, precision)
+def _conv3x3_same_backward(residuals, cotangent):
+    x, kernel, adjoint = residuals
     # The kernel's cotangent, for completeness: XLA drops it when nobody asks (only the image
     # is differentiated in style transfer).
-    _, kernel_vjp = jax.vjp(lambda k: _conv3x3_same(x, k, precision), kernel)
-    return x_gradient, kernel_vjp(cotangent)[0]
+    _, kernel_vjp = jax.vjp(lambda k: _conv3x3_same(x, k), kernel)
+    return _conv3x3_same(cotangent, adjoint), kernel_vjp(cotangent)[0], None
 
 
 conv3x3_same.defvjp(_conv3x3_same_forward, _conv3x3_same_backward)
 
+# What Conv3x3 convolves with: (x, kernel, adjoint kernel) -> y. A module-level name so that the
+# benchmarks can swap in JAX's own differentiation of lax.conv_general_dilated to compare.
+_convolve = conv3x3_same
 
-def _flax_conv(inputs, kernel, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-               dimension_numbers=None, feature_group_count=1, precision=None):
-    """nn.Conv's `conv_general_dilated` hook, for the one convolution VGG-19 uses."""
-    plain = all(s == 1 for s in window_strides) and feature_group_count == 1 and all(
-        d is None or all(v == 1 for v in d) for d in (lhs_dilation, rhs_dilation))
-    if padding != "SAME" or not plain or kernel.shape[:2] != (3, 3):
-        raise ValueError("conv3x3_same implements only 3x3, stride 1, undilated 'SAME' convolutions")
-    return conv3x3_same(inputs, kernel, precision)
+ADJOINT = "adjoint_kernel"  # the params entry with_adjoint_kernels adds beside kernel and bias
+
+
+def with_adjoint_kernels(params):
+    """`params` with each convolution's adjoint kernel added (params[layer]["adjoint_kernel"]).
+
+    Do it once per run, outside the optimization loop: `features` then uses them instead of
+    rotating every kernel again in each step. The result is a new dict; `params` is unchanged.
+    """
+    return {name: {**layer, ADJOINT: adjoint_kernel(jnp.asarray(layer["kernel"]))}
+            if "kernel" in layer else layer for name, layer in params.items()}
+
+
+class Conv3x3(nn.Module):
+    """A 3×3 "same" convolution plus bias, with nn.Conv's parameter names and initializers."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if self.has_variable("adjoint", "kernel"):
+            adjoint = self.get_variable("adjoint", "kernel")
+        else:  # not prepared: rotate here, in every evaluation (correct, ~10 % slower on CPU)
+            adjoint = adjoint_kernel(kernel)
+        y = _convolve(x, kernel.astype(self.dtype), adjoint.astype(self.dtype))
+        return y + bias.astype(self.dtype)
 
 
 class VGG19(nn.Module):
@@ -87,9 +115,7 @@ class VGG19(nn.Module):
         for name in LAYER_ORDER[: last + 1]:
             if name.startswith("conv"):
                 block = int(name[4])
-                x = nn.Conv(BLOCK_CHANNELS[block], (3, 3), padding="SAME", dtype=self.dtype,
-                            param_dtype=jnp.float32, conv_general_dilated=_flax_conv,
-                            name=name)(x)
+                x = Conv3x3(BLOCK_CHANNELS[block], dtype=self.dtype, name=name)(x)
             elif name.startswith("relu"):
                 x = nn.relu(x)
             elif self.pooling == "max":
@@ -106,7 +132,8 @@ def features(params, image, layers, pooling="max", dtype=jnp.float32):
 
     Args:
       params: {"conv1_1": {"kernel": HWIO, "bias": (C,)}, ...} as loaded from a params file.
-        Layers past the deepest one asked for may be absent.
+        Layers past the deepest one asked for may be absent. Entries made by
+        `with_adjoint_kernels` are used for the input gradient (faster; same numbers).
       image: (N, H, W, 3) array, already preprocessed for these weights.
       layers: layer names (Caffe/NST names such as relu4_2, or Keras aliases).
       pooling: "max" or "avg".
@@ -118,4 +145,6 @@ def features(params, image, layers, pooling="max", dtype=jnp.float32):
     if image.ndim != 4 or image.shape[-1] != 3:
         raise ValueError(f"image must have shape (N, H, W, 3), got {image.shape}")
     model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype)
-    return model.apply({"params": params}, image)
+    weights = {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
+    adjoints = {name: {"kernel": layer[ADJOINT]} for name, layer in params.items() if ADJOINT in layer}
+    return model.apply({"params": weights, "adjoint": adjoints}, image)

@@ -149,3 +149,49 @@ def test_wrong_shape_is_refused_naming_file_and_layer(tmp_path):
 def test_missing_file_is_refused_naming_it(tmp_path):
     with pytest.raises(WeightsFileError, match="absent.npz"):
         load_params(tmp_path / "absent.npz")
+
+
+def test_prepared_adjoint_kernels_give_the_same_features_and_image_gradient(params, vgg_input):
+    prepared = nst_jax.vgg.with_adjoint_kernels(params)
+    assert set(prepared["conv3_1"]) == {"kernel", "bias", "adjoint_kernel"}
+    assert "adjoint_kernel" not in params["conv3_1"]  # the caller's dict is left alone
+    layers = ("relu1_1", "relu3_1", "relu4_2")
+
+    def loss(weights, image):
+        return sum(jax.numpy.sum(a * a) for a in nst_jax.features(weights, image, layers).values())
+
+    ours, theirs = (jax.jit(jax.value_and_grad(loss, argnums=1))(w, vgg_input) for w in (prepared, params))
+    assert float(ours[0]) == float(theirs[0])
+    np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(theirs[1]))
+    # The adjoint kernel really is what the input gradient uses: a wrong one changes it.
+    conv1_1 = prepared["conv1_1"]
+    broken = {**prepared, "conv1_1": {**conv1_1, "adjoint_kernel": -conv1_1["adjoint_kernel"]}}
+    assert not np.allclose(np.asarray(jax.grad(loss, argnums=1)(broken, vgg_input)), np.asarray(ours[1]))
+
+
+def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params, monkeypatch):
+    """nst_jax.batch prepares the adjoint kernels before compiling; nothing traced rotates any."""
+    import nst_jax.vgg
+    from nst_jax.batch import make_members, stylize_batch
+    from nst_jax.presets import preset
+
+    traced_rotations = []
+    rotate = nst_jax.vgg.adjoint_kernel
+
+    def counting(kernel):
+        if isinstance(kernel, jax.core.Tracer):
+            traced_rotations.append(kernel.shape)
+        return rotate(kernel)
+
+    monkeypatch.setattr(nst_jax.vgg, "adjoint_kernel", counting)
+    settings = preset("neural-style").replace(num_steps=2, image_size=24, content_layers=("relu2_1",),
+                                              style_layers=("relu1_1", "relu2_1"))
+    picture = np.random.default_rng(0).random((24, 24, 3), np.float32)
+    for optimizer in ("adam", "lbfgs"):
+        stylize_batch(picture, [picture], settings.replace(optimizer=optimizer), params, "caffe",
+                      make_members(settings, ["s"]))
+    assert traced_rotations == []
+    # The check can fail: unprepared params are rotated inside the traced loss.
+    jax.jit(lambda weights, image: nst_jax.features(weights, image, ("relu1_1",)))(
+        params, jax.numpy.zeros((1, 8, 8, 3)))
+    assert traced_rotations
