@@ -171,27 +171,29 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
             mesh = batch_mesh(devices) if devices > 1 else None
         except ValueError as error:
             raise UserInputError(f"--devices: {error}") from None
-    describe = run_description(content_path, style_paths, settings, params_metadata)
-    member_metadata = [{} if batch is None else {"member": dataclasses.asdict(m)} for m in members]
-    writes = jax.process_index() == 0
-    total_steps = settings.num_steps * settings.scales
-    bar = ProgressBar(total_steps, stream=stream,
-                      label="step" if len(members) == 1 else f"{len(members)} images, step")
-
-    def on_visit(visit):
-        if ctrl_c.requested and visit.step < total_steps:
-            raise KeyboardInterrupt  # the run keeps the images of the chunk that just finished
-        at_print = settings.print_every and (visit.step % settings.print_every == 0
-                                             or visit.step == total_steps)
-        if writes and (bar.interactive or at_print):
-            bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print))
-        if settings.save_every and visit.step % settings.save_every == 0 and visit.step < total_steps:
-            snapshots = visit.images()  # a collective across hosts: every host takes part
-            for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
-                images.save_image(intermediate_path(path, visit.step, total_steps), snapshot,
-                                  describe(steps=visit.step, **extra))
-
+    # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): even the moment between
+    # the first line printed and the first step must not interrupt jaxlib mid-call.
     with ctrl_c_at_visits() as ctrl_c:
+        describe = run_description(content_path, style_paths, settings, params_metadata)
+        member_metadata = [{} if batch is None else {"member": dataclasses.asdict(m)} for m in members]
+        writes = jax.process_index() == 0
+        total_steps = settings.num_steps * settings.scales
+        bar = ProgressBar(total_steps, stream=stream,
+                          label="step" if len(members) == 1 else f"{len(members)} images, step")
+
+        def on_visit(visit):
+            if ctrl_c.requested and visit.step < total_steps:
+                raise KeyboardInterrupt  # the run keeps the images of the chunk that just finished
+            at_print = settings.print_every and (visit.step % settings.print_every == 0
+                                                 or visit.step == total_steps)
+            if writes and (bar.interactive or at_print):
+                bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print))
+            if settings.save_every and visit.step % settings.save_every == 0 and visit.step < total_steps:
+                snapshots = visit.images()  # a collective across hosts: every host takes part
+                for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
+                    images.save_image(intermediate_path(path, visit.step, total_steps), snapshot,
+                                      describe(steps=visit.step, **extra))
+
         results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
                                 members, init_image=init_image, mesh=mesh, on_visit=on_visit,
                                 intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL))
