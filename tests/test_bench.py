@@ -201,7 +201,8 @@ def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(monkeypatch, op
         return hlo.convolution_backends(text)
 
     ours = backends()
-    assert ours.get("loops", 0) == 0 and sum(ours.values()) >= 26, ours
+    # 13 forward convolutions and 12 input gradients (conv1_1's is a matrix product).
+    assert ours.get("loops", 0) == 0 and sum(ours.values()) >= 25, ours
     # The check can fail: flax's own convolution, differentiated by JAX, gives the old program.
     import nst_jax.vgg
 

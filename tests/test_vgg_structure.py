@@ -164,8 +164,8 @@ def test_prepared_adjoint_kernels_give_the_same_features_and_image_gradient(para
     assert float(ours[0]) == float(theirs[0])
     np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(theirs[1]))
     # The adjoint kernel really is what the input gradient uses: a wrong one changes it.
-    conv1_1 = prepared["conv1_1"]
-    broken = {**prepared, "conv1_1": {**conv1_1, "adjoint_kernel": -conv1_1["adjoint_kernel"]}}
+    conv2_1 = prepared["conv2_1"]  # (conv1_1's 3 input channels take another path)
+    broken = {**prepared, "conv2_1": {**conv2_1, "adjoint_kernel": -conv2_1["adjoint_kernel"]}}
     assert not np.allclose(np.asarray(jax.grad(loss, argnums=1)(broken, vgg_input)), np.asarray(ours[1]))
 
 
@@ -195,3 +195,25 @@ def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params, monkey
     jax.jit(lambda weights, image: nst_jax.features(weights, image, ("relu1_1",)))(
         params, jax.numpy.zeros((1, 8, 8, 3)))
     assert traced_rotations
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 8, 9, 64])  # both input-gradient paths, and the edge
+def test_conv3x3_same_gradients_equal_jax_autodiff_of_the_convolution(in_channels):
+    from nst_jax.vgg import adjoint_kernel, conv3x3_same
+
+    rng = np.random.default_rng(in_channels)
+    x = jax.numpy.asarray(rng.standard_normal((2, 7, 10, in_channels), np.float32))
+    kernel = jax.numpy.asarray(rng.standard_normal((3, 3, in_channels, 16), np.float32))
+    cotangent = jax.numpy.asarray(rng.standard_normal((2, 7, 10, 16), np.float32))
+
+    def reference(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST)
+
+    ours, our_vjp = jax.vjp(lambda x, k: conv3x3_same(x, k, adjoint_kernel(k)), x, kernel)
+    theirs, their_vjp = jax.vjp(reference, x, kernel)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-5)
+    for got, expected in zip(jax.jit(our_vjp)(cotangent), their_vjp(cotangent)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(expected).max()))
