@@ -74,7 +74,7 @@ def intermediate_path(output_path, step, num_steps):
     return f"{stem}_{step:0{len(str(num_steps))}d}{extension}"
 
 
-def load_inputs(content_path, style_paths, output_path, settings, load_weights, stream=None):
+def load_inputs(content_path, style_paths, output_path, settings, load_weights):
     """Check the output path, load the images, then the weights: cheapest failure first.
 
     Returns (content, styles, init_image or None, params, params_metadata).
@@ -84,9 +84,6 @@ def load_inputs(content_path, style_paths, output_path, settings, load_weights, 
     styles = [images.load_image(path) for path in style_paths]
     init_image = images.load_image(settings.init_image) if settings.init == "image" else None
     params, params_metadata = load_weights()
-    if params_metadata.synthetic:
-        print("warning: these VGG-19 weights are synthetic random values (for tests); "
-              "the picture will not be art", file=stream or sys.stderr)
     return content, styles, init_image, params, params_metadata
 
 
@@ -157,7 +154,7 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     and writes nothing. With several hosts (jax.distributed) the first one writes.
     """
     content, styles, init_image, params, params_metadata = load_inputs(
-        content_path, style_paths, output_path, settings, load_weights, stream)
+        content_path, style_paths, output_path, settings, load_weights)
     if batch is None:
         members, mesh = make_members(settings, style_names(style_paths), per_style=False), None
         paths = [output_path]
@@ -171,9 +168,12 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
             mesh = batch_mesh(devices) if devices > 1 else None
         except ValueError as error:
             raise UserInputError(f"--devices: {error}") from None
-    # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): even the moment between
-    # the first line printed and the first step must not interrupt jaxlib mid-call.
+    # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
+    # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
     with ctrl_c_at_visits() as ctrl_c:
+        if params_metadata.synthetic:
+            print("warning: these VGG-19 weights are synthetic random values (for tests); "
+                  "the picture will not be art", file=stream or sys.stderr)
         describe = run_description(content_path, style_paths, settings, params_metadata)
         member_metadata = [{} if batch is None else {"member": dataclasses.asdict(m)} for m in members]
         writes = jax.process_index() == 0
