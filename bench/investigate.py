@@ -3,13 +3,18 @@
 XLA reads XLA_FLAGS once per process (and aborts on a flag it does not know), and JAX reads its
 configuration at import, so every experiment runs in a fresh Python process and reports one JSON
 line. The parent prints a Markdown table (the source of BENCHMARKS.md's "What we tried") and
-writes the JSON to bench/results/investigate-<size>.json.
+writes the JSON to bench/results/investigate-<size>.json. With --paired, experiments that differ
+only in how the chunk is traced or compiled run side by side in one process instead, called in
+turn for --rounds rounds: that resolves differences of a few percent that separate processes on
+a shared machine cannot.
 
     python -m bench.investigate [--size 256] [--steps 5] [--rounds 3] [--only baseline,stock-conv]
+    python -m bench.investigate --paired --rounds 20 --only baseline,adjoint-in-loop
 """
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -19,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +47,11 @@ class Experiment:
     chunk_steps: int = 1
     one_core: bool = False
     channels_last: bool = False
+    few_channel_gradient: bool = True  # conv1_1's input gradient as a matrix product (shipped)
+    # The chunk's YNNPACK setting: "shipped" (nst_jax.optimize's compiler option: convolutions on
+    # Eigen), "xla-default" (no option), or a value of xla_cpu_experimental_ynn_fusion_type.
+    # (A per-jit compiler option overrides XLA_FLAGS, so the flag alone would change nothing.)
+    ynn: str = "shipped"
 
 
 EXPERIMENTS = (
@@ -52,14 +63,17 @@ EXPERIMENTS = (
     Experiment("no-loop", "now, one jitted value_and_grad outside any loop", kind="jax-no-loop"),
     Experiment("forward-only", "now, the loss alone (no gradient), jitted", kind="jax-forward"),
     Experiment("chunk-10", "now, 10 steps per chunk call instead of 1", chunk_steps=10),
+    Experiment("ynn-default", "now, but XLA's default CPU libraries (YNNPACK convolutions), without "
+               "the chunk's compiler option that keeps convolutions on Eigen", ynn="xla-default"),
     Experiment("ynn-convolutions-only", "now, YNNPACK for convolutions only (no fused "
                "elementwise ops, so no materialized constant broadcasts)",
-               xla_flags="--xla_cpu_experimental_ynn_fusion_type="
-                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
-    Experiment("eigen-convolutions", "now, YNNPACK off: convolutions on XLA's Eigen runtime",
-               xla_flags="--xla_cpu_experimental_ynn_fusion_type="),
+               ynn="LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
+    Experiment("ynn-dots", "now, YNNPACK for dot products only (the Gram matrices; convolutions "
+               "on Eigen)", ynn="LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),
     Experiment("adjoint-in-loop", "now, but the input gradient's kernels rotated in every step "
                "(before they were prepared once per run)", adjoint="in-loop"),
+    Experiment("conv1_1-convolution", "now, but conv1_1's input gradient as a convolution with "
+               "3 output channels (before)", few_channel_gradient=False),
     Experiment("hoisted-kernels", "kernels rotated in the step behind lax.optimization_barrier, "
                "so XLA hoists them out of the loop", adjoint="in-loop-barrier"),
     Experiment("onednn", "now + oneDNN", xla_flags="--xla_cpu_use_onednn=true"),
@@ -91,6 +105,9 @@ EXPERIMENTS = (
                "loop), against torch.nn.functional.conv2d NCHW and channels_last", kind="conv-layers"),
     Experiment("conv-layers-eigen", "the same with YNNPACK off (XLA's Eigen convolutions)",
                kind="conv-layers", xla_flags="--xla_cpu_experimental_ynn_fusion_type="),
+    Experiment("winograd-layers", "one forward 3×3 convolution per block width: XLA's direct "
+               "convolution against Winograd F(2×2, 3×3) written in jnp (16 batched products, 2.25× "
+               "fewer multiplications), and that batched product alone", kind="winograd"),
     Experiment("layout", "one 3×3 conv layer (128 ch at size/2) in a fori_loop: NHWC vs NCHW, "
                "autodiff vs canonical input gradient", kind="layout"),
 )
@@ -99,33 +116,45 @@ EXPERIMENTS = (
 # --- the child: one experiment, one JSON line -----------------------------------------------
 
 
-def _use_stock_conv():
-    """Make nst_jax.vgg differentiate lax.conv_general_dilated as JAX does (the old network)."""
+def _stock_convolution(x, kernel, adjoint):
+    """JAX's own differentiation of lax.conv_general_dilated (the network before the fix)."""
     import jax
 
-    import nst_jax.vgg
-
-    def stock(x, kernel, adjoint):  # experiment only: the pre-fix network
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    nst_jax.vgg._convolve = stock
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _use_barrier_adjoint():
-    """Rotate the input-gradient kernels in the step, behind an optimization barrier.
+@contextlib.contextmanager
+def _patched(experiment):
+    """nst_jax as `experiment` wants it while tracing and compiling; restored afterwards.
 
-    XLA's loop-invariant code motion does not hoist a lone transpose or reverse ("not worth
-    hoisting individually") but does hoist a barrier and what feeds it: the rearranged kernels
-    are then made once per chunk call instead of once per step (Adam only: L-BFGS evaluates the
-    loss inside conditionals, which the pass does not look into).
+    In-loop-barrier: XLA's loop-invariant code motion does not hoist a lone transpose or reverse
+    ("not worth hoisting individually") but does hoist a barrier and what feeds it, so the
+    rotated kernels are made once per chunk call (Adam only: L-BFGS evaluates the loss inside
+    conditionals, which the pass does not look into).
     """
     import jax
 
+    import nst_jax.optimize as optimize
     import nst_jax.vgg as vgg
 
+    saved = (vgg._convolve, vgg.adjoint_kernel, vgg._FEW_CHANNELS, optimize._CPU_COMPILER_OPTIONS)
     rotate = vgg.adjoint_kernel
-    vgg.adjoint_kernel = lambda kernel: jax.lax.optimization_barrier(rotate(kernel))
+    if experiment.stock_conv:
+        vgg._convolve = _stock_convolution
+    if experiment.adjoint == "in-loop-barrier":
+        vgg.adjoint_kernel = lambda kernel: jax.lax.optimization_barrier(rotate(kernel))
+    if not experiment.few_channel_gradient:
+        vgg._FEW_CHANNELS = 0  # every input gradient a convolution
+    if experiment.ynn != "shipped":
+        optimize._CPU_COMPILER_OPTIONS = (
+            {} if experiment.ynn == "xla-default" else {"xla_cpu_experimental_ynn_fusion_type": experiment.ynn})
+    optimize.compiler_options.cache_clear()
+    try:
+        yield
+    finally:
+        vgg._convolve, vgg.adjoint_kernel, vgg._FEW_CHANNELS, optimize._CPU_COMPILER_OPTIONS = saved
+        optimize.compiler_options.cache_clear()
 
 
 def _without_adjoint_kernels(params):
@@ -149,22 +178,28 @@ def _time(call, warmup, repeats):
 
 
 def _child(experiment, size, steps):
+    with _patched(experiment):
+        return _child_patched(experiment, size, steps)
+
+
+def _variant_params(experiment, params):
+    return params if experiment.adjoint == "prepared" else _without_adjoint_kernels(params)
+
+
+def _child_patched(experiment, size, steps):
     import jax
     import jax.numpy as jnp
 
     from bench import hlo, jax_step, machine
 
-    if experiment.stock_conv:
-        _use_stock_conv()
-    if experiment.adjoint == "in-loop-barrier":
-        _use_barrier_adjoint()
     if experiment.kind == "layout":
         return _layout(size, steps)
     if experiment.kind == "conv-layers":
         return _conv_layers(size, steps)
+    if experiment.kind == "winograd":
+        return _winograd_layers(size, steps)
     problem = jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype)
-    if experiment.adjoint != "prepared":
-        problem.params = _without_adjoint_kernels(problem.params)
+    problem.params = _variant_params(experiment, problem.params)
     threads = 1 if experiment.one_core else machine.usable_cores()
     if experiment.kind in ("torch", "torch-forward"):
         return _torch(problem, experiment, steps, threads)
@@ -324,6 +359,121 @@ def _conv_layers(size, steps):
     return {"gflops_by_layer": rates}
 
 
+# Winograd F(2×2, 3×3) (Lavin & Gray 2016): a 4×4 input tile d gives a 2×2 output tile
+# Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A, 16 multiplications per tile and channel pair instead of 36.
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def _winograd_bt(rows):
+    """Bᵀ applied to four arrays (one per tile row or column)."""
+    return [rows[0] - rows[2], rows[1] + rows[2], rows[2] - rows[1], rows[1] - rows[3]]
+
+
+def _winograd_kernel(kernel):
+    """HWIO 3×3 kernel -> (16, I, O): G g Gᵀ for every channel pair."""
+    import jax.numpy as jnp
+
+    g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
+    return jnp.einsum("ah,hwio,bw->abio", g, kernel, g).reshape(16, *kernel.shape[2:])
+
+
+def _winograd_conv(x, transformed):
+    """3×3 "same" correlation of NHWC `x` by Winograd F(2×2, 3×3), kernel from _winograd_kernel."""
+    import jax.numpy as jnp
+
+    n, h, w, c = x.shape
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    padded = jnp.pad(x, ((0, 0), (1, 2 * th - h + 1), (1, 2 * tw - w + 1), (0, 0)))
+    tiles = [[padded[:, a:a + 2 * th:2, b:b + 2 * tw:2, :] for b in range(4)] for a in range(4)]
+    columns = [_winograd_bt([tiles[a][b] for a in range(4)]) for b in range(4)]
+    v = [_winograd_bt([columns[b][a] for b in range(4)]) for a in range(4)]
+    v = jnp.stack([v[a][b] for a in range(4) for b in range(4)]).reshape(16, n * th * tw, c)
+    m = jnp.einsum("ktc,kco->kto", v, transformed).reshape(4, 4, n, th, tw, -1)
+    rows = [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]  # Aᵀ along the tile's rows, then columns
+    out = [[r[0] + r[1] + r[2], r[1] - r[2] - r[3]] for r in rows]
+    out = jnp.stack([jnp.stack(row, 3) for row in out], 2)  # (n, th, 2, tw, 2, o)
+    return out.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w, :]
+
+
+def _winograd_layers(size, steps):
+    """Per block width: direct convolution vs Winograd F(2×2, 3×3), with the chunk's options."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from nst_jax.optimize import compiler_options
+
+    rates, errors, rng = {}, {}, np.random.default_rng(0)
+    for block, channels in enumerate((64, 128, 256, 512)):
+        side = size >> block
+        x = jnp.asarray(rng.standard_normal((1, side, side, channels), np.float32))
+        kernel = jnp.asarray(rng.standard_normal((3, 3, channels, channels), np.float32) * 0.05)
+        transformed = _winograd_kernel(kernel)
+        direct = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            compiler_options=compiler_options())
+        winograd = jax.jit(_winograd_conv, compiler_options=compiler_options())
+        reference, ours = direct(x, kernel), winograd(x, transformed)
+        error = float(jnp.abs(ours - reference).max() / jnp.abs(reference).max())
+        v = jnp.asarray(rng.standard_normal((16, ((side + 1) // 2) ** 2, channels), np.float32))
+        product = jax.jit(lambda v, u: jnp.einsum("ktc,kco->kto", v, u), compiler_options=compiler_options())
+        flops = 2 * side * side * channels * channels * 9
+        label = f"{side}x{side}x{channels}"
+        for name, call in (("direct", lambda: direct(x, kernel)), ("winograd", lambda: winograd(x, transformed)),
+                           ("winograd's product alone", lambda: product(v, transformed))):
+            seconds = _time(lambda: call().block_until_ready(), 2, steps)
+            rates[f"{name} {label}"] = flops / sorted(seconds)[len(seconds) // 2] / 1e9
+        errors[label] = error
+    # GFLOP/s count the direct convolution's FLOPs for all three (Winograd's are "effective").
+    return {"gflops_by_layer": rates, "winograd_max_relative_error": errors}
+
+
+# --- paired: chunk variants side by side in one process ------------------------------------
+
+
+def _paired(chosen, size, rounds):
+    """Compile every chosen chunk experiment in this process, then time them in turn.
+
+    Each round calls every variant twice from a fresh optimizer state and times the second
+    call, so a burst of load elsewhere hits all variants alike: differences of a few percent
+    that separate processes cannot resolve show here. Experiments that need their own process
+    (XLA_FLAGS, environment, one core, other kinds) are refused.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from bench import jax_step
+    from nst_jax.optimize import init_state, jit_chunk
+
+    for experiment in chosen:
+        if (experiment.kind != "jax-chunk" or experiment.xla_flags or experiment.env
+                or experiment.one_core or experiment.chunk_steps != 1):
+            raise SystemExit(f"--paired: {experiment.name} needs a process of its own")
+    base = jax_step.build_problem(size, "adam")
+    compiled = {}
+    for experiment in chosen:
+        with _patched(experiment):
+            problem = (base if experiment.compute_dtype == "float32" else
+                       jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype))
+            params = _variant_params(experiment, problem.params)
+            state = init_state(problem.optimizer, problem.pixels)
+            executable = jit_chunk(problem.chunk).lower(
+                problem.pixels, state, jnp.int32(1), params, problem.targets, problem.weights).compile()
+        compiled[experiment.name] = (executable, problem, params)
+    seconds = {name: [] for name in compiled}
+    for _ in range(rounds):
+        for name, (executable, problem, params) in compiled.items():
+            pixels, state = problem.pixels, init_state(problem.optimizer, problem.pixels)
+            for call in range(2):
+                started = time.perf_counter()
+                pixels, state, loss = executable(pixels, state, jnp.int32(1), params, problem.targets,
+                                                 problem.weights)
+                jax.block_until_ready(loss)
+                if call:
+                    seconds[name].append(time.perf_counter() - started)
+    return {name: {"step_ms": _summary_ms(values)} for name, values in seconds.items()}
+
+
 # --- the parent: run every experiment in its own process ---------------------------------------
 
 
@@ -395,6 +545,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every experiment this many times, interleaved; report the median")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per experiment")
+    parser.add_argument("--paired", action="store_true",
+                        help="compile the chosen chunk experiments in one process and time them in "
+                             "turn, --rounds times (resolves smaller differences)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     by_name = {experiment.name: experiment for experiment in EXPERIMENTS}
@@ -407,7 +560,10 @@ def main(argv=None):
     results = {"size": args.size, "steps": args.steps, "rounds": args.rounds,
                "load_average_start": machine.load_average(),
                "machine": machine.describe_machine(), "experiments": {}}
-    for round_number in range(args.rounds):
+    if args.paired:
+        for name, result in _paired(chosen, args.size, args.rounds).items():
+            results["experiments"][name] = {**dataclasses.asdict(by_name[name]), "rounds": [result]}
+    for round_number in range(0 if args.paired else args.rounds):
         # Rounds interleave the experiments, so a burst of load elsewhere hits all of them.
         for experiment in chosen:
             print(f"[investigate] {experiment.name} (round {round_number + 1})", file=sys.stderr,
@@ -428,6 +584,7 @@ def main(argv=None):
     from bench.report import write_json
 
     suffix = f"-{'-'.join(e.name for e in chosen)}" if args.only and len(chosen) <= 3 else ""
+    suffix += "-paired" if args.paired else ""
     write_json(results, RESULTS / f"investigate-{args.size}{suffix}.json")
     print("\n".join(rows))
     print(f"\nload average at start {results['load_average_start']}, at end {results['load_average_end']}")

@@ -179,7 +179,8 @@ def markdown(results):
               f"{plan['long_chunk_steps']} steps, the CLI's cadence (it visits the host every 10 "
               f"steps), ÷ its steps. PyTorch: forward + backward + Adam "
               f"update + clamp, one step per sample. GFLOP/eval counts the convolutions of the "
-              f"truncated network (forward + input gradient); GFLOP/s = that × evals/step ÷ median. "
+              f"truncated network (forward + input gradient); GFLOP/s = that × evals/step ÷ "
+              f"median (L-BFGS: ÷ mean, as its evaluations per step vary). "
               f"Peak MB is the process's peak RSS during the timed calls (device memory on an "
               f"accelerator).", ""]
     lines += step_table(results)

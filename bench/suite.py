@@ -70,9 +70,14 @@ def _log(message):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _with_rates(entry, flops, peak_gflops, evaluations_per_step=1.0):
-    """Add FLOP counts and GFLOP/s (convolutions, forward + input gradient) to a timing entry."""
-    seconds = entry["step_s"]["median"]
+def _with_rates(entry, flops, peak_gflops, evaluations_per_step=None):
+    """Add FLOP counts and GFLOP/s (convolutions, forward + input gradient) to a timing entry.
+
+    With a varying number of evaluations per step (L-BFGS's line search) the rate is total work
+    over total time, mean evaluations ÷ mean step time: the median step is a one-evaluation step.
+    """
+    seconds = entry["step_s"]["mean" if evaluations_per_step else "median"]
+    evaluations_per_step = evaluations_per_step or 1.0
     work = flops["conv_total"] * evaluations_per_step
     entry["flops"] = flops
     entry["gflops_per_s"] = work / seconds / 1e9
@@ -101,7 +106,7 @@ def _single_image_steps(plan, params, peak_gflops, torch_device, threads):
                                            warmup_chunks=plan.warmup_chunks,
                                            timed_chunks=plan.timed_chunks,
                                            long_chunk_steps=plan.long_chunk_steps)
-                evaluations = entry["evals_per_step"]["mean"] if entry["evals_per_step"] else 1.0
+                evaluations = entry["evals_per_step"]["mean"] if entry["evals_per_step"] else None
                 entry.update(framework="jax", optimizer=optimizer, size=size, compute_dtype=dtype)
                 flops = step_flops(size, size, problem.objective.layers, problem.objective.style_layers)
                 entries.append(_with_rates(entry, flops, peak_gflops, evaluations))

@@ -228,3 +228,27 @@ def test_torch_reference_computes_our_loss_and_gradient():
     np.testing.assert_allclose(float(ours), reference_loss, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(gradient), reference_gradient, rtol=1e-3,
                                atol=1e-4 * np.abs(reference_gradient).max())
+
+
+def test_investigate_paired_times_variants_in_one_process_and_restores_nst_jax(tmp_path, monkeypatch, capsys):
+    """`python -m bench.investigate --paired` at 32 px: one row per variant, nst_jax unpatched after."""
+    import bench.investigate as investigate
+    import nst_jax.optimize
+    import nst_jax.vgg
+
+    monkeypatch.setattr(investigate, "RESULTS", tmp_path)
+    before = (nst_jax.vgg._convolve, nst_jax.vgg.adjoint_kernel, nst_jax.vgg._FEW_CHANNELS,
+              nst_jax.optimize._CPU_COMPILER_OPTIONS)
+    assert investigate.main(["--paired", "--size", "32", "--rounds", "2",
+                             "--only", "baseline,adjoint-in-loop,conv1_1-convolution"]) == 0
+    table = capsys.readouterr().out
+    for name in ("baseline", "adjoint-in-loop", "conv1_1-convolution"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert float(row.split("|")[3].split()[0]) > 0  # a median in ms
+    assert (nst_jax.vgg._convolve, nst_jax.vgg.adjoint_kernel, nst_jax.vgg._FEW_CHANNELS,
+            nst_jax.optimize._CPU_COMPILER_OPTIONS) == before
+    written = json.loads((tmp_path / "investigate-32-baseline-adjoint-in-loop-conv1_1-convolution-paired.json").read_text())
+    assert len(written["experiments"]["baseline"]["rounds"][0]["step_ms"]) > 0
+    # Experiments that need a process of their own (XLA_FLAGS here) are refused, not run wrongly.
+    with pytest.raises(SystemExit, match="onednn needs a process of its own"):
+        investigate.main(["--paired", "--size", "32", "--only", "baseline,onednn"])
