@@ -29,7 +29,7 @@ def conv3x3_same(x, kernel, adjoint):
     """3×3, stride 1, "same" convolution (NHWC × HWIO) whose input gradient is NHWC × HWIO too.
 
     `adjoint` is `adjoint_kernel(kernel)`, passed in so that it can be made once per run
-    (`with_adjoint_kernels`) instead of in every step: XLA's CPU transposes took ~10 % of a step.
+    (`with_adjoint_kernels`) instead of in every step: XLA's CPU transposes cost 3-7 % of a step.
 
     JAX differentiates a convolution into one that swaps the kernel's input and output feature
     dimensions through its dimension numbers ("01oi"). XLA's CPU compiler rewrites such a
@@ -112,7 +112,7 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         if self.has_variable("adjoint", "kernel"):
             adjoint = self.get_variable("adjoint", "kernel")
-        else:  # not prepared: rotate here, in every evaluation (correct, ~10 % slower on CPU)
+        else:  # not prepared: rotate here, in every evaluation (correct; 3-7 % slower on CPU)
             adjoint = adjoint_kernel(kernel)
         y = _convolve(x, kernel.astype(self.dtype), adjoint.astype(self.dtype))
         return y + bias.astype(self.dtype)
