@@ -1,7 +1,7 @@
 """The project's own jitted step, timed as the CLI runs it: a chunk of steps per host visit.
 
-Everything is built from nst_jax (preset, Objective, targets, optimizer, make_chunk / jit_chunk,
-init_state) so the benchmark measures the shipped code, not a copy. Weights are random
+Everything is built from nst_jax (preset, Objective, prepare_params, targets, optimizer,
+make_chunk / jit_chunk, init_state) so the benchmark measures the shipped code, not a copy. Weights are random
 (weights_tools.synthetic) and images synthetic: timing depends on shapes, not on values,
 except that L-BFGS's line search may evaluate the loss a different number of times.
 """
@@ -17,9 +17,9 @@ import optax
 from bench import machine
 from bench.timing import scaled, stopwatch, summarize
 from nst_jax import images
-from nst_jax.layers import CONV_LAYERS, deepest_conv
+from nst_jax.batch import prepare_params
 from nst_jax.objective import Objective, loss_weights, total_loss
-from nst_jax.optimize import init_state, jit_chunk, make_chunk, make_optimizer, run_loop
+from nst_jax.optimize import OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer, run_loop
 from nst_jax.presets import preset
 from nst_jax.stages import compute_targets, initial_pixels, prepare_images
 from nst_jax.stylize import PROGRESS_INTERVAL
@@ -40,14 +40,6 @@ def synthetic_images(height, width, seed=0):
         grain = rng.normal(0.0, 0.05, (height, width, 3)).astype(np.float32)
         pictures.append(np.clip(smooth + grain, 0.0, 1.0))
     return pictures
-
-
-def network_params(objective, params):
-    """Only the convolutions the loss needs, as device arrays (the network is truncated too),
-    with their adjoint kernels, as nst_jax.batch prepares them."""
-    last = CONV_LAYERS.index(deepest_conv(objective.layers))
-    return with_adjoint_kernels(
-        {name: jax.tree_util.tree_map(jnp.asarray, params[name]) for name in CONV_LAYERS[: last + 1]})
 
 
 @dataclasses.dataclass
@@ -76,14 +68,15 @@ def build_problem(size, optimizer, *, compute_dtype="float32", preset_name="gaty
     settings = preset(preset_name).replace(image_size=size, optimizer=optimizer,
                                            compute_dtype=compute_dtype)
     objective = Objective.from_settings(settings, CONVENTION)
-    params = network_params(objective, params if params is not None else synthetic_params(seed))
+    params = prepare_params(params if params is not None else synthetic_params(seed), objective)
     content, style = synthetic_images(size, size, seed)
     _, content_pixels, style_pixels = prepare_images(content, [style], settings)
     targets = compute_targets(objective, params, jnp.asarray(content_pixels),
                               [jnp.asarray(style_pixels[0])])
     weights = loss_weights(settings.content_weight, settings.style_weight, settings.tv_weight)
-    transformation = make_optimizer(settings)
-    chunk = make_chunk(objective, transformation, settings.optimizer == "lbfgs")
+    spec = OptimizerSpec.from_settings(settings)
+    transformation = make_optimizer(spec)
+    chunk = make_chunk(objective, spec)
     pixels = initial_pixels(settings, CONVENTION, content_pixels)
     return Problem(settings, objective, transformation, chunk, params, targets, weights,
                    content_pixels, style_pixels[0], pixels)
@@ -141,8 +134,8 @@ def time_chunks(chunk_fn, pixels, opt_state, args, *, chunk_steps, warmup_chunks
     def run(num_steps):
         # The step count is an argument of the compiled chunk: any count, no new compilation.
         nonlocal pixels, opt_state
-        pixels, opt_state, loss = compiled(pixels, opt_state, jnp.int32(num_steps), *args)
-        return jax.block_until_ready(loss)
+        pixels, opt_state, terms = compiled(pixels, opt_state, jnp.int32(num_steps), *args)
+        return jax.block_until_ready(terms["total"])
 
     _, first_call_s = stopwatch(lambda: run(chunk_steps))
     for _ in range(max(0, warmup_chunks - 1)):

@@ -2,9 +2,14 @@
 
 Members differ in their style target (one painting each, or a blend), their loss weights
 (α, β, γ) and their seed; everything else (sizes, layers, optimizer, steps) is shared, so one
-`jax.vmap` of the single-image chunk runs them all and compiles once. A single stylization is a
-batch of one. L-BFGS keeps each member's own memory and line search: vmap batches the optimizer
-state, and the zoom line search's while-loop runs until every member has finished its own search.
+`jax.vmap` of the single-image chunk runs them all and compiles once. A single image on one
+device runs the plain (unbatched) chunk: under vmap, the zoom line search's data-dependent
+branches become selects that compute every branch. L-BFGS keeps each member's own memory and
+step: vmap batches the optimizer state; without a line search (the default) a member-step costs
+what a single image's step costs, with the zoom line search every member waits for the slowest.
+
+Compiled programs are cached per process by their static settings (nst_jax.optimize.chunk_program,
+nst_jax.stages.targets), so a second run with the same settings and sizes compiles nothing.
 
 Styles of different sizes need no resizing or padding: a style enters only through its Gram
 matrices, which are C×C whatever the painting's size, so each style is measured at its own size
@@ -25,10 +30,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import images
-from nst_jax.objective import Objective, blend_grams, loss_terms, loss_weights
-from nst_jax.optimize import init_state, jit_chunk, make_chunk, make_optimizer, run_loop, to_host
-from nst_jax.stages import (compute_targets, finish_image, initial_pixels, prepare_images,
-                            scale_sizes, style_targets)
+from nst_jax.layers import CONV_LAYERS, deepest_conv
+from nst_jax.objective import Objective, loss_weights
+from nst_jax.optimize import OptimizerSpec, chunk_program, run_loop, state_program, to_host
+from nst_jax.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
 from nst_jax.vgg import with_adjoint_kernels
 
 
@@ -49,9 +54,14 @@ class Visit:
 
     step: int  # steps done so far, over all scales
     total_steps: int
-    losses: np.ndarray  # one per member
-    terms: Callable[[], dict]  # () -> {"total"/"content"/"style"/"tv": one value per member}
+    terms: dict  # {"total"/"content"/"style"/"tv": one value per member} at the last evaluation
     images: Callable[[], list]  # () -> finished RGB images, one per member (at this scale's size)
+    scale: int = 0  # which coarse-to-fine pass (0-based) of `scales`
+    scales: int = 1
+
+    @property
+    def losses(self):
+        return self.terms["total"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,19 +116,11 @@ def make_members(settings, style_names, *, per_style=True, style_weights=None,
     return members
 
 
-# Batched chunk arguments: (pixels, opt_state, num_steps, params, targets, weights); the content
-# targets are shared by every member, the style Gram matrices are one per member.
-TARGET_AXES = {"content": None, "style": 0}
-
-
-def batched_chunk(objective, optimizer, is_lbfgs):
-    """The single-image chunk vmapped over members (unjitted)."""
-    return jax.vmap(make_chunk(objective, optimizer, is_lbfgs),
-                    in_axes=(0, 0, None, None, TARGET_AXES, 0))
-
-
 def _stack(trees):
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+    """Member trees -> one tree with a leading member axis (host leaves stay on the host)."""
+    def stack(*leaves):
+        return np.stack(leaves) if isinstance(leaves[0], np.ndarray) else jnp.stack(leaves)
+    return jax.tree_util.tree_map(stack, *trees)
 
 
 def join_cluster(coordinator=None, num_processes=None, process_id=None):
@@ -167,14 +169,16 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
     if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
         raise ValueError(f"{len(settings.style_blend_weights)} style blend weights for "
                          f"{len(styles)} style images")
-    # Made once here, the input gradient's rotated kernels are not remade in every step.
-    params = with_adjoint_kernels(jax.tree_util.tree_map(jnp.asarray, params))
+    objective = Objective.from_settings(settings, convention)
+    params = prepare_params(params, objective)
     total_steps = settings.num_steps * settings.scales
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
-    for size in scale_sizes(settings):
+    sizes = scale_sizes(settings)
+    for index, size in enumerate(sizes):
         scale = settings.replace(image_size=size)
         finished, losses, run = _run_scale(content, styles, scale, params, convention, members, starts,
-                                           mesh, on_visit, intervals, steps_done, total_steps)
+                                           mesh, on_visit, intervals, steps_done, total_steps,
+                                           (index, len(sizes)))
         steps_done, seconds, starts = steps_done + run.steps_done, seconds + run.seconds, finished
         if run.interrupted:
             break
@@ -185,51 +189,64 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
             for image, loss in zip(finished, losses)]
 
 
+def prepare_params(params, objective):
+    """The convolutions the objective's layers need, with their adjoint kernels, on the device.
+
+    Made once per run: the input gradient's rotated kernels are not remade in every step, and
+    layers past the deepest one the loss reads are neither prepared nor shipped.
+    """
+    used = CONV_LAYERS[: CONV_LAYERS.index(deepest_conv(objective.layers)) + 1]
+    missing = [layer for layer in used if layer not in params]
+    if missing:
+        raise ValueError(f"the params lack {', '.join(missing)}, which the loss's layers need")
+    prepared = with_adjoint_kernels({layer: params[layer] for layer in used})
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, prepared))
+
+
 def _run_scale(content, styles, settings, params, convention, members, starts, mesh, on_visit,
-               intervals, first_step, total_steps):
+               intervals, first_step, total_steps, scale):
     """One size of the run: (finished images, final losses, LoopResult)."""
     objective = Objective.from_settings(settings, convention)
     content_rgb, content_pixels, style_pixels = prepare_images(content, styles, settings)
-    # Content targets once; Gram matrices once per style image, each at its own size.
-    content_targets = compute_targets(objective, params, jnp.asarray(content_pixels), [])["content"]
-    grams = style_targets(objective, params, [jnp.asarray(s) for s in style_pixels])
-    blend = settings.style_blend_weights or (1.0,) * len(styles)
-    member_grams = [grams[m.style_index] if m.style_index is not None else blend_grams(grams, blend)
-                    for m in members]
+    # Content targets once, Gram matrices once per style image at its own size, and their blend:
+    # one program. Host arrays go in by device_put (jnp.asarray compiles a copy per shape).
+    blend = np.asarray(settings.style_blend_weights or (1.0,) * len(styles), np.float32)
+    content_targets, grams, blended = targets(
+        objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
+        jax.device_put(blend / blend.sum()))
+    member_grams = [grams[m.style_index] if m.style_index is not None else blended for m in members]
 
     count = len(members)
+    batched = count > 1 or mesh is not None
     padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if mesh is not None else 0)
-    batch_styles = _stack([member_grams[i] for i in padded])
-    batch_weights = _stack([loss_weights(members[i].content_weight, members[i].style_weight,
-                                         members[i].tv_weight) for i in padded])
-    pixels = jnp.stack([initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
-                        for i in padded])
+    member_weights = [loss_weights(members[i].content_weight, members[i].style_weight,
+                                   members[i].tv_weight) for i in padded]
+    start_pixels = [initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
+                    for i in padded]
+    spec = OptimizerSpec.from_settings(settings)
+    if batched:
+        style_targets, weights = _stack([member_grams[i] for i in padded]), _stack(member_weights)
+        pixels = jnp.stack(start_pixels)
+    else:
+        (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
+    weights = jax.device_put(weights)
+    opt_state = state_program(spec, batched)(pixels)
 
-    optimizer = make_optimizer(settings)
-    batched = batched_chunk(objective, optimizer, settings.optimizer == "lbfgs")
-    opt_state = jax.vmap(lambda x: init_state(optimizer, x))(pixels)
-    terms_of = jax.jit(jax.vmap(lambda x, p, t, w: loss_terms(objective, p, x, t, w),
-                                in_axes=(0, None, TARGET_AXES, 0)))
+    chunk_fn = chunk_program(objective, spec, batched)
 
-    if mesh is not None:
-        sharded, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
-        pixels, opt_state, batch_styles, batch_weights = jax.device_put(
-            (pixels, opt_state, batch_styles, batch_weights), sharded)
-        params, content_targets = jax.device_put((params, content_targets), replicated)
-    targets = {"content": content_targets, "style": batch_styles}
-    chunk_fn = jit_chunk(batched)
+    def per_member(values):  # host arrays with a leading member axis, padding dropped
+        return values[:count] if batched else values[None]
 
     def finished_images(current):
-        return [finish_image(member, content_rgb, settings) for member in to_host(current)[:count]]
+        return [finish_image(member, content_rgb, settings) for member in per_member(to_host(current))]
 
-    def visit(step, current, losses):
+    def visit(step, current, terms):
         if on_visit is not None:
-            on_visit(Visit(
-                step=step, total_steps=total_steps, losses=np.asarray(losses)[:count],
-                terms=lambda: {k: to_host(v)[:count]
-                               for k, v in terms_of(current, params, targets, batch_weights).items()},
-                images=lambda: finished_images(current)))
+            on_visit(Visit(step=step, total_steps=total_steps,
+                           terms={name: per_member(np.asarray(v)) for name, v in terms.items()},
+                           images=lambda: finished_images(current), scale=scale[0], scales=scale[1]))
 
-    run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps, (params, targets, batch_weights),
+    run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
+                   (params, {"content": content_targets, "style": style_targets}, weights),
                    intervals, visit, first_step=first_step)
-    return finished_images(run.pixels), np.asarray(run.loss)[:count], run
+    return finished_images(run.pixels), per_member(np.asarray(run.loss)), run

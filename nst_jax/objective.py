@@ -12,6 +12,7 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import losses
 from nst_jax.layers import LAYER_ORDER, canonical_layer
@@ -59,9 +60,12 @@ class Objective:
 
 
 def loss_weights(content_weight, style_weight, tv_weight):
-    """α, β, γ as float32 arrays (a pytree, so a batch of settings is a batch of arrays)."""
-    return {"content": jnp.float32(content_weight), "style": jnp.float32(style_weight),
-            "tv": jnp.float32(tv_weight)}
+    """α, β, γ as float32 scalars (a pytree, so a batch of settings is a batch of arrays).
+
+    Host values: they reach the device with the run's other inputs (no compile per value).
+    """
+    return {"content": np.float32(content_weight), "style": np.float32(style_weight),
+            "tv": np.float32(tv_weight)}
 
 
 def vgg_features(objective, params, pixels, layers=None):

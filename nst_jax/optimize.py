@@ -1,8 +1,12 @@
 """The jitted optimization loop: optax transformations, many steps per visit to the host.
 
-A step is (pixels, opt_state) -> (pixels, opt_state, loss); `lax.fori_loop` runs a chunk of
-them inside one compiled call whose trip count is a traced argument, so chunks of any length
+A step is (pixels, opt_state) -> (pixels, opt_state, loss terms); `lax.fori_loop` runs a chunk
+of them inside one compiled call whose trip count is a traced argument, so chunks of any length
 reuse one compilation. Only the image gets a gradient.
+
+L-BFGS comes in two forms: without a line search (`nst_jax.lbfgs`, torch.optim.LBFGS's fixed
+step, what neural-style runs: one evaluation per step, no branches, so batches cost what their
+members cost) and with optax's zoom line search (several evaluations where the curvature asks).
 
 Keeping pixels valid: Adam and SGD project onto [0, pixel_range] after every step (projected
 gradient descent: cheap, and the image never leaves the displayable range). L-BFGS is left
@@ -20,36 +24,82 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nst_jax.objective import total_loss
+from nst_jax.lbfgs import fixed_step_lbfgs
+from nst_jax.objective import loss_terms
 
 
-def make_optimizer(settings):
-    """The optax transformation named by settings.optimizer."""
-    if settings.optimizer == "lbfgs":
-        return optax.lbfgs(
-            memory_size=settings.lbfgs_memory,
-            linesearch=optax.scale_by_zoom_linesearch(
-                max_linesearch_steps=settings.lbfgs_linesearch_steps, initial_guess_strategy="one"))
-    learning_rate = settings.learning_rate
-    if settings.lr_decay_rate != 1.0:
-        learning_rate = optax.exponential_decay(
-            settings.learning_rate, settings.lr_decay_steps, settings.lr_decay_rate, staircase=True)
-    if settings.optimizer == "adam":
-        return optax.adam(learning_rate, b1=settings.adam_b1, b2=settings.adam_b2, eps=settings.adam_eps)
-    return optax.sgd(learning_rate, momentum=settings.sgd_momentum or None)
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer knobs of a run (hashable: compiled chunks are cached by it)."""
+
+    name: str = "lbfgs"
+    learning_rate: float = 10.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    sgd_momentum: float = 0.0
+    lr_decay_rate: float = 1.0
+    lr_decay_steps: int = 100
+    lbfgs_memory: int = 100
+    lbfgs_linesearch: str = "none"
+    lbfgs_linesearch_steps: int = 20
+
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(**{field.name: getattr(settings, "optimizer" if field.name == "name" else field.name)
+                      for field in dataclasses.fields(cls)})
+
+    @property
+    def uses_linesearch(self):
+        """optax's zoom line search: several evaluations per step, read back from its state."""
+        return self.name == "lbfgs" and self.lbfgs_linesearch == "zoom"
+
+    @property
+    def projects_pixels(self):
+        """Adam and SGD clip to the pixel range every step; L-BFGS only at the end (see above)."""
+        return self.name != "lbfgs"
 
 
-def make_chunk(objective, optimizer, is_lbfgs):
-    """An unjitted chunk function: (pixels, opt_state, num_steps, params, targets, weights) -> same + loss.
+def make_optimizer(spec):
+    """The optax transformation an OptimizerSpec names.
 
-    Jit it with `jit_chunk` (or vmap it first, for batches).
+    L-BFGS steps with 1 (neural-style's and torch.optim.LBFGS's learning rate) whether or not
+    it searches along its direction; --learning-rate is Adam's and SGD's.
     """
+    if spec.name == "lbfgs":
+        if spec.lbfgs_linesearch == "none":
+            return fixed_step_lbfgs(learning_rate=1.0, memory_size=spec.lbfgs_memory)
+        return optax.lbfgs(
+            memory_size=spec.lbfgs_memory,
+            linesearch=optax.scale_by_zoom_linesearch(
+                max_linesearch_steps=spec.lbfgs_linesearch_steps, initial_guess_strategy="one"))
+    learning_rate = spec.learning_rate
+    if spec.lr_decay_rate != 1.0:
+        learning_rate = optax.exponential_decay(
+            spec.learning_rate, spec.lr_decay_steps, spec.lr_decay_rate, staircase=True)
+    if spec.name == "adam":
+        return optax.adam(learning_rate, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps)
+    return optax.sgd(learning_rate, momentum=spec.sgd_momentum or None)
+
+
+def make_chunk(objective, spec):
+    """An unjitted chunk: (pixels, opt_state, num_steps, params, targets, weights) -> (pixels, opt_state, terms).
+
+    `terms` are the loss terms ({"total", "content", "style", "tv"}) of the image the chunk's
+    last step started from (its gradient's evaluation), as the PyTorch tools print the loss.
+    Jit it with `chunk_program` (or vmap it first, for batches).
+    """
+    optimizer = make_optimizer(spec)
 
     def chunk(pixels, opt_state, num_steps, params, targets, weights):
-        def value_fn(x):
-            return total_loss(objective, params, x, targets, weights)
+        def terms_fn(x):
+            terms = loss_terms(objective, params, x, targets, weights)
+            return terms["total"], terms
 
-        if is_lbfgs:
+        def value_fn(x):
+            return terms_fn(x)[0]
+
+        if spec.uses_linesearch:
             value_and_grad = optax.value_and_grad_from_state(value_fn)
 
             def step(_, carry):
@@ -57,18 +107,33 @@ def make_chunk(objective, optimizer, is_lbfgs):
                 value, grad = value_and_grad(x, state=state)
                 updates, state = optimizer.update(grad, state, x, value=value, grad=grad,
                                                   value_fn=value_fn)
-                return optax.apply_updates(x, updates), state, value
-        else:
-            def step(_, carry):
-                x, state, _ = carry
-                value, grad = jax.value_and_grad(value_fn)(x)
-                updates, state = optimizer.update(grad, state, x)
-                x = jnp.clip(optax.apply_updates(x, updates), 0.0, objective.pixel_range)
-                return x, state, value
+                return optax.apply_updates(x, updates), state, x
 
-        return jax.lax.fori_loop(0, num_steps, step, (pixels, opt_state, jnp.zeros((), jnp.float32)))
+            # The line search evaluates through optax's state, which keeps no terms: one more
+            # forward pass per chunk gives them, at the last step's start like the other paths.
+            pixels, opt_state, last_start = jax.lax.fori_loop(0, num_steps, step,
+                                                              (pixels, opt_state, pixels))
+            return pixels, opt_state, terms_fn(last_start)[1]
+
+        def step(_, carry):
+            x, state, _ = carry
+            (_, terms), grad = jax.value_and_grad(terms_fn, has_aux=True)(x)
+            updates, state = optimizer.update(grad, state, x)
+            x = optax.apply_updates(x, updates)
+            if spec.projects_pixels:
+                x = jnp.clip(x, 0.0, objective.pixel_range)
+            return x, state, terms
+
+        empty_terms = {name: jnp.zeros((), jnp.float32) for name in TERMS}
+        return jax.lax.fori_loop(0, num_steps, step, (pixels, opt_state, empty_terms))
 
     return chunk
+
+
+TERMS = ("content", "style", "tv", "total")
+# How the batched chunk's arguments map to members: (pixels, opt_state, num_steps, params,
+# targets, weights); the content targets are shared, the style Gram matrices one per member.
+BATCH_AXES = (0, 0, None, None, {"content": None, "style": 0}, 0)
 
 
 # On CPU, XLA's (experimental, default-on) YNNPACK fusion runs VGG's 3×3 convolutions slower
@@ -102,6 +167,20 @@ def jit_chunk(chunk):
     return jax.jit(chunk, donate_argnums=(1,), compiler_options=compiler_options())
 
 
+@functools.lru_cache(maxsize=None)
+def chunk_program(objective, spec, batched):
+    """The jitted chunk of (objective, spec), vmapped over members (BATCH_AXES) when batched.
+
+    Made once per process for each setting: jax.jit then compiles once per shape, so a second
+    run with the same settings and sizes compiles nothing. A single image is not batched: under
+    vmap the zoom line search's data-dependent branches become selects that compute every branch.
+    """
+    chunk = make_chunk(objective, spec)
+    if batched:
+        chunk = jax.vmap(chunk, in_axes=BATCH_AXES)
+    return jit_chunk(chunk)
+
+
 def init_state(optimizer, pixels):
     """optimizer.init(pixels) with every leaf in its own, strongly typed buffer.
 
@@ -112,12 +191,25 @@ def init_state(optimizer, pixels):
                                   optimizer.init(pixels))
 
 
-def to_host(array):
-    """A numpy copy of a (possibly sharded) array; across hosts, every host gets the whole array."""
-    if getattr(array, "is_fully_addressable", True):
-        return np.asarray(array)
+@functools.lru_cache(maxsize=None)
+def state_program(spec, batched):
+    """`init_state` for spec's optimizer as one jitted program (vmapped when batched): one
+    compile instead of one per leaf; under jit every output leaf gets its own buffer."""
+    optimizer = make_optimizer(spec)
+
+    def init(pixels):
+        return init_state(optimizer, pixels)
+
+    return jax.jit(jax.vmap(init) if batched else init)
+
+
+def to_host(tree):
+    """Numpy copies of (possibly sharded) arrays; across hosts, every host gets whole arrays."""
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree_util.tree_leaves(tree)):
+        return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
     from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return jax.tree_util.tree_map(
+        np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
 def visit_steps(num_steps, intervals, first_step=0):
@@ -136,29 +228,34 @@ class LoopResult:
     pixels: jax.Array
     steps_done: int
     interrupted: bool
-    loss: np.ndarray  # the last chunk's final loss: a scalar, or one per batch member
+    terms: dict  # the last chunk's loss terms (TERMS): scalars, or one per batch member
     seconds: float
+
+    @property
+    def loss(self):
+        return self.terms["total"]
 
 
 def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_visit=None,
              first_step=0):
-    """Drive `chunk_fn` to `num_steps`, calling on_visit(step, pixels, loss) at each host visit.
+    """Drive `chunk_fn` to `num_steps`, calling on_visit(step, pixels, terms) at each host visit.
 
     `static_args` are the chunk's arguments after the step count (params, targets, weights).
     `first_step` offsets the steps on_visit sees and aligns the intervals (multi-scale runs).
 
     Ctrl-C stops the run between chunks and returns the last finished image (interrupted=True).
     """
-    done, loss, start = 0, float("nan"), time.perf_counter()
+    done, start = 0, time.perf_counter()
+    terms = {name: np.float32(np.nan) for name in TERMS}
     last_good = pixels
     try:
         for stop in visit_steps(num_steps, intervals, first_step):
-            pixels, opt_state, loss_array = chunk_fn(pixels, opt_state, jnp.int32(stop - done),
-                                                     *static_args)
-            loss = to_host(loss_array)  # the one host sync per chunk (one loss per member in a batch)
+            pixels, opt_state, device_terms = chunk_fn(pixels, opt_state, np.int32(stop - done),
+                                                       *static_args)
+            terms = to_host(device_terms)  # the one host sync per chunk
             done, last_good = stop, pixels
             if on_visit is not None:
-                on_visit(first_step + done, pixels, loss)
+                on_visit(first_step + done, pixels, terms)
     except KeyboardInterrupt:
-        return LoopResult(last_good, done, True, loss, time.perf_counter() - start)
-    return LoopResult(pixels, done, False, loss, time.perf_counter() - start)
+        return LoopResult(last_good, done, True, terms, time.perf_counter() - start)
+    return LoopResult(pixels, done, False, terms, time.perf_counter() - start)

@@ -25,7 +25,7 @@ def gatys():
         content_layers=("relu4_2",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=1.0, style_weight=1e3, tv_weight=0.0,
         content_loss="half_sum", gram_normalization="raw", style_loss="gatys",
-        optimizer="lbfgs", num_steps=500, lbfgs_memory=100, pooling="avg",
+        optimizer="lbfgs", lbfgs_linesearch="zoom", num_steps=500, lbfgs_memory=100, pooling="avg",
         init="noise", init_noise_std=0.1, pixel_range=255.0)
 
 
@@ -53,7 +53,7 @@ def thesis():
         content_layers=("relu5_3",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=100.0, style_weight=1e-4, tv_weight=0.0,
         content_loss="sum", gram_normalization="raw", style_loss="sum",
-        optimizer="lbfgs", num_steps=500, init="content", pixel_range=255.0)
+        optimizer="lbfgs", lbfgs_linesearch="zoom", num_steps=500, init="content", pixel_range=255.0)
 
 
 def sandahl():
@@ -68,7 +68,7 @@ def sandahl():
         content_layers=("relu5_2",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=1.0, style_weight=1e3, tv_weight=1e-3,
         content_loss="sum", gram_normalization="raw", style_loss="gatys", tv_loss="power",
-        tv_beta=2.5, optimizer="lbfgs", num_steps=500, init="content", pixel_range=255.0)
+        tv_beta=2.5, optimizer="lbfgs", lbfgs_linesearch="zoom", num_steps=500, init="content", pixel_range=255.0)
 
 
 def keras_example():

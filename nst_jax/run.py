@@ -6,13 +6,16 @@ the library. Bad input ends with one line naming the file or flag, and exit stat
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
 
+from nst_jax.cache import enable_compile_cache
 from nst_jax.errors import UserInputError
 from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.settings import CHOICES, Settings
+from nst_jax.timings import RunTimings
 
 # Help for each Settings field; the flag is the field name with dashes.
 FIELD_HELP = {
@@ -43,6 +46,8 @@ FIELD_HELP = {
     "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
     "lr_decay_steps": "steps between learning-rate decays",
     "lbfgs_memory": "L-BFGS memory (correction pairs kept)",
+    "lbfgs_linesearch": "L-BFGS step: none = fixed step 1, one evaluation per step (torch.optim.LBFGS, "
+                        "neural-style); zoom = optax's zoom line search (scipy-era tools)",
     "lbfgs_linesearch_steps": "most zoom line-search evaluations per L-BFGS step",
     "init": "start image: the content, noise around the mean color, flat gray, or --init-image",
     "init_image": "start image file (implies --init image)",
@@ -91,6 +96,12 @@ def build_parser():
     parser.add_argument("--weights", default=None,
                         help="params file (.npz from weights_tools.convert) or a public VGG-19 file; "
                              "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
+    parser.add_argument("--report", metavar="FILE.json",
+                        help="also write where the time went (start-up, weights, compiling, steps, "
+                             "writing) and the loss at each progress visit, as JSON")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="compile every program afresh instead of keeping compiled programs "
+                             "in the cache folder ($NST_JAX_CACHE/xla) for later runs")
     parser.add_argument("--estimate-memory", action="store_true",
                         help="print how much device memory the run needs (XLA's analysis of the "
                              "compiled step, per device) and exit without running")
@@ -186,17 +197,29 @@ def memory_report(args, settings, sweeps):
     members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
     devices = args.devices or (jax.device_count() if members > 1 else 1)
     per_device = math.ceil(members / devices)
-    estimate = estimate_memory(settings, height, width, batch_size=per_device)
+    estimate = estimate_memory(settings, height, width, batch_size=per_device,
+                               batched=members > 1 or devices > 1)
     return (f"{height}x{width} px, {members} image(s) on {devices} device(s) ({per_device} per device), "
             f"{settings.optimizer}: about {estimate.total / 2**30:.2f} GiB per device "
             f"(inputs and optimizer state {estimate.arguments / 2**30:.2f} GiB, "
             f"temporaries {estimate.temporaries / 2**30:.2f} GiB)")
 
 
+def _check_report_path(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UserInputError(f"--report {path}: cannot write a file there")
+
+
 def main(argv=None):
+    timings = RunTimings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.report:
+            _check_report_path(args.report)
+        if not args.no_compile_cache:
+            enable_compile_cache()
         settings = settings_from_args(args)
         if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
             raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
@@ -218,8 +241,10 @@ def main(argv=None):
                                  content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
                                  num_devices=args.devices)
         outputs = stylize_files(args.content, args.styles, args.output, settings,
-                                lambda: load_weights(args.weights), batch=batch)
+                                lambda: load_weights(args.weights), batch=batch, timings=timings)
         result = outputs[0][1]
+        if args.report:
+            timings.write(args.report)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ CHOICES = {
     "style_loss": ("gatys", "mse", "sum", "keras_example"),
     "tv_loss": ("l2", "l1", "power"),
     "optimizer": ("lbfgs", "adam", "sgd"),
+    "lbfgs_linesearch": ("none", "zoom"),
     "init": ("content", "noise", "gray", "image"),
     "original_colors": ("none", "luminance", "recombine"),
 }
@@ -68,6 +69,9 @@ class Settings:
     lr_decay_rate: float = 1.0  # learning rate multiplied by this every lr_decay_steps (1 = constant)
     lr_decay_steps: int = 100
     lbfgs_memory: int = 100  # neural-style's default number of correction pairs
+    # "none": torch.optim.LBFGS's fixed step 1, one evaluation per step (neural-style);
+    # "zoom": optax's zoom line search (scipy-era tools), up to lbfgs_linesearch_steps evaluations.
+    lbfgs_linesearch: str = "none"
     lbfgs_linesearch_steps: int = 20
 
     # Start image.

@@ -50,20 +50,28 @@ def prepare_images(content, styles, settings):
             [np.asarray(s, np.float32) * scale for s in style_views])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def targets(objective, params, content_pixels, style_pixels, blend_weights=None):
+    """(content features, [Gram matrices of each style image], their blend or None).
+
+    One compiled program per run, computed once before the loop; each style image at its own
+    size. `blend_weights` (one per style, summing to 1) gives the blended target too.
+    """
+    grams = [style_grams(objective, params, pixels) for pixels in style_pixels]
+    blended = None
+    if blend_weights is not None:
+        blended = jax.tree_util.tree_map(
+            lambda *layer: sum(blend_weights[i] * gram for i, gram in enumerate(layer)), *grams)
+    return content_targets(objective, params, content_pixels), grams, blended
+
+
 def compute_targets(objective, params, content_pixels, style_pixels, blend_weights=None):
     """Content features and the blended style Gram matrices: computed once, before the loop."""
-    content = jax.jit(functools.partial(content_targets, objective))(params, content_pixels)
-    grams = style_targets(objective, params, style_pixels)
+    content, grams, _ = targets(objective, params, content_pixels, list(style_pixels))
     if not grams:
         return {"content": content, "style": {}}
     weights = blend_weights if blend_weights is not None else (1.0,) * len(grams)
     return {"content": content, "style": blend_grams(grams, weights)}
-
-
-def style_targets(objective, params, style_pixels):
-    """{layer: Gram matrix} of each style image at its own size (one compile per distinct size)."""
-    grams_of = jax.jit(functools.partial(style_grams, objective))
-    return [grams_of(params, s) for s in style_pixels]
 
 
 def initial_pixels(settings, convention, content_pixels, init_image=None, seed=None):
@@ -79,18 +87,24 @@ def initial_pixels(settings, convention, content_pixels, init_image=None, seed=N
         start = images.resize_to(init_image, shape[0], shape[1])
         if shape[-1] == 1:
             start = color.luminance(start)[..., None]
-        return jnp.asarray(np.asarray(start, np.float32) * scale)
+        return jax.device_put(np.asarray(start, np.float32) * np.float32(scale))
     if settings.init == "content":
-        return jnp.asarray(content_pixels)
+        return jax.device_put(content_pixels)
     if settings.init == "gray":
-        return jnp.full(shape, 0.5 * scale, jnp.float32)
+        return jax.device_put(np.full(shape, 0.5 * scale, np.float32))
     # "noise": the training set's mean color (a zero VGG input) plus Gaussian noise.
     mean = mean_rgb(convention)
     if shape[-1] == 1:
         mean = np.asarray(color.luminance(mean))[None]
-    key = jax.random.PRNGKey(settings.seed if seed is None else seed)
-    noise = jax.random.normal(key, shape, jnp.float32) * settings.init_noise_std
-    return jnp.clip(jnp.asarray(mean, jnp.float32) + noise, 0.0, 1.0) * scale
+    return _noise_start(settings.seed if seed is None else seed, np.asarray(mean, np.float32),
+                        np.float32(settings.init_noise_std), np.float32(scale), shape)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _noise_start(seed, mean, std, scale, shape):
+    """(mean colour + Gaussian noise, clipped to [0, 1]) × scale: one compiled program."""
+    noise = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32) * std
+    return jnp.clip(mean + noise, 0.0, 1.0) * scale
 
 
 def finish_image(pixels, content_rgb, settings):

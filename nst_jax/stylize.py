@@ -22,6 +22,7 @@ from nst_jax import images
 from nst_jax.batch import batch_mesh, make_members, stylize_batch
 from nst_jax.errors import UserInputError
 from nst_jax.progress import ProgressBar
+from nst_jax.timings import RunTimings
 
 # Steps between host visits even when nothing is printed: how soon Ctrl-C is noticed and how
 # often a terminal's progress bar is redrawn. Print and save intervals add visits.
@@ -74,16 +75,19 @@ def intermediate_path(output_path, step, num_steps):
     return f"{stem}_{step:0{len(str(num_steps))}d}{extension}"
 
 
-def load_inputs(content_path, style_paths, output_path, settings, load_weights):
+def load_inputs(content_path, style_paths, output_path, settings, load_weights, timings=None):
     """Check the output path, load the images, then the weights: cheapest failure first.
 
     Returns (content, styles, init_image or None, params, params_metadata).
     """
-    images.check_output_path(output_path)
-    content = images.load_image(content_path)
-    styles = [images.load_image(path) for path in style_paths]
-    init_image = images.load_image(settings.init_image) if settings.init == "image" else None
-    params, params_metadata = load_weights()
+    timings = timings or RunTimings()
+    with timings.phase("images"):
+        images.check_output_path(output_path)
+        content = images.load_image(content_path)
+        styles = [images.load_image(path) for path in style_paths]
+        init_image = images.load_image(settings.init_image) if settings.init == "image" else None
+    with timings.phase("weights"):
+        params, params_metadata = load_weights()
     return content, styles, init_image, params, params_metadata
 
 
@@ -134,27 +138,29 @@ def ctrl_c_at_visits():
 def _progress_terms(visit):
     """A single image shows its loss terms; a batch its losses' mean, min and max."""
     if len(visit.losses) == 1:
-        return {name: float(values[0]) for name, values in visit.terms().items()}
+        return {name: float(values[0]) for name, values in visit.terms.items()}
     return {"loss mean": float(np.mean(visit.losses)), "min": float(np.min(visit.losses)),
             "max": float(np.max(visit.losses))}
 
 
 def stylize_files(content_path, style_paths, output_path, settings, load_weights, *, batch=None,
-                  stream=None):
+                  stream=None, timings=None):
     """The CLI's run: load, stylize with progress and intermediate saves, write atomically.
 
     Args:
       load_weights: () -> (params, ParamsMetadata); called after the images and the output path
         are checked, so a bad image fails before any download or compile.
       batch: a BatchRequest for many outputs (OUT_<label>.EXT), or None for one (OUT).
+      timings: a RunTimings to record the phases, compilation and each visit's losses in.
 
     Returns [(path, batch.StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
     and returns them with interrupted=True; before the first step it raises KeyboardInterrupt
     and writes nothing. With several hosts (jax.distributed) the first one writes.
     """
+    timings = timings or RunTimings()
     content, styles, init_image, params, params_metadata = load_inputs(
-        content_path, style_paths, output_path, settings, load_weights)
+        content_path, style_paths, output_path, settings, load_weights, timings)
     if batch is None:
         members, mesh = make_members(settings, style_names(style_paths), per_style=False), None
         paths = [output_path]
@@ -182,6 +188,7 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
                           label="step" if len(members) == 1 else f"{len(members)} images, step")
 
         def on_visit(visit):
+            timings.visit(visit.step, visit.losses)
             if ctrl_c.requested and visit.step < total_steps:
                 raise KeyboardInterrupt  # the run keeps the images of the chunk that just finished
             at_print = settings.print_every and (visit.step % settings.print_every == 0
@@ -194,16 +201,19 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
                     images.save_image(intermediate_path(path, visit.step, total_steps), snapshot,
                                       describe(steps=visit.step, **extra))
 
-        results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
-                                members, init_image=init_image, mesh=mesh, on_visit=on_visit,
-                                intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL))
+        with timings.phase("run"), timings.compile:
+            results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
+                                    members, init_image=init_image, mesh=mesh, on_visit=on_visit,
+                                    intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL))
     first = results[0]
     if first.interrupted and first.steps_done == 0:
         raise KeyboardInterrupt  # the start image is no result: write nothing
-    for path, extra, result in zip(paths, member_metadata, results if writes else ()):
-        check_finite(result.image, result.steps_done)
-        images.save_image(path, result.image, describe(steps=result.steps_done, **extra))
+    with timings.phase("write"):
+        for path, extra, result in zip(paths, member_metadata, results if writes else ()):
+            check_finite(result.image, result.steps_done)
+            images.save_image(path, result.image, describe(steps=result.steps_done, **extra))
     state = "interrupted" if first.interrupted else "done"
     written = paths[0] if len(paths) == 1 else f"{len(paths)} images: {', '.join(paths)}"
-    bar.close(f"{state} after {first.steps_done} steps in {first.seconds:.1f} s; wrote {written}")
+    bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
+              f"({timings.compile.seconds:.1f} s of it compiling); wrote {written}")
     return list(zip(paths, results))

@@ -5,6 +5,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from nst_jax.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer
@@ -93,10 +94,14 @@ def with_adjoint_kernels(params):
     """`params` with each convolution's adjoint kernel added (params[layer]["adjoint_kernel"]).
 
     Do it once per run, outside the optimization loop: `features` then uses them instead of
-    rotating every kernel again in each step. The result is a new dict; `params` is unchanged.
+    rotating every kernel again in each step. Made with numpy on the host, so preparing compiles
+    nothing. The result is a new dict (numpy arrays); `params` is unchanged.
     """
-    return {name: {**layer, ADJOINT: adjoint_kernel(jnp.asarray(layer["kernel"]))}
-            if "kernel" in layer else layer for name, layer in params.items()}
+    def adjoint(kernel):
+        return np.ascontiguousarray(np.swapaxes(np.flip(np.asarray(kernel), (0, 1)), 2, 3))
+
+    return {name: {**layer, ADJOINT: adjoint(layer["kernel"])} if "kernel" in layer else layer
+            for name, layer in params.items()}
 
 
 class Conv3x3(nn.Module):

@@ -7,8 +7,8 @@ import pytest
 
 from nst_jax import color
 from nst_jax.objective import Objective, loss_weights, total_loss
-from nst_jax.optimize import (init_state, jit_chunk, make_chunk, make_optimizer, run_loop,
-                              visit_steps)
+from nst_jax.optimize import (OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer,
+                              run_loop, visit_steps)
 from nst_jax.presets import preset
 from nst_jax.stages import compute_targets
 from nst_jax.stylize import stylize
@@ -41,13 +41,14 @@ def _setup(settings, params, size=(24, 32)):
     return objective, content, targets, weights
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_chunks_of_any_length_compile_once(optimizer, params):
-    settings = preset("neural-style").replace(optimizer=optimizer, **CHEAP)
+@pytest.mark.parametrize("optimizer, linesearch", [("adam", "none"), ("lbfgs", "none"), ("lbfgs", "zoom")])
+def test_chunks_of_any_length_compile_once(optimizer, linesearch, params):
+    settings = preset("neural-style").replace(optimizer=optimizer, lbfgs_linesearch=linesearch, **CHEAP)
     objective, content, targets, weights = _setup(settings, params)
-    opt = make_optimizer(settings)
+    spec = OptimizerSpec.from_settings(settings)
+    opt = make_optimizer(spec)
     traces = []
-    inner = make_chunk(objective, opt, optimizer == "lbfgs")
+    inner = make_chunk(objective, spec)
 
     def counted(*args):
         traces.append(1)  # runs only while tracing
@@ -78,7 +79,9 @@ def test_visit_steps_cover_every_interval_and_the_end():
     assert visit_steps(9, (3, 0, 10)) == [3, 6, 9]
 
 
-@pytest.mark.parametrize("optimizer,steps,extra", [("lbfgs", 25, {}), ("adam", 60, {"learning_rate": 8.0})])
+# L-BFGS without a line search starts with tiny steps (capped by 1/‖g‖₁, as torch's): more steps.
+@pytest.mark.parametrize("optimizer,steps,extra", [("lbfgs", 45, {}), ("lbfgs", 25, {"lbfgs_linesearch": "zoom"}),
+                                                   ("adam", 60, {"learning_rate": 8.0})])
 def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params, photos):
     content, style = photos
     settings = preset("neural-style").replace(optimizer=optimizer, num_steps=steps, image_size=64,
@@ -96,8 +99,9 @@ def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params,
 def test_ctrl_c_between_chunks_returns_the_last_finished_image(params):
     settings = preset("neural-style").replace(optimizer="adam", **CHEAP)
     objective, content, targets, weights = _setup(settings, params)
-    opt = make_optimizer(settings)
-    chunk = jit_chunk(make_chunk(objective, opt, False))
+    spec = OptimizerSpec.from_settings(settings)
+    opt = make_optimizer(spec)
+    chunk = jit_chunk(make_chunk(objective, spec))
     seen = {}
 
     def interrupt_at_six(step, pixels, loss):
@@ -114,8 +118,9 @@ def test_ctrl_c_between_chunks_returns_the_last_finished_image(params):
 def test_adam_keeps_pixels_in_range(params):
     settings = preset("neural-style").replace(optimizer="adam", learning_rate=200.0, **CHEAP)
     objective, content, targets, weights = _setup(settings, params)
-    opt = make_optimizer(settings)
-    chunk = jit_chunk(make_chunk(objective, opt, False))
+    spec = OptimizerSpec.from_settings(settings)
+    opt = make_optimizer(spec)
+    chunk = jit_chunk(make_chunk(objective, spec))
     result = run_loop(chunk, content, init_state(opt, content), 5, (params, targets, weights), ())
     pixels = np.asarray(result.pixels)
     assert pixels.min() >= 0 and pixels.max() <= 255

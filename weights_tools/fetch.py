@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from nst_jax.cache import cache_dir
 from nst_jax.errors import UserInputError, WeightsFileError
 from weights_tools.hashing import file_digest
 from weights_tools.layouts import KNOWN_FILES
@@ -40,15 +41,6 @@ KNOWN_CHECKSUMS = {known.name: known.digest for known in KNOWN_FILES if len(know
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
 _PROGRESS_INTERVAL_S = 0.2
-
-
-def cache_dir():
-    """$NST_JAX_CACHE, else $XDG_CACHE_HOME/nst-jax, else ~/.cache/nst-jax (not created here)."""
-    if os.environ.get("NST_JAX_CACHE"):
-        return Path(os.environ["NST_JAX_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nst-jax"
-    return Path.home() / ".cache" / "nst-jax"
 
 
 def default_params_path():

@@ -1,0 +1,98 @@
+"""Where a run's time goes: phases, compilation, and the loss at each host visit.
+
+`python -m nst_jax.run ... --report run.json` writes this as JSON; the end-to-end benchmark
+(`python -m bench e2e`) reads it to split a whole command's wall time into start-up, weights,
+compilation, steps and writing, and to find when each run reached a given objective.
+"""
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import jax
+
+# JAX's monitoring events around each program it prepares: tracing to a jaxpr, lowering to MLIR,
+# and XLA's compilation (or its load from the persistent compilation cache).
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+BACKEND_COMPILE_EVENT = COMPILE_EVENTS[-1]
+
+
+def process_age_seconds() -> Optional[float]:
+    """Seconds since this process started (Linux /proc; None elsewhere): start-up and imports."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+class CompileCounter:
+    """Counts and times the programs JAX traces and compiles while it is active (a context)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.compiles = 0  # XLA compilations or loads from the persistent cache
+        self.programs = []  # their names, in order
+
+    def _listen(self, event, duration, **kwargs):
+        if event in COMPILE_EVENTS:
+            self.seconds += duration
+        if event == BACKEND_COMPILE_EVENT:
+            self.compiles += 1
+            self.programs.append(str(kwargs.get("fun_name", "?")))
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc_info):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+        return False
+
+
+class RunTimings:
+    """Phases of one CLI run (seconds), compile time within them, and each visit's losses."""
+
+    def __init__(self):
+        self.started_at = time.time()  # epoch seconds at the start of the command's main()
+        self.startup = process_age_seconds()  # interpreter start and imports, before main()
+        self._start = time.perf_counter()
+        self.phases = {}
+        self.visits = []
+        self.compile = CompileCounter()
+
+    def now(self) -> float:
+        """Seconds since main() started."""
+        return time.perf_counter() - self._start
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - began
+
+    def visit(self, step, losses):
+        self.visits.append({"seconds": round(self.now(), 4), "step": int(step),
+                            "losses": [float(loss) for loss in losses]})
+
+    def to_dict(self):
+        phases = {name: round(seconds, 4) for name, seconds in self.phases.items()}
+        return {"started_at": self.started_at, "startup_seconds": self.startup,
+                "main_seconds": round(self.now(), 4), "phases": phases,
+                "compile_seconds": round(self.compile.seconds, 4),
+                "compiled_programs": self.compile.programs, "visits": self.visits}
+
+    def write(self, path):
+        """Write the JSON atomically enough for a report: a temporary name, then a rename."""
+        path = Path(path)
+        temporary = path.with_name(path.name + ".partial")
+        temporary.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(temporary, path)
