@@ -233,9 +233,9 @@ def weight_loads(monkeypatch):
     loads = []
     real_load = run.load_weights
 
-    def load_weights(argument):
-        loads.append(argument)
-        return real_load(argument)
+    def load_weights(*arguments):
+        loads.append(arguments)
+        return real_load(*arguments)
 
     def stylize_must_not_run(*args, **kwargs):
         raise AssertionError("bad input reached the optimization")
@@ -353,8 +353,8 @@ def sixteen_bit_content_cmyk_style(tmp_path_factory, synthetic_params_path):
 def exif_rotated_content(tmp_path_factory, synthetic_params_path):
     """Content stored 80×56 with EXIF orientation 6 (shown rotated 90° clockwise, 56×80).
 
-    Learning rate 0 from the content: the output is the upright, resized content, so the test can
-    tell a rotation in the wrong direction from the right one.
+    Learning rate 1e-12 (the smallest steps; 0 is refused) from the content: the output is the
+    upright, resized content, so the test can tell a rotation in the wrong direction from the right one.
     """
     folder = tmp_path_factory.mktemp("exif")
     content = folder / "sideways.jpg"
@@ -362,7 +362,7 @@ def exif_rotated_content(tmp_path_factory, synthetic_params_path):
     exif[0x0112] = 6  # Orientation: the 0th row is the visual right-hand side
     _crop(CONTENT, 80, 56).save(content, quality=95, exif=exif)
     return _run(folder, content, STYLE, "result.png", (56, 80), 2,
-                "--init", "content", "--learning-rate", "0", weights=synthetic_params_path)
+                "--init", "content", "--learning-rate", "1e-12", weights=synthetic_params_path)
 
 
 @pytest.mark.parametrize("fixture", ["gray_content_rgba_style", "sixteen_bit_content_cmyk_style",
