@@ -29,6 +29,7 @@ _CLAIMED_BY_EXTENSION = {".h5": "not an HDF5 file", ".hdf5": "not an HDF5 file",
 ACCEPTED_FORMATS = ("an nst-jax params file (weights_tools.convert's output), Keras .h5 weights "
                     "(HDF5), a PyTorch .pth state dict (zip or legacy pickle) or timm .safetensors")
 
+
 @dataclasses.dataclass(frozen=True)
 class SourceWeights:
     """What a reader found: our params, the layout it recognised, and whether it is synthetic."""
