@@ -359,6 +359,17 @@ def test_bad_flag_value_is_one_line_naming_the_flag(flags, flag, says, tmp_path,
     assert weight_loads == [] and _files_under(tmp_path) == []
 
 
+def test_bad_flag_from_the_command_line_is_one_line(tmp_path):
+    # As a real process: nothing else on stderr (no usage dump, no import chatter), nothing written.
+    completed = subprocess.run(
+        [sys.executable, "-m", "nst_jax.run", str(CONTENT), str(STYLE), str(STYLE), "-o",
+         str(tmp_path / "out.png"), "--style-blend-weights", "-1,2"],
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr == "error: --style-blend-weights: must be >= 0, got -1.0\n"
+    assert _files_under(tmp_path) == []
+
+
 def test_missing_style_is_one_line_with_the_usage(tmp_path):
     status, stderr = _main([CONTENT])
     assert status == 2
