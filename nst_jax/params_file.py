@@ -19,6 +19,7 @@ from nst_jax.preprocess import CONVENTIONS
 FORMAT = "nst-jax-vgg19"
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
+METADATA_ENTRY = _METADATA_KEY + ".npy"  # its name inside the zip: how a params file is recognised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +83,10 @@ def load_params(path):
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise WeightsFileError(
             f"{path}: not an nst-jax params file ({error}); convert public weights with "
-            f"'python -m weights_tools.convert'") from None
+            f"'python -m weights_tools.convert FILE -o params.npz'") from None
     if _METADATA_KEY not in contents:
         raise WeightsFileError(f"{path}: not an nst-jax params file (no metadata); convert public "
-                               f"weights with 'python -m weights_tools.convert'")
+                               f"weights with 'python -m weights_tools.convert FILE -o params.npz'")
     raw = json.loads(str(contents.pop(_METADATA_KEY)))
     if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
         raise WeightsFileError(f"{path}: params format {raw.get('format')!r} version "

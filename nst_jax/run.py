@@ -1,21 +1,34 @@
 """python -m nst_jax.run content.jpg style.jpg [style2.jpg ...] [-o out.png] [--preset NAME] [flags]
 
-Thin entry point: parse flags, build one Settings (a preset with the flags given on top), call
-the library. Bad input ends with one line naming the file or flag, and exit status 2.
+Thin entry point: parse and check flags, build one Settings (a preset with the flags given on
+top), call the library. Bad input ends with one line `error: <flag or file>: <what is wrong>` and
+exit status 2; bad flag values are caught here, before any file is read or anything compiled.
 """
 
 import argparse
 import dataclasses
+import difflib
 import os
+import re
 import sys
 import typing
 from pathlib import Path
 
 from nst_jax.cache import enable_compile_cache
 from nst_jax.errors import UserInputError
+from nst_jax.preprocess import CONVENTIONS
 from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.settings import CHOICES, Settings
+from nst_jax.settings import CHOICES, INT32_MAX, RANGES, Range, Settings
 from nst_jax.timings import RunTimings
+
+USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
+# Ranges of the flags that are not Settings fields (theirs are in settings.RANGES).
+CLI_RANGES = {"devices": Range(1, INT32_MAX), "num_processes": Range(1, INT32_MAX),
+              "process_id": Range(0, INT32_MAX)}  # and below --num-processes
+# Sweepable Settings fields and their item type; a sweep's values have the field's range.
+SWEEPS = {"style_weight": float, "content_weight": float, "seed": int}
+# An init image whose aspect ratio differs from the content's by more than this is visibly stretched.
+STRETCH_TOLERANCE = 0.01
 
 # Help for each Settings field; the flag is the field name with dashes.
 FIELD_HELP = {
@@ -61,12 +74,88 @@ FIELD_HELP = {
 }
 
 
-def _parse_list(text, item_type, flag):
-    try:
-        return tuple(item_type(item.strip()) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise UserInputError(f"--{flag}: {text!r} is not a comma-separated list of "
-                             f"{item_type.__name__} values") from None
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without abbreviations, whose errors are one line naming the flag, not a usage dump.
+
+    Errors raise UserInputError, which main prints as `error: ...` with exit status 2.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)  # --num-step must not pass for --num-steps
+
+    def error(self, message):
+        raise UserInputError(self._one_line(message))
+
+    def _one_line(self, message):
+        message = " ".join(message.split())
+        argument = re.fullmatch(r"argument (\S+): (.*)", message)
+        if argument:
+            return f"{argument.group(1)}: {argument.group(2)}"
+        unknown = re.fullmatch(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            first = unknown.group(1).split()[0]
+            if not first.startswith("-"):
+                return f"{first}: unexpected argument; usage: {self.usage}"
+            flag = first.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, list(self._option_string_actions), n=1)
+            return f"{flag}: unknown flag" + (f" (did you mean {close[0]}?)" if close else "; --help lists them")
+        missing = re.fullmatch(r"the following arguments are required: (.*)", message)
+        if missing:
+            return f"{missing.group(1)}: missing; usage: {self.usage}"
+        return message
+
+
+def _number(kind):
+    """argparse type for an int or float flag (ranges are checked after parsing)."""
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+    parse.__name__ = kind.__name__
+    parse.kind, parse.is_list = kind, False  # lets tests find every numeric flag in the parser
+    return parse
+
+
+def _comma_list(kind):
+    """argparse type for a comma-separated list flag: "1, 2,3" -> (1.0, 2.0, 3.0); empty items skipped."""
+    def parse(text):
+        try:
+            return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+        except ValueError:
+            items = {int: "integers", float: "numbers"}[kind]
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {items}") from None
+    parse.__name__ = f"list of {kind.__name__}"
+    parse.kind, parse.is_list = kind, True
+    return parse
+
+
+def _names(text):
+    """argparse type for a list of layer names: "relu1_1, relu2_1" -> ("relu1_1", "relu2_1")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+# Values argparse would take for flags: -1,2 and -1e3 and -inf (it only knows -1 and -1.5).
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _keep_negative_values(parser, argv):
+    """`--flag -1,2` -> `--flag=-1,2`, so a negative value reaches our checks (and their message)."""
+    takes_value = {option for action in parser._actions if action.option_strings and action.nargs is None
+                   for option in action.option_strings}
+    kept = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return kept + list(argv[index:])
+        if kept and kept[-1] in takes_value and _NEGATIVE_NUMBER.match(arg):
+            kept[-1] = f"{kept[-1]}={arg}"
+        else:
+            kept.append(arg)
+    return kept
+
+
+def _flag(name):
+    return name.replace("_", "-")
 
 
 def _field_type(field):
@@ -80,8 +169,8 @@ def _field_type(field):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m nst_jax.run",
+    parser = OneLineParser(
+        prog="python -m nst_jax.run", usage=USAGE,
         description="Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
                     "style of STYLE (several styles are blended). Every flag overrides the preset.",
         epilog="Settings flags default to the chosen preset's values; the values in brackets are the "
@@ -102,6 +191,10 @@ def build_parser():
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="compile every program afresh instead of keeping compiled programs "
                              "in the cache folder ($NST_JAX_CACHE/xla) for later runs")
+    parser.add_argument("--preprocessing", choices=CONVENTIONS,
+                        help="input convention of the weights: caffe (BGR, 0..255 minus means) or torch "
+                             "(RGB, mean/std); needed to convert a .pth of unknown origin, overrides what "
+                             "a file says; default: from the file")
     parser.add_argument("--estimate-memory", action="store_true",
                         help="print how much device memory the run needs (XLA's analysis of the "
                              "compiled step, per device) and exit without running")
@@ -110,20 +203,23 @@ def build_parser():
         "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
     batch.add_argument("--batch", action="store_true",
                        help="one output per style image instead of one blended output")
-    batch.add_argument("--sweep-style-weight", metavar="LIST", help="one output per style weight, e.g. 1e2,1e3,1e4")
-    batch.add_argument("--sweep-content-weight", metavar="LIST", help="one output per content weight")
-    batch.add_argument("--sweep-seed", metavar="LIST", help="one output per seed, e.g. 0,1,2,3")
-    batch.add_argument("--devices", type=_number(int, "devices"), metavar="N",
-                       help="shard the batch over N devices (default: all visible)")
+    batch.add_argument("--sweep-style-weight", metavar="LIST", type=_comma_list(float),
+                       help=f"one output per style weight, e.g. 1e2,1e3,1e4 (each {RANGES['style_weight']})")
+    batch.add_argument("--sweep-content-weight", metavar="LIST", type=_comma_list(float),
+                       help=f"one output per content weight (each {RANGES['content_weight']})")
+    batch.add_argument("--sweep-seed", metavar="LIST", type=_comma_list(int),
+                       help=f"one output per seed, e.g. 0,1,2,3 (each {RANGES['seed']})")
+    batch.add_argument("--devices", type=_number(int), metavar="N",
+                       help=f"shard the batch over N devices ({CLI_RANGES['devices']}; default: all visible)")
     batch.add_argument("--distributed", action="store_true",
                        help="join a multi-host run with jax.distributed (cluster detected from the "
                             "environment: Slurm, MPI, TPU, JAX_COORDINATOR_ADDRESS); run the same "
                             "command on every host; the first host writes the outputs")
     batch.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host coordinator (implies --distributed)")
-    batch.add_argument("--num-processes", type=_number(int, "num-processes"), metavar="N",
-                       help="number of hosts (with --coordinator)")
-    batch.add_argument("--process-id", type=_number(int, "process-id"), metavar="I",
-                       help="this host's index, 0..N-1 (with --coordinator)")
+    batch.add_argument("--num-processes", type=_number(int), metavar="N",
+                       help=f"number of hosts (with --coordinator; {CLI_RANGES['num_processes']})")
+    batch.add_argument("--process-id", type=_number(int), metavar="I",
+                       help=f"this host's index (with --coordinator; {CLI_RANGES['process_id']}, below N)")
     group = parser.add_argument_group("settings (default: the preset's value)")
     defaults = preset(DEFAULT_PRESET)
     for field in dataclasses.fields(Settings):
@@ -131,27 +227,21 @@ def build_parser():
         default = getattr(defaults, field.name)
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
         text = FIELD_HELP.get(field.name, field.name.replace("_", " "))
+        if field.name in RANGES:
+            text += f" ({'each ' if is_list else ''}{RANGES[field.name]})"
         kwargs = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
         if field.name in CHOICES and not is_list:
             kwargs["choices"] = CHOICES[field.name]
         elif scalar is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif not is_list and scalar in (int, float):
-            kwargs["type"] = _number(scalar, field.name)
+        elif is_list:
+            kwargs["type"] = _comma_list(scalar) if scalar in (int, float) else _names
+        elif scalar in (int, float):
+            kwargs["type"] = _number(scalar)
         if "choices" not in kwargs and scalar is not bool:
             kwargs["metavar"] = "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE")
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
     return parser
-
-
-def _number(kind, name):
-    def parse(text):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def settings_from_args(args):
@@ -160,12 +250,8 @@ def settings_from_args(args):
     changes = {}
     for field in dataclasses.fields(Settings):
         value = getattr(args, field.name)
-        if value is None:
-            continue
-        scalar, is_list = _field_type(field)
-        if is_list:
-            value = _parse_list(value, scalar, field.name.replace("_", "-"))
-        changes[field.name] = value
+        if value is not None:
+            changes[field.name] = value
     if "init_image" in changes and "init" not in changes:
         changes["init"] = "image"
     if "content_layers" in changes and "content_layer_weights" not in changes:
@@ -175,15 +261,92 @@ def settings_from_args(args):
     return dataclasses.replace(base, **changes)
 
 
-def load_weights(weights_arg):
-    """(params, metadata) from --weights, $NST_JAX_WEIGHTS or the default download."""
+def load_weights(weights_arg, preprocessing=None):
+    """(params, metadata) from --weights, $NST_JAX_WEIGHTS or the default download.
+
+    `preprocessing` (--preprocessing) goes to the conversion of a public file and overrides what
+    the params file says.
+    """
     from nst_jax.params_file import load_params
     from weights_tools import fetch
     if weights_arg:
-        path = fetch.params_for_file(Path(weights_arg).expanduser(), origin="--weights")
+        path = fetch.params_for_file(Path(weights_arg).expanduser(), origin="--weights",
+                                     preprocessing=preprocessing)
     else:
-        path = fetch.default_params_path()
-    return load_params(path)
+        path = fetch.default_params_path(preprocessing)
+    params, metadata = load_params(path)
+    if preprocessing is not None and preprocessing != metadata.preprocessing:
+        metadata = dataclasses.replace(metadata, preprocessing=preprocessing)
+    return params, metadata
+
+
+def parse_and_validate(argv=None):
+    """Flags -> (args, Settings, sweeps {field: values}), every value checked.
+
+    Reads no file and imports nothing heavy, so a bad value fails at once. Raises
+    UserInputError (one line naming the flag); --help prints the help and exits.
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    args = parser.parse_args(_keep_negative_values(parser, argv))
+    for name, allowed in CLI_RANGES.items():
+        if getattr(args, name) is not None:
+            allowed.check(_flag(name), getattr(args, name))
+    if args.num_processes is not None and args.process_id is not None and args.process_id >= args.num_processes:
+        raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
+                             f"got {args.process_id}")
+    settings = settings_from_args(args)
+    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
+        raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
+                             f"{len(args.styles)} style images")
+    sweeps = {}
+    for name, kind in SWEEPS.items():
+        values, flag = getattr(args, "sweep_" + name), "sweep-" + _flag(name)
+        if values is None:
+            continue
+        if not values:
+            raise UserInputError(f"--{flag}: no values")
+        for value in values:
+            RANGES[name].check(flag, value, whole=kind is int)
+        # Outputs are named by value (batch labels weights with :g), so a repeat would overwrite one.
+        labels = [f"{value:g}" if kind is float else str(value) for value in values]
+        repeated = next((label for index, label in enumerate(labels) if label in labels[:index]), None)
+        if repeated is not None:
+            raise UserInputError(f"--{flag}: {repeated} is listed twice (both outputs would have one name)")
+        sweeps[name] = values
+    if settings.tv_weight == 0:
+        zero_in = [name for name in ("style_weight", "content_weight")
+                   if 0 in sweeps.get(name, (getattr(settings, name),))]
+        if len(zero_in) == 2:  # Settings caught the case without sweeps
+            swept = next(name for name in zero_in if name in sweeps)
+            raise UserInputError(f"--sweep-{_flag(swept)}: 0 with the other weights 0 leaves nothing "
+                                 f"to optimize")
+    return args, settings, sweeps
+
+
+def stretch_warning(content_path, init_path):
+    """A warning line if the init image's aspect ratio is not the content's (it gets stretched)."""
+    try:
+        content_height, content_width = _displayed_size(content_path)
+        init_height, init_width = _displayed_size(init_path)
+    except Exception:  # an unreadable image gets its own one-line error from the image loader
+        return None
+    difference = (init_width / init_height) / (content_width / content_height) - 1
+    if abs(difference) <= STRETCH_TOLERANCE:
+        return None
+    return (f"warning: --init-image: {init_path} is {init_width}x{init_height} px, the content "
+            f"{content_width}x{content_height}: it will be stretched to the content's aspect ratio "
+            f"({difference:+.0%})")
+
+
+def _displayed_size(path):
+    """(height, width) as shown, after EXIF orientation, from the header alone."""
+    from PIL import Image
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap width and height
+            width, height = height, width
+    return height, width
 
 
 def memory_report(args, settings, sweeps):
@@ -213,23 +376,23 @@ def _check_report_path(path):
 
 def main(argv=None):
     timings = RunTimings()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args, settings, sweeps = parse_and_validate(argv)
         if args.report:
             _check_report_path(args.report)
         if not args.no_compile_cache:
             enable_compile_cache()
-        settings = settings_from_args(args)
-        if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
-            raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
-                                 f"{len(args.styles)} style images")
-        sweeps = {name: _parse_list(getattr(args, "sweep_" + name), kind, "sweep-" + name.replace("_", "-"))
-                  for name, kind in (("style_weight", float), ("content_weight", float), ("seed", int))
-                  if getattr(args, "sweep_" + name)}
         if args.estimate_memory:
             print(memory_report(args, settings, sweeps))
             return 0
+        warning = stretch_warning(args.content, settings.init_image) if settings.init == "image" else None
+
+        def load_checked_weights():
+            # Called once the images are known good: only then is the warning worth a line.
+            if warning:
+                print(warning, file=sys.stderr)
+            return load_weights(args.weights, args.preprocessing)
+
         distributed = args.distributed or args.coordinator is not None
         if distributed:
             from nst_jax.batch import join_cluster
@@ -240,8 +403,8 @@ def main(argv=None):
             batch = BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
                                  content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
                                  num_devices=args.devices)
-        outputs = stylize_files(args.content, args.styles, args.output, settings,
-                                lambda: load_weights(args.weights), batch=batch, timings=timings)
+        outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
+                                batch=batch, timings=timings)
         result = outputs[0][1]
         if args.report:
             timings.write(args.report)

@@ -5,6 +5,8 @@ Presets (nst_jax/presets.py) are named Settings; the CLI maps flags onto a prese
 """
 
 import dataclasses
+import math
+import numbers
 from typing import Optional, Tuple
 
 from nst_jax.errors import UserInputError
@@ -21,6 +23,82 @@ CHOICES = {
     "lbfgs_linesearch": ("none", "zoom"),
     "init": ("content", "noise", "gray", "image"),
     "original_colors": ("none", "luminance", "recombine"),
+}
+
+# Long side of the output, in pixels: 16384² RGB pixels (805 M values) keep every size and index
+# well inside int32, which XLA uses for shapes and loop counters.
+MAX_IMAGE_SIDE = 16384
+MAX_SCALES = 10  # the first of 10 passes is 1/22.6 of the last: coarser adds nothing
+MAX_STEPS = 10**8  # num_steps × scales (at most 10**9) is counted in int32
+MAX_LBFGS_MEMORY = 1000  # L-BFGS keeps 2 × memory copies of the image
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1  # seeds: jax.random.PRNGKey takes any uint32
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The finite numbers from `low` to `high`; an open end excludes its bound."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value):
+        return (math.isfinite(value)
+                and (value > self.low if self.low_open else value >= self.low)
+                and (value < self.high if self.high_open else value <= self.high))
+
+    def __str__(self):
+        low, high = _number_text(self.low), _number_text(self.high)
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def check(self, flag, value, whole=False):
+        """Raise UserInputError naming `flag` unless `value` is a number in this range."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise UserInputError(f"--{flag}: must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserInputError(f"--{flag}: must be a finite number, got {value!r}")
+        if whole and value != int(value):
+            raise UserInputError(f"--{flag}: must be a whole number, got {value!r}")
+        if value not in self:
+            raise UserInputError(f"--{flag}: must be {self}, got {value!r}")
+
+
+_POSITIVE = Range(0, low_open=True)
+_NON_NEGATIVE = Range(0)
+_FRACTION_BELOW_1 = Range(0, 1, high_open=True)
+
+# The allowed values of every numeric field (each element of a list field), in one place: checked
+# by Settings (so the Python API is checked too) and shown in the CLI's help.
+RANGES = {
+    "image_size": Range(16, MAX_IMAGE_SIDE),
+    "scales": Range(1, MAX_SCALES),
+    "style_scale": Range(0, 16, low_open=True),
+    "style_blend_weights": _NON_NEGATIVE,  # and a positive sum
+    "content_layer_weights": _NON_NEGATIVE,
+    "style_layer_weights": _NON_NEGATIVE,
+    "content_weight": _NON_NEGATIVE,  # the three weights: not all 0
+    "style_weight": _NON_NEGATIVE,
+    "tv_weight": _NON_NEGATIVE,
+    "tv_beta": _POSITIVE,
+    "pixel_range": _POSITIVE,
+    "num_steps": Range(1, MAX_STEPS),
+    "learning_rate": _POSITIVE,
+    "adam_b1": _FRACTION_BELOW_1,
+    "adam_b2": _FRACTION_BELOW_1,
+    "adam_eps": _POSITIVE,
+    "sgd_momentum": _FRACTION_BELOW_1,
+    "lr_decay_rate": Range(0, 1, low_open=True),
+    "lr_decay_steps": Range(1, INT32_MAX),
+    "lbfgs_memory": Range(1, MAX_LBFGS_MEMORY),
+    "lbfgs_linesearch_steps": Range(1, 1000),
+    "init_noise_std": _NON_NEGATIVE,
+    "seed": Range(0, UINT32_MAX),
+    "print_every": Range(0, INT32_MAX),
+    "save_every": Range(0, INT32_MAX),
 }
 
 
@@ -107,22 +185,24 @@ class Settings:
             if given is not None and len(given) != len(getattr(self, layers)):
                 raise UserInputError(f"--{_flag(weights)}: {len(given)} weights for "
                                      f"{len(getattr(self, layers))} {layers.replace('_', ' ')}")
-        positive = ("image_size", "scales", "style_scale", "pixel_range", "num_steps", "lbfgs_memory",
-                    "lbfgs_linesearch_steps", "lr_decay_steps", "tv_beta")
-        for field in positive:
-            if not getattr(self, field) > 0:
-                raise UserInputError(f"--{_flag(field)}: must be positive, got {getattr(self, field)!r}")
-        non_negative = ("content_weight", "style_weight", "tv_weight", "learning_rate",
-                        "init_noise_std", "print_every", "save_every", "sgd_momentum")
-        for field in non_negative:
-            if getattr(self, field) < 0:
-                raise UserInputError(f"--{_flag(field)}: must not be negative, got {getattr(self, field)!r}")
-        if self.image_size < 16:
-            raise UserInputError(f"--image-size: {self.image_size} px is too small (at least 16)")
+        whole_numbers = {field.name for field in dataclasses.fields(self) if field.type is int}
+        for field, allowed in RANGES.items():
+            value = getattr(self, field)
+            for item in (value if isinstance(value, tuple) else () if value is None else (value,)):
+                allowed.check(_flag(field), item, whole=field in whole_numbers)
+        if self.style_blend_weights is not None and not sum(self.style_blend_weights) > 0:
+            raise UserInputError("--style-blend-weights: must have a positive sum (every weight is 0)")
+        if self.content_weight == self.style_weight == self.tv_weight == 0:
+            raise UserInputError("--content-weight, --style-weight, --tv-weight: all three are 0, "
+                                 "so there is nothing to optimize")
+        if self.style_scale * self.image_size > MAX_IMAGE_SIDE:
+            raise UserInputError(f"--style-scale: {self.style_scale:g} × {self.image_size} px is more "
+                                 f"than {MAX_IMAGE_SIDE} px")
         if self.init == "image" and not self.init_image:
             raise UserInputError("--init image needs --init-image FILE")
-        if self.style_blend_weights is not None and any(w < 0 for w in self.style_blend_weights):
-            raise UserInputError("--style-blend-weights: weights must not be negative")
+        if self.init != "image" and self.init_image:
+            raise UserInputError(f"--init-image: conflicts with --init {self.init}, which does not use "
+                                 f"a start image (--init-image alone implies --init image)")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -133,6 +213,10 @@ class Settings:
 
 def _flag(field):
     return field.replace("_", "-")
+
+
+def _number_text(value):
+    return str(value) if isinstance(value, int) else f"{value:g}"  # whole bounds in full
 
 
 def layer_weights(layers, weights):

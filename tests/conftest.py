@@ -22,3 +22,18 @@ def synthetic_params_path(tmp_path_factory):
     convert(public, params_path)
     public.unlink()  # only the params file is needed: 80 MB less on disk
     return params_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The suite's own $NST_JAX_CACHE: CLI runs keep compiled programs there, not in ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("nst-jax-cache")
+    previous = os.environ.get("NST_JAX_CACHE")
+    os.environ["NST_JAX_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("NST_JAX_CACHE", None)
+    else:
+        os.environ["NST_JAX_CACHE"] = previous

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,10 @@ import pytest
 from PIL import Image
 
 from nst_jax import batch, images, run, stylize
+from nst_jax.errors import UserInputError
 from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.settings import Settings
+from nst_jax.settings import RANGES, Settings
+from weights_tools.synthetic import write_synthetic
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 CONTENT = SHARED_IMAGES / "tubingen.jpg"
@@ -80,9 +84,10 @@ def _png_description(path):
 
 
 @pytest.fixture(autouse=True)
-def weights_cache(tmp_path, monkeypatch):
-    """Any conversion a test triggers goes to tmp_path, never to the user's cache."""
-    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path / "cache"))
+def weights_cache(tmp_path_factory, monkeypatch):
+    """Any conversion (and compiled program) a test makes goes to a fresh folder beside
+    tmp_path, never to the user's cache, and never among the files a test counts."""
+    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("NST_JAX_WEIGHTS", raising=False)
 
 
@@ -233,9 +238,9 @@ def weight_loads(monkeypatch):
     loads = []
     real_load = run.load_weights
 
-    def load_weights(argument):
-        loads.append(argument)
-        return real_load(argument)
+    def load_weights(*arguments):
+        loads.append(arguments)
+        return real_load(*arguments)
 
     def stylize_must_not_run(*args, **kwargs):
         raise AssertionError("bad input reached the optimization")
@@ -296,6 +301,180 @@ def test_error_from_the_command_line_has_no_traceback(tmp_path, synthetic_params
     assert not (tmp_path / "out.png").exists()
 
 
+# --- flag values: one line naming the flag, decided before any file is read ---------------------
+
+# (flags, the flag the line must name, what it must say). Each is refused by parse_and_validate.
+FLAG_EDGES = [
+    (["--style-blend-weights", "0,0"], "--style-blend-weights", "must have a positive sum"),
+    (["--style-blend-weights", "-1,2"], "--style-blend-weights", "must be >= 0"),  # no '=' needed
+    (["--learning-rate", "nan"], "--learning-rate", "must be a finite number"),
+    (["--style-weight", "inf"], "--style-weight", "must be a finite number"),
+    (["--content-weight", "-inf"], "--content-weight", "must be a finite number"),
+    (["--tv-weight", "-1e-3"], "--tv-weight", "must be >= 0"),
+    (["--learning-rate", "0"], "--learning-rate", "must be > 0"),
+    (["--adam-b1", "1"], "--adam-b1", "must be in [0, 1)"),
+    (["--adam-b2", "-0.5"], "--adam-b2", "must be in [0, 1)"),
+    (["--adam-eps", "0"], "--adam-eps", "must be > 0"),
+    (["--sgd-momentum", "1"], "--sgd-momentum", "must be in [0, 1)"),
+    (["--lr-decay-rate", "0"], "--lr-decay-rate", "must be in (0, 1]"),
+    (["--lr-decay-rate", "1.5"], "--lr-decay-rate", "must be in (0, 1]"),
+    (["--content-weight", "0", "--style-weight", "0", "--tv-weight", "0"],
+     "--content-weight, --style-weight, --tv-weight", "nothing to optimize"),
+    (["--devices", "0"], "--devices", "must be in [1, "),
+    (["--devices=-1"], "--devices", "must be in [1, "),
+    (["--num-processes", "0"], "--num-processes", "must be in [1, "),
+    (["--num-processes", "2", "--process-id", "2"], "--process-id", "must be below --num-processes 2"),
+    (["--process-id", "-1"], "--process-id", "must be in [0, "),
+    (["--init-noise-std", "-0.1"], "--init-noise-std", "must be >= 0"),
+    (["--image-size", "16385"], "--image-size", "must be in [16, 16384]"),
+    (["--style-scale", "64"], "--style-scale", "must be in (0, 16]"),
+    (["--image-size", "4096", "--style-scale", "8"], "--style-scale", "more than 16384 px"),
+    (["--scales", "11"], "--scales", "must be in [1, 10]"),
+    (["--num-steps", "0"], "--num-steps", "must be in [1, 100000000]"),
+    (["--num-steps", str(2**31)], "--num-steps", "must be in [1, 100000000]"),
+    (["--lbfgs-memory", "0"], "--lbfgs-memory", "must be in [1, 1000]"),
+    (["--seed", "-1"], "--seed", "must be in [0, 4294967295]"),
+    (["--style-layer-weights", "1,-2,1,1,1"], "--style-layer-weights", "must be >= 0"),
+    (["--sweep-style-weight", "1,nan"], "--sweep-style-weight", "must be a finite number"),
+    (["--sweep-content-weight", "-1"], "--sweep-content-weight", "must be >= 0"),
+    (["--sweep-seed", "4294967296"], "--sweep-seed", "must be in [0, 4294967295]"),
+    (["--sweep-seed", "1,1"], "--sweep-seed", "1 is listed twice"),
+    (["--sweep-seed", ","], "--sweep-seed", "no values"),
+    (["--sweep-seed", "1.5"], "--sweep-seed", "not a comma-separated list of integers"),
+    (["--tv-weight", "0", "--style-weight", "0", "--sweep-content-weight", "1,0"],
+     "--sweep-content-weight", "nothing to optimize"),
+    (["--init-image", "start.png", "--init", "noise"], "--init-image", "conflicts with --init noise"),
+    (["--num-step", "3"], "--num-step", "unknown flag (did you mean --num-steps?)"),  # no abbreviations
+    (["--bogus"], "--bogus", "unknown flag"),
+    (["--preprocessing", "bgr"], "--preprocessing", "invalid choice"),
+    (["--output"], "-o/--output", "expected one argument"),
+]
+
+
+@pytest.mark.parametrize("flags, flag, says", FLAG_EDGES, ids=[" ".join(case[0]) for case in FLAG_EDGES])
+def test_bad_flag_value_is_one_line_naming_the_flag(flags, flag, says, tmp_path, weight_loads):
+    status, stderr = _main([CONTENT, STYLE, "-o", tmp_path / "out.png", *flags])
+    assert status == 2
+    assert stderr.count("\n") == 1 and stderr.startswith(f"error: {flag}: "), stderr
+    assert says in stderr
+    assert weight_loads == [] and _files_under(tmp_path) == []
+
+
+def test_bad_flag_from_the_command_line_is_one_line(tmp_path):
+    # As a real process: nothing else on stderr (no usage dump, no import chatter), nothing written.
+    completed = subprocess.run(
+        [sys.executable, "-m", "nst_jax.run", str(CONTENT), str(STYLE), str(STYLE), "-o",
+         str(tmp_path / "out.png"), "--style-blend-weights", "-1,2"],
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr == "error: --style-blend-weights: must be >= 0, got -1.0\n"
+    assert _files_under(tmp_path) == []
+
+
+def test_missing_style_is_one_line_with_the_usage(tmp_path):
+    status, stderr = _main([CONTENT])
+    assert status == 2
+    assert stderr.startswith("error: style: missing; usage: python -m nst_jax.run CONTENT STYLE")
+    assert stderr.count("\n") == 1
+
+
+def test_edge_values_in_range_are_accepted():
+    _, settings, sweeps = run.parse_and_validate(
+        [CONTENT, STYLE, STYLE, "--adam-b1", "0", "--lr-decay-rate", "1", "--init-noise-std", "0",
+         "--image-size", "16384", "--seed", "4294967295", "--style-blend-weights", "0,1",
+         "--learning-rate", "1e-30", "--sweep-seed", "0,4294967295", "--content-weight", "0",
+         "--sweep-style-weight", "0,1e30"])
+    assert (settings.adam_b1, settings.lr_decay_rate, settings.image_size) == (0.0, 1.0, 16384)
+    assert settings.seed == 2**32 - 1 and settings.style_blend_weights == (0.0, 1.0)
+    assert sweeps == {"seed": (0, 2**32 - 1), "style_weight": (0.0, 1e30)}
+
+
+@pytest.mark.parametrize("changes, flag", [
+    (dict(adam_b1=1.0), "--adam-b1"), (dict(learning_rate=float("nan")), "--learning-rate"),
+    (dict(num_steps=2.5), "--num-steps"), (dict(style_blend_weights=(0.0,)), "--style-blend-weights"),
+    (dict(init_image="start.png"), "--init-image")])
+def test_python_api_is_checked_the_same_way(changes, flag):
+    with pytest.raises(UserInputError) as raised:
+        preset(DEFAULT_PRESET).replace(**changes)
+    assert str(raised.value).startswith(f"{flag}: ")
+
+
+def test_help_shows_each_range():
+    parser = run.build_parser()
+    helps = {action.option_strings[-1]: action.help for action in parser._actions if action.option_strings}
+    for name, allowed in [*RANGES.items(), *run.CLI_RANGES.items()]:
+        assert str(allowed) in helps["--" + name.replace("_", "-")], name
+    assert f"each {RANGES['seed']}" in helps["--sweep-seed"]
+    assert "--preprocessing {caffe,torch}" in parser.format_help()
+
+
+def _numeric_flags():
+    """{flag: (int or float, is_list)} for every flag the parser reads as numbers: from the parser itself."""
+    return {action.option_strings[-1]: (action.type.kind, action.type.is_list)
+            for action in run.build_parser()._actions
+            if action.option_strings and getattr(action.type, "kind", None) in (int, float)}
+
+
+def _range_of(flag):
+    name = flag[2:].replace("-", "_").removeprefix("sweep_")
+    return RANGES.get(name) or run.CLI_RANGES[name]
+
+
+def _values_to_try(flag, kind, is_list, rng):
+    """One value per class: special floats, 0, negative, tiny, huge, in range, and not numbers."""
+    allowed = _range_of(flag)
+    low = max(allowed.low, -1e6)
+    high = min(allowed.high, low + 100)
+    if kind is int:
+        normal = str(int(rng.integers(math.ceil(low) + allowed.low_open, math.floor(high) + 1 - allowed.high_open)))
+        negative, tiny, huge = str(-int(rng.integers(1, 10**6))), "1", str(10**30)
+    else:
+        normal = repr(float(rng.uniform(low, high)))
+        negative = f"{-10 ** rng.uniform(-3, 3):.6g}"
+        tiny, huge = f"{10 ** rng.uniform(-30, -20):.3g}", "1e30"
+    values = ["nan", "inf", "-inf", "0", negative, tiny, huge, normal, "abc", "1,2", "", "0x10", "1e",
+              "+inf", "-nan", "1e400", "-0", "9" * 5000]
+    if is_list:
+        values += [f"{normal},{normal}", f"{normal},nan", f"{negative},{normal}", f"{normal},,{huge}"]
+    return values
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """stylize_files replaced by a recorder: main runs up to the computation and no further."""
+    calls = []
+
+    def stylize_files(content, styles, output, settings, load_weights, batch=None, timings=None):
+        calls.append(settings)
+        return [(output, types.SimpleNamespace(interrupted=False))]
+
+    monkeypatch.setattr(stylize, "stylize_files", stylize_files)
+    return calls
+
+
+def test_every_numeric_flag_gives_settings_or_one_line_naming_it(no_compute):
+    """Property over the parser's numeric flags × value classes (seeded numpy RNG, 3 draws each):
+    exit 0 having reached the computation, or exit 2 with one line `error: --that-flag: ...`."""
+    flags = _numeric_flags()
+    assert {"--num-steps", "--learning-rate", "--devices", "--sweep-seed", "--style-blend-weights"} <= set(flags)
+    rng = np.random.default_rng(10)
+    outcomes = {0: 0, 2: 0}
+    for flag, (kind, is_list) in sorted(flags.items()):
+        for _ in range(3):
+            for value in _values_to_try(flag, kind, is_list, rng):
+                calls_before = len(no_compute)
+                status, stderr = _main([CONTENT, STYLE, flag, value])
+                case = f"{flag} {value!r}: status {status}, stderr {stderr!r}"
+                assert status in (0, 2), case
+                if status == 0:
+                    assert stderr == "" and len(no_compute) == calls_before + 1, case
+                else:
+                    assert stderr.count("\n") == 1 and stderr.startswith(f"error: {flag}: "), case
+                    assert len(no_compute) == calls_before, case
+                outcomes[status] += 1
+    assert min(outcomes.values()) > 100, outcomes  # both outcomes well exercised
+
+
 # --- unusual valid input, and what a run writes -------------------------------------------------
 
 @dataclasses.dataclass
@@ -353,8 +532,8 @@ def sixteen_bit_content_cmyk_style(tmp_path_factory, synthetic_params_path):
 def exif_rotated_content(tmp_path_factory, synthetic_params_path):
     """Content stored 80×56 with EXIF orientation 6 (shown rotated 90° clockwise, 56×80).
 
-    Learning rate 0 from the content: the output is the upright, resized content, so the test can
-    tell a rotation in the wrong direction from the right one.
+    Learning rate 1e-12 (the smallest steps; 0 is refused) from the content: the output is the
+    upright, resized content, so the test can tell a rotation in the wrong direction from the right one.
     """
     folder = tmp_path_factory.mktemp("exif")
     content = folder / "sideways.jpg"
@@ -362,7 +541,7 @@ def exif_rotated_content(tmp_path_factory, synthetic_params_path):
     exif[0x0112] = 6  # Orientation: the 0th row is the visual right-hand side
     _crop(CONTENT, 80, 56).save(content, quality=95, exif=exif)
     return _run(folder, content, STYLE, "result.png", (56, 80), 2,
-                "--init", "content", "--learning-rate", "0", weights=synthetic_params_path)
+                "--init", "content", "--learning-rate", "1e-12", weights=synthetic_params_path)
 
 
 @pytest.mark.parametrize("fixture", ["gray_content_rgba_style", "sixteen_bit_content_cmyk_style",
@@ -435,6 +614,85 @@ def test_progress_lines_show_rate_and_loss_terms(gray_content_rgba_style):
     assert "done after 4 steps" in record.stderr
 
 
+# --- real runs at the edges: a result, or one line and nothing written ------------------------------
+
+def _run_or_refuse(tmp_path, *flags, weights):
+    """Run the CLI for real; assert it wrote an image (exit 0) or one error line and nothing (exit 2)."""
+    output = tmp_path / "out" / "result.png"
+    output.parent.mkdir()
+    status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", weights, *CHEAP_FLAGS,
+                            "--num-steps", "2", *flags])
+    assert "Traceback" not in stderr
+    if status == 0:
+        with Image.open(output) as written:
+            assert max(written.size) == IMAGE_SIZE
+    else:
+        assert status == 2, stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and stderr.endswith(errors[0] + "\n"), stderr
+        assert _files_under(output.parent) == []
+    return status, stderr, output
+
+
+def test_renamed_params_file_tiny_learning_rate_and_a_stretched_init_image(tmp_path, synthetic_params_path):
+    renamed = tmp_path / "params.bin"  # our .npz under a name that says nothing
+    os.link(synthetic_params_path, renamed)
+    start = tmp_path / "square.png"
+    _crop(STYLE, 40, 40).save(start)  # the content is 4:3, so this start image gets stretched
+    status, stderr, _ = _run_or_refuse(tmp_path, "--init-image", start, "--learning-rate", "1e-30",
+                                       weights=renamed)
+    assert status == 0, stderr
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning: --init-image")]
+    assert len(warnings) == 1 and "stretched" in warnings[0] and "square.png" in warnings[0]
+    converted = [f for f in _files_under(os.environ["NST_JAX_CACHE"]) if not f.startswith("xla/")]
+    assert converted == []  # used as it is, not converted (xla/ holds compiled programs)
+
+
+def test_huge_style_weight_writes_an_image_or_says_it_diverged(tmp_path, synthetic_params_path):
+    status, stderr, _ = _run_or_refuse(tmp_path, "--style-weight", "1e30", weights=synthetic_params_path)
+    assert status == 0 or "diverged" in stderr
+
+
+def test_learning_rate_decayed_to_nothing_from_a_flat_start(tmp_path, synthetic_params_path):
+    _run_or_refuse(tmp_path, "--lr-decay-rate", "1e-30", "--lr-decay-steps", "1", "--adam-b1", "0",
+                   "--init-noise-std", "0", weights=synthetic_params_path)
+
+
+def test_stretch_warning_only_when_the_aspect_ratio_differs(tmp_path):
+    for name, size in (("wide.png", (80, 40)), ("larger.png", (120, 60)), ("close.png", (201, 100)),
+                       ("square.png", (50, 50))):
+        Image.new("RGB", size).save(tmp_path / name)
+    warning = run.stretch_warning(tmp_path / "wide.png", tmp_path / "square.png")
+    assert warning.startswith("warning: --init-image: ") and "50x50 px" in warning and "80x40" in warning
+    assert run.stretch_warning(tmp_path / "wide.png", tmp_path / "larger.png") is None
+    assert run.stretch_warning(tmp_path / "wide.png", tmp_path / "close.png") is None  # 0.5 %: unseen
+    # An unreadable init image gets its own one-line error from the image loader, not a warning.
+    assert run.stretch_warning(tmp_path / "wide.png", tmp_path / "missing.png") is None
+
+
+def test_preprocessing_flag_overrides_a_params_file(synthetic_params_path):
+    assert run.load_weights(str(synthetic_params_path))[1].preprocessing == "caffe"
+    assert run.load_weights(str(synthetic_params_path), "torch")[1].preprocessing == "torch"
+
+
+def test_advice_for_an_unknown_pth_can_be_followed_from_run(tmp_path):
+    pytest.importorskip("torch")
+    public = tmp_path / "my_vgg19.pth"
+    write_synthetic("torchvision-pth", public, seed=0)
+    output = tmp_path / "out" / "result.png"
+    output.parent.mkdir()
+    argv = [CONTENT, STYLE, "-o", output, "--weights", public, *CHEAP_FLAGS, "--num-steps", "2"]
+
+    status, stderr = _main(argv)
+    assert status == 2 and stderr.count("\n") == 1 and stderr.startswith(f"error: {public}: "), stderr
+    suggested = re.findall(r"--preprocessing (\w+)", stderr)
+    assert suggested == ["torch", "caffe"] and not output.exists()
+
+    status, stderr = _main(argv + ["--preprocessing", suggested[1]])  # as the line says
+    assert status == 0, stderr
+    assert _png_description(output)["weights"]["preprocessing"] == "caffe"
+
+
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("moment, cue", [
@@ -487,13 +745,13 @@ def test_ctrl_c_before_the_loop_stops_at_the_first_visit(tmp_path, synthetic_par
     # Deterministic version of "Ctrl-C while compiling": the signal arrives just before the
     # targets are compiled. Raised there, it would escape XLA's compile (jaxlib then crashes at
     # exit); deferred, the run finishes its first chunk and saves it.
-    real_compute_targets = batch.compute_targets
+    real_targets = batch.targets
 
-    def compute_targets_after_ctrl_c(*args, **kwargs):
+    def targets_after_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
-        return real_compute_targets(*args, **kwargs)
+        return real_targets(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "compute_targets", compute_targets_after_ctrl_c)
+    monkeypatch.setattr(batch, "targets", targets_after_ctrl_c)
     output = tmp_path / "result.png"
     status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path,
                             *CHEAP_FLAGS, "--num-steps", "50", "--print-every", "1"])

@@ -1,6 +1,9 @@
 """weights_tools.convert and its readers, on synthetic files in every public layout."""
 
 import hashlib
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +18,7 @@ from weights_tools import convert as convert_module
 from weights_tools.convert import convert, main, summary
 from weights_tools.layouts import (VGG19_CONVS, feature_layout, hwio_from_oihw, identify_by_hash,
                                    identify_by_name)
+from weights_tools.readers import sniff_format
 from weights_tools.synthetic import synthetic_params, write_synthetic
 
 # (layout, include_top, file name, expected preprocessing, expected source_format). The .pth
@@ -362,3 +366,90 @@ def test_cli_as_a_process_needs_preprocessing_for_unknown_pth(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert_params_equal(load_params(out)[0], synthetic_params(seed=0))
+
+
+# --- formats told by content, not by name ------------------------------------------------------
+
+
+def _link(source, path):
+    """`source` under another name (a hard link: the 80 MB files are not copied)."""
+    try:
+        os.link(source, path)
+    except OSError:
+        shutil.copyfile(source, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def public_files(tmp_path_factory, synthetic_params_path):
+    """{format: (path, truth or None)}: one real file per format sniff_format tells apart."""
+    folder = tmp_path_factory.mktemp("formats")
+    files = {"params": (synthetic_params_path, None)}
+    for kind, layout in (("hdf5", "keras-h5"), ("torch-pickle", "torchvision-pth"),
+                         ("safetensors", "safetensors")):
+        path = folder / f"source-{layout}"
+        files[kind] = (path, write_synthetic(layout, path, seed=11))
+    torch = pytest.importorskip("torch")
+    zipped = folder / "source-zip"
+    torch.save(torch.load(files["torch-pickle"][0], weights_only=True), zipped)  # torch's zip format
+    files["torch-zip"] = (zipped, files["torch-pickle"][1])
+    return files
+
+
+# Names that say nothing, or the wrong thing, about the content.
+MISLEADING_NAMES = ["weights.bin", "weights", "weights.h5", "weights.pth", "weights.safetensors",
+                    "weights.npz"]
+
+
+@pytest.mark.parametrize("kind", ["params", "hdf5", "torch-zip", "torch-pickle", "safetensors"])
+def test_sniff_format_reads_the_content_not_the_name(tmp_path, public_files, kind):
+    source, _ = public_files[kind]
+    for name in MISLEADING_NAMES:
+        assert sniff_format(_link(source, tmp_path / name)) == kind, name
+        (tmp_path / name).unlink()
+
+
+@pytest.mark.parametrize("kind, name", [("hdf5", "vgg19.pth"), ("torch-pickle", "vgg19-dcbb9e9d.h5"),
+                                        ("torch-zip", "vgg19-dcbb9e9d"), ("safetensors", "model.bin")])
+def test_public_file_under_a_wrong_name_converts(tmp_path, public_files, kind, name):
+    source, truth = public_files[kind]
+    public = _link(source, tmp_path / name)
+    convert(public, tmp_path / "params.npz")
+    assert_params_equal(load_params(tmp_path / "params.npz")[0], truth)
+
+
+def test_hdf5_after_a_user_block_is_recognised(tmp_path):
+    # HDF5 allows a user block of 512, 1024, ... bytes before its signature.
+    path = tmp_path / "blocked"
+    with h5py.File(path, "w", userblock_size=1024) as file:
+        file["x"] = np.zeros(3)
+    assert path.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n"
+    assert sniff_format(path) == "hdf5"
+
+
+def test_converting_a_params_file_says_to_use_it_as_it_is(tmp_path, public_files):
+    params = _link(public_files["params"][0], tmp_path / "params.bin")
+    message = refuse(params, match="already an nst-jax params file")
+    assert f"--weights {params}" in message
+
+
+@pytest.mark.parametrize("name, content, claim", [
+    ("weights.dat", bytes(range(256)) * 4, "cannot tell the weight format"),
+    ("weights", b"", "cannot tell the weight format"),
+    ("vgg19.pth", b"\x80", "not a readable PyTorch file"),  # a pickle byte but no protocol
+    ("model.safetensors", (10**9).to_bytes(8, "little") + b"{}", "not a readable safetensors file"),
+])
+def test_unrecognised_file_names_itself_and_what_is_read(tmp_path, name, content, claim):
+    public = tmp_path / name
+    public.write_bytes(content)
+    message = refuse(public, match=re.escape(claim))
+    for accepted in ("nst-jax params file", "Keras .h5", "PyTorch .pth", "safetensors"):
+        assert accepted in message
+
+
+def test_zip_that_is_neither_ours_nor_torch(tmp_path):
+    public = tmp_path / "vgg19.pth"
+    np.savez(public.with_suffix(".npz"), kernel=np.ones(3))  # a NumPy archive, not ours
+    public.with_suffix(".npz").rename(public)
+    message = refuse(public, match="not a readable PyTorch file")
+    assert "neither nst-jax metadata nor PyTorch's data.pkl" in message

@@ -261,3 +261,34 @@ def test_progress_bar_when_stderr_is_not_a_terminal(server, tmp_path, capsys):
 def test_format_progress():
     assert format_progress(40_000_000, 80_000_000, 2.0) == "    40.0 / 80.0 MB  50.0%    20.0 MB/s"
     assert format_progress(5_000_000, None, 0.5) == "     5.0 MB    10.0 MB/s"
+
+
+@pytest.mark.parametrize("name", ["params.bin", "params", "params.h5", "params.pth"])
+def test_renamed_params_file_is_used_as_is(cache, tmp_path, synthetic_params_path, name):
+    renamed = tmp_path / name
+    os.link(synthetic_params_path, renamed)
+    assert fetch_module.params_for_file(renamed, origin="--weights") == renamed
+    assert cached_files(cache) == []  # nothing converted
+
+
+def test_public_file_named_npz_is_converted(cache, tmp_path, keras_file):
+    path, _, params, _, _ = keras_file
+    renamed = tmp_path / "vgg19.npz"  # a Keras h5 that only looks like a params file
+    os.link(path, renamed)
+    converted = fetch_module.params_for_file(renamed, origin="--weights")
+    assert converted.parent == cache
+    assert_params_equal(converted, params)
+
+
+def test_unknown_pth_advice_can_be_followed_from_fetch(server, cache, tmp_path, capsys):
+    # The converter asks for --preprocessing; weights_tools.fetch must accept what it is told.
+    public = tmp_path / "my_vgg19.pth"
+    truth = write_synthetic("torchvision-pth", public)
+    server.bodies["/my_vgg19.pth"] = public.read_bytes()
+    url = server.url("/my_vgg19.pth")
+    assert main(["--url", url]) == 2
+    note, advice = capsys.readouterr().err.splitlines()  # the note: no checksum known for the URL
+    assert note.startswith("note: ") and advice.startswith("error: ") and "--preprocessing caffe" in advice
+    assert main(["--url", url, "--preprocessing", "caffe"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert_params_equal(printed, truth)  # preprocessing "caffe", as asked

@@ -1,6 +1,6 @@
 """The default VGG-19 weights: download once, verify, convert, and cache the params file.
 
-    python -m weights_tools.fetch [--url URL] [--md5 HEX] [--force]
+    python -m weights_tools.fetch [--url URL] [--md5 HEX] [--force] [--preprocessing caffe|torch]
 
 prints the path of the converted params file. `default_params_path()` is what the run command
 calls when no --weights is given. Cache: $NST_JAX_CACHE, else $XDG_CACHE_HOME/nst-jax, else
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from nst_jax.cache import cache_dir
 from nst_jax.errors import UserInputError, WeightsFileError
+from nst_jax.preprocess import CONVENTIONS
 from weights_tools.hashing import file_digest
 from weights_tools.layouts import KNOWN_FILES
 
@@ -43,34 +44,45 @@ TIMEOUT_S = 60
 _PROGRESS_INTERVAL_S = 0.2
 
 
-def default_params_path():
+def default_params_path(preprocessing=None):
     """The params file to use when the user names none: $NST_JAX_WEIGHTS, else the default download.
 
-    Downloads and converts on first use; later calls only look at the cache.
+    Downloads and converts on first use; later calls only look at the cache. `preprocessing`
+    ("caffe" or "torch") is passed to the conversion of a public $NST_JAX_WEIGHTS file.
     """
     override = os.environ.get("NST_JAX_WEIGHTS")
     if override:
-        return params_for_file(Path(override).expanduser(), origin="NST_JAX_WEIGHTS")
+        return params_for_file(Path(override).expanduser(), origin="NST_JAX_WEIGHTS",
+                               preprocessing=preprocessing)
     return fetch()
 
 
-def params_for_file(path, origin="NST_JAX_WEIGHTS"):
-    """A params file (.npz) as is; a public weight file converted into the cache once."""
+def params_for_file(path, origin="NST_JAX_WEIGHTS", preprocessing=None):
+    """A params file as is; a public weight file converted into the cache once.
+
+    Which is which is told by the file's content (`readers.sniff_format`), not its name, so a
+    params file called params.bin or a Keras file called weights.pth work too.
+    """
+    from weights_tools.readers import sniff_format
+
     if not path.is_file():
         raise WeightsFileError(f"{origin}={path}: no such file")
-    if path.suffix == ".npz":  # no public layout is an .npz; load_params checks it is ours
+    if sniff_format(path) == "params":
         return path
     stat = path.stat()
     # Keyed on where the file is and its size and time, so an edited file is converted again
-    # without hashing hundreds of megabytes on every run.
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    # without hashing hundreds of megabytes on every run; and on the convention asked for.
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if preprocessing:
+        identity += f"|{preprocessing}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
     params_path = cache_dir() / f"{path.stem}-{key[:12]}.npz"
     if not params_path.is_file():
-        _convert_atomically(path, params_path)
+        _convert_atomically(path, params_path, preprocessing)
     return params_path
 
 
-def fetch(url=None, checksum=None, *, force=False, progress=None, timeout=TIMEOUT_S):
+def fetch(url=None, checksum=None, *, force=False, progress=None, timeout=TIMEOUT_S, preprocessing=None):
     """Download `url` into the cache (if not there), verify it, convert it; return the params path.
 
     Args:
@@ -80,14 +92,17 @@ def fetch(url=None, checksum=None, *, force=False, progress=None, timeout=TIMEOU
       force: download and convert again even when cached.
       progress: progress bar on stderr; None shows it only when stderr is a terminal.
       timeout: seconds to wait for the server before giving up.
+      preprocessing: "caffe" or "torch" for the conversion (needed for a .pth of unknown origin).
     """
     url = url or DEFAULT_URL
     file_name = _file_name(url)
     checksum = _checksum_for(file_name, checksum)
     cache = cache_dir()
     download_path = cache / file_name
-    params_path = cache / (DEFAULT_PARAMS_NAME if file_name == DEFAULT_FILE_NAME
-                           else f"{Path(file_name).stem}.npz")
+    if file_name == DEFAULT_FILE_NAME and preprocessing in (None, "caffe"):
+        params_path = cache / DEFAULT_PARAMS_NAME
+    else:
+        params_path = cache / f"{Path(file_name).stem}{'_' + preprocessing if preprocessing else ''}.npz"
     if params_path.is_file() and not force:
         return params_path
     try:
@@ -99,7 +114,7 @@ def fetch(url=None, checksum=None, *, force=False, progress=None, timeout=TIMEOU
         if progress is None:
             progress = getattr(sys.stderr, "isatty", lambda: False)()
         download(url, download_path, checksum, progress=progress, timeout=timeout)
-    _convert_atomically(download_path, params_path)
+    _convert_atomically(download_path, params_path, preprocessing)
     return params_path
 
 
@@ -185,8 +200,8 @@ def _reason(error):
 
 
 def _by_hand():
-    return ("Get that file by hand and pass it with --weights FILE, or set NST_JAX_WEIGHTS=FILE, "
-            "or convert it with 'python -m weights_tools.convert FILE -o params.npz'")
+    return ("Get that file by hand and give it to 'python -m nst_jax.run' with --weights FILE, or set "
+            "NST_JAX_WEIGHTS=FILE, or convert it with 'python -m weights_tools.convert FILE -o params.npz'")
 
 
 def _file_name(url):
@@ -216,12 +231,12 @@ def _matches(path, checksum):
     return file_digest(path, _algorithm(checksum)) == checksum
 
 
-def _convert_atomically(source, params_path):
+def _convert_atomically(source, params_path, preprocessing=None):
     """Convert into the cache; save_params writes beside the final name and renames when done."""
     from weights_tools.convert import convert  # the converter is only needed on a cache miss
 
     params_path.parent.mkdir(parents=True, exist_ok=True)
-    convert(source, params_path)
+    convert(source, params_path, preprocessing)
 
 
 def main(argv=None):
@@ -234,11 +249,13 @@ def main(argv=None):
                         help="expected checksum: 32 hex digits MD5 or 64 SHA-256 (default: known for the "
                              "Keras files)")
     parser.add_argument("--force", action="store_true", help="download and convert again even if cached")
+    parser.add_argument("--preprocessing", choices=CONVENTIONS,
+                        help="input convention of the weights (needed for a .pth of unknown origin)")
     args = parser.parse_args(argv)
     if args.md5 is None and os.path.basename(urllib.parse.urlparse(args.url).path) not in KNOWN_CHECKSUMS:
         print(f"note: no checksum known for {args.url}; pass --md5 to verify it", file=sys.stderr)
     try:
-        path = fetch(args.url, args.md5, force=args.force)
+        path = fetch(args.url, args.md5, force=args.force, preprocessing=args.preprocessing)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
 """Readers for public VGG-19 weight files: Keras .h5, PyTorch .pth, timm .safetensors.
 
+`sniff_format` tells them (and our own params files) apart by content, never by file name.
+
 Each reader lists the file's layers and shapes, lets `layouts.match_layers` check them against
 the VGG-19 table, and only then reads the 16 convolutions (never the classifier), returning our
 params: {"conv1_1": {"kernel": HWIO float32, "bias": (C,) float32}, ...}.
@@ -8,19 +10,24 @@ params: {"conv1_1": {"kernel": HWIO float32, "bias": (C,) float32}, ...}.
 import dataclasses
 import os
 import re
+import struct
 import zipfile
 
 import h5py
 import numpy as np
 
 from nst_jax.errors import WeightsFileError
+from nst_jax.params_file import METADATA_ENTRY
 from weights_tools.layouts import KERAS, SYNTHETIC_MARKER, TORCH, hwio_from_oihw, match_layers
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-# torch.save's legacy (pre-zip) format starts with a pickled magic number.
-_TORCH_LEGACY_SIGNATURE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
-_EXTENSIONS = {".h5": "hdf5", ".hdf5": "hdf5", ".pth": "pth", ".pt": "pth",
-               ".safetensors": "safetensors"}
+# What a user may have meant, from the extension, for a file whose content is no known format.
+_CLAIMED_BY_EXTENSION = {".h5": "not an HDF5 file", ".hdf5": "not an HDF5 file",
+                         ".pth": "not a readable PyTorch file", ".pt": "not a readable PyTorch file",
+                         ".safetensors": "not a readable safetensors file",
+                         ".npz": "not an nst-jax params file"}
+ACCEPTED_FORMATS = ("an nst-jax params file (weights_tools.convert's output), Keras .h5 weights "
+                    "(HDF5), a PyTorch .pth state dict (zip or legacy pickle) or timm .safetensors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,27 +39,66 @@ class SourceWeights:
     synthetic: bool = False
 
 
-def container_of(path):
-    """"hdf5", "pth" or "safetensors", from the file's first bytes, else from its extension."""
-    with open(path, "rb") as stream:
-        head = stream.read(16)
+def sniff_format(path):
+    """The format of a weight file from its content, whatever its name.
+
+    Returns "params" (our .npz), "hdf5" (Keras), "torch-zip", "torch-pickle" (PyTorch's legacy
+    format) or "safetensors". Raises WeightsFileError naming the file and the formats we read.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as stream:
+            head = stream.read(16)
+            # HDF5 puts its signature at 0, or after a user block of 512, 1024, 2048... bytes.
+            offset = 512
+            while not head.startswith(_HDF5_SIGNATURE) and offset + 8 <= size:
+                stream.seek(offset)
+                if stream.read(8) == _HDF5_SIGNATURE:
+                    return "hdf5"
+                offset *= 2
+    except FileNotFoundError:
+        raise WeightsFileError(f"{path}: no such file") from None
+    except OSError as error:
+        raise WeightsFileError(f"{path}: cannot read it ({error.strerror})") from None
     if head.startswith(_HDF5_SIGNATURE):
         return "hdf5"
-    if head.startswith(b"PK\x03\x04") or head.startswith(_TORCH_LEGACY_SIGNATURE):
-        return "pth"
-    if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
-        return "safetensors"
-    extension = os.path.splitext(path)[1].lower()
-    if extension in _EXTENSIONS:
-        return _EXTENSIONS[extension]
-    raise WeightsFileError(f"{path}: cannot tell the weight format: expected a Keras .h5/.hdf5, "
-                           f"a PyTorch .pth/.pt or a timm .safetensors file")
+    if head.startswith(b"PK\x03\x04"):
+        return _sniff_zip(path)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode, protocol 2-5
+        return "torch-pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size:
+        return "safetensors"  # u64 little-endian length of a JSON header, then the header
+    raise _unrecognised(path, "its first bytes match no weight format")
+
+
+def _sniff_zip(path):
+    """Our params (.npz with our metadata entry) or a torch zip archive (a data.pkl inside)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise _unrecognised(path, f"a damaged zip archive: {_first_line(error)}") from None
+    if METADATA_ENTRY in names:
+        return "params"
+    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        return "torch-zip"
+    raise _unrecognised(path, "a zip/npz archive with neither nst-jax metadata nor PyTorch's data.pkl")
+
+
+def _unrecognised(path, why):
+    claimed = _CLAIMED_BY_EXTENSION.get(os.path.splitext(path)[1].lower(), "cannot tell the weight format")
+    return WeightsFileError(f"{path}: {claimed} ({why}); nst-jax reads {ACCEPTED_FORMATS}")
 
 
 def read_weights(path):
     """Read any supported public VGG-19 file. Returns SourceWeights; raises WeightsFileError."""
-    readers = {"hdf5": read_keras_h5, "pth": read_torch_pth, "safetensors": read_safetensors}
-    return readers[container_of(path)](path)
+    kind = sniff_format(path)
+    if kind == "params":
+        raise WeightsFileError(f"{path}: already an nst-jax params file, nothing to convert; "
+                               f"use it as it is (nst_jax.run --weights {path})")
+    readers = {"hdf5": read_keras_h5, "torch-zip": read_torch_pth, "torch-pickle": read_torch_pth,
+               "safetensors": read_safetensors}
+    return readers[kind](path)
 
 
 # --- Keras .h5 -------------------------------------------------------------------------------
