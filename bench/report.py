@@ -198,17 +198,19 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def update_markdown(path, section):
-    """Replace the text between the bench markers in `path` (creating the file or markers)."""
-    block = f"{BEGIN_MARKER}\n{section}{END_MARKER}"
+def update_markdown(path, section, markers=None):
+    """Replace the text between the bench markers (or `markers`: (begin, end)) in `path`,
+    creating the file or the markers."""
+    begin, end = markers or (BEGIN_MARKER, END_MARKER)
+    block = f"{begin}\n{section}{end}"
     if os.path.exists(path):
         with open(path) as stream:
             text = stream.read()
     else:
         text = "# Benchmarks\n\n"
-    if BEGIN_MARKER in text and END_MARKER in text:
-        before = text[: text.index(BEGIN_MARKER)]
-        after = text[text.index(END_MARKER) + len(END_MARKER):]
+    if begin in text and end in text:
+        before = text[: text.index(begin)]
+        after = text[text.index(end) + len(end):]
         text = before + block + after
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"

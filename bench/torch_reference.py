@@ -24,11 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-STARTED_AT = time.time()
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # VGG-19's feature extractor: channels per conv, "M" for a 2×2 max pool (torchvision's "E").
@@ -45,6 +43,14 @@ def _process_age():
     except (OSError, ValueError, IndexError):
         return None
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def _peak_rss_bytes():
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, ValueError, StopIteration):
+        return None
 
 
 def layer_names():
@@ -125,7 +131,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="default: torch's (the cores)")
     parser.add_argument("--report", help="JSON with the phases and the loss at each iteration")
     args = parser.parse_args(argv)
-    startup = _process_age()
+    startup, started_at = _process_age(), time.time()
     main_start = time.perf_counter()
     phases, visits = {}, []
 
@@ -184,9 +190,9 @@ def main(argv=None):
           file=sys.stderr)
     if args.report:
         Path(args.report).write_text(json.dumps({
-            "started_at": STARTED_AT, "startup_seconds": startup, "main_seconds": round(now(), 4),
+            "started_at": started_at, "startup_seconds": startup, "main_seconds": round(now(), 4),
             "phases": {k: round(v, 4) for k, v in phases.items()}, "compile_seconds": 0.0,
-            "compiled_programs": [], "visits": visits}, indent=1))
+            "compiled_programs": [], "peak_rss_bytes": _peak_rss_bytes(), "visits": visits}, indent=1))
     return 0
 
 

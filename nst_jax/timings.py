@@ -32,6 +32,18 @@ def process_age_seconds() -> Optional[float]:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def peak_rss_bytes() -> Optional[int]:
+    """This process's peak resident memory (Linux VmHWM; None elsewhere). Unlike the kernel's
+    ru_maxrss, it starts afresh at exec, so a parent's memory does not leak into it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class CompileCounter:
     """Counts and times the programs JAX traces and compiles while it is active (a context)."""
 
@@ -88,7 +100,8 @@ class RunTimings:
         return {"started_at": self.started_at, "startup_seconds": self.startup,
                 "main_seconds": round(self.now(), 4), "phases": phases,
                 "compile_seconds": round(self.compile.seconds, 4),
-                "compiled_programs": self.compile.programs, "visits": self.visits}
+                "compiled_programs": self.compile.programs, "peak_rss_bytes": peak_rss_bytes(),
+                "visits": self.visits}
 
     def write(self, path):
         """Write the JSON atomically enough for a report: a temporary name, then a rename."""

@@ -1,0 +1,438 @@
+"""python -m bench e2e: the whole command, launch to file written, against the PyTorch way.
+
+What a user waits for: `python -m nst_jax.run` as a process, timed from launch to exit, beside
+`python -m bench.torch_reference` (torch.optim.LBFGS with history 100, lr 1, no line search,
+tolerance_change -1: neural-style-pt's recipe; and Adam), same pre-resized images, same VGG-19
+weights (a synthetic Caffe-layout .pth for PyTorch, the same file converted for nst-jax), same
+loss (neural-style's: content 5, style 100, TV 0, start from the content image).
+
+Per size and optimizer, interleaved so that both see the same machine: nst-jax cold (an empty
+compile cache), PyTorch, nst-jax warm (the cache the cold run filled), PyTorch again. From each
+run's --report JSON: the objective reached, the time to reach the objective both reach (from
+launch, interpolated between progress visits), and the start-up breakdown (process start and
+imports, images, weights, compiling, steps, writing) and the process's peak RSS (VmHWM).
+Also: a batch of 4 L-BFGS members against four single CLI runs, and a second `stylize()` call
+in one process against the first.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from nst_jax.errors import UserInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = REPO_ROOT.parent / "shared" / "images"
+BEGIN_MARKER, END_MARKER = "<!-- e2e:begin -->", "<!-- e2e:end -->"
+# The loss the issue times: neural-style's preset with TV off, starting from the content.
+COMMON_FLAGS = ("--preset", "neural-style", "--tv-weight", "0", "--init", "content")
+PROGRESS_STEPS = 10  # nst_jax.stylize.PROGRESS_INTERVAL: the CLI visits the host every 10 steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    sizes: Tuple[int, ...] = (128, 256, 512)
+    iterations: Tuple[int, ...] = (100, 100, 50)  # per size
+    optimizers: Tuple[str, ...] = ("lbfgs",)
+    adam_sizes: Tuple[int, ...] = (256,)  # Adam's comparison, at these sizes only
+    batch_members: int = 4
+    batch_size_px: int = 128
+    batch_iterations: int = 50
+    second_call_size: int = 96
+    second_call_steps: int = 10
+    torch_threads: Optional[int] = None
+
+
+def quick_plan():
+    return Plan(sizes=(64,), iterations=(10,), adam_sizes=(64,), batch_members=2, batch_size_px=64,
+                batch_iterations=10, second_call_size=48, second_call_steps=4)
+
+
+def _log(message):
+    print(f"[bench e2e] {message}", file=sys.stderr, flush=True)
+
+
+def _prepare(folder, sizes, seed=0):
+    """Weights in both forms and the images pre-resized to each size: {size: (content, style)}."""
+    from weights_tools.convert import convert
+    from weights_tools.synthetic import write_synthetic
+
+    pth, npz = folder / "vgg19_caffe_synthetic.pth", folder / "vgg19_caffe_synthetic.npz"
+    write_synthetic("caffe-pth", pth, seed=seed)
+    convert(pth, npz, preprocessing="caffe")
+    images = {}
+    for size in sizes:
+        pair = []
+        for name, fallback_seed in (("tubingen.jpg", 1), ("starry_night.jpg", 2)):
+            path = folder / f"{Path(name).stem}_{size}.png"
+            _resized(SHARED_IMAGES / name, size, fallback_seed).save(path)
+            pair.append(path)
+        images[size] = tuple(pair)
+    return pth, npz, images
+
+
+def _resized(source, size, seed):
+    """The public test image at long side `size`, or a synthetic one where shared/ is absent."""
+    if source.exists():
+        image = Image.open(source).convert("RGB")
+        scale = size / max(image.size)
+        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                            Image.LANCZOS)
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8))
+    return coarse.resize((size, size * 3 // 4), Image.BICUBIC)
+
+
+@dataclasses.dataclass
+class ProcessRun:
+    """One whole command: wall seconds from launch to exit, peak RSS, and its --report."""
+
+    launched_at: float
+    wall_s: float
+    peak_rss_mb: float
+    status: int
+    report: dict
+    stderr_tail: str
+
+    def visit_times(self):
+        """(seconds since launch, step, mean loss) at each progress visit."""
+        start = self.report["started_at"] - self.launched_at
+        return [(start + v["seconds"], v["step"], float(np.mean(v["losses"]))) for v in self.report["visits"]]
+
+    @property
+    def final_loss(self):
+        return self.visit_times()[-1][2]
+
+    def time_to_reach(self, target):
+        """Seconds from launch until the loss first reached `target` (log-linear between visits)."""
+        previous = None
+        for seconds, _, loss in self.visit_times():
+            if loss <= target:
+                if previous is None or previous[1] <= loss:
+                    return seconds
+                fraction = (math.log(previous[1]) - math.log(target)) / (math.log(previous[1]) - math.log(loss))
+                return previous[0] + fraction * (seconds - previous[0])
+            previous = (seconds, loss)
+        return None
+
+    def breakdown(self):
+        """Where the wall time went (seconds)."""
+        phases, report = self.report["phases"], self.report
+        compile_s = report.get("compile_seconds", 0.0)
+        startup = report.get("startup_seconds")
+        if startup is None:
+            startup = report["started_at"] - self.launched_at
+        return {"startup_imports": startup, "images": phases.get("images", 0.0),
+                "weights": phases.get("weights", 0.0), "compile": compile_s,
+                "steps": phases.get("run", 0.0) - compile_s, "write": phases.get("write", 0.0),
+                "exit_other": self.wall_s - startup - report["main_seconds"]}
+
+    def seconds_per_step(self):
+        """Steady per-step time from the visits after the first (compile excluded)."""
+        visits = self.visit_times()
+        if len(visits) < 2:
+            return None
+        (t0, s0, _), (t1, s1, _) = visits[0], visits[-1]
+        return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+
+    def first_step_at(self, steps_in_first_visit):
+        """Seconds from launch to the moment the first step began (first visit minus its steps)."""
+        per_step = self.seconds_per_step()
+        if per_step is None:
+            return None
+        return self.visit_times()[0][0] - steps_in_first_visit * per_step
+
+
+def run_process(command, env, report_path):
+    """Run `command` to completion: wall time, its peak RSS and its --report."""
+    report_path = Path(report_path)
+    if report_path.exists():
+        report_path.unlink()
+    launched_at, began = time.time(), time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO_ROOT)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if process.returncode != 0 or not report:
+        raise RuntimeError(f"{' '.join(map(str, command[:4]))} ... failed ({process.returncode}): {stderr[-2000:]}")
+    # The child's own VmHWM: wait4's ru_maxrss would include this (forking) process's memory.
+    peak = report.get("peak_rss_bytes")
+    peak_mb = peak / 2**20 if peak else usage.ru_maxrss / 1024
+    return ProcessRun(launched_at, wall, peak_mb, process.returncode, report, stderr[-500:])
+
+
+def _ours(content, style, npz, size, steps, optimizer, out, report, extra=()):
+    return [sys.executable, "-m", "nst_jax.run", str(content), str(style), "--weights", str(npz),
+            "-o", str(out), "--image-size", str(size), "--num-steps", str(steps),
+            "--optimizer", optimizer, "--print-every", "0", "--report", str(report), *COMMON_FLAGS,
+            *extra]
+
+
+def _theirs(content, style, pth, steps, optimizer, out, report, threads):
+    command = [sys.executable, "-m", "bench.torch_reference", str(content), str(style), "--weights",
+               str(pth), "-o", str(out), "--num-iterations", str(steps), "--optimizer", optimizer,
+               "--report", str(report)]
+    return command + (["--threads", str(threads)] if threads else [])
+
+
+def _pair_summary(ours, theirs):
+    target = max(ours.final_loss, theirs.final_loss)  # an objective both reached
+    ours_t, theirs_t = ours.time_to_reach(target), theirs.time_to_reach(target)
+    return {"wall_ratio": ours.wall_s / theirs.wall_s, "objective_ratio": ours.final_loss / theirs.final_loss,
+            "target_objective": target, "time_to_target_s": {"nst_jax": ours_t, "pytorch": theirs_t},
+            "time_to_target_ratio": (ours_t / theirs_t) if ours_t and theirs_t else None}
+
+
+def _run_entry(run):
+    return {"wall_s": run.wall_s, "peak_rss_mb": run.peak_rss_mb, "final_objective": run.final_loss,
+            "breakdown": run.breakdown(), "seconds_per_step": run.seconds_per_step(),
+            "first_step_at_s": run.first_step_at(PROGRESS_STEPS),
+            "compiled_programs": run.report.get("compiled_programs", []),
+            "visits": run.visit_times()}
+
+
+def compare(plan, folder, pth, npz, images, size, steps, optimizer):
+    """nst-jax cold, PyTorch, nst-jax warm, PyTorch: one dict."""
+    content, style = images[size]
+    cache = folder / f"cache_{size}_{optimizer}"
+    env = {**os.environ, "NST_JAX_CACHE": str(cache), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")}
+    env = {k: v for k, v in env.items() if v != ""}
+    runs = {}
+    for label, kind in (("nst_jax_cold", "ours"), ("pytorch_1", "theirs"), ("nst_jax_warm", "ours"),
+                        ("pytorch_2", "theirs")):
+        out, report = folder / f"{label}_{size}_{optimizer}.png", folder / f"{label}_{size}_{optimizer}.json"
+        command = (_ours(content, style, npz, size, steps, optimizer, out, report) if kind == "ours"
+                   else _theirs(content, style, pth, steps, optimizer, out, report, plan.torch_threads))
+        _log(f"{size} px {optimizer} {steps} steps: {label}")
+        runs[label] = run_process(command, env, report)
+        _log(f"  {runs[label].wall_s:.1f} s, objective {runs[label].final_loss:.6g}, "
+             f"peak {runs[label].peak_rss_mb:.0f} MB")
+    return {"size": size, "optimizer": optimizer, "iterations": steps,
+            "runs": {label: _run_entry(run) for label, run in runs.items()},
+            "cold": _pair_summary(runs["nst_jax_cold"], runs["pytorch_1"]),
+            "warm": _pair_summary(runs["nst_jax_warm"], runs["pytorch_2"])}
+
+
+def batch_against_singles(plan, folder, npz, images):
+    """One CLI run of N members (a style-weight sweep) against N single CLI runs, each set from
+    an empty compile cache (the singles reuse the first one's programs, as a user's would)."""
+    size, steps, n = plan.batch_size_px, plan.batch_iterations, plan.batch_members
+    content, style = images[size]
+    weights = [100.0 * 2 ** i for i in range(n)]
+    singles_env = {**os.environ, "NST_JAX_CACHE": str(folder / "cache_singles")}
+    batch_env = {**os.environ, "NST_JAX_CACHE": str(folder / "cache_batch")}
+    singles = []
+    for weight in weights:
+        _log(f"batch comparison: single run, style weight {weight:g}")
+        report = folder / f"single_{weight:g}.json"
+        singles.append(run_process(_ours(content, style, npz, size, steps, "lbfgs", folder / "single.png",
+                                         report, ("--style-weight", f"{weight:g}")), singles_env, report))
+    _log(f"batch comparison: {n} members in one run")
+    report = folder / "batch.json"
+    batch = run_process(_ours(content, style, npz, size, steps, "lbfgs", folder / "batch.png", report,
+                              ("--sweep-style-weight", ",".join(f"{w:g}" for w in weights))), batch_env, report)
+    total = sum(run.wall_s for run in singles)
+    return {"size": size, "iterations": steps, "members": n, "singles_wall_s": [r.wall_s for r in singles],
+            "singles_total_s": total, "batch_wall_s": batch.wall_s, "ratio": batch.wall_s / total,
+            "batch_breakdown": batch.breakdown(), "single_breakdowns": [r.breakdown() for r in singles]}
+
+
+SECOND_CALL_SCRIPT = """
+import json, sys, time
+import numpy as np
+from nst_jax.images import load_image
+from nst_jax.params_file import load_params
+from nst_jax.presets import preset
+from nst_jax.stylize import stylize
+content, style, params_path, size, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+params, metadata = load_params(params_path)
+settings = preset("neural-style").replace(image_size=size, num_steps=steps, init="content", tv_weight=0.0)
+pictures = load_image(content), [load_image(style)]
+seconds = []
+for _ in range(2):
+    began = time.perf_counter()
+    stylize(pictures[0], pictures[1], settings, params, metadata.preprocessing)
+    seconds.append(time.perf_counter() - began)
+print(json.dumps(seconds))
+"""
+
+
+def second_call(plan, npz, images, folder):
+    """Two stylize() calls in one process (no persistent cache): seconds of each."""
+    size = plan.second_call_size
+    content, style = images.get(size) or _prepare_size(folder, size)
+    env = {k: v for k, v in os.environ.items() if k != "NST_JAX_CACHE"}
+    _log(f"second stylize() call: {size} px, {plan.second_call_steps} steps")
+    completed = subprocess.run([sys.executable, "-c", SECOND_CALL_SCRIPT, str(content), str(style), str(npz),
+                                str(size), str(plan.second_call_steps)], capture_output=True, text=True,
+                               env=env, cwd=REPO_ROOT, check=True)
+    first, second = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"size": size, "steps": plan.second_call_steps, "first_s": first, "second_s": second,
+            "ratio": second / first}
+
+
+def _prepare_size(folder, size):
+    pair = []
+    for name, fallback_seed in (("tubingen.jpg", 1), ("starry_night.jpg", 2)):
+        path = folder / f"{Path(name).stem}_{size}.png"
+        _resized(SHARED_IMAGES / name, size, fallback_seed).save(path)
+        pair.append(path)
+    return tuple(pair)
+
+
+def run(plan, keep=None):
+    """The whole benchmark; returns the results dict."""
+    from bench import machine
+
+    began = time.time()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="nst-e2e-") as scratch:
+        folder = Path(keep) if keep else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        sizes = sorted(set(plan.sizes) | {plan.batch_size_px, plan.second_call_size} | set(plan.adam_sizes))
+        pth, npz, images = _prepare(folder, sizes)
+        comparisons = []
+        for size, steps in zip(plan.sizes, plan.iterations):
+            for optimizer in plan.optimizers:
+                comparisons.append(compare(plan, folder, pth, npz, images, size, steps, optimizer))
+            if "adam" not in plan.optimizers and size in plan.adam_sizes:
+                comparisons.append(compare(plan, folder, pth, npz, images, size, steps, "adam"))
+        batch = batch_against_singles(plan, folder, npz, images) if plan.batch_members > 1 else None
+        second = second_call(plan, npz, images, folder)
+    return {"plan": dataclasses.asdict(plan), "machine": machine.describe_machine(),
+            "versions": machine.versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
+            "seconds": time.time() - began, "load_average": {"start": load_before, "end": os.getloadavg()},
+            "comparisons": comparisons, "batch": batch, "second_call": second}
+
+
+def _fmt(value, digits=1):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results):
+    """The generated section of BENCHMARKS.md for an e2e run."""
+    m, lines = results["machine"], []
+    lines.append("## End to end: the whole command against the PyTorch way (generated by `python -m bench e2e`)\n")
+    lines.append(f"- Machine: {m['cpu_model']}, {m['usable_cores']} usable cores, "
+                 f"{'accelerator ' + m['accelerator'] if m['accelerator'] else 'no accelerator (CPU only)'}.")
+    lines.append(f"- Run started {results['started']}, took {results['seconds']:.0f} s; load average at start "
+                 f"{'/'.join(f'{x:.2f}' for x in results['load_average']['start'])}, at end "
+                 f"{'/'.join(f'{x:.2f}' for x in results['load_average']['end'])}.")
+    lines.append("- Each row: `python -m nst_jax.run` and `python -m bench.torch_reference` as whole processes, "
+                 "launch to exit, same pre-resized images and VGG-19 weights, neural-style's loss (content 5, "
+                 "style 100, TV 0, from the content image); cold = empty compile cache, warm = a repeat run; "
+                 "PyTorch's two runs are its first and second. Time to target: from launch until the loss "
+                 "first reached the worse of the two final objectives (so both reach it).\n")
+    lines.append("| size | optimizer | iterations | nst-jax cold s | nst-jax warm s | PyTorch s (1st / 2nd) | "
+                 "cold ÷ PyTorch | warm ÷ PyTorch | objective nst-jax ÷ PyTorch (cold / warm) | "
+                 "time to target nst-jax / PyTorch s (warm) | first step at s (warm) | peak RSS MB nst-jax / PyTorch |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in results["comparisons"]:
+        r = c["runs"]
+        warm_t = c["warm"]["time_to_target_s"]
+        lines.append(
+            f"| {c['size']} | {c['optimizer']} | {c['iterations']} | {r['nst_jax_cold']['wall_s']:.1f} | "
+            f"{r['nst_jax_warm']['wall_s']:.1f} | {r['pytorch_1']['wall_s']:.1f} / {r['pytorch_2']['wall_s']:.1f} | "
+            f"{c['cold']['wall_ratio']:.2f} | {c['warm']['wall_ratio']:.2f} | "
+            f"{c['cold']['objective_ratio']:.3f} / {c['warm']['objective_ratio']:.3f} | "
+            f"{_fmt(warm_t['nst_jax'])} / {_fmt(warm_t['pytorch'])} | "
+            f"{_fmt(r['nst_jax_warm']['first_step_at_s'])} | "
+            f"{r['nst_jax_warm']['peak_rss_mb']:.0f} / {r['pytorch_2']['peak_rss_mb']:.0f} |")
+    lines.append("\nWhere the time went (seconds; start-up = process start and imports, steps = the loop "
+                 "without compiling; exit/other = after main returned):\n")
+    lines.append("| size | optimizer | run | start-up | images | weights | compile | steps | write | exit/other | ms/step |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in results["comparisons"]:
+        for label in ("nst_jax_cold", "nst_jax_warm", "pytorch_1"):
+            b, per_step = c["runs"][label]["breakdown"], c["runs"][label]["seconds_per_step"]
+            lines.append(f"| {c['size']} | {c['optimizer']} | {label} | {b['startup_imports']:.2f} | "
+                         f"{b['images']:.2f} | {b['weights']:.2f} | {b['compile']:.2f} | {b['steps']:.2f} | "
+                         f"{b['write']:.2f} | {b['exit_other']:.2f} | {_fmt(per_step and per_step * 1000, 0)} |")
+    if results.get("batch"):
+        b = results["batch"]
+        lines.append(f"\nA batch of {b['members']} L-BFGS members ({b['size']} px, {b['iterations']} iterations, "
+                     f"a style-weight sweep) in one run: {b['batch_wall_s']:.1f} s, against {b['members']} single "
+                     f"runs of the CLI: {b['singles_total_s']:.1f} s ({', '.join(f'{s:.1f}' for s in b['singles_wall_s'])}); "
+                     f"ratio {b['ratio']:.2f}.")
+    s = results["second_call"]
+    lines.append(f"\nTwo `stylize()` calls in one process ({s['size']} px, {s['steps']} steps, no persistent cache): "
+                 f"first {s['first_s']:.2f} s, second {s['second_s']:.2f} s; ratio {s['ratio']:.2f}.\n")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="64 px, 10 iterations: a check, not a record")
+    parser.add_argument("--sizes", metavar="PX:ITERATIONS,...", help="e.g. 128:100,256:100,512:50")
+    parser.add_argument("--optimizers", metavar="NAMES", help="lbfgs and/or adam at every size")
+    parser.add_argument("--adam-sizes", metavar="PX,...", help="sizes also compared with Adam ('none': none)")
+    parser.add_argument("--torch-threads", type=int, metavar="N", help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batch-against-singles comparison")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", metavar="DIR")
+    parser.add_argument("--markdown", type=Path, metavar="PATH",
+                        help="file whose e2e section is rewritten (default: BENCHMARKS.md, or DIR/e2e-quick.md with --quick)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the runs' images and reports here")
+    return parser
+
+
+def plan_from_args(args):
+    plan = quick_plan() if args.quick else Plan()
+    changes = {}
+    if args.sizes:
+        try:
+            pairs = [part.split(":") for part in args.sizes.split(",")]
+            changes["sizes"] = tuple(int(size) for size, _ in pairs)
+            changes["iterations"] = tuple(int(steps) for _, steps in pairs)
+        except ValueError:
+            raise UserInputError(f"--sizes: expected PX:ITERATIONS,... such as 128:100, got {args.sizes!r}") from None
+        if min(changes["sizes"]) < 32 or min(changes["iterations"]) < 2 * PROGRESS_STEPS:
+            raise UserInputError("--sizes: sizes of at least 32 px and at least 20 iterations")
+    if args.optimizers:
+        names = tuple(args.optimizers.split(","))
+        if not set(names) <= {"lbfgs", "adam"}:
+            raise UserInputError(f"--optimizers: lbfgs and/or adam, got {args.optimizers!r}")
+        changes["optimizers"] = names
+    if args.adam_sizes:
+        changes["adam_sizes"] = () if args.adam_sizes == "none" else tuple(int(s) for s in args.adam_sizes.split(","))
+    if args.torch_threads:
+        changes["torch_threads"] = args.torch_threads
+    if args.no_batch:
+        changes["batch_members"] = 0
+    return dataclasses.replace(plan, **changes)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_from_args(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (UserInputError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from bench.report import update_markdown, write_json
+
+    results = run(plan, keep=args.keep)
+    stem = "e2e-quick" if args.quick else "e2e"
+    write_json(results, args.out / f"{stem}.json")
+    markdown_path = args.markdown or (args.out / f"{stem}.md" if args.quick else REPO_ROOT / "BENCHMARKS.md")
+    update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
+    print(f"wrote {args.out / f'{stem}.json'} and {markdown_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
