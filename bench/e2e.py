@@ -52,6 +52,9 @@ class Plan:
     second_call_size: int = 96
     second_call_steps: int = 10
     torch_threads: Optional[int] = None
+    # One more warm nst-jax run per size in each of these compute dtypes (bfloat16 on an
+    # accelerator): its wall time and objective against the float32 run's.
+    extra_dtypes: Tuple[str, ...] = ()
 
 
 def quick_plan():
@@ -221,8 +224,18 @@ def compare(plan, folder, pth, npz, images, size, steps, optimizer):
         runs[label] = run_process(command, env, report)
         _log(f"  {runs[label].wall_s:.1f} s, objective {runs[label].final_loss:.6g}, "
              f"peak {runs[label].peak_rss_mb:.0f} MB")
+    for dtype in plan.extra_dtypes:
+        label = f"nst_jax_warm_{dtype}"
+        out, report = folder / f"{label}_{size}_{optimizer}.png", folder / f"{label}_{size}_{optimizer}.json"
+        _log(f"{size} px {optimizer} {steps} steps: {label}")
+        runs[label] = run_process(_ours(content, style, npz, size, steps, optimizer, out, report,
+                                        ("--compute-dtype", dtype)), env, report)
+        _log(f"  {runs[label].wall_s:.1f} s, objective {runs[label].final_loss:.6g}")
     return {"size": size, "optimizer": optimizer, "iterations": steps,
             "runs": {label: _run_entry(run) for label, run in runs.items()},
+            "dtypes": {dtype: {"wall_ratio": runs[f"nst_jax_warm_{dtype}"].wall_s / runs["nst_jax_warm"].wall_s,
+                               "objective_ratio": runs[f"nst_jax_warm_{dtype}"].final_loss
+                               / runs["nst_jax_warm"].final_loss} for dtype in plan.extra_dtypes},
             "cold": _pair_summary(runs["nst_jax_cold"], runs["pytorch_1"]),
             "warm": _pair_summary(runs["nst_jax_warm"], runs["pytorch_2"])}
 
@@ -352,6 +365,11 @@ def markdown(results):
             f"{_fmt(warm_t['nst_jax'])} / {_fmt(warm_t['pytorch'])} | "
             f"{_fmt(r['nst_jax_warm']['first_step_at_s'])} | "
             f"{r['nst_jax_warm']['peak_rss_mb']:.0f} / {r['pytorch_2']['peak_rss_mb']:.0f} |")
+    for c in results["comparisons"]:
+        for dtype, d in c.get("dtypes", {}).items():
+            r = c["runs"][f"nst_jax_warm_{dtype}"]
+            lines.append(f"\n{c['size']} px {c['optimizer']} in {dtype}: {r['wall_s']:.1f} s warm "
+                         f"({d['wall_ratio']:.2f}× the float32 run), objective {d['objective_ratio']:.4f}× float32's.")
     lines.append("\nWhere the time went (seconds; start-up = process start and imports, steps = the loop "
                  "without compiling; exit/other = after main returned):\n")
     lines.append("| size | optimizer | run | start-up | images | weights | compile | steps | write | exit/other | ms/step |")
@@ -382,6 +400,8 @@ def build_parser():
     parser.add_argument("--adam-sizes", metavar="PX,...", help="sizes also compared with Adam ('none': none)")
     parser.add_argument("--torch-threads", type=int, metavar="N", help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch-against-singles comparison")
+    parser.add_argument("--extra-dtypes", metavar="NAMES", help="one more warm nst-jax run per size in "
+                        "these compute dtypes, e.g. bfloat16")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", metavar="DIR")
     parser.add_argument("--markdown", type=Path, metavar="PATH",
                         help="file whose e2e section is rewritten (default: BENCHMARKS.md, or DIR/e2e-quick.md with --quick)")
@@ -412,6 +432,11 @@ def plan_from_args(args):
         changes["torch_threads"] = args.torch_threads
     if args.no_batch:
         changes["batch_members"] = 0
+    if args.extra_dtypes:
+        names = tuple(args.extra_dtypes.split(","))
+        if not set(names) <= {"float32", "bfloat16"}:
+            raise UserInputError(f"--extra-dtypes: float32 and/or bfloat16, got {args.extra_dtypes!r}")
+        changes["extra_dtypes"] = names
     return dataclasses.replace(plan, **changes)
 
 

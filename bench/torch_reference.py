@@ -93,7 +93,7 @@ def load_pixels(path):
 
 
 def save_pixels(pixels, path):
-    bgr = (pixels.detach()[0] + torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)).clamp(0, 255)
+    bgr = (pixels.detach()[0].float() + torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)).clamp(0, 255)
     rgb = bgr.flip(0).permute(1, 2, 0).numpy()
     temporary = Path(path).with_name(Path(path).name + ".partial.png")
     Image.fromarray(np.round(rgb).astype(np.uint8)).save(temporary)
@@ -128,6 +128,7 @@ def main(argv=None):
     parser.add_argument("--style-weight", type=float, default=100.0)
     parser.add_argument("--lbfgs-memory", type=int, default=100)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="default: torch's (the cores)")
     parser.add_argument("--report", help="JSON with the phases and the loss at each iteration")
     args = parser.parse_args(argv)
@@ -140,12 +141,18 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def synchronize():  # CUDA runs asynchronously: a phase ends when its work has
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     began = now()
-    content, style = load_pixels(args.content), load_pixels(args.style)
+    content, style = load_pixels(args.content).to(device), load_pixels(args.style).to(device)
     phases["images"] = now() - began
     began = now()
     network = build_network(torch.load(args.weights, map_location="cpu", weights_only=True),
-                            max(CONTENT_LAYERS + STYLE_LAYERS, key=layer_names().index))
+                            max(CONTENT_LAYERS + STYLE_LAYERS, key=layer_names().index)).to(device)
     if args.channels_last:
         network = network.to(memory_format=torch.channels_last)
         content, style = (t.contiguous(memory_format=torch.channels_last) for t in (content, style))
@@ -182,9 +189,10 @@ def main(argv=None):
         optimizer = torch.optim.Adam([image], lr=args.learning_rate)
         for _ in range(args.num_iterations):
             optimizer.step(closure)
+    synchronize()
     phases["run"] = now() - began
     began = now()
-    save_pixels(image, args.output)
+    save_pixels(image.cpu(), args.output)
     phases["write"] = now() - began
     print(f"done after {evaluations[0]} evaluations, loss {visits[-1]['losses'][0]:.6g}; wrote {args.output}",
           file=sys.stderr)
