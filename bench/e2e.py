@@ -259,8 +259,12 @@ def batch_against_singles(plan, folder, npz, images):
     batch = run_process(_ours(content, style, npz, size, steps, "lbfgs", folder / "batch.png", report,
                               ("--sweep-style-weight", ",".join(f"{w:g}" for w in weights))), batch_env, report)
     total = sum(run.wall_s for run in singles)
+    single_step = float(np.median([run.seconds_per_step() for run in singles]))
+    member_step = batch.seconds_per_step() / n
     return {"size": size, "iterations": steps, "members": n, "singles_wall_s": [r.wall_s for r in singles],
             "singles_total_s": total, "batch_wall_s": batch.wall_s, "ratio": batch.wall_s / total,
+            "single_step_s": single_step, "member_step_s": member_step,
+            "member_step_ratio": member_step / single_step,
             "batch_breakdown": batch.breakdown(), "single_breakdowns": [r.breakdown() for r in singles]}
 
 
@@ -385,7 +389,8 @@ def markdown(results):
         lines.append(f"\nA batch of {b['members']} L-BFGS members ({b['size']} px, {b['iterations']} iterations, "
                      f"a style-weight sweep) in one run: {b['batch_wall_s']:.1f} s, against {b['members']} single "
                      f"runs of the CLI: {b['singles_total_s']:.1f} s ({', '.join(f'{s:.1f}' for s in b['singles_wall_s'])}); "
-                     f"ratio {b['ratio']:.2f}.")
+                     f"ratio {b['ratio']:.2f}. Per member-step: {b['member_step_s'] * 1000:.0f} ms in the batch "
+                     f"against {b['single_step_s'] * 1000:.0f} ms for one image ({b['member_step_ratio']:.2f}×).")
     s = results["second_call"]
     lines.append(f"\nTwo `stylize()` calls in one process ({s['size']} px, {s['steps']} steps, no persistent cache): "
                  f"first {s['first_s']:.2f} s, second {s['second_s']:.2f} s; ratio {s['ratio']:.2f}.\n")

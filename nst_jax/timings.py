@@ -20,6 +20,7 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
 BACKEND_COMPILE_EVENT = COMPILE_EVENTS[-1]
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # a program loaded from the persistent cache
 
 
 def process_age_seconds() -> Optional[float]:
@@ -50,6 +51,7 @@ class CompileCounter:
     def __init__(self):
         self.seconds = 0.0
         self.compiles = 0  # XLA compilations or loads from the persistent cache
+        self.cache_hits = 0  # of those, loads from the persistent cache
         self.programs = []  # their names, in order
 
     def _listen(self, event, duration, **kwargs):
@@ -59,12 +61,18 @@ class CompileCounter:
             self.compiles += 1
             self.programs.append(str(kwargs.get("fun_name", "?")))
 
+    def _count_hit(self, event, **kwargs):
+        if event == CACHE_HIT_EVENT:
+            self.cache_hits += 1
+
     def __enter__(self):
         jax.monitoring.register_event_duration_secs_listener(self._listen)
+        jax.monitoring.register_event_listener(self._count_hit)
         return self
 
     def __exit__(self, *exc_info):
         jax.monitoring.unregister_event_duration_listener(self._listen)
+        jax.monitoring.unregister_event_listener(self._count_hit)
         return False
 
 
@@ -100,7 +108,8 @@ class RunTimings:
         return {"started_at": self.started_at, "startup_seconds": self.startup,
                 "main_seconds": round(self.now(), 4), "phases": phases,
                 "compile_seconds": round(self.compile.seconds, 4),
-                "compiled_programs": self.compile.programs, "peak_rss_bytes": peak_rss_bytes(),
+                "compiled_programs": self.compile.programs, "compile_cache_hits": self.compile.cache_hits,
+                "peak_rss_bytes": peak_rss_bytes(),
                 "visits": self.visits}
 
     def write(self, path):

@@ -1,0 +1,117 @@
+"""The whole-command benchmark and what it relies on: the persistent compile cache, --report,
+the PyTorch reference program computing our objective, and the prepared accelerator check.
+
+References: the PyTorch program (bench/torch_reference.py, written with torch.nn only) must give
+the same objective as nst-jax on the same start image; JAX's own cache-hit events show a repeat
+run compiling nothing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = ROOT.parent / "shared" / "images"
+CHEAP_FLAGS = ("--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pictures")
+    content, style = folder / "content.png", folder / "style.png"
+    e2e._resized(SHARED_IMAGES / "tubingen.jpg", 48, 1).save(content)
+    e2e._resized(SHARED_IMAGES / "starry_night.jpg", 48, 2).save(style)
+    return content, style
+
+
+def _cli(args, cache, report):
+    env = {**os.environ, "NST_JAX_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    completed = subprocess.run([sys.executable, "-m", "nst_jax.run", *map(str, args), "--report", str(report)],
+                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(Path(report).read_text())
+
+
+def test_a_repeat_run_loads_every_program_from_the_compile_cache(pictures, synthetic_params_path, tmp_path):
+    content, style = pictures
+    args = (content, style, "--weights", synthetic_params_path, "-o", tmp_path / "out.png",
+            "--image-size", 32, "--num-steps", 3, *CHEAP_FLAGS)
+    first = _cli(args, tmp_path / "cache", tmp_path / "first.json")
+    second = _cli(args, tmp_path / "cache", tmp_path / "second.json")
+    assert "jit(chunk)" in first["compiled_programs"] and first["compile_cache_hits"] == 0
+    assert second["compiled_programs"] == first["compiled_programs"]
+    assert second["compile_cache_hits"] == len(second["compiled_programs"])  # nothing compiled anew
+    assert (tmp_path / "cache" / "xla").is_dir()
+    # The report says where the time went and what the loss was at each visit.
+    assert set(second["phases"]) == {"images", "weights", "run", "write"}
+    assert 0 < second["compile_seconds"] < second["phases"]["run"]
+    assert [v["step"] for v in second["visits"]] == [3] and second["peak_rss_bytes"] > 0
+    # Opting out: nothing read or written.
+    third = _cli((*args, "--no-compile-cache"), tmp_path / "other", tmp_path / "third.json")
+    assert third["compile_cache_hits"] == 0 and not (tmp_path / "other" / "xla").exists()
+
+
+def test_the_pytorch_reference_computes_our_objective(pictures, tmp_path):
+    """One evaluation each (the start image is the content): neural-style's loss, both ways."""
+    from weights_tools.convert import convert
+    from weights_tools.synthetic import write_synthetic
+
+    content, style = pictures
+    pth, npz = tmp_path / "vgg19.pth", tmp_path / "vgg19.npz"
+    write_synthetic("caffe-pth", pth, seed=3)
+    convert(pth, npz, preprocessing="caffe")
+    ours = _cli((content, style, "--weights", npz, "-o", tmp_path / "ours.png", "--image-size", 48,
+                 "--num-steps", 1, *e2e.COMMON_FLAGS), tmp_path / "cache", tmp_path / "ours.json")
+    completed = subprocess.run([sys.executable, "-m", "bench.torch_reference", str(content), str(style),
+                                "--weights", str(pth), "-o", str(tmp_path / "theirs.png"),
+                                "--num-iterations", "1", "--report", str(tmp_path / "theirs.json")],
+                               capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    theirs = json.loads((tmp_path / "theirs.json").read_text())
+    np.testing.assert_allclose(ours["visits"][0]["losses"], theirs["visits"][0]["losses"], rtol=1e-4)
+    assert ours["visits"][0]["losses"][0] > 0
+    # One iteration from the content: both images barely moved, and both were written.
+    assert Image.open(tmp_path / "theirs.png").size == Image.open(tmp_path / "ours.png").size
+
+
+def _run(visits, started_at=100.0, launched_at=99.0):
+    report = {"started_at": started_at, "main_seconds": 10.0, "compile_seconds": 2.0, "startup_seconds": 0.8,
+              "phases": {"images": 0.1, "weights": 0.2, "run": 9.0, "write": 0.1},
+              "visits": [{"seconds": t, "step": s, "losses": [loss]} for t, s, loss in visits]}
+    return e2e.ProcessRun(launched_at, 12.0, 100.0, 0, report, "")
+
+
+def test_time_to_an_objective_is_interpolated_between_visits_from_launch():
+    run = _run([(3.0, 10, 1000.0), (4.0, 20, 100.0), (5.0, 30, 10.0)])
+    assert run.time_to_reach(1000.0) == pytest.approx(4.0)  # 3 s after main started + 1 s before it
+    assert run.time_to_reach(100.0) == pytest.approx(5.0)
+    assert run.time_to_reach(np.sqrt(1000.0 * 100.0)) == pytest.approx(4.5)  # halfway in log(loss)
+    assert run.time_to_reach(1.0) is None
+    assert run.seconds_per_step() == pytest.approx(0.1)
+    assert run.first_step_at(10) == pytest.approx(3.0)
+    breakdown = run.breakdown()
+    assert breakdown["compile"] == 2.0 and breakdown["steps"] == pytest.approx(7.0)
+    assert breakdown["exit_other"] == pytest.approx(12.0 - 0.8 - 10.0)
+
+
+def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    completed = subprocess.run(["bash", str(ROOT / "bench" / "device_check.sh"), "--dry-run"],
+                               capture_output=True, text=True, env=env, timeout=900)
+    log = (tmp_path / "device_check.log").read_text()
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "tests: exit 0" in log and "end to end: exit 0" in log, log
+    results = json.loads((tmp_path / "e2e.json").read_text())
+    (comparison,) = results["comparisons"]
+    assert comparison["size"] == 64 and "bfloat16" in comparison["dtypes"]
+    assert set(comparison["runs"]) == {"nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2",
+                                       "nst_jax_warm_bfloat16"}
+    assert "| 64 | lbfgs | 20 |" in (tmp_path / "e2e-device.md").read_text()
