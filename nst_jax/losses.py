@@ -1,6 +1,6 @@
 """The terms of neural style transfer as pure functions of arrays (jit, vmap and grad friendly).
 
-Every reference system weighs and normalizes the terms differently (docs/PEERS.md, "Loss
+Every reference system weighs and normalizes the terms differently (docs/CONVENTIONS.md, "Loss
 conventions"); the string options below express each of them exactly, so a preset only names them.
 
 Features are the VGG activation of ONE image, (1, H, W, C) or (H, W, C). A batch is handled outside

@@ -1,7 +1,7 @@
 """The benchmark's code path on tiny sizes: it runs, and what it writes is complete and sane.
 
 No timed assertions: times are only checked to be positive and ordered (min ≤ median ≤ max).
-FLOP counts are recomputed here from VGG-19's layer table (WEIGHTS.md), independently of
+FLOP counts are recomputed here from VGG-19's layer table (docs/WEIGHTS.md), independently of
 bench/flops.py, and the PyTorch step is checked to compute the same loss and image gradient as
 ours, so the side-by-side comparison compares like with like.
 """
@@ -23,7 +23,7 @@ LONG_RUN_STEPS = 3
 LONG_CHUNK_STEPS = 2
 HAND_WRITTEN = "## What we tried\n\nThis paragraph is written by hand and must survive.\n"
 
-# VGG-19 up to conv5_1 (WEIGHTS.md): (convolutions, in channels of the first, out channels) per
+# VGG-19 up to conv5_1 (docs/WEIGHTS.md): (convolutions, in channels of the first, out channels) per
 # block; each block runs at 1/2 the previous block's height and width.
 VGG19_TO_CONV5_1 = ((2, 3, 64), (2, 64, 128), (4, 128, 256), (4, 256, 512), (1, 512, 512))
 

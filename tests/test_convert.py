@@ -59,7 +59,7 @@ def leftovers(folder, keep):
 
 
 def test_table_lists_vgg19_convs_at_public_positions():
-    # WEIGHTS.md: torchvision indices 0, 2, 5, ..., 34; Keras blockB_convI; ours convB_I.
+    # docs/WEIGHTS.md: torchvision indices 0, 2, 5, ..., 34; Keras blockB_convI; ours convB_I.
     assert [index for _, _, index in VGG19_CONVS] == [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25,
                                                       28, 30, 32, 34]
     assert [ours for ours, _, _ in VGG19_CONVS] == list(CONV_LAYERS)

@@ -30,7 +30,7 @@ def random_features(seed, shape=SHAPE, dtype=np.float32):
     return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
-# ---- numpy float64 references, written from the formulas in docs/PEERS.md ----
+# ---- numpy float64 references, written from the formulas in docs/CONVENTIONS.md ----
 
 def gram_reference(features, normalization):
     image = np.asarray(features, np.float64).reshape(features.shape[-3:])

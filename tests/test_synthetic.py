@@ -1,4 +1,4 @@
-"""weights_tools.synthetic: random weights in exactly the public layouts (WEIGHTS.md)."""
+"""weights_tools.synthetic: random weights in exactly the public layouts (docs/WEIGHTS.md)."""
 
 import os
 import subprocess
@@ -15,7 +15,7 @@ from nst_jax.layers import conv_shape  # noqa: E402
 from weights_tools.synthetic import LAYOUTS, synthetic_params, write_synthetic  # noqa: E402
 
 MIB = 1 << 20
-CONV_BYTES = 80_097_536  # WEIGHTS.md: the convolutional part in float32
+CONV_BYTES = 80_097_536  # docs/WEIGHTS.md: the convolutional part in float32
 TORCH_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 KERAS_CONVS = [f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
                for i in range(1, n + 1)]

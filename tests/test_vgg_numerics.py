@@ -22,7 +22,7 @@ from weights_tools.synthetic import write_synthetic
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 RELU_LAYERS = [name for name in LAYER_ORDER if name.startswith("relu")]
-# Keras' conv layers include their ReLU (WEIGHTS.md), so block4_conv2's output is relu4_2.
+# Keras' conv layers include their ReLU (docs/WEIGHTS.md), so block4_conv2's output is relu4_2.
 KERAS_TO_RELU = {f"block{block}_conv{index}": f"relu{block}_{index}"
                  for block, convs in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
                  for index in range(1, convs + 1)}

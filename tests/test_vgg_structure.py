@@ -46,7 +46,7 @@ def count_primitive(jaxpr, primitive):
 
 
 def test_parameter_count_is_vgg19s(params):
-    # WEIGHTS.md: 20,024,384 parameters in the convolutional part (80,097,536 bytes of float32).
+    # docs/WEIGHTS.md: 20,024,384 parameters in the convolutional part (80,097,536 bytes of float32).
     sizes = [array.size for layer in params.values() for array in layer.values()]
     assert len(params) == 16
     assert sum(sizes) == 20_024_384

@@ -2,7 +2,7 @@
 
     python -m weights_tools.convert SRC -o OUT [--preprocessing caffe|torch]
 
-SRC is a Keras .h5/.hdf5, a PyTorch .pth/.pt or a timm .safetensors file (see WEIGHTS.md),
+SRC is a Keras .h5/.hdf5, a PyTorch .pth/.pt or a timm .safetensors file (see docs/WEIGHTS.md),
 recognised by its content whatever its name (`readers.sniff_format`).
 The input convention comes from the format (Keras: caffe; timm: torch) or, for .pth files, from
 the published file's hash or name; `--preprocessing` overrides it.

@@ -1,7 +1,7 @@
 """Random VGG-19 weights in exactly the public file layouts, for tests and benchmarks (not for art).
 
 No public weights can be downloaded here, so every reader is exercised on files that have the
-real names, shapes, dtypes and attributes (see WEIGHTS.md) but He-initialised random values.
+real names, shapes, dtypes and attributes (see docs/WEIGHTS.md) but He-initialised random values.
 Each file carries a marker the converter sees, so converted params say `synthetic=True`.
 
     python -m weights_tools.synthetic --layout keras-h5 [--seed N] [--include-top] OUT
