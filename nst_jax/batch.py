@@ -231,7 +231,11 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
         (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
     weights = jax.device_put(weights)
     opt_state = state_program(spec, batched)(pixels)
-
+    if mesh is not None:  # members split over the devices; params and content targets on each
+        sharded, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+        pixels, opt_state, style_targets, weights = jax.device_put(
+            (pixels, opt_state, style_targets, weights), sharded)
+        params, content_targets = jax.device_put((params, content_targets), replicated)
     chunk_fn = chunk_program(objective, spec, batched)
 
     def per_member(values):  # host arrays with a leading member axis, padding dropped

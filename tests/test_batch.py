@@ -92,9 +92,16 @@ SHARDED_SCRIPT = textwrap.dedent("""
     # Three members on four devices: padded to four, the copy dropped.
     members = make_members(settings, ["starry", "shipwreck"], per_style=False, seeds=[0, 1, 2])
     params = synthetic_params(0)
+    import nst_jax.batch as engine
+    spread = []  # devices holding the start images of each run: the members really are split
+    real_run_loop = engine.run_loop
+    def recording_run_loop(chunk_fn, pixels, *args, **kwargs):
+        spread.append(len(pixels.sharding.device_set))
+        return real_run_loop(chunk_fn, pixels, *args, **kwargs)
+    engine.run_loop = recording_run_loop
     one = stylize_batch(content, styles, settings, params, "caffe", members)
     four = stylize_batch(content, styles, settings, params, "caffe", members, mesh=batch_mesh(4))
-    print(json.dumps({"devices": jax.device_count(), "count": len(four),
+    print(json.dumps({"devices": jax.device_count(), "count": len(four), "spread": spread,
                       "loss_one": [r.loss for r in one], "loss_four": [r.loss for r in four],
                       "pixels": max(float(np.abs(a.image - b.image).max()) for a, b in zip(one, four))}))
 """)
@@ -107,6 +114,7 @@ def test_sharded_over_four_devices_equals_one_device():
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["devices"] == 4 and report["count"] == 3
+    assert report["spread"] == [1, 4]  # one device, then the batch split over all four
     np.testing.assert_allclose(report["loss_four"], report["loss_one"], rtol=1e-4)
     assert report["pixels"] < 0.02
 
