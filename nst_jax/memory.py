@@ -210,6 +210,10 @@ def check_fits(settings, content_shape, style_shapes, members=1, devices=1, devi
             middle = (low + high + 1) // 2
             low, high = (middle, high) if fits(image_size=middle) else (low, middle - 1)
         tries.append(f"--image-size {low}")
+    if settings.style_scale > 1:  # a large style pass alone can be what does not fit
+        scales = [x for x in (8, 4, 2, 1) if x < settings.style_scale and fits(style_scale=float(x))]
+        if scales:
+            tries.append(f"--style-scale {scales[0]}")
     if settings.optimizer == "lbfgs":
         memories = [m for m in (100, 50, 20, 10, 5, 1) if m < settings.lbfgs_memory and fits(lbfgs_memory=m)]
         if memories:
