@@ -207,7 +207,9 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     Returns [(path, batch.StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
     and returns them with interrupted=True; before the first step it raises KeyboardInterrupt
-    and writes nothing. With several hosts (jax.distributed) the first one writes.
+    and writes nothing. A NaN or infinite loss writes the last finite visit's images and raises
+    UserInputError; a run that cannot fit raises it before anything compiles. With several hosts
+    (jax.distributed) the first one writes.
     """
     timings = timings or RunTimings()
     content, styles, init_image, params, params_metadata = load_inputs(

@@ -9,7 +9,6 @@ subprocesses) and tiny: 32 px, Adam, VGG truncated after block 2, synthetic weig
 import contextlib
 import dataclasses
 import io
-import json
 import math
 import os
 import queue
