@@ -22,6 +22,7 @@ its last member, whose outputs are dropped.
 
 import dataclasses
 import itertools
+import time
 from typing import Callable, Optional
 
 import jax
@@ -145,8 +146,12 @@ def batch_mesh(num_devices=None):
     return Mesh(np.array(devices), ("batch",))
 
 
+# With `should_stop`, a chunk runs in pieces of about this many seconds, checking it between them.
+PIECE_SECONDS = 0.5
+
+
 def stylize_batch(content, styles, settings, params, convention, members, *,
-                  init_image=None, mesh=None, on_visit=None, intervals=()):
+                  init_image=None, mesh=None, on_visit=None, intervals=(), should_stop=None):
     """Run every member in one vmapped, jitted loop; returns one StylizeResult per member.
 
     With settings.scales > 1 the run goes coarse to fine (stages.scale_sizes), each scale
@@ -161,6 +166,9 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
       on_visit: called with a `Visit` at every host visit (Ctrl-C may be raised from it: the run
         then stops and returns the last finished images, interrupted=True).
       intervals: step intervals at which to visit the host (progress, saves, Ctrl-C checks).
+      should_stop: () -> bool, checked before each scale and between pieces of about
+        PIECE_SECONDS of a chunk: once true the run stops there (as a Ctrl-C from on_visit
+        does), keeping the last visited images; the cut chunk's steps are dropped.
     """
     if not members:
         raise ValueError("a batch needs at least one member")
@@ -174,18 +182,23 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
     total_steps = settings.num_steps * settings.scales
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
     sizes = scale_sizes(settings)
+    interrupted = False
     for index, size in enumerate(sizes):
+        if index and should_stop is not None and should_stop():
+            interrupted = True  # stopped between scales: the previous scale's images stand
+            break
         scale = settings.replace(image_size=size)
         finished, losses, run = _run_scale(content, styles, scale, params, convention, members, starts,
                                            mesh, on_visit, intervals, steps_done, total_steps,
-                                           (index, len(sizes)))
+                                           (index, len(sizes)), should_stop)
         steps_done, seconds, starts = steps_done + run.steps_done, seconds + run.seconds, finished
         if run.interrupted:
+            interrupted = True
             break
     if finished[0].shape[:2] != images.long_side_shape(*content.shape[:2], settings.image_size):
         # Interrupted at a coarse scale: hand back the requested size all the same.
         finished = [images.resize_long_side(image, settings.image_size) for image in finished]
-    return [StylizeResult(image, steps_done, run.interrupted, float(loss), seconds)
+    return [StylizeResult(image, steps_done, interrupted, float(loss), seconds)
             for image, loss in zip(finished, losses)]
 
 
@@ -203,8 +216,37 @@ def prepare_params(params, objective):
     return jax.device_put(jax.tree_util.tree_map(np.asarray, prepared))
 
 
+def in_pieces(chunk_fn, should_stop, piece_seconds=PIECE_SECONDS):
+    """`chunk_fn` run in pieces of about `piece_seconds`, checking `should_stop()` before each.
+
+    A stop raises KeyboardInterrupt there, in Python between jaxlib calls (never inside one),
+    so run_loop returns its last finished image. Chunks of any length share one compilation, so
+    the pieces compile nothing new; the first two are one step each (the first includes the
+    compile), the rest sized from the last piece's time.
+    """
+    timing = {"calls": 0, "per_step": None}
+
+    def chunk(pixels, opt_state, num_steps, *args):
+        left, terms = int(num_steps), None
+        while left:
+            if should_stop():
+                raise KeyboardInterrupt
+            per_step = timing["per_step"]
+            steps = 1 if per_step is None else max(1, min(left, int(piece_seconds / per_step)))
+            began = time.perf_counter()
+            pixels, opt_state, terms = jax.block_until_ready(
+                chunk_fn(pixels, opt_state, np.int32(steps), *args))
+            timing["calls"] += 1
+            if timing["calls"] > 1:
+                timing["per_step"] = max(1e-6, (time.perf_counter() - began) / steps)
+            left -= steps
+        return pixels, opt_state, terms
+
+    return chunk
+
+
 def _run_scale(content, styles, settings, params, convention, members, starts, mesh, on_visit,
-               intervals, first_step, total_steps, scale):
+               intervals, first_step, total_steps, scale, should_stop=None):
     """One size of the run: (finished images, final losses, LoopResult)."""
     objective = Objective.from_settings(settings, convention)
     content_rgb, content_pixels, style_pixels = prepare_images(content, styles, settings)
@@ -237,6 +279,8 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
             (pixels, opt_state, style_targets, weights), sharded)
         params, content_targets = jax.device_put((params, content_targets), replicated)
     chunk_fn = chunk_program(objective, spec, batched)
+    if should_stop is not None:
+        chunk_fn = in_pieces(chunk_fn, should_stop)
 
     def per_member(values):  # host arrays with a leading member axis, padding dropped
         return values[:count] if batched else values[None]
@@ -253,4 +297,5 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
     run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
                    (params, {"content": content_targets, "style": style_targets}, weights),
                    intervals, visit, first_step=first_step)
-    return finished_images(run.pixels), per_member(np.asarray(run.loss)), run
+    loss = np.asarray(run.loss)  # a scalar NaN when stopped before the first chunk finished
+    return finished_images(run.pixels), per_member(loss) if loss.ndim else np.full(count, loss), run

@@ -5,6 +5,7 @@ Everything between loading and saving works on those arrays; this module owns th
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import struct
@@ -104,7 +105,7 @@ def check_output_path(path):
 def save_image(path, rgb, metadata=None):
     """Write float RGB (H, W, 3) to `path`, clipped to [0, 1]; the format follows the extension.
 
-    PNG: 8 bits, with `metadata` ({str: str}) as text chunks, readable with `read_png_metadata`.
+    PNG: 8 bits, with `metadata` ({str: str}) as text chunks, readable with `read_png_text` (`read_png_metadata` parses ours).
     JPEG: quality 95, no chroma subsampling. WebP: quality 95. TIFF: 16 bits per channel.
     Metadata is written to PNG only. The file appears complete or not at all: it is written
     beside `path` under a temporary name and renamed; on any failure the temporary is removed.
@@ -134,13 +135,25 @@ def save_image(path, rgb, metadata=None):
                 os.unlink(temporary)
 
 
-def read_png_metadata(path):
-    """The text chunks (tEXt, zTXt, iTXt) of a PNG file, as {key: value}."""
+def read_png_text(path):
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG file, as {key: raw text}."""
     with _reading(path), Image.open(path) as image:
         if image.format != "PNG":
             raise UserInputError(f"{path}: not a PNG file (it is {image.format}), so it has no "
                                  f"PNG metadata")
         return {key: str(value) for key, value in image.text.items()}
+
+
+def read_png_metadata(path):
+    """How nst-jax made a PNG: the parsed JSON of its `nst-jax` text chunk (settings, weights,
+    steps; for a batch member also "member"). The raw chunks: `read_png_text`."""
+    text = read_png_text(path).get("nst-jax")
+    if text is None:
+        raise UserInputError(f"{path}: has no nst-jax metadata (not written by nst-jax)")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise UserInputError(f"{path}: its nst-jax metadata is not JSON") from None
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""How much device memory a run will take, from XLA's analysis of the compiled step (no compute).
+"""How much device memory a run will take: XLA's analysis of the compiled step (no compute), and
+the fit check every CLI run makes before compiling (an analytic estimate of the whole run).
 
 The chunk is lowered and compiled for the run's exact shapes with abstract inputs
 (jax.ShapeDtypeStruct), so nothing is allocated; XLA reports its arguments, outputs and
@@ -6,10 +7,13 @@ temporaries. Compiling takes seconds; running the estimate costs no optimization
 """
 
 import dataclasses
+import math
+import os
 
 import jax
 import jax.numpy as jnp
 
+from nst_jax.errors import UserInputError
 from nst_jax.layers import BLOCK_CHANNELS, CONV_LAYERS, conv_shape, deepest_conv
 from nst_jax.objective import Objective, content_targets
 from nst_jax.optimize import OptimizerSpec, chunk_program, make_optimizer
@@ -80,3 +84,147 @@ def adjoint_shape(kernel_shape):
     """HWIO shape of a kernel's adjoint: input and output channels swapped."""
     height, width, inputs, outputs = kernel_shape
     return (height, width, outputs, inputs)
+
+
+# --- the fit check: an analytic estimate of the whole run, made before anything compiles -------
+
+# XLA keeps about 3.3 × one forward pass's conv outputs as the loop's temporaries (forward
+# activations for the backward pass and their gradients; measured with `estimate_memory` for
+# Adam and L-BFGS, 64 and 96×128 px, neural-style layers), 4.3 × for a net cut after block 2:
+# 5 covers both. A forward pass
+# alone (the style and content targets) keeps at most its conv and ReLU outputs: 2.
+LOOP_ACTIVATIONS = 5
+TARGET_ACTIVATIONS = 2
+# Image-sized buffers besides L-BFGS's history: the image, its gradient, the last finished
+# image kept for Ctrl-C, Adam's two moments, the chunk's outputs.
+IMAGE_BUFFERS = 6
+# For tests and for sharing a device: the bytes the run may use, overriding what is detected.
+LIMIT_ENV = "NST_JAX_MEMORY_LIMIT_BYTES"
+FLOAT_BYTES = 4  # float32 everywhere: bfloat16 compute only lowers the real figure
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEstimate:
+    """Bytes a whole run needs per device (Python ints: no size overflows)."""
+
+    params: int  # kernels, biases and adjoint kernels of the layers the loss reads
+    state: int  # members' images, optimizer state (L-BFGS: 2 × memory images), targets
+    loop: int  # the loop's temporaries: activations for the backward pass
+    targets: int  # the content's and the largest style's forward pass, before the loop
+
+    @property
+    def total(self):
+        return self.params + self.state + self.loop + self.targets
+
+
+def _activation_floats(height, width, deepest):
+    """Floats in one forward pass's conv outputs up to `deepest`, each at its block's size."""
+    total = 0
+    for layer in CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]:
+        block = int(layer[4])
+        total += -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[block]
+    return total
+
+
+def _layer_floats(height, width, layer):
+    """Floats of one activation (relu4_2, conv2_1, pool1): its block's channels at its size."""
+    from nst_jax.layers import canonical_layer
+    name = canonical_layer(layer)
+    block = int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1]) + 1
+    return -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[min(block, 5)]
+
+
+def estimate_run(settings, content_shape, style_shapes, members=1, devices=1):
+    """Analytic RunEstimate of a run at its largest scale; shapes are (height, width) as read.
+
+    Analytic rather than XLA's analysis: that compiles the chunk (seconds to a minute), which
+    every run would pay twice; this costs microseconds and tests/test_memory.py checks that it
+    covers XLA's figure.
+    """
+    from nst_jax.images import long_side_shape
+    objective = Objective.from_settings(settings, "caffe")
+    deepest = deepest_conv(objective.layers)
+    used = CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]
+    params = sum(2 * math.prod(conv_shape(layer)) + conv_shape(layer)[-1] for layer in used) * FLOAT_BYTES
+    height, width = long_side_shape(*content_shape, settings.image_size)
+    channels = 1 if settings.original_colors == "luminance" else 3
+    per_device = -(-members // devices)
+    image = height * width * channels * FLOAT_BYTES
+    history = 2 * settings.lbfgs_memory if settings.optimizer == "lbfgs" else 0
+    grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
+    content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
+    state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
+    activations = _activation_floats(height, width, deepest) * FLOAT_BYTES
+    zoom = 2 if settings.optimizer == "lbfgs" and settings.lbfgs_linesearch == "zoom" else 1
+    loop = per_device * LOOP_ACTIVATIONS * zoom * activations
+    style_side = max(16, round(settings.style_scale * settings.image_size))
+    styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
+    targets = TARGET_ACTIVATIONS * (activations + max(styles, default=0) * FLOAT_BYTES)
+    return RunEstimate(params, state, loop, targets)
+
+
+def available_bytes(device=None):
+    """Bytes a run may use on `device`: $NST_JAX_MEMORY_LIMIT_BYTES, else the accelerator's free
+    memory (memory_stats), else on CPU the host's MemAvailable; None when unknown."""
+    if os.environ.get(LIMIT_ENV):
+        return int(os.environ[LIMIT_ENV])
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without memory stats
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if device.platform == "cpu":
+        try:
+            for line in open("/proc/meminfo"):
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _gib(size):
+    return f"{size / 2**30:.2f} GiB"
+
+
+def check_fits(settings, content_shape, style_shapes, members=1, devices=1, device=None):
+    """Raise UserInputError (one line, with flags that would fit) when the run cannot fit."""
+    available = available_bytes(device)
+    estimate = estimate_run(settings, content_shape, style_shapes, members, devices)
+    if available is None or estimate.total <= available:
+        return estimate
+
+    def fits(**changes):
+        try:
+            changed = settings.replace(**changes)
+        except ValueError:
+            return False
+        return estimate_run(changed, content_shape, style_shapes, members, devices).total <= available
+
+    tries = []
+    low, high = 16, settings.image_size - 1  # the largest size that fits, by bisection
+    if fits(image_size=low):
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(image_size=middle) else (low, middle - 1)
+        tries.append(f"--image-size {low}")
+    if settings.style_scale > 1:  # a large style pass alone can be what does not fit
+        scales = [x for x in (8, 4, 2, 1) if x < settings.style_scale and fits(style_scale=float(x))]
+        if scales:
+            tries.append(f"--style-scale {scales[0]}")
+    if settings.optimizer == "lbfgs":
+        memories = [m for m in (100, 50, 20, 10, 5, 1) if m < settings.lbfgs_memory and fits(lbfgs_memory=m)]
+        if memories:
+            tries.append(f"--lbfgs-memory {memories[0]}")
+        if fits(optimizer="adam"):
+            tries.append("--optimizer adam")
+    if members > devices and jax.device_count() > devices:
+        for more in range(devices + 1, min(members, jax.device_count()) + 1):
+            if estimate_run(settings, content_shape, style_shapes, members, more).total <= available:
+                tries.append(f"--devices {more}")
+                break
+    advice = f"; try {' / '.join(tries)}" if tries else "; free some memory"
+    raise UserInputError(f"this run needs about {_gib(estimate.total)} per device, {_gib(available)} "
+                         f"available{advice}")

@@ -1,7 +1,14 @@
-"""A one-line progress bar on stderr: step, loss terms, it/s, time left."""
+"""Progress on stderr: a tqdm bar redrawn in place on a terminal, plain lines in logs.
+
+Lines meant to stay (the --print-every lines, warnings) go through `write_line`, which tqdm
+prints above the bar, so they never land on it. The rate and time left count from the first
+host visit: the first chunk includes XLA's compilation, which says nothing about the steps.
+"""
 
 import sys
 import time
+
+from tqdm import tqdm
 
 
 def _format_seconds(seconds):
@@ -9,42 +16,58 @@ def _format_seconds(seconds):
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class ProgressBar:
-    """Redraws one line in place on a terminal; prints a plain line per update elsewhere (logs)."""
+def write_line(line, stream=None):
+    """Print a line that stays, above any progress bar on `stream` (default stderr)."""
+    stream = stream if stream is not None else sys.stderr
+    tqdm.write(line, file=stream)
+    stream.flush()
 
-    def __init__(self, total, stream=None, width=24, label="step"):
-        self.total, self.width, self.label = total, width, label
+
+def format_terms(terms):
+    """{"total": 1, "content": .5, ...} -> "loss 1  content 0.5 ..." (the total first, as loss)."""
+    terms = dict(terms or {})
+    if "total" in terms:
+        terms = {"loss": terms.pop("total"), **terms}
+    return "  ".join(f"{name} {value:.4g}" for name, value in terms.items())
+
+
+class ProgressBar:
+    """A tqdm bar on a terminal (made at the first visit); a plain line per forced update elsewhere."""
+
+    def __init__(self, total, stream=None, label="step"):
+        self.total, self.label = total, label
         self.stream = stream if stream is not None else sys.stderr
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
+        self.bar = None
         self.first_step, self.first_time = None, None
 
-    def update(self, step, terms=None, force_line=False):
-        """Show progress at `step`; terms is {name: value} (e.g. total, content, style, tv)."""
+    def update(self, step, terms=None, force_line=False, scale=""):
+        """Show progress at `step`; terms is {name: value}; scale e.g. "scale 2/3 (362 px)"."""
         now = time.perf_counter()
         if self.first_step is None:  # the first chunk includes compilation: rate from later ones
             self.first_step, self.first_time = step, now
-            rate = step / max(now - self.start, 1e-9)
-        else:
-            rate = (step - self.first_step) / max(now - self.first_time, 1e-9)
-        filled = int(self.width * step / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        terms = dict(terms or {})
-        if "total" in terms:  # the total first, as "loss"
-            terms = {"loss": terms.pop("total"), **terms}
-        loss = "  ".join(f"{name} {value:.4g}" for name, value in terms.items())
-        eta = _format_seconds((self.total - step) / rate) if rate > 0 else "?"
-        line = (f"{self.label} {step:>{len(str(self.total))}}/{self.total} [{bar}] "
-                f"{loss}  {rate:.2f} it/s  eta {eta}")
-        if self.interactive and not force_line:
-            self.stream.write("\r\033[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        elapsed = now - self.first_time
+        rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
+        loss = format_terms(terms)
+        label = f"{scale}, {self.label}" if scale else self.label
+        if self.interactive:
+            if self.bar is None:
+                self.bar = tqdm(total=self.total, initial=step, file=self.stream, desc=label,
+                                postfix=loss, dynamic_ncols=True, unit="step", leave=False)
+            else:
+                self.bar.set_description(label, refresh=False)
+                self.bar.set_postfix_str(loss, refresh=False)
+                self.bar.update(step - self.bar.n)
+        if force_line or not self.interactive:
+            eta = _format_seconds((self.total - step) / rate) if rate else "?"
+            shown = f"{rate:.2f}" if rate else "?"
+            line = (f"{label} {step:>{len(str(self.total))}}/{self.total} {loss}  "
+                    f"{shown} it/s  eta {eta}")
+            write_line(line, self.stream)
 
     def close(self, message=None):
-        if self.interactive:
-            self.stream.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if message:
-            self.stream.write(message + "\n")
-        self.stream.flush()
+            write_line(message, self.stream)

@@ -350,22 +350,28 @@ def _displayed_size(path):
 
 
 def memory_report(args, settings, sweeps):
-    """One line: the output size, the members per device and the memory they need."""
+    """One line: the output size, the members per device, the memory they need and what is free.
+
+    The same analytic estimate as the fit check every run makes (nst_jax.memory.estimate_run).
+    """
     import math
     import jax
     from nst_jax import images
-    from nst_jax.memory import estimate_memory
+    from nst_jax.memory import available_bytes, estimate_run
     height, width = images.load_image(args.content).shape[:2]
-    height, width = images.long_side_shape(height, width, settings.image_size)
+    style_shapes = [images.load_image(path).shape[:2] for path in args.styles]
+    out_height, out_width = images.long_side_shape(height, width, settings.image_size)
     members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
     devices = args.devices or (jax.device_count() if members > 1 else 1)
     per_device = math.ceil(members / devices)
-    estimate = estimate_memory(settings, height, width, batch_size=per_device,
-                               batched=members > 1 or devices > 1)
-    return (f"{height}x{width} px, {members} image(s) on {devices} device(s) ({per_device} per device), "
-            f"{settings.optimizer}: about {estimate.total / 2**30:.2f} GiB per device "
-            f"(inputs and optimizer state {estimate.arguments / 2**30:.2f} GiB, "
-            f"temporaries {estimate.temporaries / 2**30:.2f} GiB)")
+    estimate = estimate_run(settings, (height, width), style_shapes, members, devices)
+    available = available_bytes()
+    gib = lambda size: f"{size / 2**30:.2f} GiB"  # noqa: E731
+    return (f"{out_height}x{out_width} px, {members} image(s) on {devices} device(s) ({per_device} per "
+            f"device), {settings.optimizer}: about {gib(estimate.total)} per device (params "
+            f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "
+            f"temporaries {gib(estimate.loop)}, content and style passes {gib(estimate.targets)})"
+            + (f"; {gib(available)} available" if available is not None else ""))
 
 
 def _check_report_path(path):
@@ -391,7 +397,13 @@ def main(argv=None):
             # Called once the images are known good: only then is the warning worth a line.
             if warning:
                 print(warning, file=sys.stderr)
-            return load_weights(args.weights, args.preprocessing)
+            params, metadata = load_weights(args.weights, args.preprocessing)
+            if args.preset == "pytorch-tutorial" and metadata.preprocessing == "caffe":
+                # Its pre-ReLU layers and 1e6 style weight were tuned on torchvision's network.
+                print("warning: --preset pytorch-tutorial expects torchvision's VGG-19 (--weights "
+                      "vgg19-dcbb9e9d.pth); these weights are Caffe-convention, so its loss weights "
+                      "may not suit them", file=sys.stderr)
+            return params, metadata
 
         distributed = args.distributed or args.coordinator is not None
         if distributed:

@@ -21,7 +21,9 @@ import numpy as np
 from nst_jax import images
 from nst_jax.batch import batch_mesh, make_members, stylize_batch
 from nst_jax.errors import UserInputError
-from nst_jax.progress import ProgressBar
+from nst_jax.memory import check_fits
+from nst_jax.progress import ProgressBar, write_line
+from nst_jax.stages import scale_sizes
 from nst_jax.timings import RunTimings
 
 # Steps between host visits even when nothing is printed: how soon Ctrl-C is noticed and how
@@ -110,29 +112,78 @@ def check_finite(image, steps_done):
                              f"lower --learning-rate or the loss weights")
 
 
-@contextlib.contextmanager
-def ctrl_c_at_visits():
-    """Within it, Ctrl-C sets `.requested` (the run stops at its next host visit); a second one raises.
+# Ctrl-C presses that quit at once, without waiting for the run's next safe point.
+QUIT_PRESSES = 3
 
-    A KeyboardInterrupt raised while XLA compiles leaves jaxlib (0.10, CPU) in a state that
-    crashes the interpreter at exit (SIGSEGV, not status 130), and one raised when a chunk returns
-    throws that finished chunk away. Outside the main thread (no signals there) nothing changes.
+
+@contextlib.contextmanager
+def ctrl_c_at_visits(stream=None):
+    """Within it Ctrl-C never raises: the first sets `.requested` (the run stops at its next safe
+    point, within about a second outside XLA compilation); the third calls `.on_quit()` (set it
+    to write what exists) and ends the process with status 130 at once.
+
+    Why no KeyboardInterrupt: raised into jaxlib (0.10, CPU) while XLA compiles or a chunk
+    returns, it leaves the interpreter broken (an IndexError, then SIGSEGV at exit). Python runs
+    signal handlers only between bytecodes, so while XLA compiles a handler would wait; the
+    presses are counted by a thread woken through the signal wakeup fd, at once. Outside the
+    main thread (no signals there) nothing changes. Once a Ctrl-C was pressed, SIGINT stays
+    ignored after it (the caller is ending with status 130).
     """
-    state = types.SimpleNamespace(requested=False)
+    state = types.SimpleNamespace(requested=False, presses=0, on_quit=None)
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
+    stream = stream or sys.stderr
 
-    def on_sigint(signum, frame):
-        if state.requested:
-            raise KeyboardInterrupt
+    def on_press():
+        state.presses += 1
         state.requested = True
+        if state.presses == 1:
+            _say(stream, f"stopping at the next step; Ctrl-C {QUIT_PRESSES - 1} more times to quit "
+                         f"at once")
+        elif state.presses >= QUIT_PRESSES:
+            try:
+                if state.on_quit is not None:
+                    state.on_quit()
+                else:
+                    _say(stream, "interrupted; nothing written")
+            finally:
+                stream.flush()
+                os._exit(130)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # the C-level handler must never block
+
+    def watch():
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for _ in range(data.count(signal.SIGINT)):
+                on_press()
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)  # counted by the watcher
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="ctrl-c", daemon=True)
+    watcher.start()
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.set_wakeup_fd(previous_fd)
+        # After a Ctrl-C the process is ending with status 130: later presses are ignored, so
+        # none lands as a KeyboardInterrupt in the writes or on the way out.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if state.requested else previous)
+        os.close(write_fd)
+        watcher.join(timeout=5)
+        os.close(read_fd)
+
+
+def _say(stream, line):
+    """A line that stays: above a terminal's progress bar, never on it."""
+    write_line(line, stream)
 
 
 def _progress_terms(visit):
@@ -156,45 +207,77 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     Returns [(path, batch.StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
     and returns them with interrupted=True; before the first step it raises KeyboardInterrupt
-    and writes nothing. With several hosts (jax.distributed) the first one writes.
+    and writes nothing. A NaN or infinite loss writes the last finite visit's images and raises
+    UserInputError; a run that cannot fit raises it before anything compiles. With several hosts
+    (jax.distributed) the first one writes.
     """
     timings = timings or RunTimings()
     content, styles, init_image, params, params_metadata = load_inputs(
         content_path, style_paths, output_path, settings, load_weights, timings)
+    out = stream or sys.stderr
     if batch is None:
         members, mesh = make_members(settings, style_names(style_paths), per_style=False), None
-        paths = [output_path]
     else:
         members = make_members(settings, style_names(style_paths), per_style=batch.per_style,
                                style_weights=batch.style_weights, content_weights=batch.content_weights,
                                seeds=batch.seeds)
-        paths = [member_path(output_path, m.label) for m in members]
         try:
             devices = batch.num_devices or jax.device_count()
             mesh = batch_mesh(devices) if devices > 1 else None
         except ValueError as error:
             raise UserInputError(f"--devices: {error}") from None
+    # A batch of one is named like a single run: OUT, not OUT_0.
+    paths = [output_path] if len(members) == 1 else [member_path(output_path, m.label) for m in members]
+    # Refuse a run that cannot fit before anything is compiled (one line, nothing written).
+    check_fits(settings, content.shape[:2], [style.shape[:2] for style in styles], len(members),
+               mesh.size if mesh is not None else 1,
+               mesh.devices.flat[0] if mesh is not None else jax.devices()[0])
     # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
     # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
-    with ctrl_c_at_visits() as ctrl_c:
+    with ctrl_c_at_visits(out) as ctrl_c:
         if params_metadata.synthetic:
-            print("warning: these VGG-19 weights are synthetic random values (for tests); "
-                  "the picture will not be art", file=stream or sys.stderr)
+            write_line("warning: these VGG-19 weights are synthetic random values (for tests); "
+                       "the picture will not be art", out)
         describe = run_description(content_path, style_paths, settings, params_metadata)
-        member_metadata = [{} if batch is None else {"member": dataclasses.asdict(m)} for m in members]
+        member_metadata = [member_description(settings, m, batch is not None) for m in members]
         writes = jax.process_index() == 0
         total_steps = settings.num_steps * settings.scales
+        sizes = scale_sizes(settings)
         bar = ProgressBar(total_steps, stream=stream,
                           label="step" if len(members) == 1 else f"{len(members)} images, step")
+        watch = LossWatch(settings)
+        seen = {"latest": None, "finite": None, "diverged_at": None}
+
+        def write_latest():
+            """The third Ctrl-C: write the last visited images, if any, then quit."""
+            visit = seen["latest"]
+            if visit is None or not writes:
+                write_line("interrupted before the first step; nothing written", out)
+                return
+            for path, extra, image in zip(paths, member_metadata, visit.images()):
+                images.save_image(path, image, describe(steps=visit.step, **extra))
+            write_line(f"interrupted after {visit.step} steps; wrote {_written(paths)}", out)
+
+        ctrl_c.on_quit = write_latest
 
         def on_visit(visit):
             timings.visit(visit.step, visit.losses)
+            seen["latest"] = visit
+            if not np.isfinite(visit.losses).all():
+                seen["diverged_at"] = visit.step
+                raise KeyboardInterrupt  # stops the run; the last finite visit's images are kept
+            seen["finite"] = visit
             if ctrl_c.requested and visit.step < total_steps:
                 raise KeyboardInterrupt  # the run keeps the images of the chunk that just finished
+            stall = watch.stalled(visit)
+            if stall and writes:
+                write_line(stall, out)
             at_print = settings.print_every and (visit.step % settings.print_every == 0
                                                  or visit.step == total_steps)
             if writes and (bar.interactive or at_print):
-                bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print))
+                scale = (f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)"
+                         if visit.scales > 1 else "")
+                bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale)
             if settings.save_every and visit.step % settings.save_every == 0 and visit.step < total_steps:
                 snapshots = visit.images()  # a collective across hosts: every host takes part
                 for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
@@ -204,16 +287,81 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         with timings.phase("run"), timings.compile:
             results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
                                     members, init_image=init_image, mesh=mesh, on_visit=on_visit,
-                                    intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL))
-    first = results[0]
-    if first.interrupted and first.steps_done == 0:
-        raise KeyboardInterrupt  # the start image is no result: write nothing
-    with timings.phase("write"):
-        for path, extra, result in zip(paths, member_metadata, results if writes else ()):
-            check_finite(result.image, result.steps_done)
-            images.save_image(path, result.image, describe(steps=result.steps_done, **extra))
-    state = "interrupted" if first.interrupted else "done"
-    written = paths[0] if len(paths) == 1 else f"{len(paths)} images: {', '.join(paths)}"
-    bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
-              f"({timings.compile.seconds:.1f} s of it compiling); wrote {written}")
+                                    intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL),
+                                    should_stop=lambda: ctrl_c.requested)
+        if seen["diverged_at"] is not None:
+            bar.close()
+            _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes)
+        first = results[0]
+        if first.interrupted and first.steps_done == 0:
+            bar.close()
+            raise KeyboardInterrupt  # the start image is no result: write nothing
+        with timings.phase("write"):
+            for path, extra, result in zip(paths, member_metadata, results if writes else ()):
+                check_finite(result.image, result.steps_done)
+                images.save_image(path, result.image, describe(steps=result.steps_done, **extra))
+        state = "interrupted" if first.interrupted else "done"
+        bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
+                  f"({timings.compile.seconds:.1f} s of it compiling); wrote {_written(paths)}")
     return list(zip(paths, results))
+
+
+def _written(paths):
+    return paths[0] if len(paths) == 1 else f"{len(paths)} images: {', '.join(paths)}"
+
+
+def member_description(settings, member, batched):
+    """PNG metadata of one member: its own weights and seed in "settings", and the member itself."""
+    if not batched:
+        return {}
+    own = settings.replace(style_weight=member.style_weight, content_weight=member.content_weight,
+                           tv_weight=member.tv_weight, seed=member.seed)
+    return {"member": dataclasses.asdict(member), "settings": own.to_dict()}
+
+
+def _diverged(step, finite_visit, paths, member_metadata, describe, writes):
+    """Write the last finite visit's images (if any), then end with one line: UserInputError."""
+    kept = "nothing written"
+    snapshots = finite_visit.images() if finite_visit is not None and finite_visit.step > 0 else []
+    if snapshots and all(np.isfinite(image).all() for image in snapshots):
+        for path, extra, image in zip(paths, member_metadata, snapshots if writes else ()):
+            images.save_image(path, image, describe(steps=finite_visit.step, **extra))
+        kept = f"wrote the image of step {finite_visit.step}: {_written(paths)}"
+    raise UserInputError(f"the optimization diverged (the loss is NaN or infinite at step {step}; "
+                         f"{kept}): lower --learning-rate / --style-weight")
+
+
+# A loss that moves less than this (relative) over STALL_VISITS visits spanning at least
+# STALL_MIN_STEPS steps has stalled: more steps will not change the image.
+STALL_RELATIVE_CHANGE = 1e-6
+STALL_VISITS = 3
+STALL_MIN_STEPS = 20
+
+
+class LossWatch:
+    """Notices, once per run, a loss that stopped moving; says which flag to change."""
+
+    def __init__(self, settings):
+        self.settings, self.history, self.warned, self.scale = settings, [], False, None
+
+    def stalled(self, visit):
+        """A warning line the first time every member's loss has stalled, else None."""
+        if visit.scale != self.scale:  # a new scale starts a new descent
+            self.scale, self.history = visit.scale, []
+        self.history = (self.history + [(visit.step, np.asarray(visit.losses, np.float64))])[-STALL_VISITS:]
+        first, last = self.history[0][0], self.history[-1][0]
+        if self.warned or len(self.history) < STALL_VISITS or last - first < STALL_MIN_STEPS:
+            return None
+        values = np.stack([losses for _, losses in self.history])
+        change = (values.max(0) - values.min(0)) / np.maximum(np.abs(values).max(0), np.finfo(np.float64).tiny)
+        if not (change < STALL_RELATIVE_CHANGE).all():
+            return None
+        self.warned = True
+        if self.settings.optimizer == "lbfgs":
+            advice = ("--normalize-gradients makes L-BFGS's steps vanish: drop it"
+                      if self.settings.normalize_gradients else
+                      "if the image is not finished, try --optimizer adam; else lower --num-steps")
+        else:
+            advice = "raise --learning-rate if the image is not finished; else lower --num-steps"
+        return (f"warning: the loss has not moved (relative change < {STALL_RELATIVE_CHANGE:g}) from "
+                f"step {first} to {last} ({float(values[-1].mean()):.4g}): {advice}")

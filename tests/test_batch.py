@@ -128,8 +128,11 @@ def test_cli_batch_writes_one_labelled_image_per_member(synthetic_params_path, t
     assert status == 0, capsys.readouterr().err
     expected = {f"out_{style}_sw{weight}.png" for style in ("starry_night", "shipwreck") for weight in ("10", "1000")}
     assert {p.name for p in tmp_path.iterdir()} == expected
-    described = json.loads(read_png_metadata(tmp_path / "out_shipwreck_sw1000.png")["nst-jax"])
+    described = read_png_metadata(tmp_path / "out_shipwreck_sw1000.png")
     assert described["member"]["style_weight"] == 1000.0 and described["member"]["style_index"] == 1
+    # The member's own weights and seed, not only the shared settings.
+    assert described["settings"]["style_weight"] == 1000.0
+    assert read_png_metadata(tmp_path / "out_starry_night_sw10.png")["settings"]["style_weight"] == 10.0
     assert load_image(tmp_path / "out_shipwreck_sw10.png").shape == (24, 32, 3)
 
 

@@ -6,6 +6,7 @@ Pillow's documented Lanczos resampling (separable, kernel sinc(x)·sinc(x/3) wid
 downscale factor, pixel centres at (i + 0.5)·scale).
 """
 
+import json
 import os
 import struct
 import zlib
@@ -105,7 +106,8 @@ def test_png_round_trip_within_one_level_and_metadata_readable(tmp_path):
     loaded = images.load_image(path)
     assert loaded.dtype == np.float32 and loaded.shape == (37, 53, 3)
     np.testing.assert_allclose(loaded, rgb, rtol=0, atol=EIGHT_BIT)
-    assert images.read_png_metadata(path) == metadata
+    assert images.read_png_text(path) == metadata
+    assert images.read_png_metadata(path) == json.loads(metadata["nst-jax"])
     # The chunks are really in the file (parsed by hand, not by our reader).
     chunks = dict(_png_chunks(path.read_bytes()))
     assert chunks[b"tEXt"] == b"nst-jax\0" + metadata["nst-jax"].encode("latin-1")
@@ -416,6 +418,9 @@ def test_read_png_metadata_of_other_files(tmp_path):
         images.read_png_metadata(path)
     with pytest.raises(UserInputError, match="no such file"):
         images.read_png_metadata(tmp_path / "missing.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(UserInputError, match="no nst-jax metadata"):
+        images.read_png_metadata(tmp_path / "plain.png")
 
 
 # --- output paths and failed saves -----------------------------------------------------------

@@ -1,9 +1,14 @@
 """The memory estimate: XLA's analysis of the compiled step, checked against sizes known by hand."""
 
+import re
+from pathlib import Path
 
-from nst_jax.memory import estimate_memory
+from nst_jax.memory import LIMIT_ENV, estimate_memory, estimate_run
 from nst_jax.presets import preset
 from nst_jax.run import main
+from nst_jax.timings import CompileCounter
+
+IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 
@@ -31,3 +36,57 @@ def test_cli_estimate_prints_one_line_and_runs_nothing(tmp_path, capsys):
     assert status == 0
     assert printed.startswith("48x64 px, 2 image(s) on 1 device(s)") and "GiB" in printed
     assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+# --- the fit check: an analytic estimate of the whole run, before anything compiles ------------
+
+def test_analytic_estimate_covers_xlas_analysis_of_the_loop():
+    for optimizer in ("adam", "lbfgs"):
+        settings = preset("neural-style").replace(optimizer=optimizer, lbfgs_memory=7, **CHEAP)
+        xla = estimate_memory(settings, 32, 48)
+        ours = estimate_run(settings.replace(image_size=48), (32, 48), [(32, 48)])
+        assert ours.params + ours.state + ours.loop >= xla.total, optimizer
+
+
+def test_estimate_counts_the_style_passes_and_never_overflows():
+    settings = preset("neural-style").replace(image_size=512)
+    small, large = (estimate_run(settings.replace(style_scale=scale), (600, 800), [(900, 1200)])
+                    for scale in (1.0, 4.0))
+    assert large.targets > 5 * small.targets and large.total > small.total
+    assert large.loop == small.loop
+    huge = settings.replace(image_size=16384, style_scale=1.0)
+    one, many = (estimate_run(huge, (16384, 16384), [(16384, 16384)], members=members)
+                 for members in (1, 4096))
+    assert isinstance(many.total, int) and many.total > 2**52  # Python ints: no wrap-around
+    assert many.loop == 4096 * one.loop
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_loop_compiles(tmp_path, capsys, monkeypatch,
+                                                                   synthetic_params_path):
+    settings = preset("neural-style").replace(optimizer="adam", image_size=32, **CHEAP)
+    # Room for a 32 px run, not for the 64 px one asked for.
+    fits = estimate_run(settings, (480, 640), [(1014, 1280)]).total
+    monkeypatch.setenv(LIMIT_ENV, str(fits + 1000))
+    output = tmp_path / "out.png"
+    with CompileCounter() as counter:
+        status = main([str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"), "-o", str(output),
+                       "--weights", str(synthetic_params_path), "--image-size", "64", "--optimizer", "adam",
+                       "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1"])
+    err = capsys.readouterr().err
+    assert status == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "needs about" in errors[0] and "GiB available" in errors[0], err
+    suggested = int(re.search(r"--image-size (\d+)", errors[0]).group(1))
+    assert 32 <= suggested < 64
+    assert not any("chunk" in name for name in counter.programs), counter.programs
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_estimate_reports_the_whole_run(capsys, monkeypatch):
+    monkeypatch.setenv(LIMIT_ENV, str(3 * 2**30))
+    status = main([str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"), "--estimate-memory",
+                   "--image-size", "8000"])
+    printed = capsys.readouterr().out.strip()
+    assert status == 0 and "style passes" in printed and "3.00 GiB available" in printed
+    total = float(re.search(r"about ([0-9.]+) GiB", printed).group(1))
+    assert total > 100  # 8000 px of VGG-19 activations, no int32 overflow
