@@ -18,7 +18,10 @@ def gatys():
     w_l = 1/5; α/β = 1e-3; no TV; L-BFGS from white noise; average pooling (the paper found it
     gives slightly more appealing results). The paper writes "conv4_2", but its Caffe network
     rectifies conv outputs in place, so those responses are relu4_2 (Gatys' own PyTorch code
-    uses r42 and r11…r51). Exact with the Caffe-derived weights (the default download).
+    uses r42 and r11…r51). The formulas are the paper's; its network was the "normalized"
+    VGG-19 (each layer's activations rescaled to mean 1), which no public release we read
+    matches, so with the Caffe-derived weights (the default download) α/β = 1e-3 weighs the
+    terms somewhat differently than in the paper. L-BFGS with a line search, as scipy's.
     Cost: 500 L-BFGS steps, network up to conv5_1.
     """
     return Settings(
@@ -30,11 +33,13 @@ def gatys():
 
 
 def neural_style():
-    """jcjohnson/neural-style (Lua Torch) defaults and loss scaling; neural-style-pt shares them.
+    """jcjohnson/neural-style (Lua Torch) defaults and loss scaling (neural-style-pt shares them,
+    except its TV, the L1 sum: add --tv-loss l1 there).
 
     content_weight 5 (MSE at relu4_2), style_weight 100 (MSE of Grams ÷ C·H·W at relu1_1…relu5_1,
     every layer weight 1), tv_weight 1e-3 (the L2 TV whose gradient neural-style computes),
-    L-BFGS 1000 iterations with 100 correction pairs, init random ×0.001 in Caffe units around
+    L-BFGS 1000 iterations with 100 correction pairs, torch's fixed step 1 without a line search
+    (optim.lbfgs / torch.optim.LBFGS as both call it), init random ×0.001 in Caffe units around
     the mean color, max pooling, 512 px, Caffe weights (0..255 pixels). Adam (-optimizer adam)
     uses its learning rate 1e1. Cost: 1000 L-BFGS steps, network up to conv5_1.
     """
