@@ -177,7 +177,9 @@ class FrameStore:
     that made them, and the last frame's optimized pixels, so an interrupted run resumes."""
 
     def __init__(self, folder, count, manifest):
-        self.folder, self.count, self.manifest = Path(folder), count, manifest
+        # As JSON gives it back (tuples become lists), so a rerun's manifest compares equal.
+        self.folder, self.count = Path(folder), count
+        self.manifest = json.loads(json.dumps(manifest))
         self.digits = max(5, len(str(count)))
 
     def path(self, index):
