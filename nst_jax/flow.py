@@ -122,3 +122,14 @@ def warped_start(previous, motion_, fill):
     """
     warped = warp(previous, motion_.backward)
     return np.where(motion_.inside[..., None], warped, fill).astype(np.float32)
+
+
+def long_term_masks(masks):
+    """Ruder et al.'s long-term weights from the masks c^(t−j,t), j = 1, 2, … (nearest first):
+    c_long^j = max(c^j − Σ_{k<j} c^k, 0), so each pixel is pulled towards the nearest earlier
+    frame that saw it, and frames further back only fill in what nearer ones could not."""
+    weights, covered = [], np.zeros_like(masks[0])
+    for mask in masks:
+        weights.append(np.maximum(mask - covered, 0.0).astype(np.float32))
+        covered = covered + mask
+    return weights

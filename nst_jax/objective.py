@@ -160,13 +160,14 @@ def loss_terms(objective, params, pixels, targets, weights):
 
 
 def temporal_loss(pixels, previous, mask):
-    """Ruder et al. 2016's short-term loss: (1/D) Σ c·(x − ω(x_prev))², D = H·W·C.
+    """Ruder et al. 2016's temporal loss: (1/D) Σ c·(x − ω(x_prev))², D = H·W·C.
 
     previous: the previous frame's result warped onto this one, like pixels; mask: (H, W) c,
     0 at disocclusions and motion boundaries, 1 elsewhere. In pixel units (0..pixel_range).
+    The long-term loss stacks K earlier frames: previous (K, H, W, C), mask (K, H, W), summed.
     """
     difference = jnp.asarray(pixels, jnp.float32) - previous
-    return jnp.sum(mask[..., None] * jnp.square(difference)) / difference.size
+    return jnp.sum(mask[..., None] * jnp.square(difference)) / pixels.size
 
 
 def total_loss(objective, params, pixels, targets, weights):

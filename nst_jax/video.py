@@ -45,6 +45,8 @@ class VideoSettings:
     frame_steps: steps for every frame after the first (which gets num_steps); None: half.
     frame_init: "warped" starts each frame from the previous result warped along the flow;
       "independent" from the image settings' own start (as for a single image).
+    long_term: how many earlier frames the temporal loss looks back at (Ruder et al.'s long-term
+      loss over frames t−1 … t−K; 1: the short-term loss alone).
     start, duration: the part of the input to stylize, in seconds; every: keep every Nth frame.
     fps: frame rate of a frame-folder input.
     """
@@ -52,6 +54,7 @@ class VideoSettings:
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT
     frame_steps: Optional[int] = None
     frame_init: str = "warped"
+    long_term: int = 1
     start: float = 0.0
     duration: Optional[float] = None
     every: int = 1
@@ -63,7 +66,10 @@ class VideoSettings:
         return self.frame_steps or max(1, settings.num_steps // 2)
 
 
+# Each earlier frame costs two flows per frame and an image-sized target in the loop.
+MAX_LONG_TERM = 16
 VIDEO_RANGES = {"temporal_weight": Range(0), "frame_steps": Range(1, MAX_STEPS),
+                "long_term": Range(1, MAX_LONG_TERM),
                 "start": Range(0), "duration": Range(0, low_open=True), "every": Range(1, INT32_MAX),
                 "fps": Range(0, 1000, low_open=True)}
 
@@ -110,13 +116,14 @@ def output_warping_error(frames, motions):
 
 
 def stylize_frames(frames, styles, settings, video, params, convention, *, first_index=0,
-                   previous_pixels=None, on_frame=None, on_visit=None, intervals=()):
+                   recent_pixels=(), on_frame=None, on_visit=None, intervals=()):
     """Stylize frames[first_index:] in order, calling on_frame(FrameResult) as each one finishes.
 
     Args:
       frames: RGB frames in [0, 1], all of one size (the working size).
       styles: RGB style images (blended with settings.style_blend_weights).
-      previous_pixels: frame first_index − 1's optimized pixels when resuming (None at 0).
+      recent_pixels: when resuming, the optimized pixels of frames first_index − 1, − 2, …
+        (nearest first, video.long_term of them or as many as there are).
       on_frame: called with each finished frame (write it there); may raise KeyboardInterrupt.
       on_visit: called (frame index, step, steps, terms) at host visits; raising KeyboardInterrupt
         there stops the run without finishing the frame.
@@ -141,7 +148,8 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
     weights = jax.device_put({**loss_weights(settings.content_weight, settings.style_weight,
                                              settings.tv_weight),
                               "temporal": np.float32(video.temporal_weight)})
-    no_mask = np.zeros(first_pixels.shape[:2], np.float32)
+    look_back = video.long_term
+    history = [np.asarray(p, np.float32) for p in recent_pixels][:look_back]  # nearest first
 
     def frame_pixels(index):
         rgb, pixels, _ = prepare_images(frames[index], [], settings)
@@ -149,28 +157,34 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
 
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        def motion_of(index):  # flow from frame index − 1 to index, started early on the thread
-            return pool.submit(flow.motion, frames[index - 1], frames[index])
+        def motions_of(index):  # flows from frames index − 1, − 2, … to index, on the thread
+            return pool.submit(lambda: [flow.motion(frames[index - j], frames[index])
+                                        for j in range(1, min(look_back, index) + 1)])
 
-        upcoming = motion_of(first_index) if first_index > 0 else None
+        upcoming = motions_of(first_index) if first_index > 0 else None
         for index in range(first_index, len(frames)):
             began = time.perf_counter()
             content_rgb, content_pixels = frame_pixels(index)
             own_start = np.asarray(initial_pixels(settings, convention, content_pixels))
-            if index == 0:
-                start, previous, mask = own_start, np.zeros_like(own_start), no_mask
-            else:
-                motion = upcoming.result()
-                previous = flow.warp(previous_pixels, motion.backward).reshape(own_start.shape)
-                mask = motion.mask
-                start = (flow.warped_start(previous_pixels, motion, own_start)
-                         if video.frame_init == "warped" else own_start)
+            # K earlier frames warped onto this one and their weights; zeros where there is no
+            # earlier frame (frame 0 too), so every frame has the same shapes: one compile.
+            previous = np.zeros((look_back,) + own_start.shape, np.float32)
+            masks = np.zeros((look_back,) + own_start.shape[:2], np.float32)
+            start = own_start
+            if index > 0:
+                motions = upcoming.result()
+                for j, (motion, mask) in enumerate(zip(motions, flow.long_term_masks(
+                        [m.mask for m in motions]))):
+                    previous[j] = flow.warp(history[j], motion.backward).reshape(own_start.shape)
+                    masks[j] = mask
+                if video.frame_init == "warped":
+                    start = flow.warped_start(history[0], motions[0], own_start)
             if index + 1 < len(frames):
-                upcoming = motion_of(index + 1)  # computed while this frame optimizes
+                upcoming = motions_of(index + 1)  # computed while this frame optimizes
             frame_targets = {"content": content_program(params, jax.device_put(content_pixels)),
                              "style": style_target,
-                             "temporal": {"previous": jax.device_put(previous.astype(np.float32)),
-                                          "mask": jax.device_put(mask)}}
+                             "temporal": {"previous": jax.device_put(previous),
+                                          "mask": jax.device_put(masks)}}
             pixels = jax.device_put(start.astype(np.float32))
             steps = video.steps(settings, index)
 
@@ -185,7 +199,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
             optimized = np.asarray(run.pixels)
             if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
                 optimized = np.clip(optimized, 0.0, settings.pixel_range)
-            previous_pixels = optimized
+            history = [optimized] + history[: look_back - 1]
             result = FrameResult(index, finish_image(optimized, content_rgb, settings), optimized,
                                  run.steps_done, float(run.loss), time.perf_counter() - began)
             done += 1
@@ -214,6 +228,9 @@ def build_parser():
     group.add_argument("--frame-init", choices=("warped", "independent"),
                        help="start each frame from the previous result warped along the flow, or "
                             "from --init as a single image would [warped]")
+    group.add_argument("--long-term", type=_number(int), metavar="K",
+                       help=f"the temporal loss looks back at K earlier frames (Ruder et al.'s "
+                            f"long-term loss; 1: short-term only; {VIDEO_RANGES['long_term']}) [1]")
     group.add_argument("--start", type=_number(float), metavar="SECONDS",
                        help=f"first second of the input to stylize ({VIDEO_RANGES['start']}) [0]")
     group.add_argument("--duration", type=_number(float), metavar="SECONDS",
@@ -256,7 +273,8 @@ def parse_and_validate(argv=None):
     values = {name: getattr(args, name) for name in VIDEO_RANGES}
     for name, value in values.items():
         if value is not None:
-            VIDEO_RANGES[name].check(name.replace("_", "-"), value, whole=name in ("frame_steps", "every"))
+            VIDEO_RANGES[name].check(name.replace("_", "-"), value,
+                                     whole=name in ("frame_steps", "every", "long_term"))
     video_flags = {"--" + name.replace("_", "-") for name in list(VIDEO_RANGES) + ["frame_init"]}
     _, settings, _ = run.parse_and_validate(_strip_flags(argv, video_flags, {"--keep-frames"}))
     if settings.scales > 1:
@@ -306,7 +324,8 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
     styles = [images.load_image(path) for path in args.styles]
     params, params_metadata = load_weights()
     store = video_io.FrameStore(video_io.frames_folder(output), len(clip.frames),
-                                _manifest(args, clip, settings, video, params_metadata))
+                                _manifest(args, clip, settings, video, params_metadata),
+                                keep=video.long_term)
     first = store.open()
     total = len(clip.frames)
     describe = run_description(args.content, args.styles, settings, params_metadata)
@@ -316,11 +335,14 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
               "the picture will not be art", file=stream)
     if first:
         print(f"resuming: {first} of {total} frames already in {store.folder}", file=stream)
-    previous = None
+    recent = []
     if 0 < first < total:
-        previous = store.resume_pixels(first - 1)
-        if previous is None:  # the pixels were not kept (a crash between two writes): the PNG
-            previous = _pixels_from_image(images.load_image(store.path(first - 1)), settings)
+        recent = store.resume_pixels(first)
+        for back, pixels in enumerate(recent):
+            if pixels is None:  # not kept (a crash between two writes): from its PNG, 8 bits
+                index = first - 1 - back
+                recent[back] = _pixels_from_image(images.load_image(store.path(index)), settings)
+                store.remember(index, recent[back])
 
     def write_frame(result):
         store.write(result.index, result.image, result.pixels,
@@ -349,7 +371,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
             try:
                 _, interrupted = stylize_frames(
                     clip.frames, styles, settings, video, params, params_metadata.preprocessing,
-                    first_index=first, previous_pixels=previous, on_frame=write_frame,
+                    first_index=first, recent_pixels=recent, on_frame=write_frame,
                     on_visit=on_visit, intervals=(settings.print_every, 10))
             except KeyboardInterrupt:
                 interrupted = True

@@ -176,10 +176,12 @@ class FrameStore:
     """The folder of finished frames: PNGs written as they finish, a manifest of the settings
     that made them, and the last frame's optimized pixels, so an interrupted run resumes."""
 
-    def __init__(self, folder, count, manifest):
+    def __init__(self, folder, count, manifest, keep=1):
         # As JSON gives it back (tuples become lists), so a rerun's manifest compares equal.
         self.folder, self.count = Path(folder), count
         self.manifest = json.loads(json.dumps(manifest))
+        self.keep = keep  # how many recent frames' pixels a resumed run needs (--long-term)
+        self._recent = []  # [(index, pixels)], newest first
         self.digits = max(5, len(str(count)))
 
     def path(self, index):
@@ -221,20 +223,32 @@ class FrameStore:
                 yield prefix + key
 
     def write(self, index, rgb, pixels, metadata=None):
-        """Frame `index` (RGB in [0, 1]) as PNG, then its pixels for the next frame to warp."""
+        """Frame `index` (RGB in [0, 1]) as PNG, then the recent frames' pixels for later
+        frames to warp (the PNG first: a crash between the two loses nothing but precision)."""
         images.save_image(self.path(index), rgb, metadata)
-        buffer = _npz_bytes(index=np.int64(index), pixels=np.asarray(pixels, np.float32))
+        self._recent = [(index, np.asarray(pixels, np.float32))] + [
+            entry for entry in self._recent if entry[0] < index][: self.keep - 1]
+        buffer = _npz_bytes(indices=np.array([i for i, _ in self._recent], np.int64),
+                            pixels=np.stack([p for _, p in self._recent]))
         _write_atomic(self.folder / RESUME, buffer)
 
-    def resume_pixels(self, index):
-        """The optimized pixels of finished frame `index`, or None where they were not kept."""
+    def resume_pixels(self, first):
+        """The optimized pixels of frames first−1, first−2, … (up to `keep`, nearest first), each
+        None where it was not kept."""
+        saved = {}
         try:
-            with np.load(self.folder / RESUME) as saved:
-                if int(saved["index"]) == index:
-                    return np.array(saved["pixels"])
+            with np.load(self.folder / RESUME) as stored:
+                saved = dict(zip(stored["indices"].tolist(), np.array(stored["pixels"])))
         except (OSError, ValueError, KeyError):
             pass
-        return None
+        wanted = range(first - 1, max(-1, first - 1 - self.keep), -1)
+        recent = [(i, saved.get(i)) for i in wanted]
+        self._recent = [(i, p) for i, p in recent if p is not None]
+        return [p for _, p in recent]
+
+    def remember(self, index, pixels):
+        """Pixels of a finished frame recovered elsewhere (its PNG), kept for the next writes."""
+        self._recent = sorted(self._recent + [(index, pixels)], key=lambda entry: -entry[0])
 
     def finish(self):
         """The clip is done: the resume state is no longer needed."""

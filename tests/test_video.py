@@ -153,16 +153,29 @@ def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compi
 
     with CompileCounter() as compiled:
         temporal = run(VideoSettings(temporal_weight=1e3, frame_steps=20))
+    with CompileCounter() as compiled_long:  # 3 earlier frames stacked: other shapes, one compile
+        long_term = run(VideoSettings(temporal_weight=1e3, frame_steps=20, long_term=3))
     # Same steps per frame, no temporal loss, each frame from its own start.
     independent = run(VideoSettings(temporal_weight=0.0, frame_steps=20, frame_init="independent"))
     warped_only = run(VideoSettings(temporal_weight=0.0, frame_steps=20))
-    errors = [output_warping_error(outputs, motions) for outputs in (temporal, independent, warped_only)]
+    errors = [output_warping_error(outputs, motions)
+              for outputs in (temporal, independent, warped_only, long_term)]
     print(f"\nwarping error between consecutive output frames (mean squared, RGB in [0, 1], outside "
           f"occlusions): temporal loss 1e3 {errors[0]:.3g}, independent frames {errors[1]:.3g} "
-          f"({errors[1] / errors[0]:.1f}x), warped start without the loss {errors[2]:.3g}")
+          f"({errors[1] / errors[0]:.1f}x), warped start without the loss {errors[2]:.3g}, "
+          f"long-term K=3 {errors[3]:.3g}")
     assert errors[0] * 3 <= errors[1]
     assert errors[0] < errors[2]
+    assert errors[3] * 3 <= errors[1]
     assert compiled.programs.count("jit(chunk)") == 1, compiled.programs  # 5 frames, one compile
+    assert compiled_long.programs.count("jit(chunk)") == 1, compiled_long.programs
+
+
+def test_long_term_weights_go_to_the_nearest_frame_that_saw_a_pixel():
+    near, middle, far = (np.array([1.0, 0.0, 0.0, 1.0]), np.array([1.0, 1.0, 0.0, 0.0]),
+                         np.array([1.0, 1.0, 1.0, 0.0]))
+    weights = flow.long_term_masks([near, middle, far])
+    np.testing.assert_array_equal(np.stack(weights), [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
 
 
 def test_objective_without_a_temporal_target_is_unchanged(params):
@@ -188,7 +201,8 @@ def test_objective_without_a_temporal_target_is_unchanged(params):
 def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, style_path,
                                                                    synthetic_params_path, capsys):
     clip = write_folder(tmp_path / "clip", translating(5))
-    common = [clip, style_path, "--weights", synthetic_params_path, *CHEAP_FLAGS]
+    # Two earlier frames in the loss: the resumed run needs both frames' pixels back.
+    common = [clip, style_path, "--weights", synthetic_params_path, *CHEAP_FLAGS, "--long-term", "2"]
     assert main([*common, "-o", tmp_path / "whole"]) == 0
 
     def stop_after_second(result):
