@@ -76,7 +76,11 @@ VIDEO_RANGES = {"temporal_weight": Range(0), "frame_steps": Range(1, MAX_STEPS),
 
 @dataclasses.dataclass
 class FrameResult:
-    """One finished frame: RGB in [0, 1], the optimized pixels, steps, last loss, seconds."""
+    """One finished frame: RGB in [0, 1], the optimized pixels, steps, last loss, seconds.
+
+    temporal: the weighted temporal term of the finished pixels (part of `loss`; the loop's
+    terms have no place for it, so it is measured again on the host).
+    """
 
     index: int
     image: np.ndarray
@@ -84,6 +88,7 @@ class FrameResult:
     steps: int
     loss: float
     seconds: float
+    temporal: float = 0.0
 
 
 @dataclasses.dataclass
@@ -200,8 +205,11 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
             if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
                 optimized = np.clip(optimized, 0.0, settings.pixel_range)
             history = [optimized] + history[: look_back - 1]
+            temporal = video.temporal_weight * float(
+                np.sum(masks[..., None] * np.square(optimized - previous)) / optimized.size)
             result = FrameResult(index, finish_image(optimized, content_rgb, settings), optimized,
-                                 run.steps_done, float(run.loss), time.perf_counter() - began)
+                                 run.steps_done, float(run.loss), time.perf_counter() - began,
+                                 temporal)
             done += 1
             if on_frame is not None:
                 on_frame(result)
@@ -215,6 +223,13 @@ def build_parser():
     from nst_jax.run import _number, build_parser as build_image_parser
     parser = build_image_parser()
     parser.prog, parser.usage = "python -m nst_jax.video", USAGE
+    for action in parser._actions:  # the positionals and -o mean other things here
+        if action.dest == "content":
+            action.metavar, action.help = "IN", "input video file, or a folder of frames (sorted by name)"
+        elif action.dest == "output":
+            action.default = "out.mp4"
+            action.help = ("output video (.mp4, .mov, .mkv: H.264, the input's rate, size and audio) "
+                           "or, for any other name, a folder of PNG frames; default: out.mp4")
     parser.description = ("Neural style transfer for videos with temporal consistency (Ruder et al. "
                           "2016). IN is a video file or a folder of frames; OUT a video (.mp4, .mov, "
                           ".mkv) or a folder of PNG frames. Image flags as in nst_jax.run.")
@@ -352,7 +367,8 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
         later = finished_times[1:] if len(finished_times) > 1 else None
         per_frame = np.mean(later) if later else finished_times[0] * video.steps(settings, 1) / max(
             1, video.steps(settings, result.index))
-        print(f"frame {result.index + 1}/{total}: {result.steps} steps, loss {result.loss:.4g}, "
+        print(f"frame {result.index + 1}/{total}: {result.steps} steps, loss {result.loss:.4g} "
+              f"(temporal {result.temporal:.3g}), "
               f"{result.seconds:.1f} s; clip {result.index + 1}/{total} frames, "
               f"eta {_format_seconds(left * per_frame)}", file=stream, flush=True)
         if on_frame is not None:
@@ -368,10 +384,15 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
                     print(f"frame {index + 1}/{total}: step {step}/{steps}, loss "
                           f"{float(terms['total']):.4g}", file=stream, flush=True)
 
+            def write_then_check(result):
+                write_frame(result)
+                if ctrl_c.requested:  # stop between frames rather than one chunk into the next
+                    raise KeyboardInterrupt
+
             try:
                 _, interrupted = stylize_frames(
                     clip.frames, styles, settings, video, params, params_metadata.preprocessing,
-                    first_index=first, recent_pixels=recent, on_frame=write_frame,
+                    first_index=first, recent_pixels=recent, on_frame=write_then_check,
                     on_visit=on_visit, intervals=(settings.print_every, 10))
             except KeyboardInterrupt:
                 interrupted = True
