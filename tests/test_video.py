@@ -303,3 +303,31 @@ def test_a_bad_video_is_one_stderr_line_from_a_real_process(tmp_path):
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [
         process.stderr.strip()] and process.stderr.startswith(f"error: {garbage}: not a readable video")
+
+
+def test_ctrl_c_in_a_real_process_keeps_finished_frames_and_the_rerun_completes(
+        tmp_path, style_path, synthetic_params_path):
+    import os
+    import signal
+    import time
+    clip = write_folder(tmp_path / "clip", translating(3))
+    output = tmp_path / "out"
+    # Later frames take long enough (seconds) for the signal to land inside one.
+    command = [sys.executable, "-m", "nst_jax.video", str(clip), str(style_path), "-o", str(output),
+               "--weights", str(synthetic_params_path), *CHEAP_FLAGS, "--frame-steps", "300"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (output / "frame_00001.png").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    kept = sorted(p.name for p in output.glob("frame_*.png"))
+    assert kept and len(kept) < 3, err
+    assert f"interrupted: {len(kept)} of 3 frames" in err
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming: {len(kept)} of 3 frames" in rerun.stderr
+    assert len(list(output.glob("frame_*.png"))) == 3
