@@ -146,7 +146,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
     chunk_fn, new_state = chunk_program(objective, spec, False), state_program(spec, False)
     content_program = _content_program(objective)
     # The style target once for the clip (luminance mode matches it to the first frame).
-    first_rgb, first_pixels, style_pixels = prepare_images(frames[0], styles, settings)
+    _, first_pixels, style_pixels = prepare_images(frames[0], styles, settings)
     blend = np.asarray(settings.style_blend_weights or (1.0,) * len(styles), np.float32)
     _, _, style_target = targets(objective, params, jax.device_put(first_pixels),
                                  jax.device_put(style_pixels), jax.device_put(blend / blend.sum()))

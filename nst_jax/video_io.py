@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import secrets
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional
@@ -294,15 +295,16 @@ def encode_video(output_path, frames, fps, size, audio_source=None, start=0.0, e
     extension = os.path.splitext(output_path)[1].lower()
     temporary = _hidden_beside(output_path, extension)
     try:
-        with av.open(temporary, "w") as container:
+        with contextlib.ExitStack() as stack:
+            container = stack.enter_context(av.open(temporary, "w"))
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
             stream = container.add_stream(codec, rate=Fraction(fps))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             if codec == "libx264":
                 stream.options = {"crf": "18"}
-            audio_in = audio_out = source = None
+            audio_in = audio_out = None
             if audio_source is not None:
-                source = av.open(audio_source)
+                source = stack.enter_context(av.open(audio_source))
                 if source.streams.audio:
                     audio_in = source.streams.audio[0]
                     audio_out = container.add_stream_from_template(audio_in)
@@ -318,9 +320,13 @@ def encode_video(output_path, frames, fps, size, audio_source=None, start=0.0, e
                 container.mux(packet)
             if audio_in is not None:
                 _copy_audio(source, audio_in, audio_out, container, start, end)
-                source.close()
         os.replace(temporary, output_path)
     except (av.FFmpegError, OSError) as error:
+        if audio_source is not None and isinstance(error, av.FFmpegError):
+            # Most likely an audio codec this container cannot hold: keep the video at least.
+            print(f"warning: {output_path}: the audio of {audio_source} could not be copied "
+                  f"({_reason(error)}); writing the video without it", file=sys.stderr)
+            return encode_video(output_path, frames, fps, size)
         raise UserInputError(f"{output_path}: cannot write the video ({_reason(error)})") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
