@@ -138,7 +138,8 @@ def test_consistency_mask_marks_an_occluding_object():
 
 # --- the temporal loss and the compiled loop ---------------------------------------------------
 
-def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compile(params):
+def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compile(params, monkeypatch):
+    import threading
     frames = translating(5)
     style = texture(64, 64, seed=3)
     motions = [None] + [flow.motion(frames[i - 1], frames[i]) for i in range(1, len(frames))]
@@ -151,8 +152,19 @@ def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compi
                        on_frame=lambda result: outputs.append(result.image))
         return outputs
 
+    flow_threads = []
+
+    def recording_motion(*args):
+        flow_threads.append(threading.current_thread())
+        return motion(*args)
+
+    motion = flow.motion
+    monkeypatch.setattr(flow, "motion", recording_motion)
     with CompileCounter() as compiled:
         temporal = run(VideoSettings(temporal_weight=1e3, frame_steps=20))
+    monkeypatch.undo()
+    # Each pair's flow once, on the background thread (it runs while the frame before optimizes).
+    assert len(flow_threads) == 4 and threading.main_thread() not in flow_threads
     with CompileCounter() as compiled_long:  # 3 earlier frames stacked: other shapes, one compile
         long_term = run(VideoSettings(temporal_weight=1e3, frame_steps=20, long_term=3))
     # Same steps per frame, no temporal loss, each frame from its own start.
@@ -217,6 +229,8 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, st
     assert "resuming: 2 of 5 frames" in capsys.readouterr().err
     names = sorted(p.name for p in resumed.glob("*.png"))
     assert names == [f"frame_{i:05d}.png" for i in range(1, 6)]
+    assert json.loads((resumed / video_io.MANIFEST).read_text())["video"]["long_term"] == 2
+    assert not (resumed / video_io.RESUME).exists()  # only needed while frames are missing
     for name in names:
         np.testing.assert_allclose(load_image(resumed / name), load_image(tmp_path / "whole" / name),
                                    atol=1.5 / 255)
