@@ -190,6 +190,20 @@ def test_long_term_weights_go_to_the_nearest_frame_that_saw_a_pixel():
     np.testing.assert_array_equal(np.stack(weights), [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
 
 
+def test_luminance_transfer_with_long_term_frames(params):
+    """One-channel pixels (--original-colors luminance) through the warps and stacked targets."""
+    frames = translating(4, 32, 40)
+    settings = preset("neural-style").replace(optimizer="adam", learning_rate=4.0, num_steps=6,
+                                              original_colors="luminance", print_every=0,
+                                              **{**CHEAP, "image_size": 40})
+    results = []
+    stylize_frames(frames, [texture(40, 40, seed=4)], settings,
+                   VideoSettings(frame_steps=3, long_term=2), params, "caffe", on_frame=results.append)
+    assert [r.image.shape for r in results] == [(32, 40, 3)] * 4
+    assert [r.pixels.shape for r in results] == [(32, 40, 1)] * 4
+    assert results[0].temporal == 0 and all(np.isfinite(r.temporal) for r in results)
+
+
 def test_objective_without_a_temporal_target_is_unchanged(params):
     from nst_jax.objective import Objective, loss_terms, loss_weights
     from nst_jax.stages import compute_targets
@@ -302,6 +316,12 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
         assert expected in line, line
     assert main([good, style_path, "-o", tmp_path / "nowhere" / "out.mp4"]) == 2
     assert "does not exist" in _error_line(capsys)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main([good, style_path, "-o", notes]) == 2  # neither a video name nor a folder
+    assert "notes.txt: exists and is not a folder" in _error_line(capsys)
+    assert notes.read_text() == "mine"
+    notes.unlink()
     assert main([good, tmp_path / "missing_style.png", "-o", out]) == 2
     assert "missing_style.png" in _error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
