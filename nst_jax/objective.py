@@ -125,7 +125,11 @@ l1_normalized_gradient.defvjp(_l1_normalized_forward, _l1_normalized_backward)
 
 
 def loss_terms(objective, params, pixels, targets, weights):
-    """The weighted content, style and TV terms and their total, each a float32 scalar."""
+    """The weighted content, style and TV terms and their total, each a float32 scalar.
+
+    With targets["temporal"] ({"previous", "mask"}, video frames) and weights["temporal"], the
+    total also holds the temporal loss (`temporal_loss`).
+    """
     activations = vgg_features(objective, params, pixels)
 
     def layer_input(layer, strength):
@@ -148,7 +152,22 @@ def loss_terms(objective, params, pixels, targets, weights):
     terms = {"content": weights["content"] * content, "style": weights["style"] * jnp.float32(style),
              "tv": weights["tv"] * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+    if "temporal" in targets:  # video frames only: the single-image program stays as it was
+        # Added to the total alone: the optimization loop's terms have a fixed structure.
+        terms["total"] = terms["total"] + weights["temporal"] * temporal_loss(
+            pixels, targets["temporal"]["previous"], targets["temporal"]["mask"])
     return terms
+
+
+def temporal_loss(pixels, previous, mask):
+    """Ruder et al. 2016's temporal loss: (1/D) Σ c·(x − ω(x_prev))², D = H·W·C.
+
+    previous: the previous frame's result warped onto this one, like pixels; mask: (H, W) c,
+    0 at disocclusions and motion boundaries, 1 elsewhere. In pixel units (0..pixel_range).
+    The long-term loss stacks K earlier frames: previous (K, H, W, C), mask (K, H, W), summed.
+    """
+    difference = jnp.asarray(pixels, jnp.float32) - previous
+    return jnp.sum(mask[..., None] * jnp.square(difference)) / pixels.size
 
 
 def total_loss(objective, params, pixels, targets, weights):

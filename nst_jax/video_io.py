@@ -1,0 +1,347 @@
+"""Video files and frame folders <-> lists of RGB frames, and the folder finished frames go to.
+
+Reading and encoding go through PyAV (its wheels bundle ffmpeg); frames are float32 RGB
+(H, W, 3) in [0, 1] like every image in nst_jax. Encoding writes a hidden temporary file beside
+the output and renames it: a video appears complete or not at all.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from nst_jax import images
+from nst_jax.errors import UserInputError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+MANIFEST = "nst-jax-video.json"
+RESUME = "resume.npz"  # the last finished frame's optimized pixels (the next frame warps them)
+
+
+def require_av():
+    """PyAV, or one line telling how to get it (it is an optional dependency)."""
+    try:
+        import av
+    except ImportError:
+        raise UserInputError("videos need PyAV and OpenCV: pip install 'nst-jax[video]'") from None
+    return av
+
+
+def is_video_path(path):
+    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+@dataclasses.dataclass
+class Clip:
+    """The frames of a video (or frame folder) that a run stylizes, and how to encode them back.
+
+    frames: float32 RGB (H, W, 3) in [0, 1], already at the working size.
+    fps: frames per second of the selection (the source's rate ÷ --every).
+    source_size: (width, height) of the source frames (a video output keeps it).
+    audio: whether the source has an audio stream (remuxed into a video output).
+    start, end: the selection's time span in the source, seconds (for trimming the audio).
+    """
+
+    source: str
+    frames: list
+    fps: Fraction
+    source_size: tuple
+    audio: bool = False
+    start: float = 0.0
+    end: Optional[float] = None
+
+
+def _select(times, start, duration, every):
+    """Indices of the frames at `times` (seconds) inside [start, start + duration), every Nth."""
+    end = None if duration is None else start + duration
+    chosen = [i for i, t in enumerate(times) if t >= start - 1e-6 and (end is None or t < end - 1e-6)]
+    return chosen[::every]
+
+
+def _range_error(path, length, start, duration):
+    flag = "--start" if start >= length or duration is None else "--duration"
+    span = f"from {start:g} s" + ("" if duration is None else f" for {duration:g} s")
+    return UserInputError(f"{flag}: {path} is {length:.3g} s long: no frames {span}")
+
+
+def read_clip(path, long_side, start=0.0, duration=None, every=1, fps=None):
+    """The selected frames of a video file or a folder of images, resized to `long_side`.
+
+    Raises UserInputError naming the file or flag: missing, unreadable or empty input, or a
+    range (start, duration) holding no frame. `fps` is a frame folder's rate (default 25).
+    """
+    if os.path.isdir(path):
+        return _read_folder(path, long_side, start, duration, every, Fraction(fps or 25))
+    if not os.path.exists(path):
+        raise UserInputError(f"{path}: no such file")
+    av = require_av()
+    try:
+        container = av.open(os.fspath(path))
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise UserInputError(f"{path}: not a readable video ({_reason(error)})") from None
+    with container:
+        if not container.streams.video:
+            raise UserInputError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
+        end = None if duration is None else start + duration
+        frames, times, count = [], [], 0
+        try:
+            for frame in container.decode(stream):
+                seconds = float(frame.time) if frame.time is not None else count / rate
+                count += 1
+                if end is not None and seconds >= end - 1e-6:
+                    break
+                if seconds < start - 1e-6:
+                    continue
+                times.append(seconds)
+                if (len(times) - 1) % every == 0:  # decode all, keep every Nth of the selection
+                    frames.append(images.resize_long_side(frame.to_ndarray(format="rgb24") / 255.0,
+                                                          long_side))
+                    size = (frame.width, frame.height)
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise UserInputError(f"{path}: cannot decode the video ({_reason(error)})") from None
+        if count == 0:
+            raise UserInputError(f"{path}: contains no video frames")
+        if not frames:
+            length = float(stream.duration * stream.time_base) if stream.duration else count / rate
+            raise _range_error(path, length, start, duration)
+        return Clip(os.fspath(path), frames, rate / every, size, audio=bool(container.streams.audio),
+                    start=start, end=end)
+
+
+def _read_folder(path, long_side, start, duration, every, rate):
+    files = sorted(p for p in Path(path).iterdir()
+                   if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise UserInputError(f"{path}: a folder with no image frames ({', '.join(FRAME_EXTENSIONS)})")
+    chosen = _select([i / rate for i in range(len(files))], start, duration, every)
+    if not chosen:
+        raise _range_error(path, len(files) / rate, start, duration)
+    first = images.load_image(files[chosen[0]])
+    height, width = images.long_side_shape(*first.shape[:2], long_side)
+    # Every frame at the first one's working size: the compiled loop needs one shape.
+    frames = [images.resize_to(images.load_image(files[i]), height, width) for i in chosen]
+    return Clip(os.fspath(path), frames, rate / every, (first.shape[1], first.shape[0]),
+                start=start, end=None if duration is None else start + duration)
+
+
+def _reason(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _hidden_beside(path, suffix=""):
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp{suffix}")
+
+
+def check_video_output(path):
+    """Fail before any work if `path` cannot receive a video (or, without a video extension, a
+    folder of PNG frames)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if is_video_path(path):
+        if os.path.isdir(path):
+            raise UserInputError(f"{path}: is a directory; name a video file such as "
+                                 f"{os.path.join(path, 'out.mp4')}")
+    elif os.path.exists(path) and not os.path.isdir(path):
+        raise UserInputError(f"{path}: exists and is not a folder; the output is a video "
+                             f"({', '.join(VIDEO_EXTENSIONS)}) or a folder of PNG frames")
+    if not os.path.isdir(directory):
+        raise UserInputError(f"{path}: cannot write there: {directory} does not exist")
+    probe = _hidden_beside(path)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(probe)
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot write in {directory} ({error.strerror or error})") from None
+
+
+def frames_folder(output_path):
+    """Where finished frames go: the output itself for a PNG-folder output, else OUT_frames."""
+    if not is_video_path(output_path):
+        return Path(output_path)
+    stem, _ = os.path.splitext(os.fspath(output_path))
+    return Path(stem + "_frames")
+
+
+class FrameStore:
+    """The folder of finished frames: PNGs written as they finish, a manifest of the settings
+    that made them, and the last frame's optimized pixels, so an interrupted run resumes."""
+
+    def __init__(self, folder, count, manifest, keep=1):
+        # As JSON gives it back (tuples become lists), so a rerun's manifest compares equal.
+        self.folder, self.count = Path(folder), count
+        self.manifest = json.loads(json.dumps(manifest))
+        self.keep = keep  # how many recent frames' pixels a resumed run needs (--long-term)
+        self._recent = []  # [(index, pixels)], newest first
+        self.digits = max(5, len(str(count)))
+
+    def path(self, index):
+        return self.folder / f"frame_{index + 1:0{self.digits}d}.png"
+
+    def open(self):
+        """Create the folder, or check that its frames were made by the same settings.
+
+        Returns the index of the first missing frame (0 for a fresh run). Raises
+        UserInputError naming the folder when the settings differ.
+        """
+        self.folder.mkdir(exist_ok=True)
+        manifest_path = self.folder / MANIFEST
+        if manifest_path.exists():
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except (OSError, ValueError):
+                previous = None
+            if previous != self.manifest:
+                differ = sorted(self._differences(previous or {}, self.manifest))
+                raise UserInputError(
+                    f"{self.folder}: holds frames made with other settings "
+                    f"({', '.join(differ[:4]) or 'unreadable manifest'}); delete it or choose "
+                    f"another -o to start afresh")
+        elif any(self.folder.glob("frame_*.png")):
+            raise UserInputError(f"{self.folder}: holds frames this program did not make; "
+                                 f"delete them or choose another -o")
+        else:
+            _write_atomic(manifest_path, json.dumps(self.manifest, indent=1).encode())
+        return next((i for i in range(self.count) if not self.path(i).exists()), self.count)
+
+    @staticmethod
+    def _differences(old, new, prefix=""):
+        for key in set(old) | set(new):
+            a, b = old.get(key), new.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                yield from FrameStore._differences(a, b, f"{prefix}{key}.")
+            elif a != b:
+                yield prefix + key
+
+    def write(self, index, rgb, pixels, metadata=None):
+        """Frame `index` (RGB in [0, 1]) as PNG, then the recent frames' pixels for later
+        frames to warp (the PNG first: a crash between the two loses nothing but precision)."""
+        images.save_image(self.path(index), rgb, metadata)
+        self._recent = [(index, np.asarray(pixels, np.float32))] + [
+            entry for entry in self._recent if entry[0] < index][: self.keep - 1]
+        buffer = _npz_bytes(indices=np.array([i for i, _ in self._recent], np.int64),
+                            pixels=np.stack([p for _, p in self._recent]))
+        _write_atomic(self.folder / RESUME, buffer)
+
+    def resume_pixels(self, first):
+        """The optimized pixels of frames first−1, first−2, … (up to `keep`, nearest first), each
+        None where it was not kept."""
+        saved = {}
+        try:
+            with np.load(self.folder / RESUME) as stored:
+                saved = dict(zip(stored["indices"].tolist(), np.array(stored["pixels"])))
+        except (OSError, ValueError, KeyError):
+            pass
+        wanted = range(first - 1, max(-1, first - 1 - self.keep), -1)
+        recent = [(i, saved.get(i)) for i in wanted]
+        self._recent = [(i, p) for i, p in recent if p is not None]
+        return [p for _, p in recent]
+
+    def remember(self, index, pixels):
+        """Pixels of a finished frame recovered elsewhere (its PNG), kept for the next writes."""
+        self._recent = sorted(self._recent + [(index, pixels)], key=lambda entry: -entry[0])
+
+    def finish(self):
+        """The clip is done: the resume state is no longer needed."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / RESUME).unlink()
+
+    def frames(self):
+        return [images.load_image(self.path(i)) for i in range(self.count)]
+
+
+def _npz_bytes(**arrays):
+    import io
+    stream = io.BytesIO()
+    np.savez(stream, **arrays)
+    return stream.getvalue()
+
+
+def _write_atomic(path, data):
+    temporary = _hidden_beside(path)
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def even_size(width, height):
+    """H.264 in yuv420p needs even sides: round down (never below 2)."""
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def encode_video(output_path, frames, fps, size, audio_source=None, start=0.0, end=None):
+    """Encode RGB frames (each resized to size = (width, height)) as H.264, atomically.
+
+    With `audio_source`, its first audio stream's packets in [start, end) are copied in, shifted
+    to start at 0 (no re-encoding). An audio stream the container cannot hold is left out with
+    a warning rather than failing the video.
+    """
+    av = require_av()
+    width, height = even_size(*size)
+    extension = os.path.splitext(output_path)[1].lower()
+    temporary = _hidden_beside(output_path, extension)
+    try:
+        with contextlib.ExitStack() as stack:
+            container = stack.enter_context(av.open(temporary, "w"))
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            stream = container.add_stream(codec, rate=Fraction(fps))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": "18"}
+            audio_in = audio_out = None
+            if audio_source is not None:
+                source = stack.enter_context(av.open(audio_source))
+                if source.streams.audio:
+                    audio_in = source.streams.audio[0]
+                    audio_out = container.add_stream_from_template(audio_in)
+            for index, rgb in enumerate(frames):
+                if rgb.shape[:2] != (height, width):
+                    rgb = images.resize_to(rgb, height, width)
+                frame = av.VideoFrame.from_ndarray(
+                    (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), format="rgb24")
+                frame.pts, frame.time_base = index, 1 / Fraction(fps)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+            if audio_in is not None:
+                _copy_audio(source, audio_in, audio_out, container, start, end)
+        os.replace(temporary, output_path)
+    except (av.FFmpegError, OSError) as error:
+        if audio_source is not None and isinstance(error, av.FFmpegError):
+            # Most likely an audio codec this container cannot hold: keep the video at least.
+            print(f"warning: {output_path}: the audio of {audio_source} could not be copied "
+                  f"({_reason(error)}); writing the video without it", file=sys.stderr)
+            return encode_video(output_path, frames, fps, size)
+        raise UserInputError(f"{output_path}: cannot write the video ({_reason(error)})") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _copy_audio(source, audio_in, audio_out, container, start, end):
+    offset = int(round(start / audio_in.time_base))
+    for packet in source.demux(audio_in):
+        if packet.pts is None or packet.size == 0:
+            continue
+        seconds = float(packet.pts * audio_in.time_base)
+        if seconds < start - 1e-6 or (end is not None and seconds >= end):
+            continue
+        packet.pts -= offset
+        packet.dts = None if packet.dts is None else packet.dts - offset
+        packet.stream = audio_out
+        container.mux(packet)

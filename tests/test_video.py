@@ -1,0 +1,367 @@
+"""Videos: optical flow and warping, temporal consistency, one compile per clip, resume, bad input, I/O.
+
+Clips are synthetic (a smooth random texture translating a few pixels per frame, made with PyAV or
+as PNG folders) and tiny; the network stops at block 2 (tests/test_batch.py's CHEAP settings).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+pytest.importorskip("cv2")
+
+from nst_jax import flow, video_io  # noqa: E402
+from nst_jax.images import load_image, save_image  # noqa: E402
+from nst_jax.presets import preset  # noqa: E402
+from nst_jax.timings import CompileCounter  # noqa: E402
+from nst_jax.video import VideoSettings, main, output_warping_error, stylize_frames  # noqa: E402
+from weights_tools.synthetic import synthetic_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=48,
+             init="noise", init_noise_std=0.1)
+CHEAP_FLAGS = ["--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1", "--image-size", "48",
+               "--optimizer", "adam", "--learning-rate", "8", "--num-steps", "12", "--frame-steps", "6",
+               "--print-every", "0", "--no-compile-cache"]
+
+
+def texture(height, width, dx=0.0, dy=0.0, seed=0):
+    """A smooth random RGB texture in [0, 1], shifted by (dx, dy) px: a sum of plane waves, so a
+    sub-pixel shift is exact (no resampling)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    xs, ys = xs - dx, ys - dy
+    image = np.zeros((height, width, 3))
+    for _ in range(24):
+        frequency = rng.uniform(0.05, 0.35, 2) * rng.choice([-1, 1], 2)
+        phases, amplitudes = rng.uniform(0, 2 * np.pi, 3), rng.uniform(0.2, 1, 3)
+        for channel in range(3):
+            image[..., channel] += amplitudes[channel] * np.sin(
+                frequency[0] * xs + frequency[1] * ys + phases[channel])
+    return ((image + 12) / 24).clip(0, 1).astype(np.float32)
+
+
+def translating(count, height=48, width=48, step=(2.0, 1.0)):
+    return [texture(height, width, step[0] * i, step[1] * i) for i in range(count)]
+
+
+def write_mp4(path, frames, fps=10, audio=False):
+    """An H.264 clip of `frames`, with a mono AAC tone as long as the video when `audio`."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        if audio:
+            sound = container.add_stream("aac", rate=44100)
+            sound.layout = "mono"
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray((rgb * 255 + 0.5).astype(np.uint8), format="rgb24")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if audio:
+            samples = int(44100 * len(frames) / fps)
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 44100)).astype(np.float32)[None]
+            for offset in range(0, samples, 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, offset:offset + 1024]),
+                                                   format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 44100, offset
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+
+
+def write_folder(folder, frames):
+    folder.mkdir()
+    for index, rgb in enumerate(frames):
+        save_image(folder / f"f{index:03d}.png", rgb)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
+
+
+@pytest.fixture(scope="module")
+def style_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    save_image(path, texture(64, 64, seed=3))
+    return path
+
+
+# --- flow -------------------------------------------------------------------------------------
+
+def test_flow_warp_and_mask_on_a_known_translation():
+    shift = np.array([2.5, -1.0])  # content moves right 2.5 px and up 1 px
+    first, second = texture(96, 128), texture(96, 128, *shift)
+    motion = flow.motion(first, second)
+    inner = (slice(8, -8), slice(8, -8))
+    # second(p) = first(p − shift): the flow back from the second frame is −shift everywhere.
+    error = np.linalg.norm(motion.backward[inner] + shift, axis=-1).mean()
+    print(f"\nDIS end-point error on a (2.5, -1.0) px shift, 8 px from the borders: {error:.4f} px")
+    assert error < 0.2
+    forward = flow.frame_flow(first, second)
+    assert np.linalg.norm(forward[inner] - shift, axis=-1).mean() < 0.2
+    # Warping the first frame along the backward flow gives the second; warping the second
+    # along the forward flow gives back the first.
+    np.testing.assert_allclose(flow.warp(first, motion.backward)[inner], second[inner], atol=0.03)
+    np.testing.assert_allclose(flow.warp(second, forward)[inner], first[inner], atol=0.03)
+    assert np.abs(flow.warp(first, motion.backward) - second)[inner].mean() < 0.005
+    # The disoccluded strips (3 columns on the left, 1 row at the bottom entered the frame) are
+    # masked out; the inside is trusted.
+    assert (motion.mask[:, :2] == 0).all() and (motion.mask[-1:, :] == 0).all()
+    assert (motion.mask[inner] == 1).all()
+    assert not motion.inside[:, :2].any() and motion.inside[inner].all()
+
+
+def test_consistency_mask_marks_an_occluding_object():
+    """A square moving over a still background: what it uncovers is inconsistent or a boundary."""
+    background = texture(64, 64, seed=1)
+    square = texture(64, 64, seed=2)
+    first, second = background.copy(), background.copy()
+    first[20:36, 16:32] = square[20:36, 16:32]
+    second[20:36, 22:38] = square[20:36, 16:32]  # moved 6 px right: columns 16–21 uncovered
+    motion = flow.motion(first, second)
+    assert motion.mask[24:32, 17:21].mean() < 0.5  # the uncovered background is not trusted
+    assert motion.mask[4:12, 44:60].mean() == 1  # still background far away is
+
+
+# --- the temporal loss and the compiled loop ---------------------------------------------------
+
+def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compile(params, monkeypatch):
+    import threading
+    frames = translating(5)
+    style = texture(64, 64, seed=3)
+    motions = [None] + [flow.motion(frames[i - 1], frames[i]) for i in range(1, len(frames))]
+    settings = preset("neural-style").replace(optimizer="adam", learning_rate=8.0, num_steps=40,
+                                              print_every=0, **CHEAP)
+
+    def run(video):
+        outputs = []
+        stylize_frames(frames, [style], settings, video, params, "caffe",
+                       on_frame=lambda result: outputs.append(result.image))
+        return outputs
+
+    flow_threads = []
+
+    def recording_motion(*args):
+        flow_threads.append(threading.current_thread())
+        return motion(*args)
+
+    motion = flow.motion
+    monkeypatch.setattr(flow, "motion", recording_motion)
+    with CompileCounter() as compiled:
+        temporal = run(VideoSettings(temporal_weight=1e3, frame_steps=20))
+    monkeypatch.undo()
+    # Each pair's flow once, on the background thread (it runs while the frame before optimizes).
+    assert len(flow_threads) == 4 and threading.main_thread() not in flow_threads
+    with CompileCounter() as compiled_long:  # 3 earlier frames stacked: other shapes, one compile
+        long_term = run(VideoSettings(temporal_weight=1e3, frame_steps=20, long_term=3))
+    # Same steps per frame, no temporal loss, each frame from its own start.
+    independent = run(VideoSettings(temporal_weight=0.0, frame_steps=20, frame_init="independent"))
+    warped_only = run(VideoSettings(temporal_weight=0.0, frame_steps=20))
+    errors = [output_warping_error(outputs, motions)
+              for outputs in (temporal, independent, warped_only, long_term)]
+    print(f"\nwarping error between consecutive output frames (mean squared, RGB in [0, 1], outside "
+          f"occlusions): temporal loss 1e3 {errors[0]:.3g}, independent frames {errors[1]:.3g} "
+          f"({errors[1] / errors[0]:.1f}x), warped start without the loss {errors[2]:.3g}, "
+          f"long-term K=3 {errors[3]:.3g}")
+    assert errors[0] * 3 <= errors[1]
+    assert errors[0] < errors[2]
+    assert errors[3] * 3 <= errors[1]
+    assert compiled.programs.count("jit(chunk)") == 1, compiled.programs  # 5 frames, one compile
+    assert compiled_long.programs.count("jit(chunk)") == 1, compiled_long.programs
+
+
+def test_long_term_weights_go_to_the_nearest_frame_that_saw_a_pixel():
+    near, middle, far = (np.array([1.0, 0.0, 0.0, 1.0]), np.array([1.0, 1.0, 0.0, 0.0]),
+                         np.array([1.0, 1.0, 1.0, 0.0]))
+    weights = flow.long_term_masks([near, middle, far])
+    np.testing.assert_array_equal(np.stack(weights), [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
+
+
+def test_luminance_transfer_with_long_term_frames(params):
+    """One-channel pixels (--original-colors luminance) through the warps and stacked targets."""
+    frames = translating(4, 32, 40)
+    settings = preset("neural-style").replace(optimizer="adam", learning_rate=4.0, num_steps=6,
+                                              original_colors="luminance", print_every=0,
+                                              **{**CHEAP, "image_size": 40})
+    results = []
+    stylize_frames(frames, [texture(40, 40, seed=4)], settings,
+                   VideoSettings(frame_steps=3, long_term=2), params, "caffe", on_frame=results.append)
+    assert [r.image.shape for r in results] == [(32, 40, 3)] * 4
+    assert [r.pixels.shape for r in results] == [(32, 40, 1)] * 4
+    assert results[0].temporal == 0 and all(np.isfinite(r.temporal) for r in results)
+
+
+def test_objective_without_a_temporal_target_is_unchanged(params):
+    from nst_jax.objective import Objective, loss_terms, loss_weights
+    from nst_jax.stages import compute_targets
+    settings = preset("neural-style").replace(**CHEAP)
+    objective = Objective.from_settings(settings, "caffe")
+    pixels = jnp.asarray(texture(32, 32) * 255)
+    targets = compute_targets(objective, params, pixels * 0.9, [pixels])
+    weights = loss_weights(5.0, 100.0, 1e-3)
+    plain = loss_terms(objective, params, pixels, targets, weights)
+    previous = pixels + 2.0
+    mask = jnp.ones((32, 32)).at[:, :16].set(0)
+    with_term = loss_terms(objective, params, pixels, {**targets, "temporal": {"previous": previous, "mask": mask}},
+                           {**weights, "temporal": np.float32(3.0)})
+    assert set(with_term) == set(plain)
+    # (1/D) Σ c·(x − ω)²: half the pixels differ by 2, so 3 · 4 / 2.
+    np.testing.assert_allclose(with_term["total"] - plain["total"], 3.0 * 4.0 / 2, rtol=1e-3)
+
+
+# --- the command: resume, bad input, video files ----------------------------------------------
+
+def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, style_path,
+                                                                   synthetic_params_path, capsys):
+    clip = write_folder(tmp_path / "clip", translating(5))
+    # Two earlier frames in the loss: the resumed run needs both frames' pixels back.
+    common = [clip, style_path, "--weights", synthetic_params_path, *CHEAP_FLAGS, "--long-term", "2"]
+    assert main([*common, "-o", tmp_path / "whole"]) == 0
+
+    def stop_after_second(result):
+        if result.index == 1:
+            raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    assert main([*common, "-o", resumed], on_frame=stop_after_second) == 130
+    assert sorted(p.name for p in resumed.glob("*.png")) == ["frame_00001.png", "frame_00002.png"]
+    capsys.readouterr()
+    assert main([*common, "-o", resumed]) == 0
+    assert "resuming: 2 of 5 frames" in capsys.readouterr().err
+    names = sorted(p.name for p in resumed.glob("*.png"))
+    assert names == [f"frame_{i:05d}.png" for i in range(1, 6)]
+    assert json.loads((resumed / video_io.MANIFEST).read_text())["video"]["long_term"] == 2
+    assert not (resumed / video_io.RESUME).exists()  # only needed while frames are missing
+    for name in names:
+        np.testing.assert_allclose(load_image(resumed / name), load_image(tmp_path / "whole" / name),
+                                   atol=1.5 / 255)
+    # Other settings do not continue someone else's frames.
+    assert main([*common, "-o", resumed, "--style-weight", "7"]) == 2
+    assert "other settings (settings.style_weight)" in capsys.readouterr().err
+
+
+def test_mp4_round_trip_keeps_frames_fps_size_and_audio(tmp_path, style_path, synthetic_params_path):
+    source = tmp_path / "in.mp4"
+    write_mp4(source, translating(5, 48, 64), fps=12, audio=True)
+    output = tmp_path / "out.mp4"
+    assert main([source, style_path, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS]) == 0
+    with av.open(str(output)) as container:
+        stream = container.streams.video[0]
+        assert (stream.average_rate, stream.width, stream.height) == (12, 64, 48)
+        assert len(container.streams.audio) == 1
+        assert sum(1 for _ in container.decode(video=0)) == 5
+    assert not (tmp_path / "out_frames").exists()  # encoded: the working frames are gone
+    assert not list(tmp_path.glob(".*tmp*"))
+
+    # --start/--duration/--every select frames; the rate follows --every; no audio in, none out.
+    write_mp4(source, translating(8, 48, 64), fps=10, audio=False)
+    assert main([source, style_path, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS,
+                 "--start", "0.2", "--duration", "0.6", "--every", "2"]) == 0
+    with av.open(str(output)) as container:
+        assert container.streams.video[0].average_rate == 5 and not container.streams.audio
+        assert sum(1 for _ in container.decode(video=0)) == 3  # frames 2, 4, 6 of 0..7
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style_path, capsys):
+    good = tmp_path / "good.mp4"
+    write_mp4(good, translating(3), fps=10)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"this is not a video" * 50)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    audio_only = tmp_path / "audio.m4a"
+    with av.open(str(audio_only), "w", format="mp4") as container:
+        sound = container.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 44100, 0
+        for packet in [*sound.encode(frame), *sound.encode()]:
+            container.mux(packet)
+    (tmp_path / "no_frames").mkdir()
+    out = tmp_path / "out.mp4"
+    cases = [
+        ([tmp_path / "missing.mp4"], "missing.mp4: no such file"),
+        ([garbage], "garbage.mp4: not a readable video"),
+        ([empty], "empty.mp4: not a readable video"),
+        ([audio_only], "audio.m4a: has no video stream"),
+        ([tmp_path / "no_frames"], "no_frames: a folder with no image frames"),
+        ([good, "--start", "5"], "--start: "),
+        ([good, "--start", "-1"], "--start: must be >= 0"),
+        ([good, "--every", "0"], "--every: must be"),
+        ([good, "--batch"], "--batch: not available for videos"),
+        ([good, "--temporal-wieght", "1"], "--temporal-wieght: unknown flag (did you mean --temporal-weight?)"),
+    ]
+    for arguments, expected in cases:
+        assert main([arguments[0], style_path, "-o", out, *arguments[1:], "--no-compile-cache"]) == 2
+        line = _error_line(capsys)
+        assert expected in line, line
+    assert main([good, style_path, "-o", tmp_path / "nowhere" / "out.mp4"]) == 2
+    assert "does not exist" in _error_line(capsys)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main([good, style_path, "-o", notes]) == 2  # neither a video name nor a folder
+    assert "notes.txt: exists and is not a folder" in _error_line(capsys)
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    assert main([good, tmp_path / "missing_style.png", "-o", out]) == 2
+    assert "missing_style.png" in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["good.mp4", "garbage.mp4", "empty.mp4", "audio.m4a", "no_frames"])
+
+
+def test_a_bad_video_is_one_stderr_line_from_a_real_process(tmp_path):
+    garbage = tmp_path / "clip.mp4"
+    garbage.write_bytes(b"\0" * 1000)
+    process = subprocess.run([sys.executable, "-m", "nst_jax.video", str(garbage), str(garbage),
+                              "-o", str(tmp_path / "out.mp4")], capture_output=True, text=True,
+                             cwd=ROOT, timeout=120)
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [
+        process.stderr.strip()] and process.stderr.startswith(f"error: {garbage}: not a readable video")
+
+
+def test_ctrl_c_in_a_real_process_keeps_finished_frames_and_the_rerun_completes(
+        tmp_path, style_path, synthetic_params_path):
+    import os
+    import signal
+    import time
+    clip = write_folder(tmp_path / "clip", translating(3))
+    output = tmp_path / "out"
+    # Later frames take long enough (seconds) for the signal to land inside one.
+    command = [sys.executable, "-m", "nst_jax.video", str(clip), str(style_path), "-o", str(output),
+               "--weights", str(synthetic_params_path), *CHEAP_FLAGS, "--frame-steps", "300"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (output / "frame_00001.png").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    kept = sorted(p.name for p in output.glob("frame_*.png"))
+    assert kept and len(kept) < 3, err
+    assert f"interrupted: {len(kept)} of 3 frames" in err
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming: {len(kept)} of 3 frames" in rerun.stderr
+    assert len(list(output.glob("frame_*.png"))) == 3
