@@ -36,6 +36,8 @@ CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
+# These two readers repeat nst_jax.timings' on purpose: importing nst_jax would import JAX and
+# put its start-up into PyTorch's timing.
 def _process_age():
     try:
         start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])

@@ -217,3 +217,31 @@ def test_conv3x3_same_gradients_equal_jax_autodiff_of_the_convolution(in_channel
     for got, expected in zip(jax.jit(our_vjp)(cotangent), their_vjp(cotangent)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5,
                                    atol=1e-5 * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 9, 4)])  # even, and odd (last row/column dropped)
+def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_gives_it(shape):
+    """Integer-valued input: most windows hold ties. Forward equals flax's nn.max_pool; the
+    gradient equals torch's max_pool2d backward (and XLA's select-and-scatter) elementwise."""
+    import flax.linen as nn
+    import torch
+
+    from nst_jax.vgg import max_pool_2x2
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    cotangent = rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32)
+    ours, vjp = jax.vjp(max_pool_2x2, jax.numpy.asarray(x))
+    flax_pooled, flax_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2), padding="VALID"),
+                                    jax.numpy.asarray(x))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(flax_pooled))
+    (gradient,) = jax.jit(vjp)(jax.numpy.asarray(cotangent))
+    np.testing.assert_array_equal(np.asarray(gradient), np.asarray(flax_vjp(jax.numpy.asarray(cotangent))[0]))
+
+    reference = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+    torch.nn.functional.max_pool2d(reference, 2).backward(torch.from_numpy(cotangent).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(gradient), reference.grad.permute(0, 2, 3, 1).numpy())
+    # The check can fail: sharing tied gradients (jnp.max's own rule) differs on this input.
+    shared = jax.vjp(lambda v: v[:, : shape[1] // 2 * 2, : shape[2] // 2 * 2].reshape(
+        shape[0], shape[1] // 2, 2, shape[2] // 2, 2, shape[3]).max(axis=(2, 4)), jax.numpy.asarray(x))[1]
+    assert not np.array_equal(np.asarray(shared(jax.numpy.asarray(cotangent))[0]), np.asarray(gradient))
