@@ -272,3 +272,28 @@ def test_cli_shard_flag_lbfgs_auto_and_the_estimate_table(capsys, monkeypatch):
     assert printed[1].split() == ["remat", "storage", "lbfgs", "memory", "per", "device"]
     assert len(printed) == 2 + 2 * 2 * 3  # remat × storage × memories 100, 20 (asked), 5
     assert any(line.startswith("blocks  bfloat16  5 ") and "fits" in line for line in printed)
+
+
+CLI_SCRIPT = textwrap.dedent("""
+    import sys
+    from nst_jax.run import main
+    images, weights, out = sys.argv[1:4]
+    common = [images + "/tubingen.jpg", images + "/starry_night.jpg", "--weights", weights,
+              "--image-size", "32", "--num-steps", "2", "--optimizer", "adam",
+              "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1"]
+    assert main(common + ["--devices", "4", "--estimate-memory"]) == 0
+    # One output on four devices and no --shard: the image is split, and written as OUT.
+    sys.exit(main(common + ["--devices", "4", "--remat", "auto", "-o", out]))
+""")
+
+
+def test_cli_devices_without_shard_splits_a_single_image(synthetic_params_path, tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    output = tmp_path / "out.png"
+    completed = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(IMAGES), str(synthetic_params_path),
+                                str(output)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "on 4 device(s) (1 per device, each image split by rows)" in completed.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    from nst_jax.images import read_png_metadata
+    assert read_png_metadata(output)["settings"]["remat"] == "none"  # auto, resolved: it fits
