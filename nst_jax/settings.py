@@ -126,7 +126,8 @@ class Settings:
     pooling: str = "max"
     compute_dtype: str = "float32"
     # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
-    # more forward pass per step); "auto": blocks only when the run would not fit otherwise.
+    # more forward pass per step, on accelerators: XLA CPU folds it back); "auto": blocks only
+    # when the run would not fit otherwise.
     remat: str = "none"
 
     # Loss: total = content_weight * Σ_l w_l C_l + style_weight * Σ_l w_l E_l + tv_weight * TV.
