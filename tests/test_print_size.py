@@ -23,8 +23,9 @@ from weights_tools.synthetic import synthetic_params
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"
-# Block-2 layers keep compile and step time small (as tests/test_batch.py).
-CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=40,
+# Block-2 layers keep compile and step time small (as tests/test_batch.py). 36 px, not 40: no
+# program of test_batch's is compiled here first (it checks that its first run compiles).
+CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=36,
              init="noise", init_noise_std=0.1)
 
 
@@ -186,7 +187,7 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
 
 # Final loss of a 20-step run with bfloat16 history against float32 (measured: see README,
 # "Print-size images"), relative.
-STORAGE_TOLERANCE = 5e-3  # measured: 1.5e-3 (Adam), 7.4e-4 (L-BFGS, memory 100)
+STORAGE_TOLERANCE = 5e-3  # measured: 0.8e-3 (Adam), 2.3e-3 (L-BFGS, memory 100, from the content)
 
 
 def test_bfloat16_storage_keeps_the_history_in_bfloat16():
@@ -205,6 +206,8 @@ def test_bfloat16_storage_keeps_the_history_in_bfloat16():
 def test_bfloat16_storage_ends_near_float32(optimizer, params, photos):
     content, style = photos
     settings = preset("neural-style").replace(optimizer=optimizer, num_steps=20, learning_rate=8.0, **CHEAP)
+    if optimizer == "lbfgs":  # from noise, the fixed step overshoots now and then (loss ×2-40)
+        settings = settings.replace(init="content")
     full = stylize(content, [style], settings, params, "caffe")
     half = stylize(content, [style], settings.replace(storage_dtype="bfloat16"), params, "caffe")
     relative = abs(half.loss - full.loss) / full.loss
