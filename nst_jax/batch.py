@@ -17,7 +17,10 @@ matrices, which are C×C whatever the painting's size, so each style is measured
 
 With several devices the batch axis is sharded over a 1-D `jax.sharding.Mesh` ("batch"); params
 and content targets are replicated. A batch that does not divide evenly is padded with copies of
-its last member, whose outputs are dropped.
+its last member, whose outputs are dropped. On a mesh whose axis is "rows" (`image_mesh`) each
+image is split by rows instead: the pixels and the optimizer state shaped like them are sharded,
+params and targets replicated, and XLA's SPMD partitioner adds the convolutions' halo exchanges
+and the Gram matrices' all-reduces (one image too large for one device's memory).
 """
 
 import dataclasses
@@ -33,7 +36,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax import images
 from nst_jax.layers import CONV_LAYERS, deepest_conv
 from nst_jax.objective import Objective, loss_weights
-from nst_jax.optimize import OptimizerSpec, chunk_program, run_loop, state_program, to_host
+from nst_jax.optimize import (OptimizerSpec, chunk_program, row_shardings, run_loop, state_program,
+                               to_host)
 from nst_jax.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
 from nst_jax.vgg import with_adjoint_kernels
 
@@ -146,6 +150,17 @@ def batch_mesh(num_devices=None):
     return Mesh(np.array(devices), ("batch",))
 
 
+def image_mesh(num_devices=None):
+    """A 1-D mesh named "rows" over the first `num_devices` visible devices (default: all): each
+    image is split by rows over them (one large image on several devices)."""
+    return Mesh(batch_mesh(num_devices).devices, ("rows",))
+
+
+def splits_rows(mesh):
+    """Whether `mesh` splits images by rows (an `image_mesh`) rather than the batch by member."""
+    return mesh is not None and tuple(mesh.axis_names) == ("rows",)
+
+
 # With `should_stop`, a chunk runs in pieces of about this many seconds, checking it between them.
 PIECE_SECONDS = 0.5
 
@@ -162,7 +177,8 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
       params: VGG-19 params as loaded by nst_jax.load_params; convention: their preprocessing.
       members: from `make_members`.
       init_image: RGB array for settings.init == "image".
-      mesh: a "batch" Mesh to shard over (see `batch_mesh`); None: the default device.
+      mesh: a "batch" Mesh to split the members over (see `batch_mesh`), a "rows" Mesh to split
+        each image by rows over (`image_mesh`), or None: the default device.
       on_visit: called with a `Visit` at every host visit (Ctrl-C may be raised from it: the run
         then stops and returns the last finished images, interrupted=True).
       intervals: step intervals at which to visit the host (progress, saves, Ctrl-C checks).
@@ -177,6 +193,12 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
     if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
         raise ValueError(f"{len(settings.style_blend_weights)} style blend weights for "
                          f"{len(styles)} style images")
+    if settings.remat == "auto":
+        from nst_jax.memory import resolve_remat
+        settings = resolve_remat(settings, content.shape[:2], [style.shape[:2] for style in styles],
+                                 len(members), mesh.size if mesh is not None else 1,
+                                 "image" if splits_rows(mesh) else "batch",
+                                 mesh.devices.flat[0] if mesh is not None else None)
     objective = Objective.from_settings(settings, convention)
     params = prepare_params(params, objective)
     total_steps = settings.num_steps * settings.scales
@@ -259,8 +281,9 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
     member_grams = [grams[m.style_index] if m.style_index is not None else blended for m in members]
 
     count = len(members)
-    batched = count > 1 or mesh is not None
-    padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if mesh is not None else 0)
+    rows = splits_rows(mesh)
+    batched = count > 1 or (mesh is not None and not rows)
+    padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if mesh is not None and not rows else 0)
     member_weights = [loss_weights(members[i].content_weight, members[i].style_weight,
                                    members[i].tv_weight) for i in padded]
     start_pixels = [initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
@@ -273,7 +296,15 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
         (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
     weights = jax.device_put(weights)
     opt_state = state_program(spec, batched)(pixels)
-    if mesh is not None:  # members split over the devices; params and content targets on each
+    if rows:  # each image split by rows; params, targets and weights on every device
+        replicated = NamedSharding(mesh, PartitionSpec())
+        pixels, opt_state = jax.device_put(
+            (pixels, opt_state), row_shardings((pixels, opt_state), mesh, content_pixels.shape))
+        params, content_targets, style_targets, weights = jax.device_put(
+            (params, content_targets, style_targets, weights), replicated)
+        # The targets above ran on one device with the plain objective; the loop's splits rows.
+        objective = dataclasses.replace(objective, rows=mesh)
+    elif mesh is not None:  # members split over the devices; params and content targets on each
         sharded, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
         pixels, opt_state, style_targets, weights = jax.device_put(
             (pixels, opt_state, style_targets, weights), sharded)

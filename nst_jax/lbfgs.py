@@ -41,18 +41,22 @@ def _dot(a, b):
     return jnp.vdot(a, b).real
 
 
-def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100) -> optax.GradientTransformation:
+def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
+                     storage_dtype=None) -> optax.GradientTransformation:
     """torch.optim.LBFGS without a line search, as an optax transformation of one array.
 
     `update(gradient, state, params)` returns the step t·d to add to the image (optax's sign
     convention: `optax.apply_updates(x, updates)`); one gradient evaluation per iteration.
+    `storage_dtype` (e.g. bfloat16) stores the (s, y) ring buffers, the 2·memory image-sized
+    arrays, in that dtype; they are read back into the gradient's dtype, and every dot product,
+    curvature and the last pair (previous step and gradient) stay in full precision.
     """
     if memory_size < 1:
         raise ValueError(f"memory_size must be at least 1, got {memory_size}")
 
     def init(params):
         zeros = jnp.zeros_like(params)
-        history = jnp.zeros((memory_size,) + params.shape, params.dtype)
+        history = jnp.zeros((memory_size,) + params.shape, storage_dtype or params.dtype)
         return FixedStepLBFGSState(
             iteration=jnp.zeros((), jnp.int32), previous_gradient=zeros, previous_step=zeros,
             steps=history, gradient_changes=jnp.zeros_like(history),
@@ -69,9 +73,11 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100) -> opta
         # A kept pair goes into the slot after the newest (the oldest once full); a skipped one
         # rewrites that slot with what it holds, so nothing else changes and nothing is copied.
         slot = (state.newest + 1) % memory_size
-        steps = state.steps.at[slot].set(jnp.where(keep, state.previous_step, state.steps[slot]))
+        stored = state.steps.dtype
+        steps = state.steps.at[slot].set(
+            jnp.where(keep, state.previous_step.astype(stored), state.steps[slot]))
         changes = state.gradient_changes.at[slot].set(
-            jnp.where(keep, change, state.gradient_changes[slot]))
+            jnp.where(keep, change.astype(stored), state.gradient_changes[slot]))
         inverse_curvatures = state.inverse_curvatures.at[slot].set(
             jnp.where(keep, 1.0 / jnp.where(keep, curvature, 1.0), state.inverse_curvatures[slot]))
         newest = jnp.where(keep, slot, state.newest)
@@ -86,8 +92,8 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100) -> opta
         def backward(k, carry):
             q, alphas = carry
             i = slot_of(k)
-            alpha = inverse_curvatures[i] * _dot(steps[i], q)
-            return q - alpha * changes[i], alphas.at[i].set(alpha)
+            alpha = inverse_curvatures[i] * _dot(steps[i].astype(q.dtype), q)
+            return q - alpha * changes[i].astype(q.dtype), alphas.at[i].set(alpha)
 
         q, alphas = jax.lax.fori_loop(0, kept, backward,
                                       (-gradient, jnp.zeros((memory_size,), gradient.dtype)))
@@ -95,8 +101,8 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100) -> opta
 
         def forward(k, r):
             i = slot_of(kept - 1 - k)
-            beta = inverse_curvatures[i] * _dot(changes[i], r)
-            return r + (alphas[i] - beta) * steps[i]
+            beta = inverse_curvatures[i] * _dot(changes[i].astype(r.dtype), r)
+            return r + (alphas[i] - beta) * steps[i].astype(r.dtype)
 
         direction = jax.lax.fori_loop(0, kept, forward, r)
         first_step = jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(gradient)))

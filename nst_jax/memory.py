@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax.errors import UserInputError
-from nst_jax.layers import BLOCK_CHANNELS, CONV_LAYERS, conv_shape, deepest_conv
+from nst_jax.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
 from nst_jax.objective import Objective, content_targets
-from nst_jax.optimize import OptimizerSpec, chunk_program, make_optimizer
+from nst_jax.optimize import OptimizerSpec, chunk_program, make_optimizer, row_shardings
 from nst_jax.vgg import ADJOINT
 
 
@@ -33,13 +33,15 @@ class MemoryEstimate:
         return self.arguments + self.temporaries + self.outputs_not_aliased
 
 
-def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=1, batched=None):
+def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=1, batched=None,
+                        rows=None):
     """(objective, spec, args): the chunk's arguments as jax.ShapeDtypeStructs, as the engine
     ships them (kernel, bias and the prepared adjoint kernel of each layer it runs), for
     `chunk_program(objective, spec, batched).lower(*args)`: nothing is allocated.
 
     `batched` (default: batch_size > 1) says whether the run uses the vmapped chunk, as sharded
-    runs do even for one member per device.
+    runs do even for one member per device. `rows`: a "rows" mesh (batch.image_mesh) to split
+    the image over, as the engine does; XLA's analysis is then per device.
     """
     if batched is None:
         batched = batch_size > 1
@@ -62,20 +64,29 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
     weights = {key: jax.ShapeDtypeStruct(members, jnp.float32) for key in ("content", "style", "tv")}
     args = (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params,
             {"content": content, "style": grams}, weights)
+    if rows is not None:  # placed as the engine places them (optimize.row_shardings)
+        shardings = row_shardings(args, rows, (height, width, channels))
+        args = jax.tree_util.tree_map(
+            lambda arg, sharding: jax.ShapeDtypeStruct(arg.shape, arg.dtype, sharding=sharding),
+            args, shardings)
+        objective = dataclasses.replace(objective, rows=rows)
     return objective, spec, args
 
 
-def compiled_chunk(settings, height, width, convention="caffe", batch_size=1, batched=None):
+def compiled_chunk(settings, height, width, convention="caffe", batch_size=1, batched=None, rows=None):
     """The chunk the engine would run for these settings and sizes, compiled (nothing run)."""
     if batched is None:
         batched = batch_size > 1
-    objective, spec, args = abstract_chunk_args(settings, height, width, convention, batch_size, batched)
+    objective, spec, args = abstract_chunk_args(settings, height, width, convention, batch_size,
+                                                batched, rows)
     return chunk_program(objective, spec, batched).lower(*args).compile()
 
 
-def estimate_memory(settings, height, width, convention="caffe", batch_size=1, batched=None):
-    """Estimate the memory of `settings` at an output of height × width for `batch_size` members."""
-    analysis = compiled_chunk(settings, height, width, convention, batch_size, batched).memory_analysis()
+def estimate_memory(settings, height, width, convention="caffe", batch_size=1, batched=None, rows=None):
+    """Estimate the memory of `settings` at an output of height × width for `batch_size` members
+    (per device, with `rows`, a "rows" mesh splitting the image)."""
+    analysis = compiled_chunk(settings, height, width, convention, batch_size, batched,
+                              rows).memory_analysis()
     return MemoryEstimate(analysis.argument_size_in_bytes, analysis.temp_size_in_bytes,
                           max(0, analysis.output_size_in_bytes - analysis.alias_size_in_bytes))
 
@@ -134,12 +145,34 @@ def _layer_floats(height, width, layer):
     return -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[min(block, 5)]
 
 
-def estimate_run(settings, content_shape, style_shapes, members=1, devices=1):
+def remat_saves_memory(backend=None):
+    """Whether XLA keeps jax.checkpoint's recomputation on this backend, so that remat lowers the
+    loop's memory. Not on CPU (jaxlib 0.10.2): its compiler folds the recomputation back (XLA's
+    temporaries with and without remat are the same, tests/test_print_size.py), so there the
+    estimate counts a remat run as a plain one and neither the fit check nor --remat auto
+    proposes it."""
+    return (backend or jax.default_backend()) != "cpu"
+
+
+def _remat_loop_floats(height, width, objective):
+    """Floats the loop keeps with each block under jax.checkpoint: every block's input and the
+    activations the loss reads (and their gradients), plus one block recomputed at a time."""
+    deepest = int(deepest_conv(objective.layers)[4])
+    blocks = [(block, convs) for block, convs in BLOCKS if block <= deepest]
+    inputs = sum(_layer_floats(height, width, f"pool{block - 1}") for block, _ in blocks if block > 1)
+    read = sum(_layer_floats(height, width, layer) for layer in objective.layers)
+    recomputed = max(convs * _layer_floats(height, width, f"conv{block}_1") for block, convs in blocks)
+    return 2 * (inputs + read) + LOOP_ACTIVATIONS * recomputed
+
+
+def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, shard="batch"):
     """Analytic RunEstimate of a run at its largest scale; shapes are (height, width) as read.
 
     Analytic rather than XLA's analysis: that compiles the chunk (seconds to a minute), which
     every run would pay twice; this costs microseconds and tests/test_memory.py checks that it
-    covers XLA's figure.
+    covers XLA's figure. `shard`: "batch" splits the members over the devices, "image" splits
+    each image's rows (the images, their optimizer state and the loop's activations; the targets
+    are computed on one device before the loop).
     """
     from nst_jax.images import long_side_shape
     objective = Objective.from_settings(settings, "caffe")
@@ -148,15 +181,26 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1):
     params = sum(2 * math.prod(conv_shape(layer)) + conv_shape(layer)[-1] for layer in used) * FLOAT_BYTES
     height, width = long_side_shape(*content_shape, settings.image_size)
     channels = 1 if settings.original_colors == "luminance" else 3
-    per_device = -(-members // devices)
-    image = height * width * channels * FLOAT_BYTES
+    rows = shard == "image" and devices > 1
+    per_device = members if rows else -(-members // devices)
+    # Split by rows, a device holds its share of every row-split array (heights the device count
+    # does not divide keep the image and optimizer state whole: see optimize.row_shardings).
+    own_height = -(-height // devices) if rows else height
+    state_height = own_height if not rows or height % devices == 0 else height
+    image = state_height * width * channels * FLOAT_BYTES
     history = 2 * settings.lbfgs_memory if settings.optimizer == "lbfgs" else 0
+    if settings.storage_dtype == "bfloat16" and settings.lbfgs_linesearch == "none":
+        history //= 2  # bfloat16 pairs: half the bytes of float32 ones
     grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
     activations = _activation_floats(height, width, deepest) * FLOAT_BYTES
     zoom = 2 if settings.optimizer == "lbfgs" and settings.lbfgs_linesearch == "zoom" else 1
-    loop = per_device * LOOP_ACTIVATIONS * zoom * activations
+    if objective.remat == "blocks" and remat_saves_memory():
+        loop_floats = _remat_loop_floats(own_height, width, objective)
+    else:
+        loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
+    loop = per_device * zoom * loop_floats * FLOAT_BYTES
     style_side = max(16, round(settings.style_scale * settings.image_size))
     styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
     targets = TARGET_ACTIVATIONS * (activations + max(styles, default=0) * FLOAT_BYTES)
@@ -189,10 +233,43 @@ def _gib(size):
     return f"{size / 2**30:.2f} GiB"
 
 
-def check_fits(settings, content_shape, style_shapes, members=1, devices=1, device=None):
+def resolve_remat(settings, content_shape, style_shapes, members=1, devices=1, shard="batch",
+                  device=None):
+    """`settings` with remat "auto" made "none" when the run fits without it (or the free memory
+    is unknown), else "blocks"; other values unchanged."""
+    if settings.remat != "auto":
+        return settings
+    available = available_bytes(device)
+    plain = settings.replace(remat="none")
+    if available is None or estimate_run(plain, content_shape, style_shapes, members, devices,
+                                         shard).total <= available:
+        return plain
+    return settings.replace(remat="blocks")
+
+
+def largest_lbfgs_memory(settings, content_shape, style_shapes, members=1, devices=1, shard="batch",
+                         device=None, most=100):
+    """The largest L-BFGS memory ≤ `most` with which the run fits (`most` when the free memory
+    is unknown, 1 when nothing fits: the fit check then says what else to change)."""
+    available = available_bytes(device)
+
+    def fits(memory):
+        return estimate_run(settings.replace(lbfgs_memory=memory), content_shape, style_shapes,
+                            members, devices, shard).total <= available
+
+    if available is None or fits(most):
+        return most
+    low, high = 1, most - 1  # the estimate grows with the memory: bisect
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def check_fits(settings, content_shape, style_shapes, members=1, devices=1, device=None, shard="batch"):
     """Raise UserInputError (one line, with flags that would fit) when the run cannot fit."""
     available = available_bytes(device)
-    estimate = estimate_run(settings, content_shape, style_shapes, members, devices)
+    estimate = estimate_run(settings, content_shape, style_shapes, members, devices, shard)
     if available is None or estimate.total <= available:
         return estimate
 
@@ -201,7 +278,7 @@ def check_fits(settings, content_shape, style_shapes, members=1, devices=1, devi
             changed = settings.replace(**changes)
         except ValueError:
             return False
-        return estimate_run(changed, content_shape, style_shapes, members, devices).total <= available
+        return estimate_run(changed, content_shape, style_shapes, members, devices, shard).total <= available
 
     tries = []
     low, high = 16, settings.image_size - 1  # the largest size that fits, by bisection
@@ -220,11 +297,19 @@ def check_fits(settings, content_shape, style_shapes, members=1, devices=1, devi
             tries.append(f"--lbfgs-memory {memories[0]}")
         if fits(optimizer="adam"):
             tries.append("--optimizer adam")
-    if members > devices and jax.device_count() > devices:
+    if settings.remat != "blocks" and fits(remat="blocks"):
+        tries.append("--remat blocks")
+    if shard == "batch" and members > devices and jax.device_count() > devices:
         for more in range(devices + 1, min(members, jax.device_count()) + 1):
             if estimate_run(settings, content_shape, style_shapes, members, more).total <= available:
                 tries.append(f"--devices {more}")
                 break
+    # Split each image by rows over more devices (what lets one print-size image fit).
+    first = devices + 1 if shard == "image" else 2
+    for more in range(first, jax.device_count() + 1):
+        if estimate_run(settings, content_shape, style_shapes, members, more, "image").total <= available:
+            tries.append(f"--devices {more} --shard image")
+            break
     advice = f"; try {' / '.join(tries)}" if tries else "; free some memory"
     raise UserInputError(f"this run needs about {_gib(estimate.total)} per device, {_gib(available)} "
                          f"available{advice}")

@@ -8,11 +8,12 @@ many weight settings at once under jax.vmap.
 """
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import losses
 from nst_jax.layers import LAYER_ORDER, canonical_layer
@@ -39,6 +40,11 @@ class Objective:
     tv_beta: float = 2.5
     pixel_range: float = 255.0
     normalize_gradients: bool = False
+    remat: str = "none"  # "blocks": each VGG block under jax.checkpoint (vgg.features_by_block)
+    # A 1-D mesh with an axis "rows": the network's input is split by rows over it (XLA's SPMD
+    # partitioner adds the convolutions' halo exchanges and the Grams' all-reduces), including
+    # heights the device count does not divide. None: one device, or a batch split by member.
+    rows: Optional[Mesh] = None
 
     @classmethod
     def from_settings(cls, settings, convention):
@@ -51,7 +57,9 @@ class Objective:
             pooling=settings.pooling, compute_dtype=settings.compute_dtype,
             content_loss=settings.content_loss, gram_normalization=settings.gram_normalization,
             style_loss=settings.style_loss, tv_loss=settings.tv_loss, tv_beta=settings.tv_beta,
-            pixel_range=settings.pixel_range, normalize_gradients=settings.normalize_gradients)
+            pixel_range=settings.pixel_range, normalize_gradients=settings.normalize_gradients,
+            # "auto" is resolved before a run (memory.resolve_remat); unresolved it means none.
+            remat="blocks" if settings.remat == "blocks" else "none")
 
     @property
     def layers(self):
@@ -74,8 +82,12 @@ def vgg_features(objective, params, pixels, layers=None):
     if rgb.shape[-1] == 1:  # luminance-only transfer feeds the gray image to all three channels
         rgb = jnp.broadcast_to(rgb, rgb.shape[:-1] + (3,))
     dtype = jnp.bfloat16 if objective.compute_dtype == "bfloat16" else jnp.float32
-    return features(params, preprocess(rgb[None], objective.convention),
-                    layers or objective.layers, pooling=objective.pooling, dtype=dtype)
+    image = preprocess(rgb[None], objective.convention)
+    if objective.rows is not None:
+        image = jax.lax.with_sharding_constraint(
+            image, NamedSharding(objective.rows, PartitionSpec(None, "rows")))
+    return features(params, image, layers or objective.layers, pooling=objective.pooling,
+                    dtype=dtype, remat=objective.remat == "blocks")
 
 
 def content_targets(objective, params, content_pixels):

@@ -43,6 +43,7 @@ class OptimizerSpec:
     lbfgs_memory: int = 100
     lbfgs_linesearch: str = "none"
     lbfgs_linesearch_steps: int = 20
+    storage_dtype: str = "float32"  # fixed-step L-BFGS's history, Adam's and SGD's first moment
 
     @classmethod
     def from_settings(cls, settings):
@@ -66,9 +67,13 @@ def make_optimizer(spec):
     L-BFGS steps with 1 (neural-style's and torch.optim.LBFGS's learning rate) whether or not
     it searches along its direction; --learning-rate is Adam's and SGD's.
     """
+    # None keeps optax's defaults (the parameters' dtype): the float32 program is unchanged.
+    storage = jnp.bfloat16 if spec.storage_dtype == "bfloat16" else None
     if spec.name == "lbfgs":
         if spec.lbfgs_linesearch == "none":
-            return fixed_step_lbfgs(learning_rate=1.0, memory_size=spec.lbfgs_memory)
+            return fixed_step_lbfgs(learning_rate=1.0, memory_size=spec.lbfgs_memory,
+                                    storage_dtype=storage)
+        # optax's L-BFGS has no storage dtype: its zoom line search keeps float32 history.
         return optax.lbfgs(
             memory_size=spec.lbfgs_memory,
             linesearch=optax.scale_by_zoom_linesearch(
@@ -78,8 +83,11 @@ def make_optimizer(spec):
         learning_rate = optax.exponential_decay(
             spec.learning_rate, spec.lr_decay_steps, spec.lr_decay_rate, staircase=True)
     if spec.name == "adam":
-        return optax.adam(learning_rate, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps)
-    return optax.sgd(learning_rate, momentum=spec.sgd_momentum or None)
+        # optax offers a dtype for the first moment only; the second (squared gradients) stays
+        # float32.
+        return optax.adam(learning_rate, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps,
+                          mu_dtype=storage)
+    return optax.sgd(learning_rate, momentum=spec.sgd_momentum or None, accumulator_dtype=storage)
 
 
 def make_chunk(objective, spec):
@@ -179,6 +187,27 @@ def chunk_program(objective, spec, batched):
     if batched:
         chunk = jax.vmap(chunk, in_axes=BATCH_AXES)
     return jit_chunk(chunk)
+
+
+def row_shardings(tree, mesh, image_shape):
+    """NamedShardings for `tree` on a "rows" mesh: every leaf that ends in the image's shape
+    (the image, Adam's moments, L-BFGS's (memory, H, W, C) history) split along the image's
+    rows, everything else replicated.
+
+    jit's arguments must divide evenly: for a height the device count does not divide, every
+    leaf is replicated and only the network inside the loss is split (Objective.rows).
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+    image_shape = tuple(image_shape)
+    even = image_shape[0] % mesh.size == 0
+
+    def sharding(leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        if even and len(shape) >= 3 and shape[-3:] == image_shape:
+            return NamedSharding(mesh, PartitionSpec(*([None] * (len(shape) - 3) + ["rows"])))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map(sharding, tree)
 
 
 def init_state(optimizer, pixels):

@@ -42,6 +42,10 @@ FIELD_HELP = {
     "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
     "pooling": "VGG pooling",
     "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
+    "remat": "recompute each VGG block's activations in the backward pass: less memory for one "
+             "more forward pass per step on accelerators (XLA's CPU compiler folds it back: no "
+             "saving there); auto: only when the run would not fit otherwise",
+    "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
     "content_weight": "α, weight of the content loss",
     "style_weight": "β, weight of the style loss",
     "tv_weight": "γ, weight of the total-variation loss (0: none)",
@@ -58,7 +62,7 @@ FIELD_HELP = {
     "sgd_momentum": "SGD momentum (0: plain SGD)",
     "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
     "lr_decay_steps": "steps between learning-rate decays",
-    "lbfgs_memory": "L-BFGS memory (correction pairs kept)",
+    "lbfgs_memory": "L-BFGS memory (correction pairs kept); auto: the largest up to 100 that fits",
     "lbfgs_linesearch": "L-BFGS step: none = fixed step 1, one evaluation per step (torch.optim.LBFGS, "
                         "neural-style); zoom = optax's zoom line search (scipy-era tools)",
     "lbfgs_linesearch_steps": "most zoom line-search evaluations per L-BFGS step",
@@ -115,6 +119,23 @@ def _number(kind):
     parse.__name__ = kind.__name__
     parse.kind, parse.is_list = kind, False  # lets tests find every numeric flag in the parser
     return parse
+
+
+AUTO = "auto"
+
+
+def _number_or_auto(kind):
+    """argparse type for a number flag that also takes "auto" (resolved once the images are known)."""
+    number = _number(kind)
+
+    def parse(text):
+        return AUTO if text.strip().lower() == AUTO else number(text)
+    parse.__name__, parse.kind, parse.is_list = number.__name__, kind, False
+    return parse
+
+
+# Number flags that also take "auto".
+AUTO_FIELDS = ("lbfgs_memory",)
 
 
 def _comma_list(kind):
@@ -211,6 +232,10 @@ def build_parser():
                        help=f"one output per seed, e.g. 0,1,2,3 (each {RANGES['seed']})")
     batch.add_argument("--devices", type=_number(int), metavar="N",
                        help=f"shard the batch over N devices ({CLI_RANGES['devices']}; default: all visible)")
+    batch.add_argument("--shard", choices=("batch", "image"),
+                       help="split the members over the devices (batch) or each image's rows (image: "
+                            "one image too large for one device); default: image when --devices N "
+                            "exceeds the number of outputs, else batch")
     batch.add_argument("--distributed", action="store_true",
                        help="join a multi-host run with jax.distributed (cluster detected from the "
                             "environment: Slurm, MPI, TPU, JAX_COORDINATOR_ADDRESS); run the same "
@@ -237,7 +262,7 @@ def build_parser():
         elif is_list:
             kwargs["type"] = _comma_list(scalar) if scalar in (int, float) else _names
         elif scalar in (int, float):
-            kwargs["type"] = _number(scalar)
+            kwargs["type"] = (_number_or_auto if field.name in AUTO_FIELDS else _number)(scalar)
         if "choices" not in kwargs and scalar is not bool:
             kwargs["metavar"] = "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE")
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
@@ -250,7 +275,7 @@ def settings_from_args(args):
     changes = {}
     for field in dataclasses.fields(Settings):
         value = getattr(args, field.name)
-        if value is not None:
+        if value is not None and value != AUTO:  # "auto" numbers: see resolve_auto
             changes[field.name] = value
     if "init_image" in changes and "init" not in changes:
         changes["init"] = "image"
@@ -349,29 +374,68 @@ def _displayed_size(path):
     return height, width
 
 
+def run_layout(args, settings, sweeps):
+    """What the fit check needs from the flags, without decoding an image: (content (height,
+    width), style shapes, members, devices, shard)."""
+    import math
+    import jax
+    from nst_jax.stylize import BatchRequest, choose_shard
+    members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
+    devices = args.devices or (jax.device_count() if members > 1 or args.shard else 1)
+    shard = choose_shard(BatchRequest(num_devices=args.devices, shard=args.shard), members, devices)
+    return (_displayed_size(args.content), [_displayed_size(path) for path in args.styles], members,
+            devices, shard)
+
+
+def resolve_auto(args, settings, sweeps):
+    """`settings` with the "auto" number flags (--lbfgs-memory auto) chosen to fit the device."""
+    if getattr(args, "lbfgs_memory", None) == AUTO and settings.optimizer == "lbfgs":
+        from nst_jax.memory import largest_lbfgs_memory
+        try:
+            layout = run_layout(args, settings, sweeps)
+        except Exception:  # unreadable images get their own one-line error when loaded
+            return settings
+        settings = settings.replace(lbfgs_memory=largest_lbfgs_memory(settings, *layout))
+    return settings
+
+
 def memory_report(args, settings, sweeps):
-    """One line: the output size, the members per device, the memory they need and what is free.
+    """The output size, the members per device, the memory they need and what is free (one
+    line), then a table of the total against each memory option (remat, storage, L-BFGS memory).
 
     The same analytic estimate as the fit check every run makes (nst_jax.memory.estimate_run).
     """
     import math
-    import jax
     from nst_jax import images
-    from nst_jax.memory import available_bytes, estimate_run
+    from nst_jax.memory import available_bytes, estimate_run, resolve_remat
     height, width = images.load_image(args.content).shape[:2]
     style_shapes = [images.load_image(path).shape[:2] for path in args.styles]
     out_height, out_width = images.long_side_shape(height, width, settings.image_size)
-    members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
-    devices = args.devices or (jax.device_count() if members > 1 else 1)
-    per_device = math.ceil(members / devices)
-    estimate = estimate_run(settings, (height, width), style_shapes, members, devices)
+    _, _, members, devices, shard = run_layout(args, settings, sweeps)
+    fit = ((height, width), style_shapes, members, devices, shard)
+    settings = resolve_remat(settings, *fit)
+    per_device = members if shard == "image" else math.ceil(members / devices)
+    estimate = estimate_run(settings, *fit)
     available = available_bytes()
     gib = lambda size: f"{size / 2**30:.2f} GiB"  # noqa: E731
-    return (f"{out_height}x{out_width} px, {members} image(s) on {devices} device(s) ({per_device} per "
-            f"device), {settings.optimizer}: about {gib(estimate.total)} per device (params "
+    split = ", each image split by rows" if shard == "image" and devices > 1 else ""
+    lbfgs = settings.optimizer == "lbfgs"
+    line = (f"{out_height}x{out_width} px, {members} image(s) on {devices} device(s) ({per_device} per "
+            f"device{split}), {settings.optimizer}{f' (memory {settings.lbfgs_memory})' if lbfgs else ''}: about {gib(estimate.total)} per device (params "
             f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "
             f"temporaries {gib(estimate.loop)}, content and style passes {gib(estimate.targets)})"
             + (f"; {gib(available)} available" if available is not None else ""))
+    memories = sorted({settings.lbfgs_memory, 100, 20, 5}, reverse=True) if lbfgs else [None]
+    rows = [f"{'remat':<8}{'storage':<10}{'lbfgs memory':<14}per device"]
+    for remat in ("none", "blocks"):
+        for storage in ("float32", "bfloat16"):
+            for memory in memories:
+                changed = settings.replace(remat=remat, storage_dtype=storage,
+                                           lbfgs_memory=memory or settings.lbfgs_memory)
+                total = estimate_run(changed, *fit).total
+                fits = "" if available is None else "  fits" if total <= available else "  too large"
+                rows.append(f"{remat:<8}{storage:<10}{memory or '-'!s:<14}{gib(total)}{fits}")
+    return "\n".join([line] + rows)
 
 
 def _check_report_path(path):
@@ -389,7 +453,7 @@ def main(argv=None):
         if not args.no_compile_cache:
             enable_compile_cache()
         if args.estimate_memory:
-            print(memory_report(args, settings, sweeps))
+            print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
             return 0
         warning = stretch_warning(args.content, settings.init_image) if settings.init == "image" else None
 
@@ -409,12 +473,13 @@ def main(argv=None):
         if distributed:
             from nst_jax.batch import join_cluster
             join_cluster(args.coordinator, args.num_processes, args.process_id)
+        settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
         from nst_jax.stylize import BatchRequest, stylize_files
         batch = None
-        if args.batch or sweeps or args.devices or distributed:
+        if args.batch or sweeps or args.devices or distributed or args.shard:
             batch = BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
                                  content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
-                                 num_devices=args.devices)
+                                 num_devices=args.devices, shard=args.shard)
         outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
                                 batch=batch, timings=timings)
         result = outputs[0][1]

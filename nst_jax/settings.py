@@ -15,6 +15,8 @@ from nst_jax.layers import canonical_layer
 CHOICES = {
     "pooling": ("max", "avg"),
     "compute_dtype": ("float32", "bfloat16"),
+    "remat": ("none", "blocks", "auto"),
+    "storage_dtype": ("float32", "bfloat16"),
     "content_loss": ("half_sum", "sum", "mean"),
     "gram_normalization": ("raw", "hw", "chw"),
     "style_loss": ("gatys", "mse", "sum", "keras_example"),
@@ -123,6 +125,10 @@ class Settings:
     style_layer_weights: Optional[Tuple[float, ...]] = None  # None = 1 each
     pooling: str = "max"
     compute_dtype: str = "float32"
+    # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
+    # more forward pass per step, on accelerators: XLA CPU folds it back); "auto": blocks only
+    # when the run would not fit otherwise.
+    remat: str = "none"
 
     # Loss: total = content_weight * Σ_l w_l C_l + style_weight * Σ_l w_l E_l + tv_weight * TV.
     content_weight: float = 5.0
@@ -151,6 +157,9 @@ class Settings:
     # "zoom": optax's zoom line search (scipy-era tools), up to lbfgs_linesearch_steps evaluations.
     lbfgs_linesearch: str = "none"
     lbfgs_linesearch_steps: int = 20
+    # dtype of the optimizer's image-sized history: fixed-step L-BFGS's (s, y) pairs and
+    # Adam's first moment; arithmetic stays float32.
+    storage_dtype: str = "float32"
 
     # Start image.
     init: str = "noise"

@@ -19,9 +19,9 @@ import jax
 import numpy as np
 
 from nst_jax import images
-from nst_jax.batch import batch_mesh, make_members, stylize_batch
+from nst_jax.batch import batch_mesh, image_mesh, make_members, splits_rows, stylize_batch
 from nst_jax.errors import UserInputError
-from nst_jax.memory import check_fits
+from nst_jax.memory import check_fits, resolve_remat
 from nst_jax.progress import ProgressBar, write_line
 from nst_jax.stages import scale_sizes
 from nst_jax.timings import RunTimings
@@ -32,7 +32,7 @@ PROGRESS_INTERVAL = 10
 
 
 def stylize(content, styles, settings, params, convention, *, init_image=None, on_visit=None,
-            intervals=()):
+            intervals=(), mesh=None):
     """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
 
     Args:
@@ -41,10 +41,11 @@ def stylize(content, styles, settings, params, convention, *, init_image=None, o
       init_image: RGB array for settings.init == "image".
       on_visit: called with a `nst_jax.batch.Visit` (arrays of one member) at every host visit.
       intervals: step intervals at which to visit the host.
+      mesh: `nst_jax.batch.image_mesh(n)` splits the image by rows over n devices; None: one device.
     """
     (member,) = make_members(settings, ["style"] * len(styles), per_style=False)
     (result,) = stylize_batch(content, styles, settings, params, convention, [member],
-                              init_image=init_image, on_visit=on_visit, intervals=intervals)
+                              init_image=init_image, on_visit=on_visit, intervals=intervals, mesh=mesh)
     return result
 
 
@@ -57,6 +58,17 @@ class BatchRequest:
     content_weights: Optional[Tuple[float, ...]] = None
     seeds: Optional[Tuple[int, ...]] = None
     num_devices: Optional[int] = None  # None: all visible devices
+    # "batch": members split over the devices; "image": each image split by rows. None: batch
+    # when the members fill the devices, else image (with num_devices; batch without).
+    shard: Optional[str] = None
+
+
+def choose_shard(batch, members, devices):
+    """"batch" or "image" for a BatchRequest: as asked, else image when the members are fewer
+    than the devices asked for (--devices), else batch (as before --shard existed)."""
+    if batch.shard is not None:
+        return batch.shard
+    return "image" if batch.num_devices and members < devices else "batch"
 
 
 def member_path(output_path, label):
@@ -223,15 +235,20 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
                                seeds=batch.seeds)
         try:
             devices = batch.num_devices or jax.device_count()
-            mesh = batch_mesh(devices) if devices > 1 else None
+            shard = choose_shard(batch, len(members), devices)
+            mesh = None if devices == 1 else image_mesh(devices) if shard == "image" else batch_mesh(devices)
         except ValueError as error:
             raise UserInputError(f"--devices: {error}") from None
     # A batch of one is named like a single run: OUT, not OUT_0.
     paths = [output_path] if len(members) == 1 else [member_path(output_path, m.label) for m in members]
-    # Refuse a run that cannot fit before anything is compiled (one line, nothing written).
-    check_fits(settings, content.shape[:2], [style.shape[:2] for style in styles], len(members),
-               mesh.size if mesh is not None else 1,
-               mesh.devices.flat[0] if mesh is not None else jax.devices()[0])
+    # Refuse a run that cannot fit before anything is compiled (one line, nothing written);
+    # --remat auto becomes none or blocks first, so the check and the PNG metadata say which.
+    fit = (content.shape[:2], [style.shape[:2] for style in styles], len(members),
+           mesh.size if mesh is not None else 1)
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    shard = "image" if splits_rows(mesh) else "batch"
+    settings = resolve_remat(settings, *fit, shard, device)
+    check_fits(settings, *fit, device, shard)
     # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
     # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
     with ctrl_c_at_visits(out) as ctrl_c:

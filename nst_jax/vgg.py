@@ -1,5 +1,6 @@
 """Frozen VGG-19 feature extractor in Flax (NHWC), truncated at the deepest layer asked for."""
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -201,7 +202,47 @@ class VGG19(nn.Module):
         return activations
 
 
-def features(params, image, layers, pooling="max", dtype=jnp.float32):
+def _run_layers(names, wanted, pooling, dtype, params, x):
+    """The layers `names` of VGG19 as a pure function of (params, x): (last output, {wanted: activation})."""
+    activations = {}
+    for name in names:
+        if name.startswith("conv"):
+            layer = params[name]
+            adjoint = layer[ADJOINT] if ADJOINT in layer else adjoint_kernel(layer["kernel"])
+            x = _convolve(x, layer["kernel"].astype(dtype), adjoint.astype(dtype)) + layer["bias"].astype(dtype)
+        elif name.startswith("relu"):
+            x = nn.relu(x)
+        elif pooling == "max":
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        else:
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        if name in wanted:
+            activations[name] = x
+    return x, activations
+
+
+def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32):
+    """`features` with each block (its convolutions, ReLUs and pooling) under jax.checkpoint.
+
+    The backward pass keeps only each block's input and the activations the loss reads, and
+    recomputes a block's inner activations when it reaches it: the loop's temporaries shrink
+    to about one block's worth, for one more forward pass per step. Same numbers as `features`.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+    wanted = {canonical_layer(name) for name in layers}
+    names = LAYER_ORDER[: max(LAYER_ORDER.index(name) for name in wanted) + 1]
+    x, activations = image.astype(dtype), {}
+    for block in sorted({int(name[4]) for name in names}):  # conv1_1, relu1_1, pool1: block 1
+        block_names = tuple(name for name in names if int(name[4]) == block)
+        run = jax.checkpoint(functools.partial(_run_layers, block_names,
+                                               frozenset(wanted.intersection(block_names)), pooling, dtype))
+        x, kept = run({name: params[name] for name in block_names if name in params}, x)
+        activations.update(kept)
+    return activations
+
+
+def features(params, image, layers, pooling="max", dtype=jnp.float32, remat=False):
     """Named VGG-19 activations of a preprocessed NHWC image.
 
     Args:
@@ -212,12 +253,16 @@ def features(params, image, layers, pooling="max", dtype=jnp.float32):
       layers: layer names (Caffe/NST names such as relu4_2, or Keras aliases).
       pooling: "max" or "avg".
       dtype: compute dtype (float32, or bfloat16 for speed); parameters stay float32.
+      remat: recompute each block's activations in the backward pass instead of keeping them
+        (`features_by_block`): less memory, one more forward pass.
 
     Returns:
       {canonical layer name: activation (N, h, w, C)} for every name in `layers`.
     """
     if image.ndim != 4 or image.shape[-1] != 3:
         raise ValueError(f"image must have shape (N, H, W, 3), got {image.shape}")
+    if remat:
+        return features_by_block(params, image, layers, pooling, dtype)
     model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype)
     weights = {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
     adjoints = {name: {"kernel": layer[ADJOINT]} for name, layer in params.items() if ADJOINT in layer}
