@@ -213,7 +213,7 @@ def _run_layers(names, wanted, pooling, dtype, params, x):
         elif name.startswith("relu"):
             x = nn.relu(x)
         elif pooling == "max":
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            x = max_pool_2x2(x)
         else:
             x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         if name in wanted:
