@@ -26,7 +26,7 @@ and the Gram matrices' all-reduces (one image too large for one device's memory)
 import dataclasses
 import itertools
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax import images
 from nst_jax.layers import CONV_LAYERS, deepest_conv
 from nst_jax.objective import Objective, loss_weights
+from nst_jax.settings import Settings
 from nst_jax.optimize import (OptimizerSpec, chunk_program, row_shardings, run_loop, state_program,
                                to_host)
 from nst_jax.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
 from nst_jax.vgg import with_adjoint_kernels
+
+
+# VGG-19 params as nst_jax.load_params gives them: {"conv1_1": {"kernel": HWIO, "bias": (C,)}, ...}.
+Params = Dict[str, Dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -93,8 +98,10 @@ def _number_label(value):
     return f"{value:g}"
 
 
-def make_members(settings, style_names, *, per_style=True, style_weights=None,
-                 content_weights=None, seeds=None):
+def make_members(settings: Settings, style_names: Sequence[str], *, per_style: bool = True,
+                 style_weights: Optional[Sequence[float]] = None,
+                 content_weights: Optional[Sequence[float]] = None,
+                 seeds: Optional[Sequence[int]] = None) -> List[Member]:
     """Every combination of style × style weight × content weight × seed, labelled predictably.
 
     Args:
@@ -105,8 +112,8 @@ def make_members(settings, style_names, *, per_style=True, style_weights=None,
 
     A label contains only what varies, e.g. "starry_night", "sw0.001", "starry_night_seed2".
     """
-    styles = list(range(len(style_names))) if per_style else [None]
-    axes = [("", styles), ("sw", style_weights or [settings.style_weight]),
+    styles: List[Optional[int]] = list(range(len(style_names))) if per_style else [None]
+    axes: List[Tuple[str, Sequence[Any]]] = [("", styles), ("sw", style_weights or [settings.style_weight]),
             ("cw", content_weights or [settings.content_weight]), ("seed", seeds or [settings.seed])]
     members = []
     for style_index, style_weight, content_weight, seed in itertools.product(*(v for _, v in axes)):
@@ -128,7 +135,8 @@ def _stack(trees):
     return jax.tree_util.tree_map(stack, *trees)
 
 
-def join_cluster(coordinator=None, num_processes=None, process_id=None):
+def join_cluster(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                 process_id: Optional[int] = None) -> None:
     """Make this process one host of a multi-host run (jax.distributed), before any other JAX work.
 
     With no arguments the cluster is detected from the environment (Slurm, Open MPI, TPU pods,
@@ -140,7 +148,7 @@ def join_cluster(coordinator=None, num_processes=None, process_id=None):
                                process_id=process_id)
 
 
-def batch_mesh(num_devices=None):
+def batch_mesh(num_devices: Optional[int] = None) -> Mesh:
     """A 1-D mesh named "batch" over the first `num_devices` visible devices (default: all)."""
     devices = jax.devices()
     if num_devices is not None:
@@ -150,7 +158,7 @@ def batch_mesh(num_devices=None):
     return Mesh(np.array(devices), ("batch",))
 
 
-def image_mesh(num_devices=None):
+def image_mesh(num_devices: Optional[int] = None) -> Mesh:
     """A 1-D mesh named "rows" over the first `num_devices` visible devices (default: all): each
     image is split by rows over them (one large image on several devices)."""
     return Mesh(batch_mesh(num_devices).devices, ("rows",))
@@ -165,8 +173,11 @@ def splits_rows(mesh):
 PIECE_SECONDS = 0.5
 
 
-def stylize_batch(content, styles, settings, params, convention, members, *,
-                  init_image=None, mesh=None, on_visit=None, intervals=(), should_stop=None):
+def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
+                  convention: str, members: Sequence[Member], *, init_image: Optional[np.ndarray] = None,
+                  mesh: Optional[Mesh] = None, on_visit: Optional[Callable[["Visit"], None]] = None,
+                  intervals: Sequence[int] = (),
+                  should_stop: Optional[Callable[[], bool]] = None) -> List[StylizeResult]:
     """Run every member in one vmapped, jitted loop; returns one StylizeResult per member.
 
     With settings.scales > 1 the run goes coarse to fine (stages.scale_sizes), each scale
@@ -217,14 +228,15 @@ def stylize_batch(content, styles, settings, params, convention, members, *,
         if run.interrupted:
             interrupted = True
             break
-    if finished[0].shape[:2] != images.long_side_shape(*content.shape[:2], settings.image_size):
+    height, width = content.shape[:2]
+    if finished[0].shape[:2] != images.long_side_shape(height, width, settings.image_size):
         # Interrupted at a coarse scale: hand back the requested size all the same.
         finished = [images.resize_long_side(image, settings.image_size) for image in finished]
     return [StylizeResult(image, steps_done, interrupted, float(loss), seconds)
             for image, loss in zip(finished, losses)]
 
 
-def prepare_params(params, objective):
+def prepare_params(params: Params, objective: Objective) -> Params:
     """The convolutions the objective's layers need, with their adjoint kernels, on the device.
 
     Made once per run: the input gradient's rotated kernels are not remade in every step, and

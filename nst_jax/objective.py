@@ -8,7 +8,7 @@ many weight settings at once under jax.vmap.
 """
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +136,8 @@ def _l1_normalized_backward(strength, cotangent):
 l1_normalized_gradient.defvjp(_l1_normalized_forward, _l1_normalized_backward)
 
 
-def loss_terms(objective, params, pixels, targets, weights):
+def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Dict[str, Any],
+               weights: Dict[str, Any]) -> Dict[str, jax.Array]:
     """The weighted content, style and TV terms and their total, each a float32 scalar.
 
     With targets["temporal"] ({"previous", "mask"}, video frames) and weights["temporal"], the
@@ -182,6 +183,7 @@ def temporal_loss(pixels, previous, mask):
     return jnp.sum(mask[..., None] * jnp.square(difference)) / pixels.size
 
 
-def total_loss(objective, params, pixels, targets, weights):
+def total_loss(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Dict[str, Any],
+               weights: Dict[str, Any]) -> jax.Array:
     """The scalar the optimizer minimizes."""
     return loss_terms(objective, params, pixels, targets, weights)["total"]

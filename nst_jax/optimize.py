@@ -16,6 +16,7 @@ taken, and in practice the image drifts only slightly out of range.
 """
 
 import dataclasses
+from typing import Callable
 import functools
 import time
 
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 
 from nst_jax.lbfgs import fixed_step_lbfgs
-from nst_jax.objective import loss_terms
+from nst_jax.objective import Objective, loss_terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class OptimizerSpec:
         return self.name != "lbfgs"
 
 
-def make_optimizer(spec):
+def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     """The optax transformation an OptimizerSpec names.
 
     L-BFGS steps with 1 (neural-style's and torch.optim.LBFGS's learning rate) whether or not
@@ -90,7 +91,7 @@ def make_optimizer(spec):
     return optax.sgd(learning_rate, momentum=spec.sgd_momentum or None, accumulator_dtype=storage)
 
 
-def make_chunk(objective, spec):
+def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
     """An unjitted chunk: (pixels, opt_state, num_steps, params, targets, weights) -> (pixels, opt_state, terms).
 
     `terms` are the loss terms ({"total", "content", "style", "tv"}) of the image the chunk's

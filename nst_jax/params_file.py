@@ -7,6 +7,7 @@ Loading needs neither the source file nor the converter.
 import dataclasses
 import json
 import os
+from typing import Any, Dict, Tuple, Union
 import tempfile
 import zipfile
 
@@ -47,7 +48,7 @@ class ParamsMetadata:
                            **dataclasses.asdict(self), "layers": list(self.layers)})
 
 
-def save_params(path, params, metadata):
+def save_params(path: Union[str, os.PathLike], params: Dict[str, Dict[str, Any]], metadata: ParamsMetadata) -> None:
     """Write params ({"conv1_1": {"kernel", "bias"}, ...}) and metadata atomically to `path`."""
     if metadata.preprocessing not in CONVENTIONS:
         raise ValueError(f"preprocessing must be one of {CONVENTIONS}, not {metadata.preprocessing!r}")
@@ -59,7 +60,7 @@ def save_params(path, params, metadata):
     handle, temporary = tempfile.mkstemp(prefix=".params-", suffix=".npz", dir=directory)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
+            np.savez(stream, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a params file is shareable
         os.replace(temporary, path)  # a half-written file is never seen under the final name
     except BaseException:
@@ -73,7 +74,7 @@ def _umask():
     return current
 
 
-def load_params(path):
+def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.ndarray]], ParamsMetadata]:
     """Read a params file. Returns (params, ParamsMetadata); raises WeightsFileError naming the file."""
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -142,7 +142,7 @@ PRESETS = {
 DEFAULT_PRESET = "neural-style"
 
 
-def preset(name):
+def preset(name: str) -> Settings:
     """The Settings of a named preset."""
     if name not in PRESETS:
         raise UserInputError(f"--preset: unknown preset {name!r}; choose from {', '.join(PRESETS)}")

@@ -13,13 +13,17 @@ import signal
 import sys
 import threading
 import types
-from typing import Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
 from nst_jax import images
-from nst_jax.batch import batch_mesh, image_mesh, make_members, splits_rows, stylize_batch
+from jax.sharding import Mesh
+
+from nst_jax.batch import (Params, StylizeResult, Visit, batch_mesh, image_mesh, make_members, splits_rows,
+                           stylize_batch)
+from nst_jax.settings import Settings
 from nst_jax.errors import UserInputError
 from nst_jax.memory import check_fits, resolve_remat
 from nst_jax.progress import ProgressBar, write_line
@@ -31,8 +35,10 @@ from nst_jax.timings import RunTimings
 PROGRESS_INTERVAL = 10
 
 
-def stylize(content, styles, settings, params, convention, *, init_image=None, on_visit=None,
-            intervals=(), mesh=None):
+def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
+            convention: str, *, init_image: Optional[np.ndarray] = None,
+            on_visit: Optional[Callable[[Visit], None]] = None, intervals: Sequence[int] = (),
+            mesh: Optional[Mesh] = None) -> StylizeResult:
     """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
 
     Args:

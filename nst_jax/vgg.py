@@ -1,7 +1,7 @@
 """Frozen VGG-19 feature extractor in Flax (NHWC), truncated at the deepest layer asked for."""
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Dict, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -242,7 +242,8 @@ def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32):
     return activations
 
 
-def features(params, image, layers, pooling="max", dtype=jnp.float32, remat=False):
+def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str], pooling: str = "max",
+             dtype: Any = jnp.float32, remat: bool = False) -> Dict[str, jax.Array]:
     """Named VGG-19 activations of a preprocessed NHWC image.
 
     Args:
@@ -266,4 +267,4 @@ def features(params, image, layers, pooling="max", dtype=jnp.float32, remat=Fals
     model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype)
     weights = {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
     adjoints = {name: {"kernel": layer[ADJOINT]} for name, layer in params.items() if ADJOINT in layer}
-    return model.apply({"params": weights, "adjoint": adjoints}, image)
+    return cast(Dict[str, jax.Array], model.apply({"params": weights, "adjoint": adjoints}, image))
