@@ -126,12 +126,14 @@ SHARDED_SCRIPT = textwrap.dedent("""
         learning_rate=8.0, content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
     # 32 px: 24 rows, 6 per device; 44 px: 33 rows, which 4 does not divide (below 32 px a run
     # is made at 32 and resized).
-    # Last, a coarse-to-fine run with remat: each scale split by rows (34 px: 26 rows, uneven; 48 px: 36).
+    # Last, a coarse-to-fine run with remat: each scale split by rows (34 px: 26 rows, uneven; 48 px: 36),
+    # with Adam: over two scales fixed-step L-BFGS's overshoots carried split-vs-whole rounding to
+    # 1.1e-3 in one CI run (flaky against any fixed bound), Adam's agree to 1e-7.
     # L-BFGS starts from the content: from noise its fixed step overshoots (loss ×10⁴) at step 6.
     lbfgs = {"init": "content"}
     for name, optimizer, size, extra in [("adam", "adam", 32, {}), ("lbfgs", "lbfgs", 32, lbfgs),
                                          ("uneven", "lbfgs", 44, lbfgs),
-                                         ("scales", "lbfgs", 48, {"scales": 2, "remat": "blocks", **lbfgs})]:
+                                         ("scales", "adam", 48, {"scales": 2, "remat": "blocks"})]:
         settings = base.replace(optimizer=optimizer, image_size=size, **extra)
         one = stylize(content, [style], settings, params, "caffe")
         four = stylize(content, [style], settings, params, "caffe", mesh=image_mesh(4))
@@ -170,9 +172,9 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
         # Fixed-step L-BFGS's third step overshoots here (loss ×40), which magnifies float32
         # reduction-order differences between split and whole sums to 1-2e-4 (measured; the
         # losses before it agree to 1e-7). Adam has no such step: 1e-4.
-        assert relative < (1e-4 if name == "adam" else 1e-3), (name, run)
-        # Pixels in [0, 1]; the two-scale L-BFGS run carries its differences through 12 steps.
-        assert run["pixels"] < {"adam": 1e-3, "scales": 0.05}.get(name, 0.02), (name, run)
+        assert relative < (1e-4 if name in ("adam", "scales") else 1e-3), (name, run)
+        # Pixels in [0, 1].
+        assert run["pixels"] < (1e-3 if name in ("adam", "scales") else 0.02), (name, run)
     assert report["runs"]["uneven"]["shape"] == [33, 44, 3]
     # One device, then the image split over four; the uneven height keeps the arguments whole on
     # each device (jit's arguments must divide evenly) and splits only inside the loss.
