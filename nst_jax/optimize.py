@@ -41,6 +41,7 @@ class OptimizerSpec:
     sgd_momentum: float = 0.0
     lr_decay_rate: float = 1.0
     lr_decay_steps: int = 100
+    lr_decay_staircase: bool = True
     lbfgs_memory: int = 100
     lbfgs_linesearch: str = "none"
     lbfgs_linesearch_steps: int = 20
@@ -82,7 +83,7 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     learning_rate = spec.learning_rate
     if spec.lr_decay_rate != 1.0:
         learning_rate = optax.exponential_decay(
-            spec.learning_rate, spec.lr_decay_steps, spec.lr_decay_rate, staircase=True)
+            spec.learning_rate, spec.lr_decay_steps, spec.lr_decay_rate, staircase=spec.lr_decay_staircase)
     if spec.name == "adam":
         # optax offers a dtype for the first moment only; the second (squared gradients) stays
         # float32.

@@ -81,8 +81,8 @@ def keras_example():
 
     Content Σ(F−P)² at block5_conv2 weight 2.5e-8; style Σ(G−A)²/(4·3²·(H·W)²) with H·W the
     image size (the example's constants), weight 1e-6 ÷ 5 per layer at block1_conv1…block5_conv1;
-    TV Σ((Δx)²+(Δy)²)^1.25 weight 1e-6; SGD, learning rate 100 decayed ×0.96 every 100 steps,
-    4000 iterations from the content image; 0..255 Caffe pixels, no clipping in the example
+    TV Σ((Δx)²+(Δy)²)^1.25 weight 1e-6; SGD, learning rate 100·0.96^(step/100) (Keras'
+    ExponentialDecay, smooth), 4000 iterations from the content image; 0..255 Caffe pixels, no clipping in the example
     (here: clipped each step, see README). The example sizes by height 400; here by long side.
     Cost: 4000 cheap SGD steps, network up to conv5_2.
     """
@@ -91,7 +91,7 @@ def keras_example():
         style_layer_weights=(0.2,) * 5, content_weight=2.5e-8, style_weight=1e-6, tv_weight=1e-6,
         content_loss="sum", gram_normalization="raw", style_loss="keras_example",
         tv_loss="power", tv_beta=2.5, optimizer="sgd", learning_rate=100.0, sgd_momentum=0.0,
-        lr_decay_rate=0.96, lr_decay_steps=100, num_steps=4000, init="content",
+        lr_decay_rate=0.96, lr_decay_steps=100, lr_decay_staircase=False, num_steps=4000, init="content",
         image_size=400, pixel_range=255.0, print_every=100)
 
 

@@ -62,6 +62,8 @@ FIELD_HELP = {
     "sgd_momentum": "SGD momentum (0: plain SGD)",
     "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
     "lr_decay_steps": "steps between learning-rate decays",
+    "lr_decay_staircase": "drop the rate at each multiple of --lr-decay-steps (--no-lr-decay-staircase: "
+                          "decay smoothly, rate × decay^(step/steps), as Keras' ExponentialDecay)",
     "lbfgs_memory": "L-BFGS memory (correction pairs kept); auto: the largest up to 100 that fits",
     "lbfgs_linesearch": "L-BFGS step: none = fixed step 1, one evaluation per step (torch.optim.LBFGS, "
                         "neural-style); zoom = optax's zoom line search (scipy-era tools)",

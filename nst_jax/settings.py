@@ -152,6 +152,9 @@ class Settings:
     sgd_momentum: float = 0.0
     lr_decay_rate: float = 1.0  # learning rate multiplied by this every lr_decay_steps (1 = constant)
     lr_decay_steps: int = 100
+    # True: the rate drops by lr_decay_rate at each multiple of lr_decay_steps; False: it decays
+    # smoothly, rate × decay^(step / lr_decay_steps) (Keras' ExponentialDecay default).
+    lr_decay_staircase: bool = True
     lbfgs_memory: int = 100  # neural-style's default number of correction pairs
     # "none": torch.optim.LBFGS's fixed step 1, one evaluation per step (neural-style);
     # "zoom": optax's zoom line search (scipy-era tools), up to lbfgs_linesearch_steps evaluations.

@@ -113,3 +113,26 @@ def test_blended_target_is_the_weighted_mean_of_grams(params, images):
     for layer in objective.style_layers:
         np.testing.assert_allclose(blended[layer], 0.75 * np.asarray(grams[0][layer]) + 0.25 * np.asarray(grams[1][layer]),
                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize("staircase", [False, True])
+def test_the_learning_rate_decays_as_keras_exponential_decay(staircase):
+    """SGD steps on a unit gradient move by the learning rate: ours against Keras 3's schedule."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # read once, when keras is first imported
+    import keras
+
+    from nst_jax.optimize import OptimizerSpec, make_optimizer
+
+    settings = preset("keras-example").replace(lr_decay_staircase=staircase)
+    optimizer = make_optimizer(OptimizerSpec.from_settings(settings))
+    reference = keras.optimizers.schedules.ExponentialDecay(100.0, 100, 0.96, staircase=staircase)
+    state = optimizer.init(jnp.zeros(()))
+    steps = {}
+    for step in range(351):
+        update, state = optimizer.update(jnp.ones(()), state)
+        steps[step] = -float(update)
+    for step in (0, 50, 99, 100, 150, 350):
+        np.testing.assert_allclose(steps[step], float(reference(step)), rtol=1e-5)
+    assert preset("keras-example").lr_decay_staircase is False
