@@ -33,7 +33,10 @@ from PIL import Image
 from nst_jax.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO_ROOT.parent / "shared" / "images"
+# The repo's own copies (512 px long side; larger benchmark sizes upsample them, which changes
+# nothing in the time): --images names another folder holding the same two files.
+DEFAULT_IMAGES = REPO_ROOT / "tests" / "data"
+PICTURES = ("tubingen.jpg", "starry_night.jpg")  # content, style
 BEGIN_MARKER, END_MARKER = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 # The loss the issue times: neural-style's preset with TV off, starting from the content.
 COMMON_FLAGS = ("--preset", "neural-style", "--tv-weight", "0", "--init", "content")
@@ -66,7 +69,7 @@ def _log(message):
     print(f"[bench e2e] {message}", file=sys.stderr, flush=True)
 
 
-def _prepare(folder, sizes, seed=0):
+def _prepare(folder, sizes, source, seed=0):
     """Weights in both forms and the images pre-resized to each size: {size: (content, style)}."""
     from weights_tools.convert import convert
     from weights_tools.synthetic import write_synthetic
@@ -74,27 +77,21 @@ def _prepare(folder, sizes, seed=0):
     pth, npz = folder / "vgg19_caffe_synthetic.pth", folder / "vgg19_caffe_synthetic.npz"
     write_synthetic("caffe-pth", pth, seed=seed)
     convert(pth, npz, preprocessing="caffe")
-    images = {}
-    for size in sizes:
-        pair = []
-        for name, fallback_seed in (("tubingen.jpg", 1), ("starry_night.jpg", 2)):
-            path = folder / f"{Path(name).stem}_{size}.png"
-            _resized(SHARED_IMAGES / name, size, fallback_seed).save(path)
-            pair.append(path)
-        images[size] = tuple(pair)
-    return pth, npz, images
+    return pth, npz, {size: resized_pair(source, size, folder) for size in sizes}
 
 
-def _resized(source, size, seed):
-    """The public test image at long side `size`, or a synthetic one where shared/ is absent."""
-    if source.exists():
-        image = Image.open(source).convert("RGB")
+def resized_pair(source, size, folder):
+    """(content, style) from `source` at long side `size`, as PNGs in `folder`: both programs
+    then read the same pixels and neither resizes."""
+    paths = []
+    for name in PICTURES:
+        image = Image.open(Path(source) / name).convert("RGB")
         scale = size / max(image.size)
-        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                            Image.LANCZOS)
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8))
-    return coarse.resize((size, size * 3 // 4), Image.BICUBIC)
+        path = Path(folder) / f"{Path(name).stem}_{size}.png"
+        image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                     Image.LANCZOS).save(path)
+        paths.append(path)
+    return tuple(paths)
 
 
 @dataclasses.dataclass
@@ -291,7 +288,7 @@ print(json.dumps(seconds))
 def second_call(plan, npz, images, folder):
     """Two stylize() calls in one process (no persistent cache): seconds of each."""
     size = plan.second_call_size
-    content, style = images.get(size) or _prepare_size(folder, size)
+    content, style = images[size]
     env = {k: v for k, v in os.environ.items() if k != "NST_JAX_CACHE"}
     _log(f"second stylize() call: {size} px, {plan.second_call_steps} steps")
     completed = subprocess.run([sys.executable, "-c", SECOND_CALL_SCRIPT, str(content), str(style), str(npz),
@@ -302,16 +299,7 @@ def second_call(plan, npz, images, folder):
             "ratio": second / first}
 
 
-def _prepare_size(folder, size):
-    pair = []
-    for name, fallback_seed in (("tubingen.jpg", 1), ("starry_night.jpg", 2)):
-        path = folder / f"{Path(name).stem}_{size}.png"
-        _resized(SHARED_IMAGES / name, size, fallback_seed).save(path)
-        pair.append(path)
-    return tuple(pair)
-
-
-def run(plan, keep=None):
+def run(plan, keep=None, source=DEFAULT_IMAGES):
     """The whole benchmark; returns the results dict."""
     from bench import machine
 
@@ -321,7 +309,7 @@ def run(plan, keep=None):
         folder = Path(keep) if keep else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         sizes = sorted(set(plan.sizes) | {plan.batch_size_px, plan.second_call_size} | set(plan.adam_sizes))
-        pth, npz, images = _prepare(folder, sizes)
+        pth, npz, images = _prepare(folder, sizes, source)
         comparisons = []
         for size, steps in zip(plan.sizes, plan.iterations):
             for optimizer in plan.optimizers:
@@ -411,6 +399,8 @@ def build_parser():
     parser.add_argument("--markdown", type=Path, metavar="PATH",
                         help="file whose e2e section is rewritten (default: BENCHMARKS.md, or DIR/e2e-quick.md with --quick)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the runs' images and reports here")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, metavar="DIR",
+                        help=f"folder with {' and '.join(PICTURES)} (default: the repo's tests/data)")
     return parser
 
 
@@ -449,13 +439,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         plan = plan_from_args(args)
+        missing = [name for name in PICTURES if not (args.images / name).is_file()]
+        if missing:
+            raise UserInputError(f"--images {args.images}: no {', '.join(missing)} there")
         args.out.mkdir(parents=True, exist_ok=True)
     except (UserInputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from bench.report import update_markdown, write_json
 
-    results = run(plan, keep=args.keep)
+    results = run(plan, keep=args.keep, source=args.images)
     stem = "e2e-quick" if args.quick else "e2e"
     write_json(results, args.out / f"{stem}.json")
     markdown_path = args.markdown or (args.out / f"{stem}.md" if args.quick else REPO_ROOT / "BENCHMARKS.md")

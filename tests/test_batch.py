@@ -20,9 +20,9 @@ from nst_jax.presets import preset
 from nst_jax.run import main
 from nst_jax.stylize import member_path, stylize
 from weights_tools.synthetic import synthetic_params
+from datafiles import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT.parent / "shared" / "images"
 # Block-2 layers keep compile and step time small; the batching machinery is the same.
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=40,
              init="noise", init_noise_std=0.1)

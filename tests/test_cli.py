@@ -30,10 +30,10 @@ from nst_jax.errors import UserInputError
 from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.settings import RANGES, Settings
 from weights_tools.synthetic import write_synthetic
+from datafiles import IMAGES
 
-SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
-CONTENT = SHARED_IMAGES / "tubingen.jpg"
-STYLE = SHARED_IMAGES / "starry_night.jpg"
+CONTENT = IMAGES / "tubingen.jpg"
+STYLE = IMAGES / "starry_night.jpg"
 
 IMAGE_SIZE = 32
 # Cheap where the test is not about the network: block 2 is the deepest layer, Adam's step is
@@ -67,7 +67,7 @@ def _files_under(folder):
 
 
 def _crop(source, width, height):
-    """A width×height RGB crop from the middle of a shared image."""
+    """A width×height RGB crop from the middle of a test image."""
     with Image.open(source) as image:
         left, top = (image.width - width) // 2, (image.height - height) // 2
         return image.convert("RGB").crop((left, top, left + width, top + height))

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from nst_jax import color
+from datafiles import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 # The standard NTSC YIQ matrix, rows Y, I, Q (typed from the published table, not from color.py).
 NTSC_YIQ = np.array([[0.299, 0.587, 0.114],

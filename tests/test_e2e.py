@@ -17,19 +17,15 @@ import pytest
 from PIL import Image
 
 from bench import e2e
+from datafiles import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = ROOT.parent / "shared" / "images"
 CHEAP_FLAGS = ("--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1")
 
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pictures")
-    content, style = folder / "content.png", folder / "style.png"
-    e2e._resized(SHARED_IMAGES / "tubingen.jpg", 48, 1).save(content)
-    e2e._resized(SHARED_IMAGES / "starry_night.jpg", 48, 2).save(style)
-    return content, style
+    return e2e.resized_pair(IMAGES, 48, tmp_path_factory.mktemp("pictures"))
 
 
 def _cli(args, cache, report):

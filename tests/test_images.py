@@ -18,8 +18,8 @@ from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 
 from nst_jax import images
 from nst_jax.errors import UserInputError
+from datafiles import IMAGES
 
-SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 EIGHT_BIT = 1.0 / 255.0
 
 
@@ -349,9 +349,9 @@ def test_resize_keeps_16_bit_steps():
 
 
 def test_real_photo():
-    path = SHARED_IMAGES / "tubingen.jpg"
+    path = IMAGES / "tubingen.jpg"
     full = images.load_image(path)
-    assert full.shape == (768, 1024, 3) and full.dtype == np.float32
+    assert full.shape == (384, 512, 3) and full.dtype == np.float32
     assert 0.0 <= full.min() and full.max() <= 1.0
     small = images.load_image(path, long_side=128)
     assert small.shape == (96, 128, 3)
@@ -361,7 +361,7 @@ def test_real_photo():
 # --- bad input -------------------------------------------------------------------------------
 
 def _truncated_jpeg(path):
-    data = (SHARED_IMAGES / "tubingen.jpg").read_bytes()
+    data = (IMAGES / "tubingen.jpg").read_bytes()
     path.write_bytes(data[: len(data) // 2])
 
 

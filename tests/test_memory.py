@@ -7,8 +7,8 @@ from nst_jax.memory import LIMIT_ENV, estimate_memory, estimate_run
 from nst_jax.presets import preset
 from nst_jax.run import main
 from nst_jax.timings import CompileCounter
+from datafiles import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
 
@@ -27,7 +27,7 @@ def test_estimate_covers_what_must_be_stored_and_grows_with_batch_and_area():
 
 
 def test_cli_estimate_prints_one_line_and_runs_nothing(tmp_path, capsys):
-    images = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "images"
+    images = IMAGES
     output = tmp_path / "out.png"
     status = main([str(images / "tubingen.jpg"), str(images / "starry_night.jpg"), "-o", str(output),
                    "--estimate-memory", "--image-size", "64", "--content-layers", "relu2_1",

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax.images import load_image
+from datafiles import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT.parent / "shared" / "images"
 
 
 def _free_port():

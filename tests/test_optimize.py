@@ -14,8 +14,8 @@ from nst_jax.stages import compute_targets
 from nst_jax.stylize import stylize
 from nst_jax.images import load_image, resize_long_side
 from weights_tools.synthetic import synthetic_params
+from datafiles import IMAGES
 
-IMAGES = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "images"
 # Block-2 layers: the whole loop machinery at a fraction of the compile and step time.
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), style_layer_weights=None,
              content_layer_weights=None)

@@ -20,9 +20,9 @@ from nst_jax.objective import Objective, loss_weights, style_grams, total_loss, 
 from nst_jax.presets import preset
 from nst_jax.stylize import stylize
 from weights_tools.synthetic import synthetic_params
+from datafiles import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT.parent / "shared" / "images"
 # Block-2 layers keep compile and step time small (as tests/test_batch.py). 36 px, not 40: no
 # program of test_batch's is compiled here first (it checks that its first run compiles).
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=36,

@@ -18,8 +18,8 @@ import nst_jax
 from nst_jax.layers import CONV_LAYERS, LAYER_ORDER
 from weights_tools.convert import convert
 from weights_tools.synthetic import write_synthetic
+from datafiles import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 RELU_LAYERS = [name for name in LAYER_ORDER if name.startswith("relu")]
 # Keras' conv layers include their ReLU (docs/WEIGHTS.md), so block4_conv2's output is relu4_2.

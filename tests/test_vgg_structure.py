@@ -13,8 +13,8 @@ import nst_jax
 from nst_jax.errors import WeightsFileError
 from nst_jax.params_file import ParamsMetadata, load_params, save_params
 from weights_tools.synthetic import synthetic_params
+from datafiles import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 
 @pytest.fixture(scope="module")
