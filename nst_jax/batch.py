@@ -294,8 +294,9 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
 
     count = len(members)
     rows = splits_rows(mesh)
-    batched = count > 1 or (mesh is not None and not rows)
-    padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if mesh is not None and not rows else 0)
+    splits_members = mesh is not None and not rows
+    batched = count > 1 or splits_members
+    padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if splits_members else 0)
     member_weights = [loss_weights(members[i].content_weight, members[i].style_weight,
                                    members[i].tv_weight) for i in padded]
     start_pixels = [initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
@@ -316,7 +317,7 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
             (params, content_targets, style_targets, weights), replicated)
         # The targets above ran on one device with the plain objective; the loop's splits rows.
         objective = dataclasses.replace(objective, rows=mesh)
-    elif mesh is not None:  # members split over the devices; params and content targets on each
+    elif splits_members:  # members split over the devices; params and content targets on each
         sharded, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
         pixels, opt_state, style_targets, weights = jax.device_put(
             (pixels, opt_state, style_targets, weights), sharded)

@@ -16,9 +16,9 @@ taken, and in practice the image drifts only slightly out of range.
 """
 
 import dataclasses
-from typing import Callable
 import functools
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
