@@ -79,8 +79,10 @@ def test_visit_steps_cover_every_interval_and_the_end():
     assert visit_steps(9, (3, 0, 10)) == [3, 6, 9]
 
 
-# L-BFGS without a line search starts with tiny steps (capped by 1/‖g‖₁, as torch's): more steps.
-@pytest.mark.parametrize("optimizer,steps,extra", [("lbfgs", 45, {}), ("lbfgs", 25, {"lbfgs_linesearch": "zoom"}),
+# L-BFGS without a line search starts with tiny steps (capped by 1/‖g‖₁, as torch's) and then
+# overshoots for a while (loss ×10 at step 20 here) before it converges: more steps (×14 at 50,
+# ×27 at 70 on these images).
+@pytest.mark.parametrize("optimizer,steps,extra", [("lbfgs", 70, {}), ("lbfgs", 25, {"lbfgs_linesearch": "zoom"}),
                                                    ("adam", 60, {"learning_rate": 8.0})])
 def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params, photos):
     content, style = photos
