@@ -40,7 +40,7 @@ PICTURES = ("tubingen.jpg", "starry_night.jpg")  # content, style
 BEGIN_MARKER, END_MARKER = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 # The loss the issue times: neural-style's preset with TV off, starting from the content.
 COMMON_FLAGS = ("--preset", "neural-style", "--tv-weight", "0", "--init", "content")
-PROGRESS_STEPS = 10  # nst_jax.stylize.PROGRESS_INTERVAL: the CLI visits the host every 10 steps
+PROGRESS_STEPS = 10  # nst_jax.cli.files.PROGRESS_INTERVAL: the CLI visits the host every 10 steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _log(message):
 
 def _prepare(folder, sizes, source, seed=0):
     """Weights in both forms and the images pre-resized to each size: {size: (content, style)}."""
-    from weights_tools.convert import convert
+    from nst_jax.weights.convert import convert
     from weights_tools.synthetic import write_synthetic
 
     pth, npz = folder / "vgg19_caffe_synthetic.pth", folder / "vgg19_caffe_synthetic.npz"
@@ -268,10 +268,10 @@ def batch_against_singles(plan, folder, npz, images):
 SECOND_CALL_SCRIPT = """
 import json, sys, time
 import numpy as np
-from nst_jax.images import load_image
-from nst_jax.params_file import load_params
-from nst_jax.presets import preset
-from nst_jax.stylize import stylize
+from nst_jax.imaging.images import load_image
+from nst_jax.weights.params_file import load_params
+from nst_jax.config.presets import preset
+from nst_jax import stylize
 content, style, params_path, size, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 params, metadata = load_params(params_path)
 settings = preset("neural-style").replace(image_size=size, num_steps=steps, init="content", tv_weight=0.0)

@@ -8,7 +8,7 @@ image is what is optimized. No weight gradient is ever computed, so none is coun
 
 import re
 
-from nst_jax.layers import BLOCK_CHANNELS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv
+from nst_jax.model.layers import BLOCK_CHANNELS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv
 
 KERNEL_TAPS = 9  # 3×3
 

@@ -48,7 +48,7 @@ class Experiment:
     one_core: bool = False
     channels_last: bool = False
     few_channel_gradient: bool = True  # conv1_1's input gradient as a matrix product (shipped)
-    # The chunk's YNNPACK setting: "shipped" (nst_jax.optimize's compiler option: convolutions on
+    # The chunk's YNNPACK setting: "shipped" (nst_jax.engine.optimize's compiler option: convolutions on
     # Eigen), "xla-default" (no option), or a value of xla_cpu_experimental_ynn_fusion_type.
     # (A per-jit compiler option overrides XLA_FLAGS, so the flag alone would change nothing.)
     ynn: str = "shipped"
@@ -135,8 +135,8 @@ def _patched(experiment):
     """
     import jax
 
-    import nst_jax.optimize as optimize
-    import nst_jax.vgg as vgg
+    import nst_jax.engine.optimize as optimize
+    import nst_jax.model.vgg as vgg
 
     saved = (vgg._convolve, vgg.adjoint_kernel, vgg._FEW_CHANNELS, optimize._CPU_COMPILER_OPTIONS)
     rotate = vgg.adjoint_kernel
@@ -158,7 +158,7 @@ def _patched(experiment):
 
 
 def _without_adjoint_kernels(params):
-    from nst_jax.vgg import ADJOINT
+    from nst_jax.model.vgg import ADJOINT
 
     return {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
 
@@ -203,7 +203,7 @@ def _child_patched(experiment, size, steps):
     threads = 1 if experiment.one_core else machine.usable_cores()
     if experiment.kind in ("torch", "torch-forward"):
         return _torch(problem, experiment, steps, threads)
-    from nst_jax.objective import total_loss
+    from nst_jax.loss.objective import total_loss
 
     def loss_of(x):
         return total_loss(problem.objective, problem.params, x, problem.targets, problem.weights)
@@ -220,7 +220,7 @@ def _child_patched(experiment, size, steps):
         return _profile(problem, steps)
     timed = jax_step.time_step(problem, chunk_steps=experiment.chunk_steps, warmup_chunks=2,
                                timed_chunks=max(1, steps // experiment.chunk_steps))
-    from nst_jax.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import init_state, jit_chunk
 
     opt_state = init_state(problem.optimizer, problem.pixels)
     text = jit_chunk(problem.chunk).lower(problem.pixels, opt_state, jnp.int32(1), problem.params,
@@ -254,7 +254,7 @@ def _profile(problem, steps):
     import jax.numpy as jnp
 
     from bench import hlo
-    from nst_jax.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import init_state, jit_chunk
 
     opt_state = init_state(problem.optimizer, problem.pixels)
     args = (problem.params, problem.targets, problem.weights)
@@ -297,7 +297,7 @@ def _layout(size, steps):
     import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax.vgg import adjoint_kernel, conv3x3_same
+    from nst_jax.model.vgg import adjoint_kernel, conv3x3_same
 
     side, channels = size // 2, 128
     rng = np.random.default_rng(0)
@@ -401,7 +401,7 @@ def _winograd_layers(size, steps):
     import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax.optimize import compiler_options
+    from nst_jax.engine.optimize import compiler_options
 
     rates, errors, rng = {}, {}, np.random.default_rng(0)
     for block, channels in enumerate((64, 128, 256, 512)):
@@ -443,7 +443,7 @@ def _paired(chosen, size, rounds):
     import jax.numpy as jnp
 
     from bench import jax_step
-    from nst_jax.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import init_state, jit_chunk
 
     for experiment in chosen:
         if (experiment.kind != "jax-chunk" or experiment.xla_flags or experiment.env

@@ -16,14 +16,14 @@ import optax
 
 from bench import machine
 from bench.timing import scaled, stopwatch, summarize
-from nst_jax import images
-from nst_jax.batch import prepare_params
-from nst_jax.objective import Objective, loss_weights, total_loss
-from nst_jax.optimize import OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer, run_loop
-from nst_jax.presets import preset
-from nst_jax.stages import compute_targets, initial_pixels, prepare_images
-from nst_jax.stylize import PROGRESS_INTERVAL
-from nst_jax.vgg import with_adjoint_kernels
+from nst_jax.imaging import images
+from nst_jax.engine.stylize import prepare_params
+from nst_jax.loss.objective import Objective, loss_weights, total_loss
+from nst_jax.engine.optimize import OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer, run_loop
+from nst_jax.config.presets import preset
+from nst_jax.engine.stages import compute_targets, initial_pixels, prepare_images
+from nst_jax.cli.files import PROGRESS_INTERVAL
+from nst_jax.model.vgg import with_adjoint_kernels
 from weights_tools.synthetic import synthetic_params
 
 # The synthetic params stand for the Keras (Caffe-derived) release: BGR, 0..255, mean-subtracted.
@@ -175,7 +175,7 @@ def time_step(problem, *, chunk_steps, warmup_chunks, timed_chunks, long_chunk_s
 
 
 def time_batch(problem, batch, *, chunk_steps, warmup_chunks, timed_chunks):
-    """Per-step time of `batch` stylizations as one vmapped chunk, as nst_jax.batch runs them.
+    """Per-step time of `batch` stylizations as one vmapped chunk, as nst_jax.engine.stylize runs them.
 
     Members differ in their start noise (seed); all share the content and style targets, which
     changes nothing in the cost.

@@ -9,7 +9,7 @@ import jax
 import jaxlib
 import numpy as np
 
-from nst_jax.optimize import compiler_options
+from nst_jax.engine.optimize import compiler_options
 
 # CPU features that decide which matrix kernels XLA, oneDNN and MKL can use.
 _INTERESTING_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",

@@ -187,11 +187,11 @@ def markdown(results):
     if results["batch"]:
         lines += ["", "### Batched runs: throughput against batch size", "",
                   "One `jax.vmap` of the chunk over N members (different start noise), as "
-                  "`nst_jax.batch` runs several styles or weights at once.", ""]
+                  "`nst_jax.engine.stylize` runs several styles or weights at once.", ""]
         lines += batch_table(results)
     if results["long_runs"]:
         lines += ["", "### Whole runs", "",
-                  "A full L-BFGS run through `nst_jax.optimize.run_loop` (host visit every 10 "
+                  "A full L-BFGS run through `nst_jax.engine.optimize.run_loop` (host visit every 10 "
                   "steps), compile excluded; bfloat16 runs are scored again with the float32 loss.",
                   ""]
         lines += long_run_table(results)

@@ -36,7 +36,7 @@ CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
-# These two readers repeat nst_jax.timings' on purpose: importing nst_jax would import JAX and
+# These two readers repeat nst_jax.engine.timings' on purpose: importing nst_jax would import JAX and
 # put its start-up into PyTorch's timing.
 def _process_age():
     try:

@@ -14,8 +14,8 @@ import numpy as np
 
 from bench import machine
 from bench.timing import stopwatch, summarize
-from nst_jax.layers import LAYER_ORDER
-from nst_jax.preprocess import CAFFE_MEAN_BGR
+from nst_jax.model.layers import LAYER_ORDER
+from nst_jax.model.preprocess import CAFFE_MEAN_BGR
 
 # The settings this reference implements: the Gatys preset's loss conventions.
 GATYS_CONVENTIONS = {"content_loss": "half_sum", "gram_normalization": "raw", "style_loss": "gatys",

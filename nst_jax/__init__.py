@@ -1,15 +1,18 @@
-"""nst-jax: neural style transfer (Gatys, Ecker & Bethge) in JAX with ported VGG-19 weights."""
+"""nst-jax: neural style transfer (Gatys, Ecker & Bethge) in JAX with ported VGG-19 weights.
 
-from nst_jax.batch import Member, StylizeResult, make_members, stylize_batch
-from nst_jax.layers import CONV_LAYERS, LAYER_ORDER, canonical_layer
-from nst_jax.params_file import ParamsMetadata, load_params, save_params
-from nst_jax.preprocess import deprocess, preprocess
-from nst_jax.presets import PRESETS, preset
-from nst_jax.settings import Settings
-from nst_jax.vgg import VGG19, features
+Data flows one way through the subpackages (docs/ARCHITECTURE.md):
+weights (files -> params) -> model (VGG-19 features) -> loss (Objective) -> engine (the compiled
+loop) -> cli (flags, files, progress); config holds the Settings every stage reads.
+"""
 
-# `stylize` itself stays in nst_jax.stylize for now: exporting it here would shadow that module's
-# name (`import nst_jax.stylize as m` would then give the function), until the module is renamed.
-__all__ = ["stylize_batch", "make_members", "Member", "StylizeResult", "Settings", "preset",
+from nst_jax.config.presets import PRESETS, preset
+from nst_jax.config.settings import Settings
+from nst_jax.engine.stylize import Member, StylizeResult, make_members, stylize, stylize_batch
+from nst_jax.model.layers import CONV_LAYERS, LAYER_ORDER, canonical_layer
+from nst_jax.model.preprocess import deprocess, preprocess
+from nst_jax.model.vgg import VGG19, features
+from nst_jax.weights.params_file import ParamsMetadata, load_params, save_params
+
+__all__ = ["stylize", "stylize_batch", "make_members", "Member", "StylizeResult", "Settings", "preset",
            "PRESETS", "load_params", "save_params", "ParamsMetadata", "features", "VGG19", "preprocess",
            "deprocess", "CONV_LAYERS", "LAYER_ORDER", "canonical_layer"]

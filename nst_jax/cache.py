@@ -1,7 +1,7 @@
 """nst-jax's cache folder, and JAX's persistent compilation cache inside it.
 
 The folder is $NST_JAX_CACHE, else $XDG_CACHE_HOME/nst-jax, else ~/.cache/nst-jax. It holds the
-downloaded default weights (weights_tools.fetch) and, under xla/, compiled programs: a repeat run
+downloaded default weights (nst_jax.weights.fetch) and, under xla/, compiled programs: a repeat run
 at the same settings and size loads its programs instead of compiling them (seconds on a CPU).
 """
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from weights_tools.convert import convert
+from nst_jax.weights.convert import convert
 from weights_tools.synthetic import write_synthetic
 
 

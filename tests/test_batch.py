@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import nst_jax.batch as batch_module
-from nst_jax.timings import CompileCounter
-from nst_jax.batch import make_members, stylize_batch
-from nst_jax.images import load_image, read_png_metadata
-from nst_jax.presets import preset
-from nst_jax.run import main
-from nst_jax.stylize import member_path, stylize
+import nst_jax.engine.stylize as batch_module
+from nst_jax.engine.timings import CompileCounter
+from nst_jax.engine.stylize import make_members, stylize_batch
+from nst_jax.imaging.images import load_image, read_png_metadata
+from nst_jax.config.presets import preset
+from nst_jax.cli.run import main
+from nst_jax import stylize
+from nst_jax.cli.files import member_path
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
 
@@ -79,9 +80,9 @@ def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, 
 SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from nst_jax.batch import batch_mesh, make_members, stylize_batch
-    from nst_jax.images import load_image
-    from nst_jax.presets import preset
+    from nst_jax.engine.stylize import batch_mesh, make_members, stylize_batch
+    from nst_jax.imaging.images import load_image
+    from nst_jax.config.presets import preset
     from weights_tools.synthetic import synthetic_params
     images = sys.argv[1]
     content = load_image(images + "/tubingen.jpg", 48)
@@ -92,7 +93,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     # Three members on four devices: padded to four, the copy dropped.
     members = make_members(settings, ["starry", "shipwreck"], per_style=False, seeds=[0, 1, 2])
     params = synthetic_params(0)
-    import nst_jax.batch as engine
+    import nst_jax.engine.stylize as engine
     spread = []  # devices holding the start images of each run: the members really are split
     real_run_loop = engine.run_loop
     def recording_run_loop(chunk_fn, pixels, *args, **kwargs):
@@ -143,7 +144,7 @@ def test_a_batched_lbfgs_member_costs_what_a_single_image_costs(linesearch):
     Without a line search there is nothing to branch on, so the batch is the members' sum; the
     zoom line search's data-dependent branches become selects under vmap that compute every
     branch (the check can fail: it does for zoom)."""
-    from nst_jax.memory import compiled_chunk
+    from nst_jax.engine.memory import compiled_chunk
 
     def flops(compiled):
         analysis = compiled.cost_analysis()

@@ -188,9 +188,9 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, flag):
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(monkeypatch, optimizer):
     """Inside lax.fori_loop XLA's CPU backend used to compile every input-gradient convolution
-    into loop nests (4-5x slower steps, BENCHMARKS.md); nst_jax.vgg's conv3x3_same prevents it."""
+    into loop nests (4-5x slower steps, BENCHMARKS.md); nst_jax.model.vgg's conv3x3_same prevents it."""
     from bench import hlo, jax_step
-    from nst_jax.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import init_state, jit_chunk
 
     def backends():
         problem = jax_step.build_problem(48, optimizer)
@@ -204,13 +204,13 @@ def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(monkeypatch, op
     # 13 forward convolutions and 12 input gradients (conv1_1's is a matrix product).
     assert ours.get("loops", 0) == 0 and sum(ours.values()) >= 25, ours
     # The check can fail: flax's own convolution, differentiated by JAX, gives the old program.
-    import nst_jax.vgg
+    import nst_jax.model.vgg
 
     def stock(x, kernel, adjoint):
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    monkeypatch.setattr(nst_jax.vgg, "_convolve", stock)
+    monkeypatch.setattr(nst_jax.model.vgg, "_convolve", stock)
     assert backends().get("loops", 0) >= 13
 
 
@@ -218,7 +218,7 @@ def test_torch_reference_computes_our_loss_and_gradient():
     """The PyTorch step (plain torch.nn.functional, torch 2.x) against nst_jax's loss at 32 px."""
     pytest.importorskip("torch")
     from bench import jax_step, torch_step
-    from nst_jax.objective import total_loss
+    from nst_jax.loss.objective import total_loss
 
     problem = jax_step.build_problem(SIZE, "adam")
     reference_loss, reference_gradient = torch_step.loss_and_gradient(torch_step.build_problem(problem))
@@ -233,20 +233,20 @@ def test_torch_reference_computes_our_loss_and_gradient():
 def test_investigate_paired_times_variants_in_one_process_and_restores_nst_jax(tmp_path, monkeypatch, capsys):
     """`python -m bench.investigate --paired` at 32 px: one row per variant, nst_jax unpatched after."""
     import bench.investigate as investigate
-    import nst_jax.optimize
-    import nst_jax.vgg
+    import nst_jax.engine.optimize
+    import nst_jax.model.vgg
 
     monkeypatch.setattr(investigate, "RESULTS", tmp_path)
-    before = (nst_jax.vgg._convolve, nst_jax.vgg.adjoint_kernel, nst_jax.vgg._FEW_CHANNELS,
-              nst_jax.optimize._CPU_COMPILER_OPTIONS)
+    before = (nst_jax.model.vgg._convolve, nst_jax.model.vgg.adjoint_kernel, nst_jax.model.vgg._FEW_CHANNELS,
+              nst_jax.engine.optimize._CPU_COMPILER_OPTIONS)
     assert investigate.main(["--paired", "--size", "32", "--rounds", "2",
                              "--only", "baseline,adjoint-in-loop,conv1_1-convolution"]) == 0
     table = capsys.readouterr().out
     for name in ("baseline", "adjoint-in-loop", "conv1_1-convolution"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         assert float(row.split("|")[3].split()[0]) > 0  # a median in ms
-    assert (nst_jax.vgg._convolve, nst_jax.vgg.adjoint_kernel, nst_jax.vgg._FEW_CHANNELS,
-            nst_jax.optimize._CPU_COMPILER_OPTIONS) == before
+    assert (nst_jax.model.vgg._convolve, nst_jax.model.vgg.adjoint_kernel, nst_jax.model.vgg._FEW_CHANNELS,
+            nst_jax.engine.optimize._CPU_COMPILER_OPTIONS) == before
     written = json.loads((tmp_path / "investigate-32-baseline-adjoint-in-loop-conv1_1-convolution-paired.json").read_text())
     assert len(written["experiments"]["baseline"]["rounds"][0]["step_ms"]) > 0
     # Experiments that need a process of their own (XLA_FLAGS here) are refused, not run wrongly.

@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax import batch, images, run, stylize
+from nst_jax.engine import stylize as batch
+from nst_jax.imaging import images
+from nst_jax.cli import files, run
 from nst_jax.errors import UserInputError
-from nst_jax.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.settings import RANGES, Settings
+from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
+from nst_jax.config.settings import RANGES, Settings
 from weights_tools.synthetic import write_synthetic
 from datafiles import IMAGES
 
@@ -52,7 +54,7 @@ def _settings(*flags):
 
 
 def _main(argv):
-    """(exit status, stderr) of nst_jax.run.main(argv) in this process; argparse's exits included."""
+    """(exit status, stderr) of nst_jax.cli.run.main(argv) in this process; argparse's exits included."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
@@ -246,7 +248,7 @@ def weight_loads(monkeypatch):
         raise AssertionError("bad input reached the optimization")
 
     monkeypatch.setattr(run, "load_weights", load_weights)
-    monkeypatch.setattr(stylize, "stylize_batch", stylize_must_not_run)
+    monkeypatch.setattr(files, "stylize_batch", stylize_must_not_run)
     return loads
 
 
@@ -448,7 +450,7 @@ def no_compute(monkeypatch):
         calls.append(settings)
         return [(output, types.SimpleNamespace(interrupted=False))]
 
-    monkeypatch.setattr(stylize, "stylize_files", stylize_files)
+    monkeypatch.setattr(files, "stylize_files", stylize_files)
     return calls
 
 
@@ -592,7 +594,7 @@ def test_jpeg_output_is_a_jpeg(sixteen_bit_content_cmyk_style):
 
 def test_save_every_writes_the_intermediate_images(gray_content_rgba_style):
     record = gray_content_rgba_style
-    intermediate = Path(stylize.intermediate_path(str(record.output), 2, record.num_steps))
+    intermediate = Path(files.intermediate_path(str(record.output), 2, record.num_steps))
     # Only the final image and the step-2 save: no temporaries, no save at the last step.
     assert _files_under(record.output.parent) == sorted([record.output.name, intermediate.name])
     assert _png_description(intermediate)["steps"] == 2
@@ -784,7 +786,7 @@ def test_ctrl_c_before_the_loop_writes_nothing(tmp_path, synthetic_params_path, 
 
 def test_a_second_ctrl_c_is_deferred_too():
     before = signal.getsignal(signal.SIGINT)
-    with stylize.ctrl_c_at_visits(io.StringIO()) as ctrl_c:
+    with files.ctrl_c_at_visits(io.StringIO()) as ctrl_c:
         try:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
@@ -797,7 +799,7 @@ def test_a_second_ctrl_c_is_deferred_too():
     # Still none raises on the way out; with no press the handler is restored.
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     signal.signal(signal.SIGINT, before)
-    with stylize.ctrl_c_at_visits(io.StringIO()):
+    with files.ctrl_c_at_visits(io.StringIO()):
         pass
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -810,14 +812,14 @@ def _visit(step, loss, scale=0):
 
 
 def test_a_stalled_loss_is_one_warning_naming_a_flag():
-    watch = stylize.LossWatch(preset("neural-style").replace(optimizer="adam"))
+    watch = files.LossWatch(preset("neural-style").replace(optimizer="adam"))
     assert [watch.stalled(_visit(step, 100 - step)) for step in (10, 20, 30, 40)] == [None] * 4
     # Three visits spanning 20 steps without a relative move of 1e-6: one warning, once.
     lines = [watch.stalled(_visit(step, 5.0)) for step in (50, 60, 70, 80, 90)]
     assert lines[:2] == [None, None] and lines[3:] == [None, None]
     assert lines[2].startswith("warning: the loss has not moved") and "--learning-rate" in lines[2]
     # Visits closer than 20 steps do not count as a stall; a new scale starts afresh.
-    watch = stylize.LossWatch(preset("neural-style").replace(normalize_gradients=True))
+    watch = files.LossWatch(preset("neural-style").replace(normalize_gradients=True))
     assert watch.stalled(_visit(1, 5.0)) is None and watch.stalled(_visit(2, 5.0)) is None
     assert watch.stalled(_visit(3, 5.0)) is None
     assert [watch.stalled(_visit(step, 5.0, scale=1)) for step in (10, 20)] == [None, None]
@@ -836,7 +838,7 @@ def test_a_stalled_run_warns_once_and_finishes(tmp_path, synthetic_params_path):
 
 def test_a_diverging_run_stops_keeps_the_last_finite_image_and_says_so(tmp_path, synthetic_params_path,
                                                                        monkeypatch):
-    real = stylize.stylize_batch
+    real = files.stylize_batch
 
     def nan_from_step_20(*args, on_visit, **kwargs):
         def visit(v):
@@ -845,7 +847,7 @@ def test_a_diverging_run_stops_keeps_the_last_finite_image_and_says_so(tmp_path,
             on_visit(v)
         return real(*args, on_visit=visit, **kwargs)
 
-    monkeypatch.setattr(stylize, "stylize_batch", nan_from_step_20)
+    monkeypatch.setattr(files, "stylize_batch", nan_from_step_20)
     output = tmp_path / "out.png"
     status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS,
                             "--num-steps", "100", "--print-every", "0"])
@@ -894,7 +896,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_on_a_terminal_keeps_lines_off_the_bar_and_rates_exclude_compiling():
-    from nst_jax.progress import ProgressBar, write_line
+    from nst_jax.cli.progress import ProgressBar, write_line
     stream = _Terminal()
     bar = ProgressBar(100, stream=stream)
     time.sleep(0.3)  # "compiling": before the first visit, not counted in the rate

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax import color
+from nst_jax.imaging import color
 from datafiles import IMAGES
 
 

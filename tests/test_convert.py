@@ -1,4 +1,4 @@
-"""weights_tools.convert and its readers, on synthetic files in every public layout."""
+"""nst_jax.weights.convert and its readers, on synthetic files in every public layout."""
 
 import hashlib
 import os
@@ -13,12 +13,13 @@ import pytest
 
 from nst_jax import CONV_LAYERS, ParamsMetadata, load_params
 from nst_jax.errors import UserInputError, WeightsFileError
-from nst_jax.layers import BLOCKS
-from weights_tools import convert as convert_module
-from weights_tools.convert import convert, main, summary
-from weights_tools.layouts import (VGG19_CONVS, feature_layout, hwio_from_oihw, identify_by_hash,
+from nst_jax.model.layers import BLOCKS
+from nst_jax.weights import convert as convert_module
+from nst_jax.weights.convert import convert, summary
+from weights_tools.convert import main
+from nst_jax.weights.layouts import (VGG19_CONVS, feature_layout, hwio_from_oihw, identify_by_hash,
                                    identify_by_name)
-from weights_tools.readers import sniff_format
+from nst_jax.weights.readers import sniff_format
 from weights_tools.synthetic import synthetic_params, write_synthetic
 
 # (layout, include_top, file name, expected preprocessing, expected source_format). The .pth

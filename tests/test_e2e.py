@@ -57,7 +57,7 @@ def test_a_repeat_run_loads_every_program_from_the_compile_cache(pictures, synth
 
 def test_the_pytorch_reference_computes_our_objective(pictures, tmp_path):
     """One evaluation each (the start image is the content): neural-style's loss, both ways."""
-    from weights_tools.convert import convert
+    from nst_jax.weights.convert import convert
     from weights_tools.synthetic import write_synthetic
 
     content, style = pictures

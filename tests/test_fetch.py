@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from nst_jax.errors import UserInputError, WeightsFileError
-from nst_jax.params_file import load_params
-from weights_tools import fetch as fetch_module
-from weights_tools.fetch import default_params_path, download, fetch, format_progress, main
+from nst_jax.weights.params_file import load_params
+from nst_jax.weights import fetch as fetch_module
+from nst_jax.weights.fetch import default_params_path, download, fetch, format_progress
+from weights_tools.fetch import main
 from weights_tools.synthetic import write_synthetic
 
 KERAS_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -281,7 +282,7 @@ def test_public_file_named_npz_is_converted(cache, tmp_path, keras_file):
 
 
 def test_unknown_pth_advice_can_be_followed_from_fetch(server, cache, tmp_path, capsys):
-    # The converter asks for --preprocessing; weights_tools.fetch must accept what it is told.
+    # The converter asks for --preprocessing; nst_jax.weights.fetch must accept what it is told.
     public = tmp_path / "my_vgg19.pth"
     truth = write_synthetic("torchvision-pth", public)
     server.bodies["/my_vgg19.pth"] = public.read_bytes()

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from datafiles import IMAGES
-from nst_jax.run import main
+from nst_jax.cli.run import main
 
 GOLDEN = IMAGES / "golden.json"
 RECORD = os.environ.get("NST_JAX_RECORD_GOLDEN") == "1"

@@ -1,4 +1,4 @@
-"""nst_jax.images: every input image is float RGB in [0, 1]; outputs are complete or absent.
+"""nst_jax.imaging.images: every input image is float RGB in [0, 1]; outputs are complete or absent.
 
 References: Pillow 13 (independent encoders, its own colour conversions and its TIFF reader),
 numpy written from the PNG specification (filters), the EXIF specification (orientation) and
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 
-from nst_jax import images
+from nst_jax.imaging import images
 from nst_jax.errors import UserInputError
 from datafiles import IMAGES
 

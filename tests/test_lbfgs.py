@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from nst_jax.lbfgs import fixed_step_lbfgs
+from nst_jax.engine.lbfgs import fixed_step_lbfgs
 
 torch = pytest.importorskip("torch")
 

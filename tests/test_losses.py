@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import losses
+from nst_jax.loss import terms as losses
 
 RTOL = 1e-5
 SHAPE = (1, 4, 5, 3)  # one image, H=4, W=5, C=3: small enough for loops and finite differences

@@ -3,10 +3,10 @@
 import re
 from pathlib import Path
 
-from nst_jax.memory import LIMIT_ENV, estimate_memory, estimate_run
-from nst_jax.presets import preset
-from nst_jax.run import main
-from nst_jax.timings import CompileCounter
+from nst_jax.engine.memory import LIMIT_ENV, estimate_memory, estimate_run
+from nst_jax.config.presets import preset
+from nst_jax.cli.run import main
+from nst_jax.engine.timings import CompileCounter
 from datafiles import IMAGES
 
 

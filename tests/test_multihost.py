@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_jax.images import load_image
+from nst_jax.imaging.images import load_image
 from datafiles import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import losses
-from nst_jax.objective import Objective, loss_weights, total_loss, vgg_features
-from nst_jax.presets import preset
-from nst_jax.stages import compute_targets
+from nst_jax.loss import terms as losses
+from nst_jax.loss.objective import Objective, loss_weights, total_loss, vgg_features
+from nst_jax.config.presets import preset
+from nst_jax.engine.stages import compute_targets
 from weights_tools.synthetic import synthetic_params
 
 

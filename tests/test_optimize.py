@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import color
-from nst_jax.objective import Objective, loss_weights, total_loss
-from nst_jax.optimize import (OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer,
+from nst_jax.imaging import color
+from nst_jax.loss.objective import Objective, loss_weights, total_loss
+from nst_jax.engine.optimize import (OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer,
                               run_loop, visit_steps)
-from nst_jax.presets import preset
-from nst_jax.stages import compute_targets
-from nst_jax.stylize import stylize
-from nst_jax.images import load_image, resize_long_side
+from nst_jax.config.presets import preset
+from nst_jax.engine.stages import compute_targets
+from nst_jax import stylize
+from nst_jax.imaging.images import load_image, resize_long_side
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
 

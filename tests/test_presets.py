@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax.objective import (Objective, blend_grams, content_targets, loss_terms, loss_weights,
+from nst_jax.loss.objective import (Objective, blend_grams, content_targets, loss_terms, loss_weights,
                                style_grams, vgg_features)
-from nst_jax.presets import PRESETS, preset
-from nst_jax.settings import Settings
+from nst_jax.config.presets import PRESETS, preset
+from nst_jax.config.settings import Settings
 from weights_tools.synthetic import synthetic_params
 
 HEIGHT, WIDTH = 40, 48  # non-square; deep enough for relu5_3 (2×3 at block 5)
@@ -123,7 +123,7 @@ def test_the_learning_rate_decays_as_keras_exponential_decay(staircase):
     os.environ.setdefault("KERAS_BACKEND", "jax")  # read once, when keras is first imported
     import keras
 
-    from nst_jax.optimize import OptimizerSpec, make_optimizer
+    from nst_jax.engine.optimize import OptimizerSpec, make_optimizer
 
     settings = preset("keras-example").replace(lr_decay_staircase=staircase)
     optimizer = make_optimizer(OptimizerSpec.from_settings(settings))

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax.images import load_image
-from nst_jax.memory import compiled_chunk
-from nst_jax.objective import Objective, loss_weights, style_grams, total_loss, content_targets
-from nst_jax.presets import preset
-from nst_jax.stylize import stylize
+from nst_jax.imaging.images import load_image
+from nst_jax.engine.memory import compiled_chunk
+from nst_jax.loss.objective import Objective, loss_weights, style_grams, total_loss, content_targets
+from nst_jax.config.presets import preset
+from nst_jax import stylize
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
 
@@ -74,8 +74,8 @@ def _chunk_analysis(settings, size):
 
 
 def test_the_remat_program_recomputes():
-    from nst_jax.memory import abstract_chunk_args
-    from nst_jax.optimize import chunk_program
+    from nst_jax.engine.memory import abstract_chunk_args
+    from nst_jax.engine.optimize import chunk_program
 
     def convolutions(remat):
         objective, spec, args = abstract_chunk_args(
@@ -103,13 +103,13 @@ def test_remat_lowers_xlas_temporaries():
 SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    import nst_jax.batch as engine
-    from nst_jax.batch import image_mesh
+    import nst_jax.engine.stylize as engine
+    from nst_jax.engine.stylize import image_mesh
     from nst_jax.errors import UserInputError
-    from nst_jax.images import load_image
-    from nst_jax.memory import LIMIT_ENV, check_fits, compiled_chunk, estimate_run
-    from nst_jax.presets import preset
-    from nst_jax.stylize import stylize
+    from nst_jax.imaging.images import load_image
+    from nst_jax.engine.memory import LIMIT_ENV, check_fits, compiled_chunk, estimate_run
+    from nst_jax.config.presets import preset
+    from nst_jax import stylize
     from weights_tools.synthetic import synthetic_params
     images = sys.argv[1]
     content = load_image(images + "/tubingen.jpg", 48)
@@ -193,7 +193,7 @@ STORAGE_TOLERANCE = 5e-3  # measured: 0.8e-3 (Adam), 2.3e-3 (L-BFGS, memory 100,
 
 
 def test_bfloat16_storage_keeps_the_history_in_bfloat16():
-    from nst_jax.optimize import OptimizerSpec, make_optimizer
+    from nst_jax.engine.optimize import OptimizerSpec, make_optimizer
     pixels = jnp.zeros((8, 8, 3), jnp.float32)
     lbfgs = make_optimizer(OptimizerSpec(name="lbfgs", lbfgs_memory=3, storage_dtype="bfloat16")).init(pixels)
     assert lbfgs.steps.dtype == lbfgs.gradient_changes.dtype == jnp.bfloat16
@@ -220,8 +220,8 @@ def test_bfloat16_storage_ends_near_float32(optimizer, params, photos):
 # --- runs that choose what fits -----------------------------------------------------------------
 
 def test_analytic_remat_estimate_covers_xla_and_is_smaller(monkeypatch):
-    import nst_jax.memory as memory
-    from nst_jax.memory import estimate_memory, estimate_run
+    import nst_jax.engine.memory as memory
+    from nst_jax.engine.memory import estimate_memory, estimate_run
     # On CPU XLA keeps no less with remat, and the estimate knows it: a remat run is a plain one.
     settings = preset("neural-style").replace(remat="blocks", image_size=512)
     plain = estimate_run(settings.replace(remat="none"), (384, 512), [(384, 512)])
@@ -240,10 +240,10 @@ def test_analytic_remat_estimate_covers_xla_and_is_smaller(monkeypatch):
 
 
 def test_fit_check_suggests_remat_and_auto_uses_it(monkeypatch):
-    import nst_jax.memory as memory
+    import nst_jax.engine.memory as memory
     from nst_jax.errors import UserInputError
     monkeypatch.setattr(memory, "remat_saves_memory", lambda backend=None: True)  # as on accelerators
-    from nst_jax.memory import LIMIT_ENV, check_fits, estimate_run, largest_lbfgs_memory, resolve_remat
+    from nst_jax.engine.memory import LIMIT_ENV, check_fits, estimate_run, largest_lbfgs_memory, resolve_remat
     settings = preset("neural-style").replace(optimizer="adam", image_size=2048)
     shapes = ((1536, 2048), [(1536, 2048)])
     plain, blocks = (estimate_run(settings.replace(remat=r), *shapes).total for r in ("none", "blocks"))
@@ -262,8 +262,8 @@ def test_fit_check_suggests_remat_and_auto_uses_it(monkeypatch):
 
 
 def test_cli_shard_flag_lbfgs_auto_and_the_estimate_table(capsys, monkeypatch):
-    from nst_jax import run
-    from nst_jax.memory import LIMIT_ENV, estimate_run
+    from nst_jax.cli import run
+    from nst_jax.engine.memory import LIMIT_ENV, estimate_run
     args, settings, _ = run.parse_and_validate([IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg",
                                                 "--shard", "image", "--lbfgs-memory", "auto"])
     assert args.shard == "image" and args.lbfgs_memory == "auto" and settings.lbfgs_memory == 100
@@ -281,7 +281,7 @@ def test_cli_shard_flag_lbfgs_auto_and_the_estimate_table(capsys, monkeypatch):
 
 CLI_SCRIPT = textwrap.dedent("""
     import sys
-    from nst_jax.run import main
+    from nst_jax.cli.run import main
     images, weights, out = sys.argv[1:4]
     common = [images + "/tubingen.jpg", images + "/starry_night.jpg", "--weights", weights,
               "--image-size", "32", "--num-steps", "2", "--optimizer", "adam",
@@ -300,5 +300,5 @@ def test_cli_devices_without_shard_splits_a_single_image(synthetic_params_path, 
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "on 4 device(s) (1 per device, each image split by rows)" in completed.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
-    from nst_jax.images import read_png_metadata
+    from nst_jax.imaging.images import read_png_metadata
     assert read_png_metadata(output)["settings"]["remat"] == "none"  # auto, resolved: it fits

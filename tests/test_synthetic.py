@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from nst_jax import CONV_LAYERS, load_params  # noqa: E402
-from nst_jax.layers import conv_shape  # noqa: E402
+from nst_jax.model.layers import conv_shape  # noqa: E402
 from weights_tools.synthetic import LAYOUTS, synthetic_params, write_synthetic  # noqa: E402
 
 MIB = 1 << 20
@@ -174,7 +174,7 @@ def test_cli_writes_a_file_that_converts(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "random" in done.stdout and "not for art" in done.stdout and str(path) in done.stdout
 
-    from weights_tools.convert import convert
+    from nst_jax.weights.convert import convert
 
     convert(path, tmp_path / "params.npz")
     params, metadata = load_params(tmp_path / "params.npz")

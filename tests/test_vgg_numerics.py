@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 import nst_jax
-from nst_jax.layers import CONV_LAYERS, LAYER_ORDER
-from weights_tools.convert import convert
+from nst_jax.model.layers import CONV_LAYERS, LAYER_ORDER
+from nst_jax.weights.convert import convert
 from weights_tools.synthetic import write_synthetic
 from datafiles import IMAGES
 

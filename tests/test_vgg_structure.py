@@ -11,7 +11,7 @@ from PIL import Image
 
 import nst_jax
 from nst_jax.errors import WeightsFileError
-from nst_jax.params_file import ParamsMetadata, load_params, save_params
+from nst_jax.weights.params_file import ParamsMetadata, load_params, save_params
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
 
@@ -152,7 +152,7 @@ def test_missing_file_is_refused_naming_it(tmp_path):
 
 
 def test_prepared_adjoint_kernels_give_the_same_features_and_image_gradient(params, vgg_input):
-    prepared = nst_jax.vgg.with_adjoint_kernels(params)
+    prepared = nst_jax.model.vgg.with_adjoint_kernels(params)
     assert set(prepared["conv3_1"]) == {"kernel", "bias", "adjoint_kernel"}
     assert "adjoint_kernel" not in params["conv3_1"]  # the caller's dict is left alone
     layers = ("relu1_1", "relu3_1", "relu4_2")
@@ -170,20 +170,20 @@ def test_prepared_adjoint_kernels_give_the_same_features_and_image_gradient(para
 
 
 def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params, monkeypatch):
-    """nst_jax.batch prepares the adjoint kernels before compiling; nothing traced rotates any."""
-    import nst_jax.vgg
-    from nst_jax.batch import make_members, stylize_batch
-    from nst_jax.presets import preset
+    """nst_jax.engine.stylize prepares the adjoint kernels before compiling; nothing traced rotates any."""
+    import nst_jax.model.vgg
+    from nst_jax.engine.stylize import make_members, stylize_batch
+    from nst_jax.config.presets import preset
 
     traced_rotations = []
-    rotate = nst_jax.vgg.adjoint_kernel
+    rotate = nst_jax.model.vgg.adjoint_kernel
 
     def counting(kernel):
         if isinstance(kernel, jax.core.Tracer):
             traced_rotations.append(kernel.shape)
         return rotate(kernel)
 
-    monkeypatch.setattr(nst_jax.vgg, "adjoint_kernel", counting)
+    monkeypatch.setattr(nst_jax.model.vgg, "adjoint_kernel", counting)
     settings = preset("neural-style").replace(num_steps=2, image_size=24, content_layers=("relu2_1",),
                                               style_layers=("relu1_1", "relu2_1"))
     picture = np.random.default_rng(0).random((24, 24, 3), np.float32)
@@ -199,7 +199,7 @@ def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params, monkey
 
 @pytest.mark.parametrize("in_channels", [1, 3, 8, 9, 64])  # both input-gradient paths, and the edge
 def test_conv3x3_same_gradients_equal_jax_autodiff_of_the_convolution(in_channels):
-    from nst_jax.vgg import adjoint_kernel, conv3x3_same
+    from nst_jax.model.vgg import adjoint_kernel, conv3x3_same
 
     rng = np.random.default_rng(in_channels)
     x = jax.numpy.asarray(rng.standard_normal((2, 7, 10, in_channels), np.float32))
@@ -226,7 +226,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_gives_it(shape):
     import flax.linen as nn
     import torch
 
-    from nst_jax.vgg import max_pool_2x2
+    from nst_jax.model.vgg import max_pool_2x2
 
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(0, 3, shape).astype(np.float32)

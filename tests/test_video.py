@@ -17,11 +17,11 @@ import pytest
 av = pytest.importorskip("av")
 pytest.importorskip("cv2")
 
-from nst_jax import flow, video_io  # noqa: E402
-from nst_jax.images import load_image, save_image  # noqa: E402
-from nst_jax.presets import preset  # noqa: E402
-from nst_jax.timings import CompileCounter  # noqa: E402
-from nst_jax.video import VideoSettings, main, output_warping_error, stylize_frames  # noqa: E402
+from nst_jax.video import flow, files as video_io  # noqa: E402
+from nst_jax.imaging.images import load_image, save_image  # noqa: E402
+from nst_jax.config.presets import preset  # noqa: E402
+from nst_jax.engine.timings import CompileCounter  # noqa: E402
+from nst_jax.video.transfer import VideoSettings, main, output_warping_error, stylize_frames  # noqa: E402
 from weights_tools.synthetic import synthetic_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,8 +205,8 @@ def test_luminance_transfer_with_long_term_frames(params):
 
 
 def test_objective_without_a_temporal_target_is_unchanged(params):
-    from nst_jax.objective import Objective, loss_terms, loss_weights
-    from nst_jax.stages import compute_targets
+    from nst_jax.loss.objective import Objective, loss_terms, loss_weights
+    from nst_jax.engine.stages import compute_targets
     settings = preset("neural-style").replace(**CHEAP)
     objective = Objective.from_settings(settings, "caffe")
     pixels = jnp.asarray(texture(32, 32) * 255)

@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 
 from nst_jax.errors import UserInputError
-from nst_jax.layers import BLOCKS, conv_shape
-from weights_tools.layouts import SYNTHETIC_MARKER, VGG16_BLOCKS, feature_layout
+from nst_jax.model.layers import BLOCKS, conv_shape
+from nst_jax.weights.layouts import SYNTHETIC_MARKER, VGG16_BLOCKS, feature_layout
 
 LAYOUTS = ("keras-h5", "keras-h5-tf", "keras3-h5", "torchvision-pth", "caffe-pth", "safetensors")
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from nst_jax import images
+from nst_jax.imaging import images
 from nst_jax.errors import UserInputError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")

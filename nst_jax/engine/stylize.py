@@ -8,8 +8,8 @@ branches become selects that compute every branch. L-BFGS keeps each member's ow
 step: vmap batches the optimizer state; without a line search (the default) a member-step costs
 what a single image's step costs, with the zoom line search every member waits for the slowest.
 
-Compiled programs are cached per process by their static settings (nst_jax.optimize.chunk_program,
-nst_jax.stages.targets), so a second run with the same settings and sizes compiles nothing.
+Compiled programs are cached per process by their static settings (nst_jax.engine.optimize.chunk_program,
+nst_jax.engine.stages.targets), so a second run with the same settings and sizes compiles nothing.
 
 Styles of different sizes need no resizing or padding: a style enters only through its Gram
 matrices, which are C×C whatever the painting's size, so each style is measured at its own size
@@ -33,14 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nst_jax import images
-from nst_jax.layers import CONV_LAYERS, deepest_conv
-from nst_jax.objective import Objective, loss_weights
-from nst_jax.settings import Settings
-from nst_jax.optimize import (OptimizerSpec, chunk_program, row_shardings, run_loop, state_program,
+from nst_jax.imaging import images
+from nst_jax.model.layers import CONV_LAYERS, deepest_conv
+from nst_jax.loss.objective import Objective, loss_weights
+from nst_jax.config.settings import Settings
+from nst_jax.engine.optimize import (OptimizerSpec, chunk_program, row_shardings, run_loop, state_program,
                                to_host)
-from nst_jax.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
-from nst_jax.vgg import with_adjoint_kernels
+from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
+from nst_jax.model.vgg import with_adjoint_kernels
 
 
 # VGG-19 params as nst_jax.load_params gives them: {"conv1_1": {"kernel": HWIO, "bias": (C,)}, ...}.
@@ -205,7 +205,7 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
         raise ValueError(f"{len(settings.style_blend_weights)} style blend weights for "
                          f"{len(styles)} style images")
     if settings.remat == "auto":
-        from nst_jax.memory import resolve_remat
+        from nst_jax.engine.memory import resolve_remat
         settings = resolve_remat(settings, content.shape[:2], [style.shape[:2] for style in styles],
                                  len(members), mesh.size if mesh is not None else 1,
                                  "image" if splits_rows(mesh) else "batch",
@@ -234,6 +234,26 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
         finished = [images.resize_long_side(image, settings.image_size) for image in finished]
     return [StylizeResult(image, steps_done, interrupted, float(loss), seconds)
             for image, loss in zip(finished, losses)]
+
+
+def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
+            convention: str, *, init_image: Optional[np.ndarray] = None,
+            on_visit: Optional[Callable[[Visit], None]] = None, intervals: Sequence[int] = (),
+            mesh: Optional[Mesh] = None) -> StylizeResult:
+    """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
+
+    Args:
+      params: VGG-19 params as loaded by nst_jax.load_params (numpy or jax arrays).
+      convention: the params' preprocessing convention ("caffe" or "torch").
+      init_image: RGB array for settings.init == "image".
+      on_visit: called with a `nst_jax.engine.stylize.Visit` (arrays of one member) at every host visit.
+      intervals: step intervals at which to visit the host.
+      mesh: `nst_jax.engine.stylize.image_mesh(n)` splits the image by rows over n devices; None: one device.
+    """
+    (member,) = make_members(settings, ["style"] * len(styles), per_style=False)
+    (result,) = stylize_batch(content, styles, settings, params, convention, [member],
+                              init_image=init_image, on_visit=on_visit, intervals=intervals, mesh=mesh)
+    return result
 
 
 def prepare_params(params: Params, objective: Objective) -> Params:

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import color, images
-from nst_jax.objective import blend_grams, content_targets, style_grams
-from nst_jax.preprocess import mean_rgb
+from nst_jax.imaging import color, images
+from nst_jax.loss.objective import blend_grams, content_targets, style_grams
+from nst_jax.model.preprocess import mean_rgb
 
 # The coarsest pass of a multi-scale run is never smaller than this (long side, px).
 MIN_SCALE_SIDE = 32

@@ -1,6 +1,6 @@
 """The project's one params file: VGG-19 kernels (HWIO) and biases, plus metadata, in one .npz.
 
-Only `weights_tools.convert` writes these from public releases; everything else only loads them.
+Only `nst_jax.weights.convert` writes these from public releases; everything else only loads them.
 Loading needs neither the source file nor the converter.
 """
 
@@ -14,8 +14,8 @@ import zipfile
 import numpy as np
 
 from nst_jax.errors import WeightsFileError
-from nst_jax.layers import CONV_LAYERS, conv_shape
-from nst_jax.preprocess import CONVENTIONS
+from nst_jax.model.layers import CONV_LAYERS, conv_shape
+from nst_jax.model.preprocess import CONVENTIONS
 
 FORMAT = "nst-jax-vgg19"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ import numbers
 from typing import Optional, Tuple
 
 from nst_jax.errors import UserInputError
-from nst_jax.layers import canonical_layer
+from nst_jax.model.layers import canonical_layer
 
 CHOICES = {
     "pooling": ("max", "avg"),

@@ -1,8 +1,8 @@
-"""Stylizing images: `stylize` on arrays (for notebooks), `stylize_files` for the CLI.
+"""The CLI's run on files: `stylize_files` loads, runs the engine, shows progress, saves.
 
-Both run through the one engine, `nst_jax.batch.stylize_batch`: a single stylization is a batch
-of one. `stylize_files` adds loading, progress, intermediate saves, Ctrl-C handling and atomic
-writes of the results, for one output or a batch of them.
+It runs the one engine, `nst_jax.engine.stylize.stylize_batch` (a single output is a batch of
+one), and adds loading, progress, intermediate saves, Ctrl-C handling and atomic writes of the
+results, for one output or a batch of them.
 """
 
 import contextlib
@@ -18,46 +18,26 @@ from typing import Callable, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from nst_jax import images
+from nst_jax.imaging import images
 from jax.sharding import Mesh
 
-from nst_jax.batch import (Params, StylizeResult, Visit, batch_mesh, image_mesh, make_members, splits_rows,
+from nst_jax.engine.stylize import (Params, StylizeResult, Visit, batch_mesh, image_mesh, make_members, splits_rows,
                            stylize_batch)
-from nst_jax.settings import Settings
+from nst_jax.config.settings import Settings
 from nst_jax.errors import UserInputError
-from nst_jax.memory import check_fits, resolve_remat
-from nst_jax.progress import ProgressBar, write_line
-from nst_jax.stages import scale_sizes
-from nst_jax.timings import RunTimings
+from nst_jax.engine.memory import check_fits, resolve_remat
+from nst_jax.cli.progress import ProgressBar, write_line
+from nst_jax.engine.stages import scale_sizes
+from nst_jax.engine.timings import RunTimings
 
 # Steps between host visits even when nothing is printed: how soon Ctrl-C is noticed and how
 # often a terminal's progress bar is redrawn. Print and save intervals add visits.
 PROGRESS_INTERVAL = 10
 
 
-def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
-            convention: str, *, init_image: Optional[np.ndarray] = None,
-            on_visit: Optional[Callable[[Visit], None]] = None, intervals: Sequence[int] = (),
-            mesh: Optional[Mesh] = None) -> StylizeResult:
-    """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
-
-    Args:
-      params: VGG-19 params as loaded by nst_jax.load_params (numpy or jax arrays).
-      convention: the params' preprocessing convention ("caffe" or "torch").
-      init_image: RGB array for settings.init == "image".
-      on_visit: called with a `nst_jax.batch.Visit` (arrays of one member) at every host visit.
-      intervals: step intervals at which to visit the host.
-      mesh: `nst_jax.batch.image_mesh(n)` splits the image by rows over n devices; None: one device.
-    """
-    (member,) = make_members(settings, ["style"] * len(styles), per_style=False)
-    (result,) = stylize_batch(content, styles, settings, params, convention, [member],
-                              init_image=init_image, on_visit=on_visit, intervals=intervals, mesh=mesh)
-    return result
-
-
 @dataclasses.dataclass(frozen=True)
 class BatchRequest:
-    """What a batched CLI run sweeps (see `nst_jax.batch.make_members`)."""
+    """What a batched CLI run sweeps (see `nst_jax.engine.stylize.make_members`)."""
 
     per_style: bool = False
     style_weights: Optional[Tuple[float, ...]] = None

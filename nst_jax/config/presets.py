@@ -6,7 +6,7 @@ VGG-19 up to the deepest layer used (see BENCHMARKS.md for measured times).
 """
 
 from nst_jax.errors import UserInputError
-from nst_jax.settings import Settings
+from nst_jax.config.settings import Settings
 
 _GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -118,7 +118,7 @@ def pytorch_tutorial():
     content MSE at conv_4 (= conv2_2) × 1, style MSE of Grams ÷ (C·H·W) at conv_1…conv_5
     (conv1_1, conv1_2, conv2_1, conv2_2, conv3_1) × 1e6; no TV; L-BFGS, 300 steps, from the
     content image, clamped to [0, 1]. Exact with torchvision's vgg19-dcbb9e9d.pth converted
-    (`weights_tools.convert`); with the Caffe weights the network differs. Cost: the cheapest
+    (`nst_jax.weights.convert`); with the Caffe weights the network differs. Cost: the cheapest
     preset, network only up to conv3_1.
     """
     return Settings(

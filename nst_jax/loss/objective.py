@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nst_jax import losses
-from nst_jax.layers import LAYER_ORDER, canonical_layer
-from nst_jax.preprocess import preprocess
-from nst_jax.settings import layer_weights
-from nst_jax.vgg import features
+from nst_jax.loss import terms as losses
+from nst_jax.model.layers import LAYER_ORDER, canonical_layer
+from nst_jax.model.preprocess import preprocess
+from nst_jax.config.settings import layer_weights
+from nst_jax.model.vgg import features
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 
 from nst_jax.errors import WeightsFileError
-from nst_jax.params_file import METADATA_ENTRY
-from weights_tools.layouts import KERAS, SYNTHETIC_MARKER, TORCH, hwio_from_oihw, match_layers
+from nst_jax.weights.params_file import METADATA_ENTRY
+from nst_jax.weights.layouts import KERAS, SYNTHETIC_MARKER, TORCH, hwio_from_oihw, match_layers
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # What a user may have meant, from the extension, for a file whose content is no known format.
@@ -26,7 +26,7 @@ _CLAIMED_BY_EXTENSION = {".h5": "not an HDF5 file", ".hdf5": "not an HDF5 file",
                          ".pth": "not a readable PyTorch file", ".pt": "not a readable PyTorch file",
                          ".safetensors": "not a readable safetensors file",
                          ".npz": "not an nst-jax params file"}
-ACCEPTED_FORMATS = ("an nst-jax params file (weights_tools.convert's output), Keras .h5 weights "
+ACCEPTED_FORMATS = ("an nst-jax params file (nst_jax.weights.convert's output), Keras .h5 weights "
                     "(HDF5), a PyTorch .pth state dict (zip or legacy pickle) or timm .safetensors")
 
 
@@ -95,7 +95,7 @@ def read_weights(path):
     kind = sniff_format(path)
     if kind == "params":
         raise WeightsFileError(f"{path}: already an nst-jax params file, nothing to convert; "
-                               f"use it as it is (nst_jax.run --weights {path})")
+                               f"use it as it is (nst_jax.cli.run --weights {path})")
     readers = {"hdf5": read_keras_h5, "torch-zip": read_torch_pth, "torch-pickle": read_torch_pth,
                "safetensors": read_safetensors}
     return readers[kind](path)

@@ -4,7 +4,7 @@ A step is (pixels, opt_state) -> (pixels, opt_state, loss terms); `lax.fori_loop
 of them inside one compiled call whose trip count is a traced argument, so chunks of any length
 reuse one compilation. Only the image gets a gradient.
 
-L-BFGS comes in two forms: without a line search (`nst_jax.lbfgs`, torch.optim.LBFGS's fixed
+L-BFGS comes in two forms: without a line search (`nst_jax.engine.lbfgs`, torch.optim.LBFGS's fixed
 step, what neural-style runs: one evaluation per step, no branches, so batches cost what their
 members cost) and with optax's zoom line search (several evaluations where the curvature asks).
 
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nst_jax.lbfgs import fixed_step_lbfgs
-from nst_jax.objective import Objective, loss_terms
+from nst_jax.engine.lbfgs import fixed_step_lbfgs
+from nst_jax.loss.objective import Objective, loss_terms
 
 
 @dataclasses.dataclass(frozen=True)

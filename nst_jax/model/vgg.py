@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nst_jax.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer
+from nst_jax.model.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer
 
 POOLINGS = ("max", "avg")
 

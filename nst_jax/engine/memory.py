@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax.errors import UserInputError
-from nst_jax.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
-from nst_jax.objective import Objective, content_targets
-from nst_jax.optimize import OptimizerSpec, chunk_program, make_optimizer, row_shardings
-from nst_jax.vgg import ADJOINT
+from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
+from nst_jax.loss.objective import Objective, content_targets
+from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer, row_shardings
+from nst_jax.model.vgg import ADJOINT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _activation_floats(height, width, deepest):
 
 def _layer_floats(height, width, layer):
     """Floats of one activation (relu4_2, conv2_1, pool1): its block's channels at its size."""
-    from nst_jax.layers import canonical_layer
+    from nst_jax.model.layers import canonical_layer
     name = canonical_layer(layer)
     block = int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1]) + 1
     return -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[min(block, 5)]
@@ -174,7 +174,7 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     each image's rows (the images, their optimizer state and the loop's activations; the targets
     are computed on one device before the loop).
     """
-    from nst_jax.images import long_side_shape
+    from nst_jax.imaging.images import long_side_shape
     objective = Objective.from_settings(settings, "caffe")
     deepest = deepest_conv(objective.layers)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]

@@ -1,7 +1,7 @@
 """python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4 [image flags] [video flags]
 
 Style transfer for videos with Ruder, Dosovitskiy & Brox's (2016) temporal consistency: each frame
-starts from the previous result warped along the optical flow (nst_jax.flow), and a short-term
+starts from the previous result warped along the optical flow (nst_jax.video.flow), and a short-term
 temporal loss, (1/D) Σ c·(x − ω(x_prev))², keeps it there wherever the flow is trustworthy.
 
 One compiled loop serves the whole clip: every frame has the same shapes, the temporal target and
@@ -23,9 +23,9 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from nst_jax import flow, video_io
+from nst_jax.video import flow, files as video_io
 from nst_jax.errors import UserInputError
-from nst_jax.settings import INT32_MAX, MAX_STEPS, Range
+from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range
 
 USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--preset NAME] "
          "[flags] [--temporal-weight X] [--frame-steps N] [--start S] [--duration S] [--every N]")
@@ -39,7 +39,7 @@ REFUSED_FLAGS = ("batch", "sweep_style_weight", "sweep_content_weight", "sweep_s
 
 @dataclasses.dataclass(frozen=True)
 class VideoSettings:
-    """The video-only knobs (the image ones are nst_jax.settings.Settings).
+    """The video-only knobs (the image ones are nst_jax.config.settings.Settings).
 
     temporal_weight: weight of the short-term temporal loss (0: none).
     frame_steps: steps for every frame after the first (which gets num_steps); None: half.
@@ -102,7 +102,7 @@ class ClipResult:
 @functools.lru_cache(maxsize=None)
 def _content_program(objective):
     """The content targets of one frame, as one compiled program for the whole clip."""
-    from nst_jax.objective import content_targets
+    from nst_jax.loss.objective import content_targets
     return jax.jit(functools.partial(content_targets, objective))
 
 
@@ -135,10 +135,10 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
 
     Returns (frames finished in this call, interrupted). One compile of the loop for the clip.
     """
-    from nst_jax.batch import prepare_params
-    from nst_jax.objective import Objective, loss_weights
-    from nst_jax.optimize import OptimizerSpec, chunk_program, run_loop, state_program
-    from nst_jax.stages import finish_image, initial_pixels, prepare_images, targets
+    from nst_jax.engine.stylize import prepare_params
+    from nst_jax.loss.objective import Objective, loss_weights
+    from nst_jax.engine.optimize import OptimizerSpec, chunk_program, run_loop, state_program
+    from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, targets
 
     objective = Objective.from_settings(settings, convention)
     params = prepare_params(params, objective)
@@ -219,8 +219,8 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
 # --- the command line ----------------------------------------------------------------------
 
 def build_parser():
-    """nst_jax.run's parser (every image flag, same checks) plus the video flags."""
-    from nst_jax.run import _number, build_parser as build_image_parser
+    """nst_jax.cli.run's parser (every image flag, same checks) plus the video flags."""
+    from nst_jax.cli.run import _number, build_parser as build_image_parser
     parser = build_image_parser()
     parser.prog, parser.usage = "python -m nst_jax.video", USAGE
     for action in parser._actions:  # the positionals and -o mean other things here
@@ -232,7 +232,7 @@ def build_parser():
                            "or, for any other name, a folder of PNG frames; default: out.mp4")
     parser.description = ("Neural style transfer for videos with temporal consistency (Ruder et al. "
                           "2016). IN is a video file or a folder of frames; OUT a video (.mp4, .mov, "
-                          ".mkv) or a folder of PNG frames. Image flags as in nst_jax.run.")
+                          ".mkv) or a folder of PNG frames. Image flags as in nst_jax.cli.run.")
     group = parser.add_argument_group("video")
     group.add_argument("--temporal-weight", type=_number(float), metavar="X",
                        help=f"weight of the short-term temporal loss, 0: none "
@@ -261,7 +261,7 @@ def build_parser():
 
 
 def _strip_flags(argv, flags, switches):
-    """argv without the given flags (and their values): what nst_jax.run's parser should see."""
+    """argv without the given flags (and their values): what nst_jax.cli.run's parser should see."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -277,7 +277,7 @@ def _strip_flags(argv, flags, switches):
 
 def parse_and_validate(argv=None):
     """Flags -> (args, Settings, VideoSettings), every value checked; one-line UserInputError."""
-    from nst_jax import run
+    from nst_jax.cli import run
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     argv = run._keep_negative_values(parser, argv)
@@ -328,8 +328,8 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
     Returns a ClipResult. Raises UserInputError (one line) before any compute for unusable
     inputs or outputs. Ctrl-C stops at the next host visit: finished frames stay on disk.
     """
-    from nst_jax import images
-    from nst_jax.stylize import ctrl_c_at_visits, run_description
+    from nst_jax.imaging import images
+    from nst_jax.cli.files import ctrl_c_at_visits, run_description
     stream = stream or sys.stderr
     output = args.output
     video_io.check_video_output(output)
@@ -416,7 +416,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
 
 
 def _pixels_from_image(rgb, settings):
-    from nst_jax import color
+    from nst_jax.imaging import color
     if settings.original_colors == "luminance":
         rgb = np.asarray(color.luminance(rgb))[..., None]
     return np.asarray(rgb, np.float32) * np.float32(settings.pixel_range)
@@ -438,7 +438,7 @@ def main(argv=None, on_frame: Optional[Callable] = None):
         args, settings, video = parse_and_validate(argv)
         if not args.no_compile_cache:
             enable_compile_cache()
-        from nst_jax.run import load_weights
+        from nst_jax.cli.run import load_weights
         result = stylize_video_files(args, settings, video,
                                      lambda: load_weights(args.weights, args.preprocessing),
                                      on_frame=on_frame)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from nst_jax.errors import WeightsFileError
-from nst_jax.layers import conv_shape
+from nst_jax.model.layers import conv_shape
 
 # Our name, the Keras layer name, and the torchvision / timm `features` index (convolutions sit
 # between ReLUs and pools in `features`, hence the gaps).

@@ -1,0 +1,1 @@
+"""The command line: flags -> Settings, files in and out, progress, Ctrl-C."""

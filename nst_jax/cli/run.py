@@ -1,0 +1,500 @@
+"""python -m nst_jax.run content.jpg style.jpg [style2.jpg ...] [-o out.png] [--preset NAME] [flags]
+
+Thin entry point: parse and check flags, build one Settings (a preset with the flags given on
+top), call the library. Bad input ends with one line `error: <flag or file>: <what is wrong>` and
+exit status 2; bad flag values are caught here, before any file is read or anything compiled.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import typing
+from pathlib import Path
+
+from nst_jax.cache import enable_compile_cache
+from nst_jax.errors import UserInputError
+from nst_jax.model.preprocess import CONVENTIONS
+from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
+from nst_jax.config.settings import CHOICES, INT32_MAX, RANGES, Range, Settings
+from nst_jax.engine.timings import RunTimings
+
+USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
+# Ranges of the flags that are not Settings fields (theirs are in settings.RANGES).
+CLI_RANGES = {"devices": Range(1, INT32_MAX), "num_processes": Range(1, INT32_MAX),
+              "process_id": Range(0, INT32_MAX)}  # and below --num-processes
+# Sweepable Settings fields and their item type; a sweep's values have the field's range.
+SWEEPS = {"style_weight": float, "content_weight": float, "seed": int}
+# An init image whose aspect ratio differs from the content's by more than this is visibly stretched.
+STRETCH_TOLERANCE = 0.01
+
+# Help for each Settings field; the flag is the field name with dashes.
+FIELD_HELP = {
+    "image_size": "long side of the output in pixels (aspect ratio kept)",
+    "scales": "coarse-to-fine passes, each √2 larger, the last at --image-size; --num-steps each",
+    "style_scale": "style image size relative to the output size",
+    "style_blend_weights": "comma-separated weight per style image (default: equal)",
+    "content_layers": "comma-separated layers for the content loss, e.g. relu4_2 (Keras names work too)",
+    "content_layer_weights": "comma-separated weight per content layer (default: 1 each)",
+    "style_layers": "comma-separated layers for the style loss",
+    "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
+    "pooling": "VGG pooling",
+    "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
+    "remat": "recompute each VGG block's activations in the backward pass: less memory for one "
+             "more forward pass per step on accelerators (XLA's CPU compiler folds it back: no "
+             "saving there); auto: only when the run would not fit otherwise",
+    "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
+    "content_weight": "α, weight of the content loss",
+    "style_weight": "β, weight of the style loss",
+    "tv_weight": "γ, weight of the total-variation loss (0: none)",
+    "content_loss": "content reduction: ½Σ(F−P)² (paper), Σ, or mean",
+    "gram_normalization": "Gram matrix divided by 1, H·W or C·H·W",
+    "style_loss": "per-layer style loss: Σ(G−A)²/(4N²M²) (paper), MSE, Σ, or the Keras example's",
+    "tv_loss": "TV: l2 (neural-style), l1 (TF tutorial), power Σ((Δx)²+(Δy)²)^(β/2)",
+    "tv_beta": "β of the power TV",
+    "pixel_range": "pixels are optimized in [0, this]: 255 (Caffe-era tools) or 1 (TF/PyTorch tutorials)",
+    "optimizer": "optimizer",
+    "num_steps": "number of optimizer steps",
+    "learning_rate": "learning rate of Adam and SGD",
+    "adam_b1": "Adam β1", "adam_b2": "Adam β2", "adam_eps": "Adam ε",
+    "sgd_momentum": "SGD momentum (0: plain SGD)",
+    "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
+    "lr_decay_steps": "steps between learning-rate decays",
+    "lr_decay_staircase": "drop the rate at each multiple of --lr-decay-steps (--no-lr-decay-staircase: "
+                          "decay smoothly, rate × decay^(step/steps), as Keras' ExponentialDecay)",
+    "lbfgs_memory": "L-BFGS memory (correction pairs kept); auto: the largest up to 100 that fits",
+    "lbfgs_linesearch": "L-BFGS step: none = fixed step 1, one evaluation per step (torch.optim.LBFGS, "
+                        "neural-style); zoom = optax's zoom line search (scipy-era tools)",
+    "lbfgs_linesearch_steps": "most zoom line-search evaluations per L-BFGS step",
+    "init": "start image: the content, noise around the mean color, flat gray, or --init-image",
+    "init_image": "start image file (implies --init image)",
+    "init_noise_std": "noise standard deviation for --init noise, as a fraction of the pixel range",
+    "seed": "random seed for the noise init",
+    "original_colors": "keep the content's colors: luminance-only transfer (Gatys et al. 2016) "
+                       "or recombine YCbCr chroma after the run",
+    "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
+    "print_every": "print the loss terms every N steps (0: never)",
+    "save_every": "also save the image every N steps as OUT_<step>.png (0: only at the end)",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without abbreviations, whose errors are one line naming the flag, not a usage dump.
+
+    Errors raise UserInputError, which main prints as `error: ...` with exit status 2.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)  # --num-step must not pass for --num-steps
+
+    def error(self, message):
+        raise UserInputError(self._one_line(message))
+
+    def _one_line(self, message):
+        message = " ".join(message.split())
+        argument = re.fullmatch(r"argument (\S+): (.*)", message)
+        if argument:
+            return f"{argument.group(1)}: {argument.group(2)}"
+        unknown = re.fullmatch(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            first = unknown.group(1).split()[0]
+            if not first.startswith("-"):
+                return f"{first}: unexpected argument; usage: {self.usage}"
+            flag = first.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, list(self._option_string_actions), n=1)
+            return f"{flag}: unknown flag" + (f" (did you mean {close[0]}?)" if close else "; --help lists them")
+        missing = re.fullmatch(r"the following arguments are required: (.*)", message)
+        if missing:
+            return f"{missing.group(1)}: missing; usage: {self.usage}"
+        return message
+
+
+def _number(kind):
+    """argparse type for an int or float flag (ranges are checked after parsing)."""
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+    parse.__name__ = kind.__name__
+    parse.kind, parse.is_list = kind, False  # lets tests find every numeric flag in the parser
+    return parse
+
+
+AUTO = "auto"
+
+
+def _number_or_auto(kind):
+    """argparse type for a number flag that also takes "auto" (resolved once the images are known)."""
+    number = _number(kind)
+
+    def parse(text):
+        return AUTO if text.strip().lower() == AUTO else number(text)
+    parse.__name__, parse.kind, parse.is_list = number.__name__, kind, False
+    return parse
+
+
+# Number flags that also take "auto".
+AUTO_FIELDS = ("lbfgs_memory",)
+
+
+def _comma_list(kind):
+    """argparse type for a comma-separated list flag: "1, 2,3" -> (1.0, 2.0, 3.0); empty items skipped."""
+    def parse(text):
+        try:
+            return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+        except ValueError:
+            items = {int: "integers", float: "numbers"}[kind]
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {items}") from None
+    parse.__name__ = f"list of {kind.__name__}"
+    parse.kind, parse.is_list = kind, True
+    return parse
+
+
+def _names(text):
+    """argparse type for a list of layer names: "relu1_1, relu2_1" -> ("relu1_1", "relu2_1")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+# Values argparse would take for flags: -1,2 and -1e3 and -inf (it only knows -1 and -1.5).
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _keep_negative_values(parser, argv):
+    """`--flag -1,2` -> `--flag=-1,2`, so a negative value reaches our checks (and their message)."""
+    takes_value = {option for action in parser._actions if action.option_strings and action.nargs is None
+                   for option in action.option_strings}
+    kept = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return kept + list(argv[index:])
+        if kept and kept[-1] in takes_value and _NEGATIVE_NUMBER.match(arg):
+            kept[-1] = f"{kept[-1]}={arg}"
+        else:
+            kept.append(arg)
+    return kept
+
+
+def _flag(name):
+    return name.replace("_", "-")
+
+
+def _field_type(field):
+    """(scalar type, is_list) of a Settings field: Optional[...] unwrapped, Tuple[X, ...] -> (X, True)."""
+    annotation = field.type
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def build_parser():
+    parser = OneLineParser(
+        prog="python -m nst_jax.run", usage=USAGE,
+        description="Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
+                    "style of STYLE (several styles are blended). Every flag overrides the preset.",
+        epilog="Settings flags default to the chosen preset's values; the values in brackets are the "
+               f"default preset's ({DEFAULT_PRESET}).")
+    parser.add_argument("content", help="content image (photo)")
+    parser.add_argument("styles", nargs="+", metavar="style", help="style image(s) (painting)")
+    parser.add_argument("-o", "--output", default="out.png",
+                        help="output image (.png with the settings in its metadata, .jpg, .webp, .tif); "
+                             "default: out.png")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help=f"named settings reproducing a reference system (see README); default: {DEFAULT_PRESET}")
+    parser.add_argument("--weights", default=None,
+                        help="params file (.npz from nst_jax.weights.convert) or a public VGG-19 file; "
+                             "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
+    parser.add_argument("--report", metavar="FILE.json",
+                        help="also write where the time went (start-up, weights, compiling, steps, "
+                             "writing) and the loss at each progress visit, as JSON")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="compile every program afresh instead of keeping compiled programs "
+                             "in the cache folder ($NST_JAX_CACHE/xla) for later runs")
+    parser.add_argument("--preprocessing", choices=CONVENTIONS,
+                        help="input convention of the weights: caffe (BGR, 0..255 minus means) or torch "
+                             "(RGB, mean/std); needed to convert a .pth of unknown origin, overrides what "
+                             "a file says; default: from the file")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="print how much device memory the run needs (XLA's analysis of the "
+                             "compiled step, per device) and exit without running")
+    batch = parser.add_argument_group(
+        "many images in one compiled run (any of these makes the run batched; outputs are "
+        "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
+    batch.add_argument("--batch", action="store_true",
+                       help="one output per style image instead of one blended output")
+    batch.add_argument("--sweep-style-weight", metavar="LIST", type=_comma_list(float),
+                       help=f"one output per style weight, e.g. 1e2,1e3,1e4 (each {RANGES['style_weight']})")
+    batch.add_argument("--sweep-content-weight", metavar="LIST", type=_comma_list(float),
+                       help=f"one output per content weight (each {RANGES['content_weight']})")
+    batch.add_argument("--sweep-seed", metavar="LIST", type=_comma_list(int),
+                       help=f"one output per seed, e.g. 0,1,2,3 (each {RANGES['seed']})")
+    batch.add_argument("--devices", type=_number(int), metavar="N",
+                       help=f"shard the batch over N devices ({CLI_RANGES['devices']}; default: all visible)")
+    batch.add_argument("--shard", choices=("batch", "image"),
+                       help="split the members over the devices (batch) or each image's rows (image: "
+                            "one image too large for one device); default: image when --devices N "
+                            "exceeds the number of outputs, else batch")
+    batch.add_argument("--distributed", action="store_true",
+                       help="join a multi-host run with jax.distributed (cluster detected from the "
+                            "environment: Slurm, MPI, TPU, JAX_COORDINATOR_ADDRESS); run the same "
+                            "command on every host; the first host writes the outputs")
+    batch.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host coordinator (implies --distributed)")
+    batch.add_argument("--num-processes", type=_number(int), metavar="N",
+                       help=f"number of hosts (with --coordinator; {CLI_RANGES['num_processes']})")
+    batch.add_argument("--process-id", type=_number(int), metavar="I",
+                       help=f"this host's index (with --coordinator; {CLI_RANGES['process_id']}, below N)")
+    group = parser.add_argument_group("settings (default: the preset's value)")
+    defaults = preset(DEFAULT_PRESET)
+    for field in dataclasses.fields(Settings):
+        scalar, is_list = _field_type(field)
+        default = getattr(defaults, field.name)
+        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        text = FIELD_HELP.get(field.name, field.name.replace("_", " "))
+        if field.name in RANGES:
+            text += f" ({'each ' if is_list else ''}{RANGES[field.name]})"
+        kwargs = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
+        if field.name in CHOICES and not is_list:
+            kwargs["choices"] = CHOICES[field.name]
+        elif scalar is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif is_list:
+            kwargs["type"] = _comma_list(scalar) if scalar in (int, float) else _names
+        elif scalar in (int, float):
+            kwargs["type"] = (_number_or_auto if field.name in AUTO_FIELDS else _number)(scalar)
+        if "choices" not in kwargs and scalar is not bool:
+            kwargs["metavar"] = "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE")
+        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def settings_from_args(args):
+    """The preset's Settings with every given flag on top."""
+    base = preset(args.preset)
+    changes = {}
+    for field in dataclasses.fields(Settings):
+        value = getattr(args, field.name)
+        if value is not None and value != AUTO:  # "auto" numbers: see resolve_auto
+            changes[field.name] = value
+    if "init_image" in changes and "init" not in changes:
+        changes["init"] = "image"
+    if "content_layers" in changes and "content_layer_weights" not in changes:
+        changes["content_layer_weights"] = None  # the preset's weights were for its own layers
+    if "style_layers" in changes and "style_layer_weights" not in changes:
+        changes["style_layer_weights"] = None
+    return dataclasses.replace(base, **changes)
+
+
+def load_weights(weights_arg, preprocessing=None):
+    """(params, metadata) from --weights, $NST_JAX_WEIGHTS or the default download.
+
+    `preprocessing` (--preprocessing) goes to the conversion of a public file and overrides what
+    the params file says.
+    """
+    from nst_jax.weights.params_file import load_params
+    from nst_jax.weights import fetch
+    if weights_arg:
+        path = fetch.params_for_file(Path(weights_arg).expanduser(), origin="--weights",
+                                     preprocessing=preprocessing)
+    else:
+        path = fetch.default_params_path(preprocessing)
+    params, metadata = load_params(path)
+    if preprocessing is not None and preprocessing != metadata.preprocessing:
+        metadata = dataclasses.replace(metadata, preprocessing=preprocessing)
+    return params, metadata
+
+
+def parse_and_validate(argv=None):
+    """Flags -> (args, Settings, sweeps {field: values}), every value checked.
+
+    Reads no file and imports nothing heavy, so a bad value fails at once. Raises
+    UserInputError (one line naming the flag); --help prints the help and exits.
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    args = parser.parse_args(_keep_negative_values(parser, argv))
+    for name, allowed in CLI_RANGES.items():
+        if getattr(args, name) is not None:
+            allowed.check(_flag(name), getattr(args, name))
+    if args.num_processes is not None and args.process_id is not None and args.process_id >= args.num_processes:
+        raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
+                             f"got {args.process_id}")
+    settings = settings_from_args(args)
+    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
+        raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
+                             f"{len(args.styles)} style images")
+    sweeps = {}
+    for name, kind in SWEEPS.items():
+        values, flag = getattr(args, "sweep_" + name), "sweep-" + _flag(name)
+        if values is None:
+            continue
+        if not values:
+            raise UserInputError(f"--{flag}: no values")
+        for value in values:
+            RANGES[name].check(flag, value, whole=kind is int)
+        # Outputs are named by value (batch labels weights with :g), so a repeat would overwrite one.
+        labels = [f"{value:g}" if kind is float else str(value) for value in values]
+        repeated = next((label for index, label in enumerate(labels) if label in labels[:index]), None)
+        if repeated is not None:
+            raise UserInputError(f"--{flag}: {repeated} is listed twice (both outputs would have one name)")
+        sweeps[name] = values
+    if settings.tv_weight == 0:
+        zero_in = [name for name in ("style_weight", "content_weight")
+                   if 0 in sweeps.get(name, (getattr(settings, name),))]
+        if len(zero_in) == 2:  # Settings caught the case without sweeps
+            swept = next(name for name in zero_in if name in sweeps)
+            raise UserInputError(f"--sweep-{_flag(swept)}: 0 with the other weights 0 leaves nothing "
+                                 f"to optimize")
+    return args, settings, sweeps
+
+
+def stretch_warning(content_path, init_path):
+    """A warning line if the init image's aspect ratio is not the content's (it gets stretched)."""
+    try:
+        content_height, content_width = _displayed_size(content_path)
+        init_height, init_width = _displayed_size(init_path)
+    except Exception:  # an unreadable image gets its own one-line error from the image loader
+        return None
+    difference = (init_width / init_height) / (content_width / content_height) - 1
+    if abs(difference) <= STRETCH_TOLERANCE:
+        return None
+    return (f"warning: --init-image: {init_path} is {init_width}x{init_height} px, the content "
+            f"{content_width}x{content_height}: it will be stretched to the content's aspect ratio "
+            f"({difference:+.0%})")
+
+
+def _displayed_size(path):
+    """(height, width) as shown, after EXIF orientation, from the header alone."""
+    from PIL import Image
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap width and height
+            width, height = height, width
+    return height, width
+
+
+def run_layout(args, settings, sweeps):
+    """What the fit check needs from the flags, without decoding an image: (content (height,
+    width), style shapes, members, devices, shard)."""
+    import math
+    import jax
+    from nst_jax.cli.files import BatchRequest, choose_shard
+    members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
+    devices = args.devices or (jax.device_count() if members > 1 or args.shard else 1)
+    shard = choose_shard(BatchRequest(num_devices=args.devices, shard=args.shard), members, devices)
+    return (_displayed_size(args.content), [_displayed_size(path) for path in args.styles], members,
+            devices, shard)
+
+
+def resolve_auto(args, settings, sweeps):
+    """`settings` with the "auto" number flags (--lbfgs-memory auto) chosen to fit the device."""
+    if getattr(args, "lbfgs_memory", None) == AUTO and settings.optimizer == "lbfgs":
+        from nst_jax.engine.memory import largest_lbfgs_memory
+        try:
+            layout = run_layout(args, settings, sweeps)
+        except Exception:  # unreadable images get their own one-line error when loaded
+            return settings
+        settings = settings.replace(lbfgs_memory=largest_lbfgs_memory(settings, *layout))
+    return settings
+
+
+def memory_report(args, settings, sweeps):
+    """The output size, the members per device, the memory they need and what is free (one
+    line), then a table of the total against each memory option (remat, storage, L-BFGS memory).
+
+    The same analytic estimate as the fit check every run makes (nst_jax.engine.memory.estimate_run).
+    """
+    import math
+    from nst_jax.imaging import images
+    from nst_jax.engine.memory import available_bytes, estimate_run, resolve_remat
+    height, width = images.load_image(args.content).shape[:2]
+    style_shapes = [images.load_image(path).shape[:2] for path in args.styles]
+    out_height, out_width = images.long_side_shape(height, width, settings.image_size)
+    _, _, members, devices, shard = run_layout(args, settings, sweeps)
+    fit = ((height, width), style_shapes, members, devices, shard)
+    settings = resolve_remat(settings, *fit)
+    per_device = members if shard == "image" else math.ceil(members / devices)
+    estimate = estimate_run(settings, *fit)
+    available = available_bytes()
+    gib = lambda size: f"{size / 2**30:.2f} GiB"  # noqa: E731
+    split = ", each image split by rows" if shard == "image" and devices > 1 else ""
+    lbfgs = settings.optimizer == "lbfgs"
+    line = (f"{out_height}x{out_width} px, {members} image(s) on {devices} device(s) ({per_device} per "
+            f"device{split}), {settings.optimizer}{f' (memory {settings.lbfgs_memory})' if lbfgs else ''}: about {gib(estimate.total)} per device (params "
+            f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "
+            f"temporaries {gib(estimate.loop)}, content and style passes {gib(estimate.targets)})"
+            + (f"; {gib(available)} available" if available is not None else ""))
+    memories = sorted({settings.lbfgs_memory, 100, 20, 5}, reverse=True) if lbfgs else [None]
+    rows = [f"{'remat':<8}{'storage':<10}{'lbfgs memory':<14}per device"]
+    for remat in ("none", "blocks"):
+        for storage in ("float32", "bfloat16"):
+            for memory in memories:
+                changed = settings.replace(remat=remat, storage_dtype=storage,
+                                           lbfgs_memory=memory or settings.lbfgs_memory)
+                total = estimate_run(changed, *fit).total
+                fits = "" if available is None else "  fits" if total <= available else "  too large"
+                rows.append(f"{remat:<8}{storage:<10}{memory or '-'!s:<14}{gib(total)}{fits}")
+    return "\n".join([line] + rows)
+
+
+def _check_report_path(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UserInputError(f"--report {path}: cannot write a file there")
+
+
+def main(argv=None):
+    timings = RunTimings()
+    try:
+        args, settings, sweeps = parse_and_validate(argv)
+        if args.report:
+            _check_report_path(args.report)
+        if not args.no_compile_cache:
+            enable_compile_cache()
+        if args.estimate_memory:
+            print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
+            return 0
+        warning = stretch_warning(args.content, settings.init_image) if settings.init == "image" else None
+
+        def load_checked_weights():
+            # Called once the images are known good: only then is the warning worth a line.
+            if warning:
+                print(warning, file=sys.stderr)
+            params, metadata = load_weights(args.weights, args.preprocessing)
+            if args.preset == "pytorch-tutorial" and metadata.preprocessing == "caffe":
+                # Its pre-ReLU layers and 1e6 style weight were tuned on torchvision's network.
+                print("warning: --preset pytorch-tutorial expects torchvision's VGG-19 (--weights "
+                      "vgg19-dcbb9e9d.pth); these weights are Caffe-convention, so its loss weights "
+                      "may not suit them", file=sys.stderr)
+            return params, metadata
+
+        distributed = args.distributed or args.coordinator is not None
+        if distributed:
+            from nst_jax.engine.stylize import join_cluster
+            join_cluster(args.coordinator, args.num_processes, args.process_id)
+        settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
+        from nst_jax.cli.files import BatchRequest, stylize_files
+        batch = None
+        if args.batch or sweeps or args.devices or distributed or args.shard:
+            batch = BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
+                                 content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
+                                 num_devices=args.devices, shard=args.shard)
+        outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
+                                batch=batch, timings=timings)
+        result = outputs[0][1]
+        if args.report:
+            timings.write(args.report)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted before the first step; nothing written", file=sys.stderr)
+        return 130
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The engine behind every run: targets, the compiled optimization loop, devices, memory."""

@@ -1,0 +1,1 @@
+"""Image files <-> float RGB arrays, and colour spaces."""

@@ -1,0 +1,1 @@
+"""The network: VGG-19 layer table, the Flax model and its features, input conventions."""

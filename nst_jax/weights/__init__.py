@@ -1,0 +1,1 @@
+"""Weights: the params file, public VGG-19 layouts and readers, conversion, download and cache."""
