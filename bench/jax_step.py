@@ -19,7 +19,8 @@ from bench.timing import scaled, stopwatch, summarize
 from nst_jax.imaging import images
 from nst_jax.engine.stylize import prepare_params
 from nst_jax.loss.objective import Objective, loss_weights, total_loss
-from nst_jax.engine.optimize import OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer, run_loop
+from nst_jax.engine.optimize import (BATCH_AXES, OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer,
+                                     run_loop)
 from nst_jax.config.presets import preset
 from nst_jax.engine.stages import compute_targets, initial_pixels, prepare_images
 from nst_jax.cli.files import PROGRESS_INTERVAL
@@ -183,10 +184,10 @@ def time_batch(problem, batch, *, chunk_steps, warmup_chunks, timed_chunks):
     settings = problem.settings
     pixels = jnp.stack([initial_pixels(settings, CONVENTION, problem.content_pixels, seed=seed)
                         for seed in range(batch)])
-    styles = jax.tree_util.tree_map(lambda gram: jnp.stack([gram] * batch), problem.targets["style"])
-    targets = {"content": problem.targets["content"], "style": styles}
+    styles = jax.tree_util.tree_map(lambda gram: jnp.stack([gram] * batch), problem.targets.style)
+    targets = dataclasses.replace(problem.targets, style=styles)
     weights = jax.tree_util.tree_map(lambda w: jnp.stack([w] * batch), problem.weights)
-    batched = jax.vmap(problem.chunk, in_axes=(0, 0, None, None, {"content": None, "style": 0}, 0))
+    batched = jax.vmap(problem.chunk, in_axes=BATCH_AXES)
     opt_state = jax.vmap(lambda x: init_state(problem.optimizer, x))(pixels)
     return time_chunks(jit_chunk(batched), pixels, opt_state,
                        (problem.params, targets, weights), chunk_steps=chunk_steps,

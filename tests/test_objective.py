@@ -29,9 +29,9 @@ def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
     acts, pullback = jax.vjp(lambda x: vgg_features(objective, params, x, layers), start)
     cotangents = {layer: jnp.zeros_like(acts[layer]) for layer in layers}
     layer_losses = {
-        ("content", "relu2_1"): lambda f: losses.content_loss(f, targets["content"]["relu2_1"], "mean"),
-        ("style", "relu1_1"): lambda f: losses.style_layer_loss(f, targets["style"]["relu1_1"], gram_normalization="chw", reduction="mse"),
-        ("style", "relu2_1"): lambda f: losses.style_layer_loss(f, targets["style"]["relu2_1"], gram_normalization="chw", reduction="mse"),
+        ("content", "relu2_1"): lambda f: losses.content_loss(f, targets.content["relu2_1"], "mean"),
+        ("style", "relu1_1"): lambda f: losses.style_layer_loss(f, targets.style["relu1_1"], gram_normalization="chw", reduction="mse"),
+        ("style", "relu2_1"): lambda f: losses.style_layer_loss(f, targets.style["relu2_1"], gram_normalization="chw", reduction="mse"),
     }
     strengths = {"content": settings.content_weight, "style": settings.style_weight}
     for (kind, layer), loss in layer_losses.items():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax.loss.objective import (Objective, blend_grams, content_targets, loss_terms, loss_weights,
+from nst_jax.loss.objective import (Objective, Targets, blend_grams, content_targets, loss_terms, loss_weights,
                                style_grams, vgg_features)
 from nst_jax.config.presets import PRESETS, preset
 from nst_jax.config.settings import Settings
@@ -84,8 +84,8 @@ def test_preset_loss_matches_its_source_formula(name, params, images):
     settings = preset(name)
     objective = Objective.from_settings(settings, "caffe")
     content, style, start = (img * settings.pixel_range for img in images)
-    targets = {"content": content_targets(objective, params, jnp.asarray(content)),
-               "style": blend_grams([style_grams(objective, params, jnp.asarray(style))], (1.0,))}
+    targets = Targets(content_targets(objective, params, jnp.asarray(content)),
+                      blend_grams([style_grams(objective, params, jnp.asarray(style))], (1.0,)))
     weights = loss_weights(settings.content_weight, settings.style_weight, settings.tv_weight)
     ours = {k: float(v) for k, v in loss_terms(objective, params, jnp.asarray(start), targets, weights).items()}
 

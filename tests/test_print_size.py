@@ -16,7 +16,7 @@ import pytest
 
 from nst_jax.imaging.images import load_image
 from nst_jax.engine.memory import compiled_chunk
-from nst_jax.loss.objective import Objective, loss_weights, style_grams, total_loss, content_targets
+from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams, total_loss
 from nst_jax.config.presets import preset
 from nst_jax import stylize
 from weights_tools.synthetic import synthetic_params
@@ -48,8 +48,7 @@ def test_remat_gives_the_same_loss_and_gradient(params, photos):
     remat = Objective.from_settings(settings.replace(remat="blocks"), "caffe")
     assert remat.remat == "blocks" and plain.remat == "none" and hash(remat) != hash(plain)
     pixels = jnp.asarray(content[:32, :40] * 255.0)
-    targets = {"content": content_targets(plain, params, pixels),
-               "style": style_grams(plain, params, jnp.asarray(style * 255.0))}
+    targets = Targets(content_targets(plain, params, pixels), style_grams(plain, params, jnp.asarray(style * 255.0)))
     weights = loss_weights(5.0, 100.0, 1e-3)
     noisy = pixels + 20.0 * jax.random.normal(jax.random.PRNGKey(0), pixels.shape)
     values = [jax.value_and_grad(lambda x, o=o: total_loss(o, params, x, targets, weights))(noisy)

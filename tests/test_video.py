@@ -4,6 +4,7 @@ Clips are synthetic (a smooth random texture translating a few pixels per frame,
 as PNG folders) and tiny; the network stops at block 2 (tests/test_batch.py's CHEAP settings).
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from nst_jax.video import flow, files as video_io  # noqa: E402
 from nst_jax.imaging.images import load_image, save_image  # noqa: E402
 from nst_jax.config.presets import preset  # noqa: E402
 from nst_jax.engine.timings import CompileCounter  # noqa: E402
-from nst_jax.video.transfer import VideoSettings, main, output_warping_error, stylize_frames  # noqa: E402
+from nst_jax.cli.video import main  # noqa: E402
+from nst_jax.video.transfer import VideoSettings, output_warping_error, stylize_frames  # noqa: E402
 from weights_tools.synthetic import synthetic_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +207,7 @@ def test_luminance_transfer_with_long_term_frames(params):
 
 
 def test_objective_without_a_temporal_target_is_unchanged(params):
-    from nst_jax.loss.objective import Objective, loss_terms, loss_weights
+    from nst_jax.loss.objective import Objective, TemporalTarget, loss_terms, loss_weights
     from nst_jax.engine.stages import compute_targets
     settings = preset("neural-style").replace(**CHEAP)
     objective = Objective.from_settings(settings, "caffe")
@@ -215,8 +217,9 @@ def test_objective_without_a_temporal_target_is_unchanged(params):
     plain = loss_terms(objective, params, pixels, targets, weights)
     previous = pixels + 2.0
     mask = jnp.ones((32, 32)).at[:, :16].set(0)
-    with_term = loss_terms(objective, params, pixels, {**targets, "temporal": {"previous": previous, "mask": mask}},
-                           {**weights, "temporal": np.float32(3.0)})
+    with_term = loss_terms(objective, params, pixels,
+                           dataclasses.replace(targets, temporal=TemporalTarget(previous, mask)),
+                           loss_weights(5.0, 100.0, 1e-3, temporal_weight=3.0))
     assert set(with_term) == set(plain)
     # (1/D) Σ c·(x − ω)²: half the pixels differ by 2, so 3 · 4 / 2.
     np.testing.assert_allclose(with_term["total"] - plain["total"], 3.0 * 4.0 / 2, rtol=1e-3)

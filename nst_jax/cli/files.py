@@ -21,6 +21,7 @@ import numpy as np
 from nst_jax.imaging import images
 from jax.sharding import Mesh
 
+from nst_jax.engine.optimize import StopRun
 from nst_jax.engine.stylize import (Params, StylizeResult, Visit, batch_mesh, image_mesh, make_members, splits_rows,
                            stylize_batch)
 from nst_jax.config.settings import Settings
@@ -204,8 +205,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
 
     Returns [(path, batch.StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
-    and returns them with interrupted=True; before the first step it raises KeyboardInterrupt
-    and writes nothing. A NaN or infinite loss writes the last finite visit's images and raises
+    and returns them with interrupted=True; before the first step it writes nothing (the
+    results say interrupted after 0 steps). A NaN or infinite loss writes the last finite visit's images and raises
     UserInputError; a run that cannot fit raises it before anything compiles. With several hosts
     (jax.distributed) the first one writes.
     """
@@ -268,10 +269,10 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
             seen["latest"] = visit
             if not np.isfinite(visit.losses).all():
                 seen["diverged_at"] = visit.step
-                raise KeyboardInterrupt  # stops the run; the last finite visit's images are kept
+                raise StopRun  # the last finite visit's images are kept
             seen["finite"] = visit
             if ctrl_c.requested and visit.step < total_steps:
-                raise KeyboardInterrupt  # the run keeps the images of the chunk that just finished
+                raise StopRun  # the run keeps the images of the chunk that just finished
             stall = watch.stalled(visit)
             if stall and writes:
                 write_line(stall, out)
@@ -296,9 +297,9 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
             bar.close()
             _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes)
         first = results[0]
-        if first.interrupted and first.steps_done == 0:
-            bar.close()
-            raise KeyboardInterrupt  # the start image is no result: write nothing
+        if first.interrupted and first.steps_done == 0:  # the start image is no result
+            bar.close("interrupted before the first step; nothing written")
+            return list(zip(paths, results))
         with timings.phase("write"):
             for path, extra, result in zip(paths, member_metadata, results if writes else ()):
                 check_finite(result.image, result.steps_done)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
-from nst_jax.loss.objective import Objective, content_targets
+from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer, row_shardings
 from nst_jax.model.vgg import ADJOINT
 
@@ -61,9 +61,9 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
                              jax.ShapeDtypeStruct((height, width, channels), jnp.float32))
     grams = {layer: jax.ShapeDtypeStruct(members + (BLOCK_CHANNELS[int(layer[4])],) * 2, jnp.float32)
              for layer in objective.style_layers}
-    weights = {key: jax.ShapeDtypeStruct(members, jnp.float32) for key in ("content", "style", "tv")}
-    args = (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params,
-            {"content": content, "style": grams}, weights)
+    weight = jax.ShapeDtypeStruct(members, jnp.float32)
+    args = (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params, Targets(content, grams),
+            LossWeights(weight, weight, weight))
     if rows is not None:  # placed as the engine places them (optimize.row_shardings)
         shardings = row_shardings(args, rows, (height, width, channels))
         args = jax.tree_util.tree_map(

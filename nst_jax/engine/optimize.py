@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from nst_jax.engine.lbfgs import fixed_step_lbfgs
-from nst_jax.loss.objective import Objective, loss_terms
+from nst_jax.loss.objective import LossWeights, Objective, Targets, loss_terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
 
 
 def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
-    """An unjitted chunk: (pixels, opt_state, num_steps, params, targets, weights) -> (pixels, opt_state, terms).
+    """An unjitted chunk: (pixels, opt_state, num_steps, params, Targets, LossWeights) -> (pixels, opt_state, terms).
 
     `terms` are the loss terms ({"total", "content", "style", "tv"}) of the image the chunk's
     last step started from (its gradient's evaluation), as the PyTorch tools print the loss.
@@ -101,7 +101,7 @@ def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
     """
     optimizer = make_optimizer(spec)
 
-    def chunk(pixels, opt_state, num_steps, params, targets, weights):
+    def chunk(pixels, opt_state, num_steps, params, targets: Targets, weights: LossWeights):
         def terms_fn(x):
             terms = loss_terms(objective, params, x, targets, weights)
             return terms["total"], terms
@@ -112,7 +112,7 @@ def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
         if spec.uses_linesearch:
             value_and_grad = optax.value_and_grad_from_state(value_fn)
 
-            def step(_, carry):
+            def searched_step(_, carry):
                 x, state, _ = carry
                 value, grad = value_and_grad(x, state=state)
                 updates, state = optimizer.update(grad, state, x, value=value, grad=grad,
@@ -121,7 +121,7 @@ def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
 
             # The line search evaluates through optax's state, which keeps no terms: one more
             # forward pass per chunk gives them, at the last step's start like the other paths.
-            pixels, opt_state, last_start = jax.lax.fori_loop(0, num_steps, step,
+            pixels, opt_state, last_start = jax.lax.fori_loop(0, num_steps, searched_step,
                                                               (pixels, opt_state, pixels))
             return pixels, opt_state, terms_fn(last_start)[1]
 
@@ -141,9 +141,10 @@ def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
 
 
 TERMS = ("content", "style", "tv", "total")
-# How the batched chunk's arguments map to members: (pixels, opt_state, num_steps, params,
-# targets, weights); the content targets are shared, the style Gram matrices one per member.
-BATCH_AXES = (0, 0, None, None, {"content": None, "style": 0}, 0)
+# How the batched chunk's arguments map to members (vmap's in_axes for make_chunk's arguments):
+# each member has its own image, optimizer state, style Gram matrices and loss weights; the step
+# count, params and content targets are shared.
+BATCH_AXES = (0, 0, None, None, Targets(content=None, style=0), 0)
 
 
 # On CPU, XLA's (experimental, default-on) YNNPACK fusion runs VGG's 3×3 convolutions slower
@@ -254,6 +255,11 @@ def visit_steps(num_steps, intervals, first_step=0):
     return sorted(stops)
 
 
+class StopRun(Exception):
+    """Raised by a host-visit callback (or between pieces of a chunk) to end the run there: the
+    loop returns the last finished image with interrupted=True. The engine's one way to stop."""
+
+
 @dataclasses.dataclass
 class LoopResult:
     pixels: jax.Array
@@ -274,7 +280,8 @@ def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_
     `static_args` are the chunk's arguments after the step count (params, targets, weights).
     `first_step` offsets the steps on_visit sees and aligns the intervals (multi-scale runs).
 
-    Ctrl-C stops the run between chunks and returns the last finished image (interrupted=True).
+    StopRun from on_visit or chunk_fn ends the run and returns the last finished image
+    (interrupted=True); so does a KeyboardInterrupt (Ctrl-C in a notebook, between chunks).
     """
     done, start = 0, time.perf_counter()
     terms = {name: np.float32(np.nan) for name in TERMS}
@@ -287,6 +294,6 @@ def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_
             done, last_good = stop, pixels
             if on_visit is not None:
                 on_visit(first_step + done, pixels, terms)
-    except KeyboardInterrupt:
+    except (StopRun, KeyboardInterrupt):
         return LoopResult(last_good, done, True, terms, time.perf_counter() - start)
     return LoopResult(pixels, done, False, terms, time.perf_counter() - start)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax.imaging import color, images
-from nst_jax.loss.objective import blend_grams, content_targets, style_grams
+from nst_jax.loss.objective import Targets, blend_grams, content_targets, style_grams
 from nst_jax.model.preprocess import mean_rgb
 
 # The coarsest pass of a multi-scale run is never smaller than this (long side, px).
@@ -69,9 +69,9 @@ def compute_targets(objective, params, content_pixels, style_pixels, blend_weigh
     """Content features and the blended style Gram matrices: computed once, before the loop."""
     content, grams, _ = targets(objective, params, content_pixels, list(style_pixels))
     if not grams:
-        return {"content": content, "style": {}}
+        return Targets(content, {})
     weights = blend_weights if blend_weights is not None else (1.0,) * len(grams)
-    return {"content": content, "style": blend_grams(grams, weights)}
+    return Targets(content, blend_grams(grams, weights))
 
 
 def initial_pixels(settings, convention, content_pixels, init_image=None, seed=None):

@@ -35,10 +35,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax.imaging import images
 from nst_jax.model.layers import CONV_LAYERS, deepest_conv
-from nst_jax.loss.objective import Objective, loss_weights
+from nst_jax.loss.objective import Objective, Targets, loss_weights
 from nst_jax.config.settings import Settings
-from nst_jax.engine.optimize import (OptimizerSpec, chunk_program, row_shardings, run_loop, state_program,
-                               to_host)
+from nst_jax.engine.optimize import (OptimizerSpec, StopRun, chunk_program, row_shardings, run_loop,
+                                     state_program, to_host)
 from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
 from nst_jax.model.vgg import with_adjoint_kernels
 
@@ -190,8 +190,8 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
       init_image: RGB array for settings.init == "image".
       mesh: a "batch" Mesh to split the members over (see `batch_mesh`), a "rows" Mesh to split
         each image by rows over (`image_mesh`), or None: the default device.
-      on_visit: called with a `Visit` at every host visit (Ctrl-C may be raised from it: the run
-        then stops and returns the last finished images, interrupted=True).
+      on_visit: called with a `Visit` at every host visit; raising `StopRun` there stops the run,
+        which returns the last finished images, interrupted=True.
       intervals: step intervals at which to visit the host (progress, saves, Ctrl-C checks).
       should_stop: () -> bool, checked before each scale and between pieces of about
         PIECE_SECONDS of a chunk: once true the run stops there (as a Ctrl-C from on_visit
@@ -273,7 +273,7 @@ def prepare_params(params: Params, objective: Objective) -> Params:
 def in_pieces(chunk_fn, should_stop, piece_seconds=PIECE_SECONDS):
     """`chunk_fn` run in pieces of about `piece_seconds`, checking `should_stop()` before each.
 
-    A stop raises KeyboardInterrupt there, in Python between jaxlib calls (never inside one),
+    A stop raises optimize.StopRun there, in Python between jaxlib calls (never inside one),
     so run_loop returns its last finished image. Chunks of any length share one compilation, so
     the pieces compile nothing new; the first two are one step each (the first includes the
     compile), the rest sized from the last piece's time.
@@ -284,7 +284,7 @@ def in_pieces(chunk_fn, should_stop, piece_seconds=PIECE_SECONDS):
         left, terms = int(num_steps), None
         while left:
             if should_stop():
-                raise KeyboardInterrupt
+                raise StopRun
             per_step = timing["per_step"]
             steps = 1 if per_step is None else max(1, min(left, int(piece_seconds / per_step)))
             began = time.perf_counter()
@@ -359,7 +359,7 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
                            images=lambda: finished_images(current), scale=scale[0], scales=scale[1]))
 
     run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
-                   (params, {"content": content_targets, "style": style_targets}, weights),
+                   (params, Targets(content_targets, style_targets), weights),
                    intervals, visit, first_step=first_step)
     loss = np.asarray(run.loss)  # a scalar NaN when stopped before the first chunk finished
     return finished_images(run.pixels), per_member(loss) if loss.ndim else np.full(count, loss), run

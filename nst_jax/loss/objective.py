@@ -67,13 +67,51 @@ class Objective:
         return tuple(sorted(set(self.content_layers + self.style_layers), key=LAYER_ORDER.index))
 
 
-def loss_weights(content_weight, style_weight, tv_weight):
-    """α, β, γ as float32 scalars (a pytree, so a batch of settings is a batch of arrays).
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """α, β, γ (and a video frame's temporal weight) as float32 arrays: traced, so sweeping them
+    never recompiles, and stacked along a leading member axis for a batch."""
+
+    content: Any
+    style: Any
+    tv: Any
+    temporal: Any = None  # video frames only
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalTarget:
+    """A video frame's previous result warped onto it (like pixels) and its (H, W) confidence mask."""
+
+    previous: Any
+    mask: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """What the loss compares the image with, computed once before the loop.
+
+    content: {layer: features of the content image}; style: {layer: Gram matrix of the style
+    (or the blend of styles)}; temporal: video frames only.
+    """
+
+    # Typed Any, not Dict: vmap's in_axes are a Targets of axis numbers (optimize.BATCH_AXES).
+    content: Any
+    style: Any
+    temporal: Optional[TemporalTarget] = None
+
+
+for _contract in (LossWeights, TemporalTarget, Targets):  # pytrees: they cross jit and vmap
+    jax.tree_util.register_dataclass(
+        _contract, data_fields=[field.name for field in dataclasses.fields(_contract)], meta_fields=[])
+
+
+def loss_weights(content_weight, style_weight, tv_weight, temporal_weight=None) -> LossWeights:
+    """α, β, γ as float32 scalars (a batch of settings is then a batch of arrays).
 
     Host values: they reach the device with the run's other inputs (no compile per value).
     """
-    return {"content": np.float32(content_weight), "style": np.float32(style_weight),
-            "tv": np.float32(tv_weight)}
+    return LossWeights(np.float32(content_weight), np.float32(style_weight), np.float32(tv_weight),
+                       None if temporal_weight is None else np.float32(temporal_weight))
 
 
 def vgg_features(objective, params, pixels, layers=None):
@@ -136,12 +174,12 @@ def _l1_normalized_backward(strength, cotangent):
 l1_normalized_gradient.defvjp(_l1_normalized_forward, _l1_normalized_backward)
 
 
-def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Dict[str, Any],
-               weights: Dict[str, Any]) -> Dict[str, jax.Array]:
+def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Targets,
+               weights: LossWeights) -> Dict[str, jax.Array]:
     """The weighted content, style and TV terms and their total, each a float32 scalar.
 
-    With targets["temporal"] ({"previous", "mask"}, video frames) and weights["temporal"], the
-    total also holds the temporal loss (`temporal_loss`).
+    With targets.temporal (video frames) and weights.temporal, the total also holds the
+    temporal loss (`temporal_loss`).
     """
     activations = vgg_features(objective, params, pixels)
 
@@ -151,24 +189,24 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
         return l1_normalized_gradient(activations[layer], jnp.float32(strength))
 
     content = sum(
-        w * losses.content_loss(layer_input(layer, w * weights["content"]), targets["content"][layer],
+        w * losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
                                 objective.content_loss)
         for layer, w in zip(objective.content_layers, objective.content_layer_weights))
     image_positions = pixels.shape[0] * pixels.shape[1]
     style = sum(
         w * losses.style_layer_loss(
-            layer_input(layer, w * weights["style"]), targets["style"][layer],
+            layer_input(layer, w * weights.style), targets.style[layer],
             gram_normalization=objective.gram_normalization, reduction=objective.style_loss,
             image_positions=image_positions)
         for layer, w in zip(objective.style_layers, objective.style_layer_weights))
     tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)
-    terms = {"content": weights["content"] * content, "style": weights["style"] * jnp.float32(style),
-             "tv": weights["tv"] * tv}
+    terms = {"content": weights.content * content, "style": weights.style * jnp.float32(style),
+             "tv": weights.tv * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
-    if "temporal" in targets:  # video frames only: the single-image program stays as it was
+    if targets.temporal is not None:  # video frames only: the single-image program stays as it was
         # Added to the total alone: the optimization loop's terms have a fixed structure.
-        terms["total"] = terms["total"] + weights["temporal"] * temporal_loss(
-            pixels, targets["temporal"]["previous"], targets["temporal"]["mask"])
+        terms["total"] = terms["total"] + weights.temporal * temporal_loss(
+            pixels, targets.temporal.previous, targets.temporal.mask)
     return terms
 
 
@@ -183,7 +221,7 @@ def temporal_loss(pixels, previous, mask):
     return jnp.sum(mask[..., None] * jnp.square(difference)) / pixels.size
 
 
-def total_loss(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Dict[str, Any],
-               weights: Dict[str, Any]) -> jax.Array:
+def total_loss(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Targets,
+               weights: LossWeights) -> jax.Array:
     """The scalar the optimizer minimizes."""
     return loss_terms(objective, params, pixels, targets, weights)["total"]

@@ -1,7 +1,7 @@
-"""python -m nst_jax.video: see nst_jax.video.transfer."""
+"""python -m nst_jax.video: the video command (its code is nst_jax.cli.video)."""
 
 import sys
 
-from nst_jax.video.transfer import main
+from nst_jax.cli.video import main
 
 sys.exit(main())

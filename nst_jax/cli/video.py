@@ -1,0 +1,274 @@
+"""python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4 [image flags] [video flags]
+
+The video command: flags (the image command's, plus the video ones) -> Settings and
+VideoSettings, then read the clip, stylize its frames (nst_jax.video.transfer.stylize_frames),
+write each finished frame at once into a frames folder with a manifest, and encode. Rerunning
+the same command after Ctrl-C or a crash resumes at the first missing frame.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from nst_jax.engine.optimize import StopRun
+from nst_jax.errors import UserInputError
+from nst_jax.video import files as video_io
+from nst_jax.video import flow
+from nst_jax.video.transfer import DEFAULT_TEMPORAL_WEIGHT, VIDEO_RANGES, VideoSettings, stylize_frames
+
+USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--preset NAME] "
+         "[flags] [--temporal-weight X] [--frame-steps N] [--start S] [--duration S] [--every N]")
+# Image flags that make no sense per frame of a clip (batches, sweeps, intermediate saves...).
+REFUSED_FLAGS = ("batch", "sweep_style_weight", "sweep_content_weight", "sweep_seed", "devices",
+                 "distributed", "coordinator", "num_processes", "process_id", "estimate_memory",
+                 "report", "init_image")
+
+
+@dataclasses.dataclass
+class ClipResult:
+    frames_done: int  # finished frames, counting those of earlier (resumed) runs
+    frames_total: int
+    interrupted: bool
+    seconds: float
+
+
+
+def build_parser():
+    """nst_jax.cli.run's parser (every image flag, same checks) plus the video flags."""
+    from nst_jax.cli.run import _number, build_parser as build_image_parser
+    parser = build_image_parser()
+    parser.prog, parser.usage = "python -m nst_jax.video", USAGE
+    for action in parser._actions:  # the positionals and -o mean other things here
+        if action.dest == "content":
+            action.metavar, action.help = "IN", "input video file, or a folder of frames (sorted by name)"
+        elif action.dest == "output":
+            action.default = "out.mp4"
+            action.help = ("output video (.mp4, .mov, .mkv: H.264, the input's rate, size and audio) "
+                           "or, for any other name, a folder of PNG frames; default: out.mp4")
+    parser.description = ("Neural style transfer for videos with temporal consistency (Ruder et al. "
+                          "2016). IN is a video file or a folder of frames; OUT a video (.mp4, .mov, "
+                          ".mkv) or a folder of PNG frames. Image flags as in nst_jax.cli.run.")
+    group = parser.add_argument_group("video")
+    group.add_argument("--temporal-weight", type=_number(float), metavar="X",
+                       help=f"weight of the short-term temporal loss, 0: none "
+                            f"({VIDEO_RANGES['temporal_weight']}) [{DEFAULT_TEMPORAL_WEIGHT:g}]")
+    group.add_argument("--frame-steps", type=_number(int), metavar="N",
+                       help=f"steps for every frame after the first, which gets --num-steps "
+                            f"({VIDEO_RANGES['frame_steps']}) [half of --num-steps]")
+    group.add_argument("--frame-init", choices=("warped", "independent"),
+                       help="start each frame from the previous result warped along the flow, or "
+                            "from --init as a single image would [warped]")
+    group.add_argument("--long-term", type=_number(int), metavar="K",
+                       help=f"the temporal loss looks back at K earlier frames (Ruder et al.'s "
+                            f"long-term loss; 1: short-term only; {VIDEO_RANGES['long_term']}) [1]")
+    group.add_argument("--start", type=_number(float), metavar="SECONDS",
+                       help=f"first second of the input to stylize ({VIDEO_RANGES['start']}) [0]")
+    group.add_argument("--duration", type=_number(float), metavar="SECONDS",
+                       help=f"seconds of the input to stylize ({VIDEO_RANGES['duration']}) [to the end]")
+    group.add_argument("--every", type=_number(int), metavar="N",
+                       help=f"stylize every Nth frame; the output's rate is divided by N "
+                            f"({VIDEO_RANGES['every']}) [1]")
+    group.add_argument("--fps", type=_number(float), metavar="X",
+                       help=f"frame rate of a folder of frames ({VIDEO_RANGES['fps']}) [25]")
+    group.add_argument("--keep-frames", action="store_true",
+                       help="keep the OUT_frames folder after encoding a video output")
+    return parser
+
+
+def _strip_flags(argv, flags, switches):
+    """argv without the given flags (and their values): what nst_jax.cli.run's parser should see."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--":
+            kept.append(arg)
+        elif arg in switches or arg.split("=", 1)[0] in flags:
+            skip = arg in flags  # "--flag value"; "--flag=value" is one token
+        else:
+            kept.append(arg)
+    return kept
+
+
+def parse_and_validate(argv=None):
+    """Flags -> (args, Settings, VideoSettings), every value checked; one-line UserInputError."""
+    from nst_jax.cli import run
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    argv = run._keep_negative_values(parser, argv)
+    args = parser.parse_args(argv)  # unknown flags and bad values of any flag, with "did you mean"
+    for name in REFUSED_FLAGS:
+        if getattr(args, name) not in (None, False):
+            raise UserInputError(f"--{name.replace('_', '-')}: not available for videos")
+    values = {name: getattr(args, name) for name in VIDEO_RANGES}
+    for name, value in values.items():
+        if value is not None:
+            VIDEO_RANGES[name].check(name.replace("_", "-"), value,
+                                     whole=name in ("frame_steps", "every", "long_term"))
+    video_flags = {"--" + name.replace("_", "-") for name in list(VIDEO_RANGES) + ["frame_init"]}
+    _, settings, _ = run.parse_and_validate(_strip_flags(argv, video_flags, {"--keep-frames"}))
+    if settings.scales > 1:
+        raise UserInputError("--scales: not available for videos (each frame runs at --image-size)")
+    if settings.save_every:
+        raise UserInputError("--save-every: not available for videos (every frame is saved)")
+    video = VideoSettings(**{k: v for k, v in values.items() if v is not None},
+                          **({"frame_init": args.frame_init} if args.frame_init else {}))
+    return args, settings, video
+
+
+def _format_seconds(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _manifest(args, clip, settings, video, params_metadata):
+    """What must match for a rerun to continue a frames folder (progress flags do not count)."""
+    image_settings = {k: v for k, v in settings.to_dict().items() if k not in ("print_every", "save_every")}
+    video_settings = {k: v for k, v in dataclasses.asdict(video).items()}
+    return {"input": os.path.abspath(args.content), "input_bytes": _size_of(args.content),
+            "styles": [os.path.abspath(p) for p in args.styles], "frames": len(clip.frames),
+            "shape": list(clip.frames[0].shape[:2]), "settings": image_settings, "video": video_settings,
+            "weights_hash": params_metadata.source_hash}
+
+
+def _size_of(path):
+    if os.path.isdir(path):
+        return sum(p.stat().st_size for p in os.scandir(path) if p.is_file())
+    return os.path.getsize(path)
+
+
+def stylize_video_files(args, settings, video, load_weights, stream=None, on_frame=None):
+    """The CLI's run: check, read, stylize with progress, write frames as they finish, encode.
+
+    Returns a ClipResult. Raises UserInputError (one line) before any compute for unusable
+    inputs or outputs. Ctrl-C stops at the next host visit: finished frames stay on disk.
+    """
+    from nst_jax.imaging import images
+    from nst_jax.cli.files import ctrl_c_at_visits, run_description
+    stream = stream or sys.stderr
+    output = args.output
+    video_io.check_video_output(output)
+    flow.require_cv2()
+    clip = video_io.read_clip(args.content, settings.image_size, video.start, video.duration,
+                              video.every, video.fps)
+    styles = [images.load_image(path) for path in args.styles]
+    params, params_metadata = load_weights()
+    store = video_io.FrameStore(video_io.frames_folder(output), len(clip.frames),
+                                _manifest(args, clip, settings, video, params_metadata),
+                                keep=video.long_term)
+    first = store.open()
+    total = len(clip.frames)
+    describe = run_description(args.content, args.styles, settings, params_metadata)
+    began, finished_times = time.perf_counter(), []
+    if params_metadata.synthetic:
+        print("warning: these VGG-19 weights are synthetic random values (for tests); "
+              "the picture will not be art", file=stream)
+    if first:
+        print(f"resuming: {first} of {total} frames already in {store.folder}", file=stream)
+    recent = []
+    if 0 < first < total:
+        recent = store.resume_pixels(first)
+        for back, pixels in enumerate(recent):
+            if pixels is None:  # not kept (a crash between two writes): from its PNG, 8 bits
+                index = first - 1 - back
+                recent[back] = _pixels_from_image(images.load_image(store.path(index)), settings)
+                store.remember(index, recent[back])
+
+    def write_frame(result):
+        store.write(result.index, result.image, result.pixels,
+                    describe(frame=result.index + 1, steps=result.steps))
+        finished_times.append(result.seconds)
+        left = total - result.index - 1
+        later = finished_times[1:] if len(finished_times) > 1 else None
+        per_frame = np.mean(later) if later else finished_times[0] * video.steps(settings, 1) / max(
+            1, video.steps(settings, result.index))
+        print(f"frame {result.index + 1}/{total}: {result.steps} steps, loss {result.loss:.4g} "
+              f"(temporal {result.temporal:.3g}), "
+              f"{result.seconds:.1f} s; clip {result.index + 1}/{total} frames, "
+              f"eta {_format_seconds(left * per_frame)}", file=stream, flush=True)
+        if on_frame is not None:
+            on_frame(result)
+
+    interrupted = False
+    if first < total:
+        with ctrl_c_at_visits() as ctrl_c:
+            def on_visit(index, step, steps, terms):
+                if ctrl_c.requested and step < steps:
+                    raise KeyboardInterrupt  # the unfinished frame is dropped; the rest are on disk
+                if settings.print_every and step % settings.print_every == 0 and step < steps:
+                    print(f"frame {index + 1}/{total}: step {step}/{steps}, loss "
+                          f"{float(terms['total']):.4g}", file=stream, flush=True)
+
+            def write_then_check(result):
+                write_frame(result)
+                if ctrl_c.requested:  # stop between frames rather than one chunk into the next
+                    raise StopRun
+
+            try:
+                _, interrupted = stylize_frames(
+                    clip.frames, styles, settings, video, params, params_metadata.preprocessing,
+                    first_index=first, recent_pixels=recent, on_frame=write_then_check,
+                    on_visit=on_visit, intervals=(settings.print_every, 10))
+            except StopRun:
+                interrupted = True
+            interrupted = interrupted or ctrl_c.requested
+    done = next((i for i in range(total) if not store.path(i).exists()), total)
+    if interrupted or done < total:
+        print(f"interrupted: {done} of {total} frames are in {store.folder}; run the same command "
+              f"again to continue", file=stream)
+        return ClipResult(done, total, True, time.perf_counter() - began)
+    if video_io.is_video_path(output):
+        video_io.encode_video(output, store.frames(), clip.fps, clip.source_size,
+                              audio_source=clip.source if clip.audio else None,
+                              start=clip.start, end=clip.end)
+        store.finish()
+        if not args.keep_frames:
+            _remove_frames(store)
+    else:
+        store.finish()
+    print(f"done: {total} frames in {time.perf_counter() - began:.1f} s; wrote {output}", file=stream)
+    return ClipResult(total, total, False, time.perf_counter() - began)
+
+
+def _pixels_from_image(rgb, settings):
+    from nst_jax.imaging import color
+    if settings.original_colors == "luminance":
+        rgb = np.asarray(color.luminance(rgb))[..., None]
+    return np.asarray(rgb, np.float32) * np.float32(settings.pixel_range)
+
+
+def _remove_frames(store):
+    for index in range(store.count):
+        store.path(index).unlink(missing_ok=True)
+    (store.folder / video_io.MANIFEST).unlink(missing_ok=True)
+    try:
+        store.folder.rmdir()
+    except OSError:  # something else lives there: leave it
+        pass
+
+
+def main(argv=None, on_frame: Optional[Callable] = None):
+    from nst_jax.cache import enable_compile_cache
+    try:
+        args, settings, video = parse_and_validate(argv)
+        if not args.no_compile_cache:
+            enable_compile_cache()
+        from nst_jax.cli.run import load_weights
+        result = stylize_video_files(args, settings, video,
+                                     lambda: load_weights(args.weights, args.preprocessing),
+                                     on_frame=on_frame)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished frames are kept", file=sys.stderr)
+        return 130
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
