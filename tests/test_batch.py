@@ -80,7 +80,8 @@ def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, 
 SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from nst_jax.engine.stylize import batch_mesh, make_members, stylize_batch
+    from nst_jax.engine.devices import batch_mesh
+    from nst_jax.engine.stylize import make_members, stylize_batch
     from nst_jax.imaging.images import load_image
     from nst_jax.config.presets import preset
     from weights_tools.synthetic import synthetic_params

@@ -103,7 +103,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     import nst_jax.engine.stylize as engine
-    from nst_jax.engine.stylize import image_mesh
+    from nst_jax.engine.devices import image_mesh
     from nst_jax.errors import UserInputError
     from nst_jax.imaging.images import load_image
     from nst_jax.engine.memory import LIMIT_ENV, check_fits, compiled_chunk, estimate_run

@@ -13,19 +13,16 @@ import signal
 import sys
 import threading
 import types
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import jax
 import numpy as np
 
-from nst_jax.imaging import images
-from jax.sharding import Mesh
-
+from nst_jax.engine.devices import batch_mesh, choose_shard, image_mesh, splits_rows
 from nst_jax.engine.optimize import StopRun
-from nst_jax.engine.stylize import (Params, StylizeResult, Visit, batch_mesh, image_mesh, make_members, splits_rows,
-                           stylize_batch)
-from nst_jax.config.settings import Settings
+from nst_jax.engine.stylize import make_members, stylize_batch
 from nst_jax.errors import UserInputError
+from nst_jax.imaging import images
 from nst_jax.engine.memory import check_fits, resolve_remat
 from nst_jax.cli.progress import ProgressBar, write_line
 from nst_jax.engine.stages import scale_sizes
@@ -48,14 +45,6 @@ class BatchRequest:
     # "batch": members split over the devices; "image": each image split by rows. None: batch
     # when the members fill the devices, else image (with num_devices; batch without).
     shard: Optional[str] = None
-
-
-def choose_shard(batch, members, devices):
-    """"batch" or "image" for a BatchRequest: as asked, else image when the members are fewer
-    than the devices asked for (--devices), else batch (as before --shard existed)."""
-    if batch.shard is not None:
-        return batch.shard
-    return "image" if batch.num_devices and members < devices else "batch"
 
 
 def member_path(output_path, label):
@@ -222,7 +211,7 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
                                seeds=batch.seeds)
         try:
             devices = batch.num_devices or jax.device_count()
-            shard = choose_shard(batch, len(members), devices)
+            shard = choose_shard(batch.shard, len(members), devices, bool(batch.num_devices))
             mesh = None if devices == 1 else image_mesh(devices) if shard == "image" else batch_mesh(devices)
         except ValueError as error:
             raise UserInputError(f"--devices: {error}") from None

@@ -381,10 +381,10 @@ def run_layout(args, settings, sweeps):
     width), style shapes, members, devices, shard)."""
     import math
     import jax
-    from nst_jax.cli.files import BatchRequest, choose_shard
+    from nst_jax.engine.devices import choose_shard
     members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
     devices = args.devices or (jax.device_count() if members > 1 or args.shard else 1)
-    shard = choose_shard(BatchRequest(num_devices=args.devices, shard=args.shard), members, devices)
+    shard = choose_shard(args.shard, members, devices, bool(args.devices))
     return (_displayed_size(args.content), [_displayed_size(path) for path in args.styles], members,
             devices, shard)
 
@@ -473,7 +473,7 @@ def main(argv=None):
 
         distributed = args.distributed or args.coordinator is not None
         if distributed:
-            from nst_jax.engine.stylize import join_cluster
+            from nst_jax.engine.devices import join_cluster
             join_cluster(args.coordinator, args.num_processes, args.process_id)
         settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
         from nst_jax.cli.files import BatchRequest, stylize_files

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
 from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
-from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer, row_shardings
+from nst_jax.engine.devices import place_chunk_args
+from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
 from nst_jax.model.vgg import ADJOINT
 
 
@@ -40,7 +41,7 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
     `chunk_program(objective, spec, batched).lower(*args)`: nothing is allocated.
 
     `batched` (default: batch_size > 1) says whether the run uses the vmapped chunk, as sharded
-    runs do even for one member per device. `rows`: a "rows" mesh (batch.image_mesh) to split
+    runs do even for one member per device. `rows`: a "rows" mesh (devices.image_mesh) to split
     the image over, as the engine does; XLA's analysis is then per device.
     """
     if batched is None:
@@ -62,15 +63,10 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
     grams = {layer: jax.ShapeDtypeStruct(members + (BLOCK_CHANNELS[int(layer[4])],) * 2, jnp.float32)
              for layer in objective.style_layers}
     weight = jax.ShapeDtypeStruct(members, jnp.float32)
-    args = (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params, Targets(content, grams),
-            LossWeights(weight, weight, weight))
-    if rows is not None:  # placed as the engine places them (optimize.row_shardings)
-        shardings = row_shardings(args, rows, (height, width, channels))
-        args = jax.tree_util.tree_map(
-            lambda arg, sharding: jax.ShapeDtypeStruct(arg.shape, arg.dtype, sharding=sharding),
-            args, shardings)
-        objective = dataclasses.replace(objective, rows=rows)
-    return objective, spec, args
+    objective, (pixels, state, params, targets, weights) = place_chunk_args(
+        objective, (pixels, state, params, Targets(content, grams), LossWeights(weight, weight, weight)),
+        rows, (height, width, channels))
+    return objective, spec, (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params, targets, weights)
 
 
 def compiled_chunk(settings, height, width, convention="caffe", batch_size=1, batched=None, rows=None):
@@ -184,7 +180,7 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     rows = shard == "image" and devices > 1
     per_device = members if rows else -(-members // devices)
     # Split by rows, a device holds its share of every row-split array (heights the device count
-    # does not divide keep the image and optimizer state whole: see optimize.row_shardings).
+    # does not divide keep the image and optimizer state whole: see devices.row_shardings).
     own_height = -(-height // devices) if rows else height
     state_height = own_height if not rows or height % devices == 0 else height
     image = state_height * width * channels * FLOAT_BYTES

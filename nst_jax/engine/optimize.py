@@ -192,27 +192,6 @@ def chunk_program(objective, spec, batched):
     return jit_chunk(chunk)
 
 
-def row_shardings(tree, mesh, image_shape):
-    """NamedShardings for `tree` on a "rows" mesh: every leaf that ends in the image's shape
-    (the image, Adam's moments, L-BFGS's (memory, H, W, C) history) split along the image's
-    rows, everything else replicated.
-
-    jit's arguments must divide evenly: for a height the device count does not divide, every
-    leaf is replicated and only the network inside the loss is split (Objective.rows).
-    """
-    from jax.sharding import NamedSharding, PartitionSpec
-    image_shape = tuple(image_shape)
-    even = image_shape[0] % mesh.size == 0
-
-    def sharding(leaf):
-        shape = tuple(getattr(leaf, "shape", ()))
-        if even and len(shape) >= 3 and shape[-3:] == image_shape:
-            return NamedSharding(mesh, PartitionSpec(*([None] * (len(shape) - 3) + ["rows"])))
-        return NamedSharding(mesh, PartitionSpec())
-
-    return jax.tree_util.tree_map(sharding, tree)
-
-
 def init_state(optimizer, pixels):
     """optimizer.init(pixels) with every leaf in its own, strongly typed buffer.
 

@@ -31,14 +31,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from nst_jax.imaging import images
 from nst_jax.model.layers import CONV_LAYERS, deepest_conv
 from nst_jax.loss.objective import Objective, Targets, loss_weights
 from nst_jax.config.settings import Settings
-from nst_jax.engine.optimize import (OptimizerSpec, StopRun, chunk_program, row_shardings, run_loop,
-                                     state_program, to_host)
+from nst_jax.engine.devices import place_chunk_args, splits_rows
+from nst_jax.engine.optimize import OptimizerSpec, StopRun, chunk_program, run_loop, state_program, to_host
 from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
 from nst_jax.model.vgg import with_adjoint_kernels
 
@@ -135,40 +135,6 @@ def _stack(trees):
     return jax.tree_util.tree_map(stack, *trees)
 
 
-def join_cluster(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                 process_id: Optional[int] = None) -> None:
-    """Make this process one host of a multi-host run (jax.distributed), before any other JAX work.
-
-    With no arguments the cluster is detected from the environment (Slurm, Open MPI, TPU pods,
-    or JAX_COORDINATOR_ADDRESS); afterwards jax.devices() lists every host's devices, so
-    `batch_mesh()` spans them all. CPU hosts exchange data through gloo.
-    """
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
-
-
-def batch_mesh(num_devices: Optional[int] = None) -> Mesh:
-    """A 1-D mesh named "batch" over the first `num_devices` visible devices (default: all)."""
-    devices = jax.devices()
-    if num_devices is not None:
-        if not 1 <= num_devices <= len(devices):
-            raise ValueError(f"asked for {num_devices} devices, {len(devices)} visible")
-        devices = devices[:num_devices]
-    return Mesh(np.array(devices), ("batch",))
-
-
-def image_mesh(num_devices: Optional[int] = None) -> Mesh:
-    """A 1-D mesh named "rows" over the first `num_devices` visible devices (default: all): each
-    image is split by rows over them (one large image on several devices)."""
-    return Mesh(batch_mesh(num_devices).devices, ("rows",))
-
-
-def splits_rows(mesh):
-    """Whether `mesh` splits images by rows (an `image_mesh`) rather than the batch by member."""
-    return mesh is not None and tuple(mesh.axis_names) == ("rows",)
-
-
 # With `should_stop`, a chunk runs in pieces of about this many seconds, checking it between them.
 PIECE_SECONDS = 0.5
 
@@ -210,20 +176,16 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
                                  len(members), mesh.size if mesh is not None else 1,
                                  "image" if splits_rows(mesh) else "batch",
                                  mesh.devices.flat[0] if mesh is not None else None)
-    objective = Objective.from_settings(settings, convention)
-    params = prepare_params(params, objective)
-    total_steps = settings.num_steps * settings.scales
+    plan = RunPlan(content, tuple(styles), settings, convention,
+                   prepare_params(params, Objective.from_settings(settings, convention)), tuple(members),
+                   mesh, on_visit, tuple(intervals), should_stop)
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
-    sizes = scale_sizes(settings)
     interrupted = False
-    for index, size in enumerate(sizes):
+    for index in range(len(plan.sizes)):
         if index and should_stop is not None and should_stop():
             interrupted = True  # stopped between scales: the previous scale's images stand
             break
-        scale = settings.replace(image_size=size)
-        finished, losses, run = _run_scale(content, styles, scale, params, convention, members, starts,
-                                           mesh, on_visit, intervals, steps_done, total_steps,
-                                           (index, len(sizes)), should_stop)
+        finished, losses, run = _run_scale(plan, index, starts, steps_done)
         steps_done, seconds, starts = steps_done + run.steps_done, seconds + run.seconds, finished
         if run.interrupted:
             interrupted = True
@@ -299,11 +261,54 @@ def in_pieces(chunk_fn, should_stop, piece_seconds=PIECE_SECONDS):
     return chunk
 
 
-def _run_scale(content, styles, settings, params, convention, members, starts, mesh, on_visit,
-               intervals, first_step, total_steps, scale, should_stop=None):
-    """One size of the run: (finished images, final losses, LoopResult)."""
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What every scale of one `stylize_batch` run shares, fixed before the first one."""
+
+    content: np.ndarray
+    styles: Tuple[np.ndarray, ...]
+    settings: Settings  # remat resolved
+    convention: str
+    params: Params  # prepared: the used convolutions with their adjoint kernels, on the device
+    members: Tuple[Member, ...]
+    mesh: Optional[Mesh]
+    on_visit: Optional[Callable[[Visit], None]]
+    intervals: Tuple[int, ...]
+    should_stop: Optional[Callable[[], bool]]
+
+    @property
+    def sizes(self) -> List[int]:
+        return scale_sizes(self.settings)
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings.num_steps * self.settings.scales
+
+    @property
+    def splits_members(self) -> bool:
+        return self.mesh is not None and not splits_rows(self.mesh)
+
+    @property
+    def batched(self) -> bool:
+        """The vmapped chunk: several members, or members split over a mesh (even one each)."""
+        return len(self.members) > 1 or self.splits_members
+
+    @property
+    def padded(self) -> List[int]:
+        """Member indices, the last repeated until a member-split mesh divides them evenly."""
+        count = len(self.members)
+        if self.mesh is None or not self.splits_members:
+            return list(range(count))
+        return list(range(count)) + [count - 1] * (-count % self.mesh.size)
+
+
+def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]], first_step: int):
+    """Pass `index` of the plan's coarse-to-fine sizes, from `starts` (one RGB image or None per
+    member), its steps counted from `first_step`: (finished images, final losses, LoopResult)."""
+    settings = plan.settings.replace(image_size=plan.sizes[index])
+    members, params, convention, styles = plan.members, plan.params, plan.convention, plan.styles
     objective = Objective.from_settings(settings, convention)
-    content_rgb, content_pixels, style_pixels = prepare_images(content, styles, settings)
+    content_rgb, content_pixels, style_pixels = prepare_images(plan.content, styles, settings)
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program. Host arrays go in by device_put (jnp.asarray compiles a copy per shape).
     blend = np.asarray(settings.style_blend_weights or (1.0,) * len(styles), np.float32)
@@ -312,11 +317,7 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
         jax.device_put(blend / blend.sum()))
     member_grams = [grams[m.style_index] if m.style_index is not None else blended for m in members]
 
-    count = len(members)
-    rows = splits_rows(mesh)
-    splits_members = mesh is not None and not rows
-    batched = count > 1 or splits_members
-    padded = list(range(count)) + [count - 1] * ((-count % mesh.size) if splits_members else 0)
+    count, batched, padded = len(members), plan.batched, plan.padded
     member_weights = [loss_weights(members[i].content_weight, members[i].style_weight,
                                    members[i].tv_weight) for i in padded]
     start_pixels = [initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
@@ -329,22 +330,13 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
         (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
     weights = jax.device_put(weights)
     opt_state = state_program(spec, batched)(pixels)
-    if rows:  # each image split by rows; params, targets and weights on every device
-        replicated = NamedSharding(mesh, PartitionSpec())
-        pixels, opt_state = jax.device_put(
-            (pixels, opt_state), row_shardings((pixels, opt_state), mesh, content_pixels.shape))
-        params, content_targets, style_targets, weights = jax.device_put(
-            (params, content_targets, style_targets, weights), replicated)
-        # The targets above ran on one device with the plain objective; the loop's splits rows.
-        objective = dataclasses.replace(objective, rows=mesh)
-    elif splits_members:  # members split over the devices; params and content targets on each
-        sharded, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
-        pixels, opt_state, style_targets, weights = jax.device_put(
-            (pixels, opt_state, style_targets, weights), sharded)
-        params, content_targets = jax.device_put((params, content_targets), replicated)
+    # The targets above ran on one device with the plain objective; the loop's may split rows.
+    objective, (pixels, opt_state, params, loss_targets, weights) = place_chunk_args(
+        objective, (pixels, opt_state, params, Targets(content_targets, style_targets), weights), plan.mesh,
+        content_pixels.shape)
     chunk_fn = chunk_program(objective, spec, batched)
-    if should_stop is not None:
-        chunk_fn = in_pieces(chunk_fn, should_stop)
+    if plan.should_stop is not None:
+        chunk_fn = in_pieces(chunk_fn, plan.should_stop)
 
     def per_member(values):  # host arrays with a leading member axis, padding dropped
         return values[:count] if batched else values[None]
@@ -353,13 +345,14 @@ def _run_scale(content, styles, settings, params, convention, members, starts, m
         return [finish_image(member, content_rgb, settings) for member in per_member(to_host(current))]
 
     def visit(step, current, terms):
-        if on_visit is not None:
-            on_visit(Visit(step=step, total_steps=total_steps,
-                           terms={name: per_member(np.asarray(v)) for name, v in terms.items()},
-                           images=lambda: finished_images(current), scale=scale[0], scales=scale[1]))
+        if plan.on_visit is not None:
+            plan.on_visit(Visit(step=step, total_steps=plan.total_steps,
+                                terms={name: per_member(np.asarray(v)) for name, v in terms.items()},
+                                images=lambda: finished_images(current), scale=index,
+                                scales=len(plan.sizes)))
 
     run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
-                   (params, Targets(content_targets, style_targets), weights),
-                   intervals, visit, first_step=first_step)
+                   (params, loss_targets, weights),
+                   plan.intervals, visit, first_step=first_step)
     loss = np.asarray(run.loss)  # a scalar NaN when stopped before the first chunk finished
     return finished_images(run.pixels), per_member(loss) if loss.ndim else np.full(count, loss), run

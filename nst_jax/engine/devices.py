@@ -1,0 +1,117 @@
+"""Devices: meshes, multi-host start-up, and where each of the chunk's arguments lives.
+
+Two ways to use several devices: a "batch" mesh splits the members of a batch over the devices
+(each device runs whole images), a "rows" mesh splits each image by rows (one image too large
+for one device; XLA's SPMD partitioner adds the convolutions' halo exchanges and the Gram
+matrices' all-reduces). `place_chunk_args` is the one place that says where every argument of
+the compiled chunk goes: the run uses it on arrays, the memory estimate on abstract shapes.
+"""
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from nst_jax.loss.objective import Objective, Targets
+
+
+def join_cluster(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                 process_id: Optional[int] = None) -> None:
+    """Make this process one host of a multi-host run (jax.distributed), before any other JAX work.
+
+    With no arguments the cluster is detected from the environment (Slurm, Open MPI, TPU pods,
+    or JAX_COORDINATOR_ADDRESS); afterwards jax.devices() lists every host's devices, so
+    `batch_mesh()` spans them all. CPU hosts exchange data through gloo.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def batch_mesh(num_devices: Optional[int] = None) -> Mesh:
+    """A 1-D mesh named "batch" over the first `num_devices` visible devices (default: all)."""
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"asked for {num_devices} devices, {len(devices)} visible")
+        devices = devices[:num_devices]
+    return Mesh(np.array(devices), ("batch",))
+
+
+def image_mesh(num_devices: Optional[int] = None) -> Mesh:
+    """A 1-D mesh named "rows" over the first `num_devices` visible devices (default: all): each
+    image is split by rows over them (one large image on several devices)."""
+    return Mesh(batch_mesh(num_devices).devices, ("rows",))
+
+
+def splits_rows(mesh):
+    """Whether `mesh` splits images by rows (an `image_mesh`) rather than the batch by member."""
+    return mesh is not None and tuple(mesh.axis_names) == ("rows",)
+
+
+def choose_shard(shard: Optional[str], members: int, devices: int, devices_asked: bool) -> str:
+    """"batch" or "image": `shard` when given, else image when fewer members than the devices
+    asked for (one image too large for one device), else batch."""
+    if shard is not None:
+        return shard
+    return "image" if devices_asked and members < devices else "batch"
+
+
+def row_shardings(tree, mesh, image_shape):
+    """NamedShardings for `tree` on a "rows" mesh: every leaf that ends in the image's shape
+    (the image, Adam's moments, L-BFGS's (memory, H, W, C) history) split along the image's
+    rows, everything else replicated.
+
+    jit's arguments must divide evenly: for a height the device count does not divide, every
+    leaf is replicated and only the network inside the loss is split (Objective.rows).
+    """
+    image_shape = tuple(image_shape)
+    even = image_shape[0] % mesh.size == 0
+
+    def sharding(leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        if even and len(shape) >= 3 and shape[-3:] == image_shape:
+            return NamedSharding(mesh, PartitionSpec(*([None] * (len(shape) - 3) + ["rows"])))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map(sharding, tree)
+
+
+def _put(subtree, sharding):
+    """device_put for arrays; for jax.ShapeDtypeStructs (memory estimates) the sharding attached."""
+    leaves = jax.tree_util.tree_leaves(subtree)
+    if leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+        return jax.tree_util.tree_map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), subtree)
+    return jax.device_put(subtree, sharding)
+
+
+ChunkArgs = Tuple[Any, Any, Any, Targets, Any]  # pixels, opt_state, params, targets, weights
+
+
+def place_chunk_args(objective: Objective, args: ChunkArgs, mesh: Optional[Mesh],
+                     image_shape: Tuple[int, ...]) -> Tuple[Objective, ChunkArgs]:
+    """(objective, (pixels, opt_state, params, targets, weights)) placed on `mesh` as a run places them.
+
+    No mesh: unchanged. A "rows" mesh: the image and the optimizer state shaped like it split by
+    rows (`row_shardings`), the rest on every device, and the objective told to split the
+    network's input too. A "batch" mesh: everything with a member axis (image, state, style
+    Grams, loss weights) split along it; params and content targets on every device.
+    Works on arrays and on jax.ShapeDtypeStructs alike (the memory estimate).
+    """
+    if mesh is None:
+        return objective, args
+    replicated = NamedSharding(mesh, PartitionSpec())
+    pixels, opt_state, params, targets, weights = args
+    if splits_rows(mesh):
+        split = row_shardings((pixels, opt_state), mesh, image_shape)
+        shardings: Any = (split[0], split[1], replicated, replicated, replicated)
+        objective = dataclasses.replace(objective, rows=mesh)
+    else:
+        members = NamedSharding(mesh, PartitionSpec("batch"))
+        shardings = (members, members, replicated, Targets(replicated, members), members)
+    placed = jax.tree_util.tree_map(lambda sharding, subtree: _put(subtree, sharding), shardings, args,
+                                    is_leaf=lambda node: isinstance(node, NamedSharding))
+    return objective, placed
