@@ -9,22 +9,29 @@ import math
 import numbers
 from typing import Optional, Tuple
 
+from nst_jax.engine.memory import REMAT_CHOICES
+from nst_jax.engine.optimize import LINESEARCHES, OPTIMIZERS, STORAGE_DTYPES
+from nst_jax.engine.stages import INITS, ORIGINAL_COLORS
 from nst_jax.errors import UserInputError
+from nst_jax.loss.objective import COMPUTE_DTYPES
+from nst_jax.loss.terms import CONTENT_REDUCTIONS, GRAM_NORMALIZATIONS, STYLE_REDUCTIONS, TV_KINDS
 from nst_jax.model.layers import canonical_layer
+from nst_jax.model.vgg import POOLINGS
 
+# Each field's options, declared once beside the code that implements them.
 CHOICES = {
-    "pooling": ("max", "avg"),
-    "compute_dtype": ("float32", "bfloat16"),
-    "remat": ("none", "blocks", "auto"),
-    "storage_dtype": ("float32", "bfloat16"),
-    "content_loss": ("half_sum", "sum", "mean"),
-    "gram_normalization": ("raw", "hw", "chw"),
-    "style_loss": ("gatys", "mse", "sum", "keras_example"),
-    "tv_loss": ("l2", "l1", "power"),
-    "optimizer": ("lbfgs", "adam", "sgd"),
-    "lbfgs_linesearch": ("none", "zoom"),
-    "init": ("content", "noise", "gray", "image"),
-    "original_colors": ("none", "luminance", "recombine"),
+    "pooling": POOLINGS,
+    "compute_dtype": COMPUTE_DTYPES,
+    "remat": REMAT_CHOICES,
+    "storage_dtype": STORAGE_DTYPES,
+    "content_loss": CONTENT_REDUCTIONS,
+    "gram_normalization": GRAM_NORMALIZATIONS,
+    "style_loss": STYLE_REDUCTIONS,
+    "tv_loss": TV_KINDS,
+    "optimizer": OPTIMIZERS,
+    "lbfgs_linesearch": LINESEARCHES,
+    "init": INITS,
+    "original_colors": ORIGINAL_COLORS,
 }
 
 # Long side of the output, in pixels: 16384² RGB pixels (805 M values) keep every size and index
@@ -230,7 +237,3 @@ def _flag(field):
 def _number_text(value):
     return str(value) if isinstance(value, int) else f"{value:g}"  # whole bounds in full
 
-
-def layer_weights(layers, weights):
-    """Per-layer weights as a tuple of floats (1 each when not given)."""
-    return tuple(float(w) for w in weights) if weights is not None else (1.0,) * len(layers)

@@ -28,6 +28,11 @@ import optax
 from nst_jax.engine.lbfgs import fixed_step_lbfgs
 from nst_jax.loss.objective import Objective, loss_terms
 
+# What make_optimizer builds (the choices of --optimizer, --lbfgs-linesearch, --storage-dtype).
+OPTIMIZERS = ("lbfgs", "adam", "sgd")
+LINESEARCHES = ("none", "zoom")
+STORAGE_DTYPES = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:

@@ -18,8 +18,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax.loss import terms as losses
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
-from nst_jax.config.settings import layer_weights
 from nst_jax.model.vgg import features
+
+# The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
+# settings' choices (--compute-dtype; --remat adds "auto", engine.memory.REMAT_CHOICES).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "blocks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,11 @@ class Objective:
     def layers(self):
         """Every layer the loss reads, in network order (the network stops at the last one)."""
         return tuple(sorted(set(self.content_layers + self.style_layers), key=LAYER_ORDER.index))
+
+
+def layer_weights(layers, weights):
+    """Per-layer weights as a tuple of floats (1 each when not given)."""
+    return tuple(float(w) for w in weights) if weights is not None else (1.0,) * len(layers)
 
 
 def loss_weights(content_weight, style_weight, tv_weight):
