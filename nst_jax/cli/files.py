@@ -85,7 +85,7 @@ def load_inputs(content_path, style_paths, output_path, settings, load_weights, 
         images.check_output_path(output_path)
         content = images.load_image(content_path)
         styles = [images.load_image(path) for path in style_paths]
-        init_image = images.load_image(settings.init_image) if settings.init == "image" else None
+        init_image = images.load_image(settings.image.init_image) if settings.image.init == "image" else None
     with timings.phase("weights"):
         params, params_metadata = load_weights()
     return content, styles, init_image, params, params_metadata
@@ -244,7 +244,7 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         describe = run_description(content_path, style_paths, settings, params_metadata)
         member_metadata = [member_description(settings, m, batch is not None) for m in members]
         writes = jax.process_index() == 0
-        total_steps = settings.num_steps * settings.scales
+        total_steps = settings.optimizer.num_steps * settings.image.scales
         sizes = scale_sizes(settings)
         bar = ProgressBar(total_steps, stream=stream,
                           label="step" if len(members) == 1 else f"{len(members)} images, step")
@@ -275,13 +275,13 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
             stall = watch.stalled(visit)
             if stall and writes:
                 write_line(stall, out)
-            at_print = settings.print_every and (visit.step % settings.print_every == 0
+            at_print = settings.output.print_every and (visit.step % settings.output.print_every == 0
                                                  or visit.step == total_steps)
             if writes and (bar.interactive or at_print):
                 scale = (f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)"
                          if visit.scales > 1 else "")
                 bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale)
-            if settings.save_every and visit.step % settings.save_every == 0 and visit.step < total_steps:
+            if settings.output.save_every and visit.step % settings.output.save_every == 0 and visit.step < total_steps:
                 snapshots = visit.images()  # a collective across hosts: every host takes part
                 for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
                     images.save_image(intermediate_path(path, visit.step, total_steps), snapshot,
@@ -290,7 +290,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         with timings.phase("run"), timings.compile:
             results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
                                     members, init_image=init_image, mesh=mesh, on_visit=on_visit,
-                                    intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL),
+                                    intervals=(settings.output.print_every, settings.output.save_every,
+                                               PROGRESS_INTERVAL),
                                     should_stop=lambda: ctrl_c.requested)
         if seen["diverged_at"] is not None:
             bar.close()
@@ -360,9 +361,9 @@ class LossWatch:
         if not (change < STALL_RELATIVE_CHANGE).all():
             return None
         self.warned = True
-        if self.settings.optimizer == "lbfgs":
+        if self.settings.optimizer.name == "lbfgs":
             advice = ("--normalize-gradients makes L-BFGS's steps vanish: drop it"
-                      if self.settings.normalize_gradients else
+                      if self.settings.loss.normalize_gradients else
                       "if the image is not finished, try --optimizer adam; else lower --num-steps")
         else:
             advice = "raise --learning-rate if the image is not finished; else lower --num-steps"

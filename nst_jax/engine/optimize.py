@@ -54,8 +54,9 @@ class OptimizerSpec:
 
     @classmethod
     def from_settings(cls, settings):
-        return cls(**{field.name: getattr(settings, "optimizer" if field.name == "name" else field.name)
-                      for field in dataclasses.fields(cls)})
+        """settings.optimizer without num_steps (a traced argument of the chunk, not compiled in)."""
+        group = settings.optimizer
+        return cls(**{field.name: getattr(group, field.name) for field in dataclasses.fields(cls)})
 
     @property
     def uses_linesearch(self):

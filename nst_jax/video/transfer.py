@@ -62,8 +62,8 @@ class VideoSettings:
 
     def steps(self, settings, index):
         if index == 0:
-            return settings.num_steps
-        return self.frame_steps or max(1, settings.num_steps // 2)
+            return settings.optimizer.num_steps
+        return self.frame_steps or max(1, settings.optimizer.num_steps // 2)
 
 
 # Each earlier frame costs two flows per frame and an image-sized target in the loop.
@@ -126,7 +126,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
 
     Args:
       frames: RGB frames in [0, 1], all of one size (the working size).
-      styles: RGB style images (blended with settings.style_blend_weights).
+      styles: RGB style images (blended with settings.image.style_blend_weights).
       recent_pixels: when resuming, the optimized pixels of frames first_index − 1, − 2, …
         (nearest first, video.long_term of them or as many as there are).
       on_frame: called with each finished frame (write it there); may raise KeyboardInterrupt.
@@ -147,11 +147,11 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
     content_program = _content_program(objective)
     # The style target once for the clip (luminance mode matches it to the first frame).
     _, first_pixels, style_pixels = prepare_images(frames[0], styles, settings)
-    blend = np.asarray(settings.style_blend_weights or (1.0,) * len(styles), np.float32)
+    blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
     _, _, style_target = targets(objective, params, jax.device_put(first_pixels),
                                  jax.device_put(style_pixels), jax.device_put(blend / blend.sum()))
-    weights = jax.device_put({**loss_weights(settings.content_weight, settings.style_weight,
-                                             settings.tv_weight),
+    weights = jax.device_put({**loss_weights(settings.loss.content_weight, settings.loss.style_weight,
+                                             settings.loss.tv_weight),
                               "temporal": np.float32(video.temporal_weight)})
     look_back = video.long_term
     history = [np.asarray(p, np.float32) for p in recent_pixels][:look_back]  # nearest first
@@ -203,7 +203,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
                 return done, True
             optimized = np.asarray(run.pixels)
             if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
-                optimized = np.clip(optimized, 0.0, settings.pixel_range)
+                optimized = np.clip(optimized, 0.0, settings.loss.pixel_range)
             history = [optimized] + history[: look_back - 1]
             temporal = video.temporal_weight * float(
                 np.sum(masks[..., None] * np.square(optimized - previous)) / optimized.size)
@@ -292,9 +292,9 @@ def parse_and_validate(argv=None):
                                      whole=name in ("frame_steps", "every", "long_term"))
     video_flags = {"--" + name.replace("_", "-") for name in list(VIDEO_RANGES) + ["frame_init"]}
     _, settings, _ = run.parse_and_validate(_strip_flags(argv, video_flags, {"--keep-frames"}))
-    if settings.scales > 1:
+    if settings.image.scales > 1:
         raise UserInputError("--scales: not available for videos (each frame runs at --image-size)")
-    if settings.save_every:
+    if settings.output.save_every:
         raise UserInputError("--save-every: not available for videos (every frame is saved)")
     video = VideoSettings(**{k: v for k, v in values.items() if v is not None},
                           **({"frame_init": args.frame_init} if args.frame_init else {}))
@@ -334,7 +334,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
     output = args.output
     video_io.check_video_output(output)
     flow.require_cv2()
-    clip = video_io.read_clip(args.content, settings.image_size, video.start, video.duration,
+    clip = video_io.read_clip(args.content, settings.image.image_size, video.start, video.duration,
                               video.every, video.fps)
     styles = [images.load_image(path) for path in args.styles]
     params, params_metadata = load_weights()
@@ -380,7 +380,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
             def on_visit(index, step, steps, terms):
                 if ctrl_c.requested and step < steps:
                     raise KeyboardInterrupt  # the unfinished frame is dropped; the rest are on disk
-                if settings.print_every and step % settings.print_every == 0 and step < steps:
+                if settings.output.print_every and step % settings.output.print_every == 0 and step < steps:
                     print(f"frame {index + 1}/{total}: step {step}/{steps}, loss "
                           f"{float(terms['total']):.4g}", file=stream, flush=True)
 
@@ -393,7 +393,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
                 _, interrupted = stylize_frames(
                     clip.frames, styles, settings, video, params, params_metadata.preprocessing,
                     first_index=first, recent_pixels=recent, on_frame=write_then_check,
-                    on_visit=on_visit, intervals=(settings.print_every, 10))
+                    on_visit=on_visit, intervals=(settings.output.print_every, 10))
             except KeyboardInterrupt:
                 interrupted = True
             interrupted = interrupted or ctrl_c.requested
@@ -417,9 +417,9 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
 
 def _pixels_from_image(rgb, settings):
     from nst_jax.imaging import color
-    if settings.original_colors == "luminance":
+    if settings.image.original_colors == "luminance":
         rgb = np.asarray(color.luminance(rgb))[..., None]
-    return np.asarray(rgb, np.float32) * np.float32(settings.pixel_range)
+    return np.asarray(rgb, np.float32) * np.float32(settings.loss.pixel_range)
 
 
 def _remove_frames(store):
