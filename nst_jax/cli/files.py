@@ -57,6 +57,16 @@ def choose_shard(batch, members, devices):
     return "image" if batch.num_devices and members < devices else "batch"
 
 
+def request_members(settings, style_paths, batch=None):
+    """The members a CLI run makes: one, blending every style, without a BatchRequest (a single
+    output); else every combination the request sweeps (`make_members`)."""
+    names = style_names(style_paths)
+    if batch is None:
+        return make_members(settings, names, per_style=False)
+    return make_members(settings, names, per_style=batch.per_style, style_weights=batch.style_weights,
+                        content_weights=batch.content_weights, seeds=batch.seeds)
+
+
 def member_path(output_path, label):
     """out.png + "starry_night_sw1000" -> out_starry_night_sw1000.png"""
     stem, extension = os.path.splitext(output_path)
@@ -213,12 +223,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     content, styles, init_image, params, params_metadata = load_inputs(
         content_path, style_paths, output_path, settings, load_weights, timings)
     out = stream or sys.stderr
-    if batch is None:
-        members, mesh = make_members(settings, style_names(style_paths), per_style=False), None
-    else:
-        members = make_members(settings, style_names(style_paths), per_style=batch.per_style,
-                               style_weights=batch.style_weights, content_weights=batch.content_weights,
-                               seeds=batch.seeds)
+    members, mesh = request_members(settings, style_paths, batch), None
+    if batch is not None:
         try:
             devices = batch.num_devices or jax.device_count()
             shard = choose_shard(batch, len(members), devices)

@@ -329,9 +329,8 @@ def parse_and_validate(argv=None):
         raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
                              f"got {args.process_id}")
     settings = settings_from_args(args)
-    if settings.image.style_blend_weights is not None and len(settings.image.style_blend_weights) != len(args.styles):
-        raise UserInputError(f"--style-blend-weights: {len(settings.image.style_blend_weights)} weights for "
-                             f"{len(args.styles)} style images")
+    # The engine makes the same check (stylize_batch); here it fails before any file is read.
+    settings.image.check_style_count(len(args.styles))
     sweeps = {}
     for name, kind in SWEEPS.items():
         values, flag = getattr(args, "sweep_" + name), "sweep-" + _flag(name)
@@ -385,14 +384,25 @@ def _displayed_size(path):
 def run_layout(args, settings, sweeps):
     """What the fit check needs from the flags, without decoding an image: (content (height,
     width), style shapes, members, devices, shard)."""
-    import math
     import jax
-    from nst_jax.cli.files import BatchRequest, choose_shard
-    members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
+    from nst_jax.cli.files import BatchRequest, choose_shard, request_members
+    members = len(request_members(settings, args.styles, batch_request(args, sweeps)))
     devices = args.devices or (jax.device_count() if members > 1 or args.shard else 1)
     shard = choose_shard(BatchRequest(num_devices=args.devices, shard=args.shard), members, devices)
     return (_displayed_size(args.content), [_displayed_size(path) for path in args.styles], members,
             devices, shard)
+
+
+def batch_request(args, sweeps):
+    """The BatchRequest the flags make (any batch, sweep, device or multi-host flag), or None: a
+    single output."""
+    from nst_jax.cli.files import BatchRequest
+    distributed = args.distributed or args.coordinator is not None
+    if not (args.batch or sweeps or args.devices or distributed or args.shard):
+        return None
+    return BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
+                        content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
+                        num_devices=args.devices, shard=args.shard)
 
 
 def resolve_auto(args, settings, sweeps):
@@ -483,14 +493,9 @@ def main(argv=None):
             from nst_jax.engine.stylize import join_cluster
             join_cluster(args.coordinator, args.num_processes, args.process_id)
         settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
-        from nst_jax.cli.files import BatchRequest, stylize_files
-        batch = None
-        if args.batch or sweeps or args.devices or distributed or args.shard:
-            batch = BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
-                                 content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
-                                 num_devices=args.devices, shard=args.shard)
+        from nst_jax.cli.files import stylize_files
         outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
-                                batch=batch, timings=timings)
+                                batch=batch_request(args, sweeps), timings=timings)
         result = outputs[0][1]
         if args.report:
             timings.write(args.report)

@@ -201,9 +201,7 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
         raise ValueError("a batch needs at least one member")
     if not styles:
         raise ValueError("at least one style image is needed")
-    if settings.image.style_blend_weights is not None and len(settings.image.style_blend_weights) != len(styles):
-        raise ValueError(f"{len(settings.image.style_blend_weights)} style blend weights for "
-                         f"{len(styles)} style images")
+    settings.image.check_style_count(len(styles))  # a UserInputError (a ValueError)
     if settings.network.remat == "auto":
         from nst_jax.engine.memory import resolve_remat
         settings = resolve_remat(settings, content.shape[:2], [style.shape[:2] for style in styles],
