@@ -89,7 +89,7 @@ EXPERIMENTS = (
                env=(("JAX_DEFAULT_MATMUL_PRECISION", "highest"),)),
     Experiment("precision-bfloat16", "now, jax_default_matmul_precision=bfloat16",
                env=(("JAX_DEFAULT_MATMUL_PRECISION", "bfloat16"),)),
-    Experiment("bfloat16", "now, Settings.compute_dtype='bfloat16'", compute_dtype="bfloat16"),
+    Experiment("bfloat16", "now, settings.network.compute_dtype='bfloat16'", compute_dtype="bfloat16"),
     Experiment("one-core", "now, pinned to one core (taskset -c 0)", one_core=True),
     Experiment("torch", "PyTorch, NCHW, all cores", kind="torch"),
     Experiment("torch-no-grad", "PyTorch, the loss alone under no_grad", kind="torch-forward"),

@@ -74,7 +74,7 @@ def build_problem(size, optimizer, *, compute_dtype="float32", preset_name="gaty
     _, content_pixels, style_pixels = prepare_images(content, [style], settings)
     targets = compute_targets(objective, params, jnp.asarray(content_pixels),
                               [jnp.asarray(style_pixels[0])])
-    weights = loss_weights(settings.content_weight, settings.style_weight, settings.tv_weight)
+    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, settings.loss.tv_weight)
     spec = OptimizerSpec.from_settings(settings)
     transformation = make_optimizer(spec)
     chunk = make_chunk(objective, spec)

@@ -120,9 +120,9 @@ def build_problem(jax_problem, *, channels_last=False, device="cpu"):
 
     settings, objective = jax_problem.settings, jax_problem.objective
     for field, expected in GATYS_CONVENTIONS.items():
-        if getattr(settings, field) != expected:
+        if settings.value(field) != expected:
             raise ValueError(f"the PyTorch reference implements the Gatys losses only: settings."
-                             f"{field} is {getattr(settings, field)!r}, not {expected!r}")
+                             f"{field} is {settings.value(field)!r}, not {expected!r}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     kernels = {name: torch.from_numpy(np.transpose(np.asarray(layer["kernel"]), (3, 2, 0, 1)).copy())
                .contiguous(memory_format=memory_format).to(device)
@@ -133,8 +133,8 @@ def build_problem(jax_problem, *, channels_last=False, device="cpu"):
         kernels=kernels, biases=biases, content_layers=objective.content_layers,
         content_layer_weights=objective.content_layer_weights, style_layers=objective.style_layers,
         style_layer_weights=objective.style_layer_weights, pooling=objective.pooling,
-        content_weight=settings.content_weight, style_weight=settings.style_weight,
-        pixel_range=settings.pixel_range,
+        content_weight=settings.loss.content_weight, style_weight=settings.loss.style_weight,
+        pixel_range=settings.loss.pixel_range,
         pixels=_nchw(torch, np.asarray(jax_problem.pixels), channels_last, device).requires_grad_(True),
         channels_last=channels_last)
     content = _nchw(torch, jax_problem.content_pixels, channels_last, device)
@@ -161,8 +161,9 @@ def time_step(problem, settings, *, warmup_steps, timed_steps, threads):
     import torch
 
     torch.set_num_threads(threads)
-    adam = torch.optim.Adam([problem.pixels], lr=settings.learning_rate,
-                            betas=(settings.adam_b1, settings.adam_b2), eps=settings.adam_eps)
+    adam = torch.optim.Adam([problem.pixels], lr=settings.optimizer.learning_rate,
+                            betas=(settings.optimizer.adam_b1, settings.optimizer.adam_b2),
+                            eps=settings.optimizer.adam_eps)
 
     def step():
         adam.zero_grad(set_to_none=True)

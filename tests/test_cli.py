@@ -30,7 +30,7 @@ from nst_jax.imaging import images
 from nst_jax.cli import files, run
 from nst_jax.errors import UserInputError
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.config.settings import RANGES, Settings
+from nst_jax.config.settings import FIELDS, RANGES
 from weights_tools.synthetic import write_synthetic
 from datafiles import IMAGES
 
@@ -107,35 +107,35 @@ def test_no_preset_flag_gives_the_default_preset():
 def test_flags_override_the_preset_and_keep_the_rest():
     settings = _settings("--preset", "gatys", "--num-steps", "7", "--pooling", "max",
                          "--content-weight", "2.5", "--tv-loss", "l1", "--seed", "3")
-    assert settings == dataclasses.replace(PRESETS["gatys"](), num_steps=7, pooling="max",
-                                           content_weight=2.5, tv_loss="l1", seed=3)
-    assert type(settings.num_steps) is int and type(settings.content_weight) is float
+    assert settings == PRESETS["gatys"]().replace(num_steps=7, pooling="max", content_weight=2.5,
+                                                  tv_loss="l1", seed=3)
+    assert type(settings.optimizer.num_steps) is int and type(settings.loss.content_weight) is float
 
 
 def test_list_flags_parse_into_tuples():
     settings = _settings("--style-layers", "relu1_1,relu2_1", "--content-layers", " relu3_1 , block4_conv2 ",
                          "--style-blend-weights", "0.25,0.75")
-    assert settings.style_layers == ("relu1_1", "relu2_1")
-    assert settings.content_layers == ("relu3_1", "block4_conv2")  # Keras names are accepted
-    assert settings.style_blend_weights == (0.25, 0.75)
+    assert settings.loss.style_layers == ("relu1_1", "relu2_1")
+    assert settings.loss.content_layers == ("relu3_1", "block4_conv2")  # Keras names are accepted
+    assert settings.image.style_blend_weights == (0.25, 0.75)
 
 
 def test_new_layers_without_weights_drop_the_presets_layer_weights():
-    assert PRESETS["gatys"]().style_layer_weights == (0.2,) * 5  # what the reset must undo
+    assert PRESETS["gatys"]().loss.style_layer_weights == (0.2,) * 5  # what the reset must undo
     reset = _settings("--preset", "gatys", "--style-layers", "relu1_1,relu2_1")
-    assert reset.style_layers == ("relu1_1", "relu2_1")
-    assert reset.style_layer_weights is None
+    assert reset.loss.style_layers == ("relu1_1", "relu2_1")
+    assert reset.loss.style_layer_weights is None
     given = _settings("--preset", "gatys", "--style-layers", "relu1_1,relu2_1",
                       "--style-layer-weights", "3,1")
-    assert given.style_layer_weights == (3.0, 1.0)
+    assert given.loss.style_layer_weights == (3.0, 1.0)
     content_given = _settings("--content-layers", "relu3_1,relu4_1", "--content-layer-weights", "1,2")
-    assert content_given.content_layer_weights == (1.0, 2.0)
+    assert content_given.loss.content_layer_weights == (1.0, 2.0)
 
 
 def test_init_image_flag_implies_init_image():
-    assert preset(DEFAULT_PRESET).init != "image"
+    assert preset(DEFAULT_PRESET).image.init != "image"
     settings = _settings("--init-image", "start.png")
-    assert (settings.init, settings.init_image) == ("image", "start.png")
+    assert (settings.image.init, settings.image.init_image) == ("image", "start.png")
 
 
 def test_help_exits_0_and_names_every_preset_and_setting(capsys):
@@ -145,8 +145,8 @@ def test_help_exits_0_and_names_every_preset_and_setting(capsys):
     help_text = capsys.readouterr().out
     for name in PRESETS:
         assert name in help_text
-    for field in dataclasses.fields(Settings):
-        assert "--" + field.name.replace("_", "-") in help_text
+    for name in FIELDS:
+        assert "--" + name.replace("_", "-") in help_text
 
 
 # --- bad input: one line, status 2, nothing written, nothing compiled ---------------------------
@@ -386,8 +386,9 @@ def test_edge_values_in_range_are_accepted():
          "--image-size", "16384", "--seed", "4294967295", "--style-blend-weights", "0,1",
          "--learning-rate", "1e-30", "--sweep-seed", "0,4294967295", "--content-weight", "0",
          "--sweep-style-weight", "0,1e30"])
-    assert (settings.adam_b1, settings.lr_decay_rate, settings.image_size) == (0.0, 1.0, 16384)
-    assert settings.seed == 2**32 - 1 and settings.style_blend_weights == (0.0, 1.0)
+    assert (settings.optimizer.adam_b1, settings.optimizer.lr_decay_rate,
+            settings.image.image_size) == (0.0, 1.0, 16384)
+    assert settings.image.seed == 2**32 - 1 and settings.image.style_blend_weights == (0.0, 1.0)
     assert sweeps == {"seed": (0, 2**32 - 1), "style_weight": (0.0, 1e30)}
 
 

@@ -19,7 +19,7 @@ def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
     rng = np.random.default_rng(0)
     content, style, start = (jnp.asarray(rng.uniform(0, 255, (20, 24, 3)).astype(np.float32)) for _ in range(3))
     targets = compute_targets(objective, params, content, [style])
-    weights = loss_weights(settings.content_weight, settings.style_weight, 0.0)
+    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, 0.0)
     ours = jax.grad(lambda x: total_loss(objective, params, x, targets, weights))(start)
 
     # Reference, following neural-style's ContentLoss/StyleLoss:updateGradInput: each layer's
@@ -33,7 +33,7 @@ def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
         ("style", "relu1_1"): lambda f: losses.style_layer_loss(f, targets.style["relu1_1"], gram_normalization="chw", reduction="mse"),
         ("style", "relu2_1"): lambda f: losses.style_layer_loss(f, targets.style["relu2_1"], gram_normalization="chw", reduction="mse"),
     }
-    strengths = {"content": settings.content_weight, "style": settings.style_weight}
+    strengths = {"content": settings.loss.content_weight, "style": settings.loss.style_weight}
     for (kind, layer), loss in layer_losses.items():
         gradient = jax.grad(loss)(acts[layer])
         cotangents[layer] += strengths[kind] * gradient / (jnp.sum(jnp.abs(gradient)) + 1e-8)

@@ -37,7 +37,7 @@ def _setup(settings, params, size=(24, 32)):
     content = jnp.asarray(rng.uniform(0, 255, size + (3,)).astype(np.float32))
     style = jnp.asarray(rng.uniform(0, 255, size + (3,)).astype(np.float32))
     targets = compute_targets(objective, params, content, [style])
-    weights = loss_weights(settings.content_weight, settings.style_weight, settings.tv_weight)
+    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, settings.loss.tv_weight)
     return objective, content, targets, weights
 
 

@@ -50,8 +50,8 @@ def _tv_reference(x, kind, beta):
 # Each source's formula: (content term, style term per layer, TV) with its own normalizations.
 def _reference_total(name, settings, x, p, a_features, image_positions):
     total_content = 0.0
-    weights_c = settings.content_layer_weights or (1.0,) * len(settings.content_layers)
-    for layer, w in zip(settings.content_layers, weights_c):
+    weights_c = settings.loss.content_layer_weights or (1.0,) * len(settings.loss.content_layers)
+    for layer, w in zip(settings.loss.content_layers, weights_c):
         diff = x[layer] - p[layer]
         total_content += w * {"neural-style": np.mean(diff ** 2),  # nn.MSECriterion
                               "gatys": 0.5 * np.sum(diff ** 2),
@@ -61,8 +61,8 @@ def _reference_total(name, settings, x, p, a_features, image_positions):
                               "tf-tutorial": np.mean(diff ** 2),
                               "pytorch-tutorial": np.mean(diff ** 2)}[name]
     total_style = 0.0
-    weights_s = settings.style_layer_weights or (1.0,) * len(settings.style_layers)
-    for layer, w in zip(settings.style_layers, weights_s):
+    weights_s = settings.loss.style_layer_weights or (1.0,) * len(settings.loss.style_layers)
+    for layer, w in zip(settings.loss.style_layers, weights_s):
         f = x[layer]
         h, wd, c = f.shape
         if name == "neural-style" or name == "pytorch-tutorial":  # G/(C·H·W), MSE
@@ -83,20 +83,20 @@ def _reference_total(name, settings, x, p, a_features, image_positions):
 def test_preset_loss_matches_its_source_formula(name, params, images):
     settings = preset(name)
     objective = Objective.from_settings(settings, "caffe")
-    content, style, start = (img * settings.pixel_range for img in images)
+    content, style, start = (img * settings.loss.pixel_range for img in images)
     targets = Targets(content_targets(objective, params, jnp.asarray(content)),
                       blend_grams([style_grams(objective, params, jnp.asarray(style))], (1.0,)))
-    weights = loss_weights(settings.content_weight, settings.style_weight, settings.tv_weight)
+    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, settings.loss.tv_weight)
     ours = {k: float(v) for k, v in loss_terms(objective, params, jnp.asarray(start), targets, weights).items()}
 
     x = _features(objective, params, start)
     p = _features(objective, params, content)
     a = _features(objective, params, style)
     ref_content, ref_style = _reference_total(name, settings, x, p, a, HEIGHT * WIDTH)
-    ref_tv = _tv_reference(start.astype(np.float64), settings.tv_loss, settings.tv_beta)
-    np.testing.assert_allclose(ours["content"], settings.content_weight * ref_content, rtol=2e-4)
-    np.testing.assert_allclose(ours["style"], settings.style_weight * ref_style, rtol=2e-4)
-    np.testing.assert_allclose(ours["tv"], settings.tv_weight * ref_tv, rtol=2e-4, atol=1e-12)
+    ref_tv = _tv_reference(start.astype(np.float64), settings.loss.tv_loss, settings.loss.tv_beta)
+    np.testing.assert_allclose(ours["content"], settings.loss.content_weight * ref_content, rtol=2e-4)
+    np.testing.assert_allclose(ours["style"], settings.loss.style_weight * ref_style, rtol=2e-4)
+    np.testing.assert_allclose(ours["tv"], settings.loss.tv_weight * ref_tv, rtol=2e-4, atol=1e-12)
     np.testing.assert_allclose(ours["total"], ours["content"] + ours["style"] + ours["tv"], rtol=1e-6)
 
 
@@ -135,4 +135,4 @@ def test_the_learning_rate_decays_as_keras_exponential_decay(staircase):
         steps[step] = -float(update)
     for step in (0, 50, 99, 100, 150, 350):
         np.testing.assert_allclose(steps[step], float(reference(step)), rtol=1e-5)
-    assert preset("keras-example").lr_decay_staircase is False
+    assert preset("keras-example").optimizer.lr_decay_staircase is False

@@ -250,10 +250,10 @@ def test_fit_check_suggests_remat_and_auto_uses_it(monkeypatch):
     monkeypatch.setenv(LIMIT_ENV, str((plain + blocks) // 2))
     with pytest.raises(UserInputError, match="--remat blocks"):
         check_fits(settings, *shapes)
-    assert resolve_remat(settings.replace(remat="auto"), *shapes).remat == "blocks"
+    assert resolve_remat(settings.replace(remat="auto"), *shapes).network.remat == "blocks"
     check_fits(settings.replace(remat="blocks"), *shapes)  # fits: no error
     monkeypatch.setenv(LIMIT_ENV, str(plain * 2))
-    assert resolve_remat(settings.replace(remat="auto"), *shapes).remat == "none"
+    assert resolve_remat(settings.replace(remat="auto"), *shapes).network.remat == "none"
     # --lbfgs-memory auto: the largest memory that fits.
     lbfgs = settings.replace(optimizer="lbfgs", remat="blocks")
     monkeypatch.setenv(LIMIT_ENV, str(estimate_run(lbfgs.replace(lbfgs_memory=37), *shapes).total))
@@ -265,7 +265,7 @@ def test_cli_shard_flag_lbfgs_auto_and_the_estimate_table(capsys, monkeypatch):
     from nst_jax.engine.memory import LIMIT_ENV, estimate_run
     args, settings, _ = run.parse_and_validate([IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg",
                                                 "--shard", "image", "--lbfgs-memory", "auto"])
-    assert args.shard == "image" and args.lbfgs_memory == "auto" and settings.lbfgs_memory == 100
+    assert args.shard == "image" and args.lbfgs_memory == "auto" and settings.optimizer.lbfgs_memory == 100
     settings = preset("neural-style").replace(image_size=512, lbfgs_memory=20)
     shapes = (run._displayed_size(IMAGES / "tubingen.jpg"), [run._displayed_size(IMAGES / "starry_night.jpg")])
     monkeypatch.setenv(LIMIT_ENV, str(estimate_run(settings, *shapes).total))

@@ -47,6 +47,16 @@ class BatchRequest:
     shard: Optional[str] = None
 
 
+def request_members(settings, style_paths, batch=None):
+    """The members a CLI run makes: one, blending every style, without a BatchRequest (a single
+    output); else every combination the request sweeps (`make_members`)."""
+    names = style_names(style_paths)
+    if batch is None:
+        return make_members(settings, names, per_style=False)
+    return make_members(settings, names, per_style=batch.per_style, style_weights=batch.style_weights,
+                        content_weights=batch.content_weights, seeds=batch.seeds)
+
+
 def member_path(output_path, label):
     """out.png + "starry_night_sw1000" -> out_starry_night_sw1000.png"""
     stem, extension = os.path.splitext(output_path)
@@ -75,7 +85,7 @@ def load_inputs(content_path, style_paths, output_path, settings, load_weights, 
         images.check_output_path(output_path)
         content = images.load_image(content_path)
         styles = [images.load_image(path) for path in style_paths]
-        init_image = images.load_image(settings.init_image) if settings.init == "image" else None
+        init_image = images.load_image(settings.image.init_image) if settings.image.init == "image" else None
     with timings.phase("weights"):
         params, params_metadata = load_weights()
     return content, styles, init_image, params, params_metadata
@@ -203,12 +213,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
     content, styles, init_image, params, params_metadata = load_inputs(
         content_path, style_paths, output_path, settings, load_weights, timings)
     out = stream or sys.stderr
-    if batch is None:
-        members, mesh = make_members(settings, style_names(style_paths), per_style=False), None
-    else:
-        members = make_members(settings, style_names(style_paths), per_style=batch.per_style,
-                               style_weights=batch.style_weights, content_weights=batch.content_weights,
-                               seeds=batch.seeds)
+    members, mesh = request_members(settings, style_paths, batch), None
+    if batch is not None:
         try:
             devices = batch.num_devices or jax.device_count()
             shard = choose_shard(batch.shard, len(members), devices, bool(batch.num_devices))
@@ -234,7 +240,7 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         describe = run_description(content_path, style_paths, settings, params_metadata)
         member_metadata = [member_description(settings, m, batch is not None) for m in members]
         writes = jax.process_index() == 0
-        total_steps = settings.num_steps * settings.scales
+        total_steps = settings.optimizer.num_steps * settings.image.scales
         sizes = scale_sizes(settings)
         bar = ProgressBar(total_steps, stream=stream,
                           label="step" if len(members) == 1 else f"{len(members)} images, step")
@@ -265,13 +271,13 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
             stall = watch.stalled(visit)
             if stall and writes:
                 write_line(stall, out)
-            at_print = settings.print_every and (visit.step % settings.print_every == 0
+            at_print = settings.output.print_every and (visit.step % settings.output.print_every == 0
                                                  or visit.step == total_steps)
             if writes and (bar.interactive or at_print):
                 scale = (f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)"
                          if visit.scales > 1 else "")
                 bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale)
-            if settings.save_every and visit.step % settings.save_every == 0 and visit.step < total_steps:
+            if settings.output.save_every and visit.step % settings.output.save_every == 0 and visit.step < total_steps:
                 snapshots = visit.images()  # a collective across hosts: every host takes part
                 for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
                     images.save_image(intermediate_path(path, visit.step, total_steps), snapshot,
@@ -280,7 +286,8 @@ def stylize_files(content_path, style_paths, output_path, settings, load_weights
         with timings.phase("run"), timings.compile:
             results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
                                     members, init_image=init_image, mesh=mesh, on_visit=on_visit,
-                                    intervals=(settings.print_every, settings.save_every, PROGRESS_INTERVAL),
+                                    intervals=(settings.output.print_every, settings.output.save_every,
+                                               PROGRESS_INTERVAL),
                                     should_stop=lambda: ctrl_c.requested)
         if seen["diverged_at"] is not None:
             bar.close()
@@ -350,9 +357,9 @@ class LossWatch:
         if not (change < STALL_RELATIVE_CHANGE).all():
             return None
         self.warned = True
-        if self.settings.optimizer == "lbfgs":
+        if self.settings.optimizer.name == "lbfgs":
             advice = ("--normalize-gradients makes L-BFGS's steps vanish: drop it"
-                      if self.settings.normalize_gradients else
+                      if self.settings.loss.normalize_gradients else
                       "if the image is not finished, try --optimizer adam; else lower --num-steps")
         else:
             advice = "raise --learning-rate if the image is not finished; else lower --num-steps"

@@ -18,7 +18,7 @@ from nst_jax.cache import enable_compile_cache
 from nst_jax.errors import UserInputError
 from nst_jax.model.preprocess import CONVENTIONS
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.config.settings import CHOICES, INT32_MAX, RANGES, Range, Settings
+from nst_jax.config.settings import CHOICES, FIELDS, INT32_MAX, RANGES, Range
 from nst_jax.engine.timings import RunTimings
 
 USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
@@ -30,7 +30,10 @@ SWEEPS = {"style_weight": float, "content_weight": float, "seed": int}
 # An init image whose aspect ratio differs from the content's by more than this is visibly stretched.
 STRETCH_TOLERANCE = 0.01
 
-# Help for each Settings field; the flag is the field name with dashes.
+# The help's heading of each Settings group.
+GROUP_TITLES = {"image": "sizes, styles, start image and colours", "loss": "loss", "network": "network",
+                "optimizer": "optimizer", "output": "progress and output"}
+# Help for each Settings field (by flat name); the flag is the flat name with dashes.
 FIELD_HELP = {
     "image_size": "long side of the output in pixels (aspect ratio kept)",
     "scales": "coarse-to-fine passes, each √2 larger, the last at --image-size; --num-steps each",
@@ -182,7 +185,7 @@ def _flag(name):
 
 
 def _field_type(field):
-    """(scalar type, is_list) of a Settings field: Optional[...] unwrapped, Tuple[X, ...] -> (X, True)."""
+    """(scalar type, is_list) of a Settings group's field: Optional[...] unwrapped, Tuple[X, ...] -> (X, True)."""
     annotation = field.type
     if typing.get_origin(annotation) is typing.Union:  # Optional[X]
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
@@ -247,27 +250,30 @@ def build_parser():
                        help=f"number of hosts (with --coordinator; {CLI_RANGES['num_processes']})")
     batch.add_argument("--process-id", type=_number(int), metavar="I",
                        help=f"this host's index (with --coordinator; {CLI_RANGES['process_id']}, below N)")
-    group = parser.add_argument_group("settings (default: the preset's value)")
     defaults = preset(DEFAULT_PRESET)
-    for field in dataclasses.fields(Settings):
-        scalar, is_list = _field_type(field)
-        default = getattr(defaults, field.name)
+    groups = {}
+    for name, where in FIELDS.items():  # one flag per field, group by group
+        if where.group not in groups:
+            groups[where.group] = parser.add_argument_group(
+                f"settings: {GROUP_TITLES[where.group]} (default: the preset's value)")
+        scalar, is_list = _field_type(where.field)
+        default = defaults.value(name)
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
-        text = FIELD_HELP.get(field.name, field.name.replace("_", " "))
-        if field.name in RANGES:
-            text += f" ({'each ' if is_list else ''}{RANGES[field.name]})"
+        text = FIELD_HELP.get(name, name.replace("_", " "))
+        if name in RANGES:
+            text += f" ({'each ' if is_list else ''}{RANGES[name]})"
         kwargs = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
-        if field.name in CHOICES and not is_list:
-            kwargs["choices"] = CHOICES[field.name]
+        if name in CHOICES and not is_list:
+            kwargs["choices"] = CHOICES[name]
         elif scalar is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif is_list:
             kwargs["type"] = _comma_list(scalar) if scalar in (int, float) else _names
         elif scalar in (int, float):
-            kwargs["type"] = (_number_or_auto if field.name in AUTO_FIELDS else _number)(scalar)
+            kwargs["type"] = (_number_or_auto if name in AUTO_FIELDS else _number)(scalar)
         if "choices" not in kwargs and scalar is not bool:
             kwargs["metavar"] = "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE")
-        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+        groups[where.group].add_argument("--" + _flag(name), **kwargs)
     return parser
 
 
@@ -275,17 +281,17 @@ def settings_from_args(args):
     """The preset's Settings with every given flag on top."""
     base = preset(args.preset)
     changes = {}
-    for field in dataclasses.fields(Settings):
-        value = getattr(args, field.name)
+    for name in FIELDS:
+        value = getattr(args, name)
         if value is not None and value != AUTO:  # "auto" numbers: see resolve_auto
-            changes[field.name] = value
+            changes[name] = value
     if "init_image" in changes and "init" not in changes:
         changes["init"] = "image"
     if "content_layers" in changes and "content_layer_weights" not in changes:
         changes["content_layer_weights"] = None  # the preset's weights were for its own layers
     if "style_layers" in changes and "style_layer_weights" not in changes:
         changes["style_layer_weights"] = None
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
 def load_weights(weights_arg, preprocessing=None):
@@ -323,9 +329,8 @@ def parse_and_validate(argv=None):
         raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
                              f"got {args.process_id}")
     settings = settings_from_args(args)
-    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(args.styles):
-        raise UserInputError(f"--style-blend-weights: {len(settings.style_blend_weights)} weights for "
-                             f"{len(args.styles)} style images")
+    # The engine makes the same check (stylize_batch); here it fails before any file is read.
+    settings.image.check_style_count(len(args.styles))
     sweeps = {}
     for name, kind in SWEEPS.items():
         values, flag = getattr(args, "sweep_" + name), "sweep-" + _flag(name)
@@ -341,9 +346,9 @@ def parse_and_validate(argv=None):
         if repeated is not None:
             raise UserInputError(f"--{flag}: {repeated} is listed twice (both outputs would have one name)")
         sweeps[name] = values
-    if settings.tv_weight == 0:
+    if settings.loss.tv_weight == 0:
         zero_in = [name for name in ("style_weight", "content_weight")
-                   if 0 in sweeps.get(name, (getattr(settings, name),))]
+                   if 0 in sweeps.get(name, (settings.value(name),))]
         if len(zero_in) == 2:  # Settings caught the case without sweeps
             swept = next(name for name in zero_in if name in sweeps)
             raise UserInputError(f"--sweep-{_flag(swept)}: 0 with the other weights 0 leaves nothing "
@@ -379,19 +384,31 @@ def _displayed_size(path):
 def run_layout(args, settings, sweeps):
     """What the fit check needs from the flags, without decoding an image: (content (height,
     width), style shapes, members, devices, shard)."""
-    import math
     import jax
+    from nst_jax.cli.files import request_members
     from nst_jax.engine.devices import choose_shard
-    members = (len(args.styles) if args.batch else 1) * math.prod(len(v) for v in sweeps.values())
+    members = len(request_members(settings, args.styles, batch_request(args, sweeps)))
     devices = args.devices or (jax.device_count() if members > 1 or args.shard else 1)
     shard = choose_shard(args.shard, members, devices, bool(args.devices))
     return (_displayed_size(args.content), [_displayed_size(path) for path in args.styles], members,
             devices, shard)
 
 
+def batch_request(args, sweeps):
+    """The BatchRequest the flags make (any batch, sweep, device or multi-host flag), or None: a
+    single output."""
+    from nst_jax.cli.files import BatchRequest
+    distributed = args.distributed or args.coordinator is not None
+    if not (args.batch or sweeps or args.devices or distributed or args.shard):
+        return None
+    return BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
+                        content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
+                        num_devices=args.devices, shard=args.shard)
+
+
 def resolve_auto(args, settings, sweeps):
     """`settings` with the "auto" number flags (--lbfgs-memory auto) chosen to fit the device."""
-    if getattr(args, "lbfgs_memory", None) == AUTO and settings.optimizer == "lbfgs":
+    if getattr(args, "lbfgs_memory", None) == AUTO and settings.optimizer.name == "lbfgs":
         from nst_jax.engine.memory import largest_lbfgs_memory
         try:
             layout = run_layout(args, settings, sweeps)
@@ -412,7 +429,7 @@ def memory_report(args, settings, sweeps):
     from nst_jax.engine.memory import available_bytes, estimate_run, resolve_remat
     height, width = images.load_image(args.content).shape[:2]
     style_shapes = [images.load_image(path).shape[:2] for path in args.styles]
-    out_height, out_width = images.long_side_shape(height, width, settings.image_size)
+    out_height, out_width = images.long_side_shape(height, width, settings.image.image_size)
     _, _, members, devices, shard = run_layout(args, settings, sweeps)
     fit = ((height, width), style_shapes, members, devices, shard)
     settings = resolve_remat(settings, *fit)
@@ -421,19 +438,20 @@ def memory_report(args, settings, sweeps):
     available = available_bytes()
     gib = lambda size: f"{size / 2**30:.2f} GiB"  # noqa: E731
     split = ", each image split by rows" if shard == "image" and devices > 1 else ""
-    lbfgs = settings.optimizer == "lbfgs"
+    lbfgs = settings.optimizer.name == "lbfgs"
     line = (f"{out_height}x{out_width} px, {members} image(s) on {devices} device(s) ({per_device} per "
-            f"device{split}), {settings.optimizer}{f' (memory {settings.lbfgs_memory})' if lbfgs else ''}: about {gib(estimate.total)} per device (params "
+            f"device{split}), {settings.optimizer.name}"
+            f"{f' (memory {settings.optimizer.lbfgs_memory})' if lbfgs else ''}: about {gib(estimate.total)} per device (params "
             f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "
             f"temporaries {gib(estimate.loop)}, content and style passes {gib(estimate.targets)})"
             + (f"; {gib(available)} available" if available is not None else ""))
-    memories = sorted({settings.lbfgs_memory, 100, 20, 5}, reverse=True) if lbfgs else [None]
+    memories = sorted({settings.optimizer.lbfgs_memory, 100, 20, 5}, reverse=True) if lbfgs else [None]
     rows = [f"{'remat':<8}{'storage':<10}{'lbfgs memory':<14}per device"]
     for remat in ("none", "blocks"):
         for storage in ("float32", "bfloat16"):
             for memory in memories:
                 changed = settings.replace(remat=remat, storage_dtype=storage,
-                                           lbfgs_memory=memory or settings.lbfgs_memory)
+                                           lbfgs_memory=memory or settings.optimizer.lbfgs_memory)
                 total = estimate_run(changed, *fit).total
                 fits = "" if available is None else "  fits" if total <= available else "  too large"
                 rows.append(f"{remat:<8}{storage:<10}{memory or '-'!s:<14}{gib(total)}{fits}")
@@ -457,7 +475,7 @@ def main(argv=None):
         if args.estimate_memory:
             print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
             return 0
-        warning = stretch_warning(args.content, settings.init_image) if settings.init == "image" else None
+        warning = stretch_warning(args.content, settings.image.init_image) if settings.image.init == "image" else None
 
         def load_checked_weights():
             # Called once the images are known good: only then is the warning worth a line.
@@ -476,14 +494,9 @@ def main(argv=None):
             from nst_jax.engine.devices import join_cluster
             join_cluster(args.coordinator, args.num_processes, args.process_id)
         settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
-        from nst_jax.cli.files import BatchRequest, stylize_files
-        batch = None
-        if args.batch or sweeps or args.devices or distributed or args.shard:
-            batch = BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
-                                 content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
-                                 num_devices=args.devices, shard=args.shard)
+        from nst_jax.cli.files import stylize_files
         outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
-                                batch=batch, timings=timings)
+                                batch=batch_request(args, sweeps), timings=timings)
         result = outputs[0][1]
         if args.report:
             timings.write(args.report)

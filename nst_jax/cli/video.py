@@ -111,9 +111,9 @@ def parse_and_validate(argv=None):
                                      whole=name in ("frame_steps", "every", "long_term"))
     video_flags = {"--" + name.replace("_", "-") for name in list(VIDEO_RANGES) + ["frame_init"]}
     _, settings, _ = run.parse_and_validate(_strip_flags(argv, video_flags, {"--keep-frames"}))
-    if settings.scales > 1:
+    if settings.image.scales > 1:
         raise UserInputError("--scales: not available for videos (each frame runs at --image-size)")
-    if settings.save_every:
+    if settings.output.save_every:
         raise UserInputError("--save-every: not available for videos (every frame is saved)")
     video = VideoSettings(**{k: v for k, v in values.items() if v is not None},
                           **({"frame_init": args.frame_init} if args.frame_init else {}))
@@ -153,7 +153,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
     output = args.output
     video_io.check_video_output(output)
     flow.require_cv2()
-    clip = video_io.read_clip(args.content, settings.image_size, video.start, video.duration,
+    clip = video_io.read_clip(args.content, settings.image.image_size, video.start, video.duration,
                               video.every, video.fps)
     styles = [images.load_image(path) for path in args.styles]
     params, params_metadata = load_weights()
@@ -199,7 +199,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
             def on_visit(index, step, steps, terms):
                 if ctrl_c.requested and step < steps:
                     raise KeyboardInterrupt  # the unfinished frame is dropped; the rest are on disk
-                if settings.print_every and step % settings.print_every == 0 and step < steps:
+                if settings.output.print_every and step % settings.output.print_every == 0 and step < steps:
                     print(f"frame {index + 1}/{total}: step {step}/{steps}, loss "
                           f"{float(terms['total']):.4g}", file=stream, flush=True)
 
@@ -212,7 +212,7 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
                 _, interrupted = stylize_frames(
                     clip.frames, styles, settings, video, params, params_metadata.preprocessing,
                     first_index=first, recent_pixels=recent, on_frame=write_then_check,
-                    on_visit=on_visit, intervals=(settings.print_every, 10))
+                    on_visit=on_visit, intervals=(settings.output.print_every, 10))
             except StopRun:
                 interrupted = True
             interrupted = interrupted or ctrl_c.requested
@@ -236,9 +236,9 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
 
 def _pixels_from_image(rgb, settings):
     from nst_jax.imaging import color
-    if settings.original_colors == "luminance":
+    if settings.image.original_colors == "luminance":
         rgb = np.asarray(color.luminance(rgb))[..., None]
-    return np.asarray(rgb, np.float32) * np.float32(settings.pixel_range)
+    return np.asarray(rgb, np.float32) * np.float32(settings.loss.pixel_range)
 
 
 def _remove_frames(store):

@@ -24,7 +24,7 @@ def gatys():
     terms somewhat differently than in the paper. L-BFGS with a line search, as scipy's.
     Cost: 500 L-BFGS steps, network up to conv5_1.
     """
-    return Settings(
+    return Settings.from_flat(
         content_layers=("relu4_2",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=1.0, style_weight=1e3, tv_weight=0.0,
         content_loss="half_sum", gram_normalization="raw", style_loss="gatys",
@@ -54,7 +54,7 @@ def thesis():
     style weight from 1e-7 to 1e-2 (its figure 4.4); 1e-4, mid-sweep, is the default here.
     Cost: network up to conv5_3 (three more 512-channel convolutions than Gatys at 1/16 area).
     """
-    return Settings(
+    return Settings.from_flat(
         content_layers=("relu5_3",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=100.0, style_weight=1e-4, tv_weight=0.0,
         content_loss="sum", gram_normalization="raw", style_loss="sum",
@@ -69,7 +69,7 @@ def sandahl():
     Gatys' α/β = 1e-3 and a TV weight that smooths without blurring at 512 px.
     Cost: network up to conv5_2.
     """
-    return Settings(
+    return Settings.from_flat(
         content_layers=("relu5_2",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=1.0, style_weight=1e3, tv_weight=1e-3,
         content_loss="sum", gram_normalization="raw", style_loss="gatys", tv_loss="power",
@@ -86,7 +86,7 @@ def keras_example():
     (here: clipped each step, see README). The example sizes by height 400; here by long side.
     Cost: 4000 cheap SGD steps, network up to conv5_2.
     """
-    return Settings(
+    return Settings.from_flat(
         content_layers=("relu5_2",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=2.5e-8, style_weight=1e-6, tv_weight=1e-6,
         content_loss="sum", gram_normalization="raw", style_loss="keras_example",
@@ -103,7 +103,7 @@ def tf_tutorial():
     Adam lr 0.02, β1 0.99, ε 0.1; 1000 steps (10 epochs × 100) from the content image, clipped to
     [0, 1] each step; 512 px. Cost: 1000 Adam steps, network up to conv5_2.
     """
-    return Settings(
+    return Settings.from_flat(
         content_layers=("relu5_2",), style_layers=_GATYS_STYLE_LAYERS,
         style_layer_weights=(0.2,) * 5, content_weight=1e4, style_weight=1e-2, tv_weight=30.0,
         content_loss="mean", gram_normalization="hw", style_loss="mse", tv_loss="l1",
@@ -121,7 +121,7 @@ def pytorch_tutorial():
     (`nst_jax.weights.convert`); with the Caffe weights the network differs. Cost: the cheapest
     preset, network only up to conv3_1.
     """
-    return Settings(
+    return Settings.from_flat(
         content_layers=("conv2_2",),
         style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
         content_weight=1.0, style_weight=1e6, tv_weight=0.0, content_loss="mean",

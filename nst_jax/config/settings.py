@@ -1,30 +1,49 @@
-"""Every knob of a style-transfer run, in one frozen dataclass.
+"""Every knob of a style-transfer run: a frozen `Settings` of five frozen groups.
 
-Presets (nst_jax/presets.py) are named Settings; the CLI maps flags onto a preset with
-`dataclasses.replace`, so any flag overrides a preset's value.
+    settings.image      sizes, styles, start image, colours    (host, around the loop)
+    settings.loss       layers, α β γ, the loss options         (-> loss.objective.Objective)
+    settings.network    pooling, compute dtype, remat           (-> Objective)
+    settings.optimizer  optimizer, steps and its constants      (-> engine.optimize.OptimizerSpec)
+    settings.output     print and save intervals                (host)
+
+Each group checks its own fields when it is made (choices, ranges, counts), so the Python API is
+checked as the CLI is, with the same one-line `UserInputError` naming the flag. Every field has a
+flat name, unique across the groups: the CLI flag (dashes for underscores), the key of
+`Settings.to_dict()` (PNG metadata, the video manifest) and the keyword of `Settings.replace` and
+`Settings.from_flat`. It is the field's own name, except the optimizer group's `name`, whose flat
+name is `optimizer`. Presets (config/presets.py) are named Settings; the CLI replaces a preset's
+fields with the flags given, so any flag overrides a preset's value.
 """
 
 import dataclasses
+import difflib
 import math
 import numbers
-from typing import Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
+from nst_jax.engine.memory import REMAT_CHOICES
+from nst_jax.engine.optimize import LINESEARCHES, OPTIMIZERS, STORAGE_DTYPES
+from nst_jax.engine.stages import INITS, ORIGINAL_COLORS
 from nst_jax.errors import UserInputError
+from nst_jax.loss.objective import COMPUTE_DTYPES
+from nst_jax.loss.terms import CONTENT_REDUCTIONS, GRAM_NORMALIZATIONS, STYLE_REDUCTIONS, TV_KINDS
 from nst_jax.model.layers import canonical_layer
+from nst_jax.model.vgg import POOLINGS
 
+# Each field's options, declared once beside the code that implements them.
 CHOICES = {
-    "pooling": ("max", "avg"),
-    "compute_dtype": ("float32", "bfloat16"),
-    "remat": ("none", "blocks", "auto"),
-    "storage_dtype": ("float32", "bfloat16"),
-    "content_loss": ("half_sum", "sum", "mean"),
-    "gram_normalization": ("raw", "hw", "chw"),
-    "style_loss": ("gatys", "mse", "sum", "keras_example"),
-    "tv_loss": ("l2", "l1", "power"),
-    "optimizer": ("lbfgs", "adam", "sgd"),
-    "lbfgs_linesearch": ("none", "zoom"),
-    "init": ("content", "noise", "gray", "image"),
-    "original_colors": ("none", "luminance", "recombine"),
+    "pooling": POOLINGS,
+    "compute_dtype": COMPUTE_DTYPES,
+    "remat": REMAT_CHOICES,
+    "storage_dtype": STORAGE_DTYPES,
+    "content_loss": CONTENT_REDUCTIONS,
+    "gram_normalization": GRAM_NORMALIZATIONS,
+    "style_loss": STYLE_REDUCTIONS,
+    "tv_loss": TV_KINDS,
+    "optimizer": OPTIMIZERS,
+    "lbfgs_linesearch": LINESEARCHES,
+    "init": INITS,
+    "original_colors": ORIGINAL_COLORS,
 }
 
 # Long side of the output, in pixels: 16384² RGB pixels (805 M values) keep every size and index
@@ -104,33 +123,81 @@ RANGES = {
 }
 
 
+def _flat(field: dataclasses.Field) -> str:
+    """A group field's flat name (its flag without dashes)."""
+    return field.metadata.get("flat", field.name)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_choices(group: Any) -> None:
+    for field in dataclasses.fields(group):
+        options = CHOICES.get(_flat(field))
+        value = getattr(group, field.name)
+        if options is not None and value not in options:
+            raise UserInputError(f"--{_flag(_flat(field))}: {value!r} is not one of {', '.join(options)}")
+
+
+def _check_ranges(group: Any) -> None:
+    for field in dataclasses.fields(group):
+        allowed = RANGES.get(_flat(field))
+        if allowed is None:
+            continue
+        value = getattr(group, field.name)
+        for item in (value if isinstance(value, tuple) else () if value is None else (value,)):
+            allowed.check(_flag(_flat(field)), item, whole=field.type is int)
+
+
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """A complete description of one style-transfer run (the defaults are neural-style's).
+class ImageSettings:
+    """Sizes, style images, the start image and colours: used on the host around the loop."""
 
-    Images are optimized as RGB pixels in [0, pixel_range]; that scale is what TV weights and
-    learning rates refer to (255 for the Caffe-era tools, 1 for the TensorFlow/PyTorch tutorials).
-    """
-
-    # Sizes.
     image_size: int = 512  # long side of the output in pixels; the aspect ratio is kept
     scales: int = 1  # coarse-to-fine passes, each √2 larger, the last at image_size; num_steps each
     style_scale: float = 1.0  # style image long side = style_scale * image_size
     style_blend_weights: Optional[Tuple[float, ...]] = None  # one per style image; None = equal
+    init: str = "noise"
+    init_image: Optional[str] = None  # path, with init="image"
+    init_noise_std: float = 0.001 / 255.0  # std of the noise around the mean color, fraction of pixel_range
+    seed: int = 0
+    original_colors: str = "none"  # "luminance": Gatys et al. 2016; "recombine": YCbCr after the fact
 
-    # Network.
+    def __post_init__(self):
+        _check_choices(self)
+        _check_ranges(self)
+        if self.style_blend_weights is not None and not sum(self.style_blend_weights) > 0:
+            raise UserInputError("--style-blend-weights: must have a positive sum (every weight is 0)")
+        if self.style_scale * self.image_size > MAX_IMAGE_SIDE:
+            raise UserInputError(f"--style-scale: {self.style_scale:g} × {self.image_size} px is more "
+                                 f"than {MAX_IMAGE_SIDE} px")
+        if self.init == "image" and not self.init_image:
+            raise UserInputError("--init image needs --init-image FILE")
+        if self.init != "image" and self.init_image:
+            raise UserInputError(f"--init-image: conflicts with --init {self.init}, which does not use "
+                                 f"a start image (--init-image alone implies --init image)")
+
+    def check_style_count(self, count: int) -> None:
+        """Raise UserInputError unless the blend weights (if given) are one per style image."""
+        if self.style_blend_weights is not None and len(self.style_blend_weights) != count:
+            raise UserInputError(f"--style-blend-weights: {len(self.style_blend_weights)} weights for "
+                                 f"{count} style images")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The loss: total = content_weight * Σ_l w_l C_l + style_weight * Σ_l w_l E_l + tv_weight * TV.
+
+    Images are optimized as RGB pixels in [0, pixel_range]; that scale is what TV weights and
+    learning rates refer to (255 for the Caffe-era tools, 1 for the TensorFlow/PyTorch tutorials).
+    The three weights are traced (one per batch member); the rest is the static Objective.
+    """
+
     content_layers: Tuple[str, ...] = ("relu4_2",)
     content_layer_weights: Optional[Tuple[float, ...]] = None  # None = 1 each
     style_layers: Tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     style_layer_weights: Optional[Tuple[float, ...]] = None  # None = 1 each
-    pooling: str = "max"
-    compute_dtype: str = "float32"
-    # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
-    # more forward pass per step, on accelerators: XLA CPU folds it back); "auto": blocks only
-    # when the run would not fit otherwise.
-    remat: str = "none"
-
-    # Loss: total = content_weight * Σ_l w_l C_l + style_weight * Σ_l w_l E_l + tv_weight * TV.
     content_weight: float = 5.0
     style_weight: float = 100.0
     tv_weight: float = 1e-3
@@ -142,8 +209,48 @@ class Settings:
     pixel_range: float = 255.0
     normalize_gradients: bool = False  # neural-style's -normalize_gradients (L1 per loss layer)
 
-    # Optimizer.
-    optimizer: str = "lbfgs"
+    def __post_init__(self):
+        _check_choices(self)
+        if not self.content_layers:
+            raise UserInputError("--content-layers: at least one layer is needed")
+        for field in ("content_layers", "style_layers"):
+            for name in getattr(self, field):
+                try:
+                    canonical_layer(name)
+                except ValueError as error:
+                    raise UserInputError(f"--{_flag(field)}: {error}") from None
+        for layers, weights in (("content_layers", "content_layer_weights"),
+                                ("style_layers", "style_layer_weights")):
+            given = getattr(self, weights)
+            if given is not None and len(given) != len(getattr(self, layers)):
+                raise UserInputError(f"--{_flag(weights)}: {len(given)} weights for "
+                                     f"{len(getattr(self, layers))} {layers.replace('_', ' ')}")
+        _check_ranges(self)
+        if self.content_weight == self.style_weight == self.tv_weight == 0:
+            raise UserInputError("--content-weight, --style-weight, --tv-weight: all three are 0, "
+                                 "so there is nothing to optimize")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSettings:
+    """Which network the loss reads and how it is computed (part of the static Objective)."""
+
+    pooling: str = "max"
+    compute_dtype: str = "float32"
+    # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
+    # more forward pass per step, on accelerators: XLA CPU folds it back); "auto": blocks only
+    # when the run would not fit otherwise.
+    remat: str = "none"
+
+    def __post_init__(self):
+        _check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer and its step count (all but num_steps make the OptimizerSpec)."""
+
+    name: str = dataclasses.field(default="lbfgs", metadata={"flat": "optimizer"})  # --optimizer
     num_steps: int = 1000
     learning_rate: float = 10.0  # Adam and SGD
     adam_b1: float = 0.9
@@ -164,73 +271,101 @@ class Settings:
     # Adam's first moment; arithmetic stays float32.
     storage_dtype: str = "float32"
 
-    # Start image.
-    init: str = "noise"
-    init_image: Optional[str] = None  # path, with init="image"
-    init_noise_std: float = 0.001 / 255.0  # std of the noise around the mean color, fraction of pixel_range
-    seed: int = 0
+    def __post_init__(self):
+        _check_choices(self)
+        _check_ranges(self)
 
-    # Color.
-    original_colors: str = "none"  # "luminance": Gatys et al. 2016; "recombine": YCbCr after the fact
 
-    # Progress and output.
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+    """Progress lines and intermediate images."""
+
     print_every: int = 50
     save_every: int = 0  # 0: only the final image
 
     def __post_init__(self):
-        for field, options in CHOICES.items():
-            value = getattr(self, field)
-            if value not in options:
-                raise UserInputError(f"--{_flag(field)}: {value!r} is not one of {', '.join(options)}")
-        for field in ("content_layers", "style_layers"):
-            layers = getattr(self, field)
-            if field == "content_layers" and not layers:
-                raise UserInputError("--content-layers: at least one layer is needed")
-            for name in layers:
-                try:
-                    canonical_layer(name)
-                except ValueError as error:
-                    raise UserInputError(f"--{_flag(field)}: {error}") from None
-        for layers, weights in (("content_layers", "content_layer_weights"),
-                                ("style_layers", "style_layer_weights")):
-            given = getattr(self, weights)
-            if given is not None and len(given) != len(getattr(self, layers)):
-                raise UserInputError(f"--{_flag(weights)}: {len(given)} weights for "
-                                     f"{len(getattr(self, layers))} {layers.replace('_', ' ')}")
-        whole_numbers = {field.name for field in dataclasses.fields(self) if field.type is int}
-        for field, allowed in RANGES.items():
-            value = getattr(self, field)
-            for item in (value if isinstance(value, tuple) else () if value is None else (value,)):
-                allowed.check(_flag(field), item, whole=field in whole_numbers)
-        if self.style_blend_weights is not None and not sum(self.style_blend_weights) > 0:
-            raise UserInputError("--style-blend-weights: must have a positive sum (every weight is 0)")
-        if self.content_weight == self.style_weight == self.tv_weight == 0:
-            raise UserInputError("--content-weight, --style-weight, --tv-weight: all three are 0, "
-                                 "so there is nothing to optimize")
-        if self.style_scale * self.image_size > MAX_IMAGE_SIDE:
-            raise UserInputError(f"--style-scale: {self.style_scale:g} × {self.image_size} px is more "
-                                 f"than {MAX_IMAGE_SIDE} px")
-        if self.init == "image" and not self.init_image:
-            raise UserInputError("--init image needs --init-image FILE")
-        if self.init != "image" and self.init_image:
-            raise UserInputError(f"--init-image: conflicts with --init {self.init}, which does not use "
-                                 f"a start image (--init-image alone implies --init image)")
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
+        _check_ranges(self)
 
 
-def _flag(field):
-    return field.replace("_", "-")
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A complete description of one style-transfer run (the defaults are neural-style's).
+
+    Build one from a preset (`preset("gatys").replace(num_steps=300)`), from flat names
+    (`Settings.from_flat(style_weight=1e3)`) or from groups (`Settings(loss=LossSettings(...))`);
+    read fields through their group (`settings.loss.style_weight`).
+    """
+
+    image: ImageSettings = dataclasses.field(default_factory=ImageSettings)
+    loss: LossSettings = dataclasses.field(default_factory=LossSettings)
+    network: NetworkSettings = dataclasses.field(default_factory=NetworkSettings)
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+    output: OutputSettings = dataclasses.field(default_factory=OutputSettings)
+
+    def __post_init__(self):
+        # Each group checked its own fields; no check spans two groups today (add them here).
+        for field in dataclasses.fields(self):
+            if not isinstance(getattr(self, field.name), field.type):
+                raise TypeError(f"Settings.{field.name} must be a {field.type.__name__}, got "
+                                f"{getattr(self, field.name)!r}")
+
+    @classmethod
+    def from_flat(cls, **fields: Any) -> "Settings":
+        """The defaults with `fields` (flat names, as `replace` takes them) on top."""
+        return cls().replace(**fields)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with fields changed by flat name (`replace(style_weight=1e3, seed=2)`): each
+        changed group is made again, so it is checked again."""
+        by_group: Dict[str, Dict[str, Any]] = {}
+        for name, value in changes.items():
+            where = _field(name)
+            by_group.setdefault(where.group, {})[where.attribute] = value
+        return dataclasses.replace(self, **{group: dataclasses.replace(getattr(self, group), **values)
+                                            for group, values in by_group.items()})
+
+    def value(self, name: str) -> Any:
+        """A field's value by flat name (`value("style_weight")` is `self.loss.style_weight`)."""
+        where = _field(name)
+        return getattr(getattr(self, where.group), where.attribute)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """{flat name: value} of every field, group by group (PNG metadata, video manifests)."""
+        return {name: self.value(name) for name in FIELDS}
+
+
+class SettingsField(NamedTuple):
+    """Where a flat name lives: settings.<group>.<attribute>."""
+
+    name: str  # flat name: the flag with underscores, to_dict's key, replace's keyword
+    group: str  # the Settings attribute holding the group
+    attribute: str  # the field's name in its group (the flat name, but optimizer -> name)
+    field: dataclasses.Field
+
+
+def _fields_table() -> Dict[str, SettingsField]:
+    table: Dict[str, SettingsField] = {}
+    for group in dataclasses.fields(Settings):
+        for field in dataclasses.fields(cast(Any, group.type)):
+            if _flat(field) in table:
+                raise RuntimeError(f"two Settings fields are named {_flat(field)!r}")
+            table[_flat(field)] = SettingsField(_flat(field), group.name, field.name, field)
+    unknown = (set(CHOICES) | set(RANGES)) - set(table)
+    if unknown:
+        raise RuntimeError(f"CHOICES or RANGES name no Settings field: {sorted(unknown)}")
+    return table
+
+
+# Every field by flat name, group by group, derived from the dataclasses above.
+FIELDS = _fields_table()
+
+
+def _field(name: str) -> SettingsField:
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, list(FIELDS), n=1)
+        raise TypeError(f"Settings has no field {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return FIELDS[name]
 
 
 def _number_text(value):
     return str(value) if isinstance(value, int) else f"{value:g}"  # whole bounds in full
-
-
-def layer_weights(layers, weights):
-    """Per-layer weights as a tuple of floats (1 each when not given)."""
-    return tuple(float(w) for w in weights) if weights is not None else (1.0,) * len(layers)

@@ -15,10 +15,13 @@ import jax.numpy as jnp
 
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
-from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
+from nst_jax.loss.objective import REMATS, LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.devices import place_chunk_args
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
 from nst_jax.model.vgg import ADJOINT
+
+# --remat: the Objective's own (none, blocks), or "auto": resolve_remat picks one for the run.
+REMAT_CHOICES = REMATS + ("auto",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
     """
     if batched is None:
         batched = batch_size > 1
-    channels = 1 if settings.original_colors == "luminance" else 3
+    channels = 1 if settings.image.original_colors == "luminance" else 3
     objective = Objective.from_settings(settings, convention)
     spec = OptimizerSpec.from_settings(settings)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest_conv(objective.layers)) + 1]
@@ -175,8 +178,8 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     deepest = deepest_conv(objective.layers)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]
     params = sum(2 * math.prod(conv_shape(layer)) + conv_shape(layer)[-1] for layer in used) * FLOAT_BYTES
-    height, width = long_side_shape(*content_shape, settings.image_size)
-    channels = 1 if settings.original_colors == "luminance" else 3
+    height, width = long_side_shape(*content_shape, settings.image.image_size)
+    channels = 1 if settings.image.original_colors == "luminance" else 3
     rows = shard == "image" and devices > 1
     per_device = members if rows else -(-members // devices)
     # Split by rows, a device holds its share of every row-split array (heights the device count
@@ -184,20 +187,20 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     own_height = -(-height // devices) if rows else height
     state_height = own_height if not rows or height % devices == 0 else height
     image = state_height * width * channels * FLOAT_BYTES
-    history = 2 * settings.lbfgs_memory if settings.optimizer == "lbfgs" else 0
-    if settings.storage_dtype == "bfloat16" and settings.lbfgs_linesearch == "none":
+    history = 2 * settings.optimizer.lbfgs_memory if settings.optimizer.name == "lbfgs" else 0
+    if settings.optimizer.storage_dtype == "bfloat16" and settings.optimizer.lbfgs_linesearch == "none":
         history //= 2  # bfloat16 pairs: half the bytes of float32 ones
     grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
     activations = _activation_floats(height, width, deepest) * FLOAT_BYTES
-    zoom = 2 if settings.optimizer == "lbfgs" and settings.lbfgs_linesearch == "zoom" else 1
+    zoom = 2 if settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "zoom" else 1
     if objective.remat == "blocks" and remat_saves_memory():
         loop_floats = _remat_loop_floats(own_height, width, objective)
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
     loop = per_device * zoom * loop_floats * FLOAT_BYTES
-    style_side = max(16, round(settings.style_scale * settings.image_size))
+    style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
     styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
     targets = TARGET_ACTIVATIONS * (activations + max(styles, default=0) * FLOAT_BYTES)
     return RunEstimate(params, state, loop, targets)
@@ -233,7 +236,7 @@ def resolve_remat(settings, content_shape, style_shapes, members=1, devices=1, s
                   device=None):
     """`settings` with remat "auto" made "none" when the run fits without it (or the free memory
     is unknown), else "blocks"; other values unchanged."""
-    if settings.remat != "auto":
+    if settings.network.remat != "auto":
         return settings
     available = available_bytes(device)
     plain = settings.replace(remat="none")
@@ -277,23 +280,23 @@ def check_fits(settings, content_shape, style_shapes, members=1, devices=1, devi
         return estimate_run(changed, content_shape, style_shapes, members, devices, shard).total <= available
 
     tries = []
-    low, high = 16, settings.image_size - 1  # the largest size that fits, by bisection
+    low, high = 16, settings.image.image_size - 1  # the largest size that fits, by bisection
     if fits(image_size=low):
         while low < high:
             middle = (low + high + 1) // 2
             low, high = (middle, high) if fits(image_size=middle) else (low, middle - 1)
         tries.append(f"--image-size {low}")
-    if settings.style_scale > 1:  # a large style pass alone can be what does not fit
-        scales = [x for x in (8, 4, 2, 1) if x < settings.style_scale and fits(style_scale=float(x))]
+    if settings.image.style_scale > 1:  # a large style pass alone can be what does not fit
+        scales = [x for x in (8, 4, 2, 1) if x < settings.image.style_scale and fits(style_scale=float(x))]
         if scales:
             tries.append(f"--style-scale {scales[0]}")
-    if settings.optimizer == "lbfgs":
-        memories = [m for m in (100, 50, 20, 10, 5, 1) if m < settings.lbfgs_memory and fits(lbfgs_memory=m)]
+    if settings.optimizer.name == "lbfgs":
+        memories = [m for m in (100, 50, 20, 10, 5, 1) if m < settings.optimizer.lbfgs_memory and fits(lbfgs_memory=m)]
         if memories:
             tries.append(f"--lbfgs-memory {memories[0]}")
         if fits(optimizer="adam"):
             tries.append("--optimizer adam")
-    if settings.remat != "blocks" and fits(remat="blocks"):
+    if settings.network.remat != "blocks" and fits(remat="blocks"):
         tries.append("--remat blocks")
     if shard == "batch" and members > devices and jax.device_count() > devices:
         for more in range(devices + 1, min(members, jax.device_count()) + 1):

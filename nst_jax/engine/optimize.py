@@ -28,6 +28,11 @@ import optax
 from nst_jax.engine.lbfgs import fixed_step_lbfgs
 from nst_jax.loss.objective import LossWeights, Objective, Targets, loss_terms
 
+# What make_optimizer builds (the choices of --optimizer, --lbfgs-linesearch, --storage-dtype).
+OPTIMIZERS = ("lbfgs", "adam", "sgd")
+LINESEARCHES = ("none", "zoom")
+STORAGE_DTYPES = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -49,8 +54,9 @@ class OptimizerSpec:
 
     @classmethod
     def from_settings(cls, settings):
-        return cls(**{field.name: getattr(settings, "optimizer" if field.name == "name" else field.name)
-                      for field in dataclasses.fields(cls)})
+        """settings.optimizer without num_steps (a traced argument of the chunk, not compiled in)."""
+        group = settings.optimizer
+        return cls(**{field.name: getattr(group, field.name) for field in dataclasses.fields(cls)})
 
     @property
     def uses_linesearch(self):

@@ -14,6 +14,11 @@ from nst_jax.imaging import color, images
 from nst_jax.loss.objective import Targets, blend_grams, content_targets, style_grams
 from nst_jax.model.preprocess import mean_rgb
 
+# Start images (initial_pixels) and the content's colours (prepare_images, finish_image): the
+# choices of --init and --original-colors.
+INITS = ("content", "noise", "gray", "image")
+ORIGINAL_COLORS = ("none", "luminance", "recombine")
+
 # The coarsest pass of a multi-scale run is never smaller than this (long side, px).
 MIN_SCALE_SIDE = 32
 
@@ -24,8 +29,8 @@ def scale_sizes(settings):
     Each pass starts from the previous one's result, upsampled: the coarse passes settle the
     large structures cheaply, the last one adds detail at full size (crowsonkb's ×√2 steps).
     """
-    return [max(MIN_SCALE_SIDE, round(settings.image_size / math.sqrt(2) ** k))
-            for k in range(settings.scales - 1, -1, -1)]
+    return [max(MIN_SCALE_SIDE, round(settings.image.image_size / math.sqrt(2) ** k))
+            for k in range(settings.image.scales - 1, -1, -1)]
 
 
 def prepare_images(content, styles, settings):
@@ -34,10 +39,10 @@ def prepare_images(content, styles, settings):
     Returns (content_rgb, content_pixels, style_pixels list): content_rgb is the resized color
     content (for recombining colors), the others are what the network sees, in [0, pixel_range].
     """
-    content_rgb = images.resize_long_side(content, settings.image_size)
-    style_side = max(16, round(settings.style_scale * settings.image_size))
+    content_rgb = images.resize_long_side(content, settings.image.image_size)
+    style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
     style_rgbs = [images.resize_long_side(style, style_side) for style in styles]
-    if settings.original_colors == "luminance":
+    if settings.image.original_colors == "luminance":
         # Gatys et al. 2016: transfer on luminance only, the style's luminance matched to the content's.
         content_luminance = color.luminance(content_rgb)
         content_view = content_luminance[..., None]
@@ -45,7 +50,7 @@ def prepare_images(content, styles, settings):
                        for s in style_rgbs]
     else:
         content_view, style_views = content_rgb, style_rgbs
-    scale = settings.pixel_range
+    scale = settings.loss.pixel_range
     return (content_rgb, np.asarray(content_view, np.float32) * scale,
             [np.asarray(s, np.float32) * scale for s in style_views])
 
@@ -78,26 +83,26 @@ def initial_pixels(settings, convention, content_pixels, init_image=None, seed=N
     """The image the optimization starts from, shaped like content_pixels.
 
     A given `init_image` (RGB; the init file, or the previous scale's result) is always used;
-    otherwise settings.init says what to start from.
+    otherwise settings.image.init says what to start from.
     """
-    shape, scale = content_pixels.shape, settings.pixel_range
-    if init_image is None and settings.init == "image":
+    shape, scale = content_pixels.shape, settings.loss.pixel_range
+    if init_image is None and settings.image.init == "image":
         raise ValueError("init='image' needs an init image")
     if init_image is not None:
         start = images.resize_to(init_image, shape[0], shape[1])
         if shape[-1] == 1:
             start = color.luminance(start)[..., None]
         return jax.device_put(np.asarray(start, np.float32) * np.float32(scale))
-    if settings.init == "content":
+    if settings.image.init == "content":
         return jax.device_put(content_pixels)
-    if settings.init == "gray":
+    if settings.image.init == "gray":
         return jax.device_put(np.full(shape, 0.5 * scale, np.float32))
     # "noise": the training set's mean color (a zero VGG input) plus Gaussian noise.
     mean = mean_rgb(convention)
     if shape[-1] == 1:
         mean = np.asarray(color.luminance(mean))[None]
-    return _noise_start(settings.seed if seed is None else seed, np.asarray(mean, np.float32),
-                        np.float32(settings.init_noise_std), np.float32(scale), shape)
+    return _noise_start(settings.image.seed if seed is None else seed, np.asarray(mean, np.float32),
+                        np.float32(settings.image.init_noise_std), np.float32(scale), shape)
 
 
 @functools.partial(jax.jit, static_argnums=4)
@@ -109,10 +114,10 @@ def _noise_start(seed, mean, std, scale, shape):
 
 def finish_image(pixels, content_rgb, settings):
     """Optimized pixels -> RGB in [0, 1], with the content's colors where asked."""
-    rgb = np.clip(np.asarray(pixels, np.float32) / settings.pixel_range, 0.0, 1.0)
+    rgb = np.clip(np.asarray(pixels, np.float32) / settings.loss.pixel_range, 0.0, 1.0)
     if rgb.shape[-1] == 1:  # luminance-only: stylized Y, content's I and Q
         rgb = np.repeat(rgb, 3, axis=-1)
         rgb = color.recombine_colors(rgb, content_rgb, space="yiq")
-    elif settings.original_colors == "recombine":
+    elif settings.image.original_colors == "recombine":
         rgb = color.recombine_colors(rgb, content_rgb, space="ycbcr")
     return np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)

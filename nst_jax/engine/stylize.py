@@ -80,7 +80,7 @@ class Member:
 
     Attributes:
       style_index: which style image is this member's target; None blends all of them with
-        settings.style_blend_weights.
+        settings.image.style_blend_weights.
       content_weight, style_weight, tv_weight: α, β, γ.
       seed: seed of the noise start image.
       label: a short name for output files, e.g. "starry_night_sw1e+03".
@@ -113,8 +113,8 @@ def make_members(settings: Settings, style_names: Sequence[str], *, per_style: b
     A label contains only what varies, e.g. "starry_night", "sw0.001", "starry_night_seed2".
     """
     styles: List[Optional[int]] = list(range(len(style_names))) if per_style else [None]
-    axes: List[Tuple[str, Sequence[Any]]] = [("", styles), ("sw", style_weights or [settings.style_weight]),
-            ("cw", content_weights or [settings.content_weight]), ("seed", seeds or [settings.seed])]
+    axes: List[Tuple[str, Sequence[Any]]] = [("", styles), ("sw", style_weights or [settings.loss.style_weight]),
+            ("cw", content_weights or [settings.loss.content_weight]), ("seed", seeds or [settings.image.seed])]
     members = []
     for style_index, style_weight, content_weight, seed in itertools.product(*(v for _, v in axes)):
         parts = []
@@ -124,7 +124,7 @@ def make_members(settings: Settings, style_names: Sequence[str], *, per_style: b
             if len(values) > 1:
                 parts.append(prefix + (_number_label(value) if prefix != "seed" else str(value)))
         members.append(Member(style_index, float(content_weight), float(style_weight),
-                              settings.tv_weight, int(seed), "_".join(parts) or "0"))
+                              settings.loss.tv_weight, int(seed), "_".join(parts) or "0"))
     return members
 
 
@@ -146,14 +146,14 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
                   should_stop: Optional[Callable[[], bool]] = None) -> List[StylizeResult]:
     """Run every member in one vmapped, jitted loop; returns one StylizeResult per member.
 
-    With settings.scales > 1 the run goes coarse to fine (stages.scale_sizes), each scale
+    With settings.image.scales > 1 the run goes coarse to fine (stages.scale_sizes), each scale
     starting from the previous one's images, upsampled; each scale compiles once.
 
     Args:
       content: (H, W, 3) RGB in [0, 1]; styles: list of RGB arrays.
       params: VGG-19 params as loaded by nst_jax.load_params; convention: their preprocessing.
       members: from `make_members`.
-      init_image: RGB array for settings.init == "image".
+      init_image: RGB array for settings.image.init == "image".
       mesh: a "batch" Mesh to split the members over (see `batch_mesh`), a "rows" Mesh to split
         each image by rows over (`image_mesh`), or None: the default device.
       on_visit: called with a `Visit` at every host visit; raising `StopRun` there stops the run,
@@ -167,10 +167,8 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
         raise ValueError("a batch needs at least one member")
     if not styles:
         raise ValueError("at least one style image is needed")
-    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
-        raise ValueError(f"{len(settings.style_blend_weights)} style blend weights for "
-                         f"{len(styles)} style images")
-    if settings.remat == "auto":
+    settings.image.check_style_count(len(styles))  # a UserInputError (a ValueError)
+    if settings.network.remat == "auto":
         from nst_jax.engine.memory import resolve_remat
         settings = resolve_remat(settings, content.shape[:2], [style.shape[:2] for style in styles],
                                  len(members), mesh.size if mesh is not None else 1,
@@ -191,9 +189,9 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
             interrupted = True
             break
     height, width = content.shape[:2]
-    if finished[0].shape[:2] != images.long_side_shape(height, width, settings.image_size):
+    if finished[0].shape[:2] != images.long_side_shape(height, width, settings.image.image_size):
         # Interrupted at a coarse scale: hand back the requested size all the same.
-        finished = [images.resize_long_side(image, settings.image_size) for image in finished]
+        finished = [images.resize_long_side(image, settings.image.image_size) for image in finished]
     return [StylizeResult(image, steps_done, interrupted, float(loss), seconds)
             for image, loss in zip(finished, losses)]
 
@@ -207,7 +205,7 @@ def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Setting
     Args:
       params: VGG-19 params as loaded by nst_jax.load_params (numpy or jax arrays).
       convention: the params' preprocessing convention ("caffe" or "torch").
-      init_image: RGB array for settings.init == "image".
+      init_image: RGB array for settings.image.init == "image".
       on_visit: called with a `nst_jax.engine.stylize.Visit` (arrays of one member) at every host visit.
       intervals: step intervals at which to visit the host.
       mesh: `nst_jax.engine.stylize.image_mesh(n)` splits the image by rows over n devices; None: one device.
@@ -282,7 +280,7 @@ class RunPlan:
 
     @property
     def total_steps(self) -> int:
-        return self.settings.num_steps * self.settings.scales
+        return self.settings.optimizer.num_steps * self.settings.image.scales
 
     @property
     def splits_members(self) -> bool:
@@ -311,7 +309,7 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     content_rgb, content_pixels, style_pixels = prepare_images(plan.content, styles, settings)
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program. Host arrays go in by device_put (jnp.asarray compiles a copy per shape).
-    blend = np.asarray(settings.style_blend_weights or (1.0,) * len(styles), np.float32)
+    blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
     content_targets, grams, blended = targets(
         objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
         jax.device_put(blend / blend.sum()))
@@ -351,7 +349,7 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
                                 images=lambda: finished_images(current), scale=index,
                                 scales=len(plan.sizes)))
 
-    run = run_loop(chunk_fn, pixels, opt_state, settings.num_steps,
+    run = run_loop(chunk_fn, pixels, opt_state, settings.optimizer.num_steps,
                    (params, loss_targets, weights),
                    plan.intervals, visit, first_step=first_step)
     loss = np.asarray(run.loss)  # a scalar NaN when stopped before the first chunk finished

@@ -18,8 +18,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax.loss import terms as losses
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
-from nst_jax.config.settings import layer_weights
 from nst_jax.model.vgg import features
+
+# The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
+# settings' choices (--compute-dtype; --remat adds "auto", engine.memory.REMAT_CHOICES).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "blocks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,23 +52,33 @@ class Objective:
 
     @classmethod
     def from_settings(cls, settings, convention):
-        content = tuple(canonical_layer(n) for n in settings.content_layers)
-        style = tuple(canonical_layer(n) for n in settings.style_layers)
-        return cls(
-            convention=convention, content_layers=content,
-            content_layer_weights=layer_weights(content, settings.content_layer_weights),
-            style_layers=style, style_layer_weights=layer_weights(style, settings.style_layer_weights),
-            pooling=settings.pooling, compute_dtype=settings.compute_dtype,
-            content_loss=settings.content_loss, gram_normalization=settings.gram_normalization,
-            style_loss=settings.style_loss, tv_loss=settings.tv_loss, tv_beta=settings.tv_beta,
-            pixel_range=settings.pixel_range, normalize_gradients=settings.normalize_gradients,
+        """The static part of settings.loss and settings.network: every field of theirs the
+        Objective has, as is, but the layers (canonical names, weights filled in) and remat.
+
+        The loss weights α, β, γ are not in it (`loss_weights`: traced, one per member).
+        """
+        loss, network = settings.loss, settings.network
+        content = tuple(canonical_layer(n) for n in loss.content_layers)
+        style = tuple(canonical_layer(n) for n in loss.style_layers)
+        own = {field.name for field in dataclasses.fields(cls)}
+        same = {field.name: getattr(group, field.name) for group in (loss, network)
+                for field in dataclasses.fields(group) if field.name in own}
+        return cls(**{
+            **same, "convention": convention,
+            "content_layers": content, "content_layer_weights": layer_weights(content, loss.content_layer_weights),
+            "style_layers": style, "style_layer_weights": layer_weights(style, loss.style_layer_weights),
             # "auto" is resolved before a run (memory.resolve_remat); unresolved it means none.
-            remat="blocks" if settings.remat == "blocks" else "none")
+            "remat": "blocks" if network.remat == "blocks" else "none"})
 
     @property
     def layers(self):
         """Every layer the loss reads, in network order (the network stops at the last one)."""
         return tuple(sorted(set(self.content_layers + self.style_layers), key=LAYER_ORDER.index))
+
+
+def layer_weights(layers, weights):
+    """Per-layer weights as a tuple of floats (1 each when not given)."""
+    return tuple(float(w) for w in weights) if weights is not None else (1.0,) * len(layers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+# The options of each term, in the order --help lists them (nst_jax.config.settings.CHOICES reads
+# these: the flags --content-loss, --gram-normalization, --style-loss and --tv-loss).
 GRAM_NORMALIZATIONS = ("raw", "hw", "chw")
-CONTENT_REDUCTIONS = ("sum", "mean", "half_sum")
+CONTENT_REDUCTIONS = ("half_sum", "sum", "mean")
 STYLE_REDUCTIONS = ("gatys", "mse", "sum", "keras_example")
-TV_KINDS = ("l1", "l2", "power")
+TV_KINDS = ("l2", "l1", "power")
 
 # fchollet's Keras example divides by 4·channels²·size² with channels = 3 fixed, whatever the layer.
 KERAS_EXAMPLE_CHANNELS = 3

@@ -47,8 +47,8 @@ class VideoSettings:
 
     def steps(self, settings, index):
         if index == 0:
-            return settings.num_steps
-        return self.frame_steps or max(1, settings.num_steps // 2)
+            return settings.optimizer.num_steps
+        return self.frame_steps or max(1, settings.optimizer.num_steps // 2)
 
 
 # Each earlier frame costs two flows per frame and an image-sized target in the loop.
@@ -103,7 +103,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
 
     Args:
       frames: RGB frames in [0, 1], all of one size (the working size).
-      styles: RGB style images (blended with settings.style_blend_weights).
+      styles: RGB style images (blended with settings.image.style_blend_weights).
       recent_pixels: when resuming, the optimized pixels of frames first_index − 1, − 2, …
         (nearest first, video.long_term of them or as many as there are).
       on_frame: called with each finished frame (write it there); may raise optimize.StopRun,
@@ -125,11 +125,11 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
     content_program = _content_program(objective)
     # The style target once for the clip (luminance mode matches it to the first frame).
     _, first_pixels, style_pixels = prepare_images(frames[0], styles, settings)
-    blend = np.asarray(settings.style_blend_weights or (1.0,) * len(styles), np.float32)
+    blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
     _, _, style_target = targets(objective, params, jax.device_put(first_pixels),
                                  jax.device_put(style_pixels), jax.device_put(blend / blend.sum()))
-    weights = jax.device_put(loss_weights(settings.content_weight, settings.style_weight,
-                                          settings.tv_weight, video.temporal_weight))
+    weights = jax.device_put(loss_weights(settings.loss.content_weight, settings.loss.style_weight,
+                                          settings.loss.tv_weight, video.temporal_weight))
     look_back = video.long_term
     history = [np.asarray(p, np.float32) for p in recent_pixels][:look_back]  # nearest first
 
@@ -178,7 +178,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
                 return done, True
             optimized = np.asarray(run.pixels)
             if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
-                optimized = np.clip(optimized, 0.0, settings.pixel_range)
+                optimized = np.clip(optimized, 0.0, settings.loss.pixel_range)
             history = [optimized] + history[: look_back - 1]
             temporal = video.temporal_weight * float(
                 np.sum(masks[..., None] * np.square(optimized - previous)) / optimized.size)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from nst_jax.cache import cache_dir
 from nst_jax.errors import UserInputError, WeightsFileError
-from nst_jax.model.preprocess import CONVENTIONS
 from nst_jax.weights.hashing import file_digest
 from nst_jax.weights.layouts import KNOWN_FILES
 
