@@ -119,14 +119,14 @@ def test_content_loss_accepts_either_rank():
                                losses.content_loss(features, target[0]), rtol=RTOL)
 
 
-@pytest.mark.parametrize("reduction", losses.STYLE_REDUCTIONS)
+@pytest.mark.parametrize("reduction", losses.STYLE_LOSSES)
 @pytest.mark.parametrize("normalization", losses.GRAM_NORMALIZATIONS)
 def test_style_layer_loss_matches_numpy(reduction, normalization):
     features = random_features(3)
     target_gram = gram_reference(random_features(4), normalization).astype(np.float32)
     positions = 32 * 48  # the content image's H·W, deliberately not this layer's 4·5
     value = losses.style_layer_loss(features, target_gram, gram_normalization=normalization,
-                                    reduction=reduction, image_positions=positions)
+                                    style_loss=reduction, image_positions=positions)
     expected = style_reference(features, target_gram, normalization, reduction, positions)
     np.testing.assert_allclose(value, expected, rtol=RTOL)
 
@@ -144,11 +144,11 @@ def test_pytorch_tutorial_style_loss():
 
     expected = torch.nn.functional.mse_loss(torch_gram(features), torch_gram(style)).item()
     value = losses.style_layer_loss(features, losses.gram(style, "chw"),
-                                    gram_normalization="chw", reduction="mse")
+                                    gram_normalization="chw", style_loss="mse")
     np.testing.assert_allclose(value, expected, rtol=RTOL)
 
 
-@pytest.mark.parametrize("kind", losses.TV_KINDS)
+@pytest.mark.parametrize("kind", losses.TV_LOSSES)
 def test_total_variation_matches_loops(kind):
     image = random_features(7, (1, 6, 7, 3))
     np.testing.assert_allclose(losses.total_variation(image, kind), tv_reference(image, kind),
@@ -157,7 +157,7 @@ def test_total_variation_matches_loops(kind):
 
 def test_total_variation_power_uses_beta():
     image = random_features(8, (7, 5, 3))
-    np.testing.assert_allclose(losses.total_variation(image, "power", beta=3.0),
+    np.testing.assert_allclose(losses.total_variation(image, "power", tv_beta=3.0),
                                tv_reference(image, "power", beta=3.0), rtol=RTOL)
 
 
@@ -187,16 +187,16 @@ def loss_functions():
     """(name, function of one image) for every loss and option; targets made from fixed seeds."""
     target = random_features(11)
     target_gram = gram_reference(random_features(12), "raw")
-    cases = [(f"content-{r}", functools.partial(losses.content_loss, target=target, reduction=r))
-             for r in losses.CONTENT_REDUCTIONS]
+    cases = [(f"content-{r}", functools.partial(losses.content_loss, target=target, content_loss=r))
+             for r in losses.CONTENT_LOSSES]
     cases += [(f"style-{r}", functools.partial(losses.style_layer_loss, target_gram=target_gram,
-                                               reduction=r, image_positions=600))
-              for r in losses.STYLE_REDUCTIONS]
+                                               style_loss=r, image_positions=600))
+              for r in losses.STYLE_LOSSES]
     cases += [("style-chw-mse", functools.partial(
         losses.style_layer_loss, target_gram=gram_reference(random_features(12), "chw"),
-        gram_normalization="chw", reduction="mse"))]
-    cases += [(f"tv-{k}", functools.partial(losses.total_variation, kind=k))
-              for k in losses.TV_KINDS]
+        gram_normalization="chw", style_loss="mse"))]
+    cases += [(f"tv-{k}", functools.partial(losses.total_variation, tv_loss=k))
+              for k in losses.TV_LOSSES]
     return cases
 
 
@@ -219,18 +219,18 @@ def test_tv_l2_gradient_is_neural_styles():
     expected[:-1, :-1] += x_diff + y_diff
     expected[:-1, 1:] -= x_diff
     expected[1:, :-1] -= y_diff
-    gradient = jax.grad(functools.partial(losses.total_variation, kind="l2"))(image)
+    gradient = jax.grad(functools.partial(losses.total_variation, tv_loss="l2"))(image)
     np.testing.assert_allclose(gradient[0], expected, rtol=RTOL, atol=1e-6)
 
 
 def test_tv_power_gradient_is_finite_where_differences_vanish():
     constant = np.full((1, 4, 5, 3), 0.25, np.float32)
-    gradient = jax.grad(functools.partial(losses.total_variation, kind="power"))(constant)
+    gradient = jax.grad(functools.partial(losses.total_variation, tv_loss="power"))(constant)
     np.testing.assert_array_equal(gradient, np.zeros_like(constant))
     # Half flat, half noisy: the flat part must not poison the rest with NaN.
     mixed = constant.copy()
     mixed[:, 2:] = random_features(14, (1, 2, 5, 3))
-    gradient = jax.grad(functools.partial(losses.total_variation, kind="power"))(mixed)
+    gradient = jax.grad(functools.partial(losses.total_variation, tv_loss="power"))(mixed)
     assert np.all(np.isfinite(gradient))
 
 
@@ -258,12 +258,12 @@ def test_bfloat16_features_are_summed_in_float32():
 def test_vmap_over_a_batch():
     batch = random_features(17, (3,) + SHAPE)  # (N, 1, H, W, C): N single images
     target_gram = gram_reference(random_features(18), "raw")
-    style = functools.partial(losses.style_layer_loss, target_gram=target_gram, reduction="gatys")
+    style = functools.partial(losses.style_layer_loss, target_gram=target_gram, style_loss="gatys")
     expected = [style_reference(item, target_gram, "raw", "gatys") for item in batch]
     np.testing.assert_allclose(jax.vmap(style)(batch), expected, rtol=RTOL)
     # (N, H, W, C) mapped gives (H, W, C) items, also accepted.
     np.testing.assert_allclose(jax.vmap(style)(batch[:, 0]), expected, rtol=RTOL)
-    tv = jax.vmap(functools.partial(losses.total_variation, kind="l1"))(batch)
+    tv = jax.vmap(functools.partial(losses.total_variation, tv_loss="l1"))(batch)
     np.testing.assert_allclose(tv, [tv_reference(item, "l1") for item in batch], rtol=RTOL)
 
 
@@ -273,7 +273,7 @@ def test_keras_example_positions_may_be_a_mapped_int32_array():
     target_gram = gram_reference(random_features(20), "raw")
     positions = np.array([512 * 512, 64 * 64], np.int32)
     style = functools.partial(losses.style_layer_loss, features, target_gram,
-                              reduction="keras_example")
+                              style_loss="keras_example")
     values = jax.jit(jax.vmap(lambda p: style(image_positions=p)))(positions)
     expected = [style_reference(features, target_gram, "raw", "keras_example", p)
                 for p in positions]
@@ -282,7 +282,7 @@ def test_keras_example_positions_may_be_a_mapped_int32_array():
 
 def test_jit_with_options_closed_over():
     features, target = random_features(21), random_features(22)
-    loss = jax.jit(functools.partial(losses.content_loss, reduction="mean"))
+    loss = jax.jit(functools.partial(losses.content_loss, content_loss="mean"))
     np.testing.assert_allclose(loss(features, target),
                                ((features.astype(np.float64) - target) ** 2).mean(), rtol=RTOL)
 
@@ -316,12 +316,12 @@ def test_wrong_rank_is_rejected():
 
 
 @pytest.mark.parametrize("call,option", [
-    (lambda x: losses.gram(x, "c"), "normalization"),
-    (lambda x: losses.content_loss(x, x, "l1"), "reduction"),
-    (lambda x: losses.style_layer_loss(x, np.zeros((3, 3)), reduction="frobenius"), "reduction"),
+    (lambda x: losses.gram(x, "c"), "gram_normalization"),
+    (lambda x: losses.content_loss(x, x, "l1"), "content_loss"),
+    (lambda x: losses.style_layer_loss(x, np.zeros((3, 3)), style_loss="frobenius"), "style_loss"),
     (lambda x: losses.style_layer_loss(x, np.zeros((3, 3)), gram_normalization="n"),
      "gram_normalization"),
-    (lambda x: losses.total_variation(x, "l3"), "kind"),
+    (lambda x: losses.total_variation(x, "l3"), "tv_loss"),
 ])
 def test_unknown_options_are_rejected(call, option):
     with pytest.raises(ValueError, match=f"{option} must be one of"):
@@ -330,4 +330,4 @@ def test_unknown_options_are_rejected(call, option):
 
 def test_keras_example_needs_image_positions():
     with pytest.raises(ValueError, match="image_positions"):
-        losses.style_layer_loss(random_features(0), np.zeros((3, 3)), reduction="keras_example")
+        losses.style_layer_loss(random_features(0), np.zeros((3, 3)), style_loss="keras_example")

@@ -30,8 +30,8 @@ def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
     cotangents = {layer: jnp.zeros_like(acts[layer]) for layer in layers}
     layer_losses = {
         ("content", "relu2_1"): lambda f: losses.content_loss(f, targets.content["relu2_1"], "mean"),
-        ("style", "relu1_1"): lambda f: losses.style_layer_loss(f, targets.style["relu1_1"], gram_normalization="chw", reduction="mse"),
-        ("style", "relu2_1"): lambda f: losses.style_layer_loss(f, targets.style["relu2_1"], gram_normalization="chw", reduction="mse"),
+        ("style", "relu1_1"): lambda f: losses.style_layer_loss(f, targets.style["relu1_1"], gram_normalization="chw", style_loss="mse"),
+        ("style", "relu2_1"): lambda f: losses.style_layer_loss(f, targets.style["relu2_1"], gram_normalization="chw", style_loss="mse"),
     }
     strengths = {"content": settings.loss.content_weight, "style": settings.loss.style_weight}
     for (kind, layer), loss in layer_losses.items():

@@ -47,14 +47,14 @@ def tolerance(reference):
     return {"rtol": 1e-4, "atol": 1e-5 * float(np.abs(reference).max())}
 
 
-def converted(tmp_path_factory, layout, name, convention, preprocessing=None):
+def converted(tmp_path_factory, layout, name, expected_preprocessing, preprocessing=None):
     """Write a synthetic public file, convert it; returns (public file, params as loaded)."""
     folder = tmp_path_factory.mktemp(layout)
     public = folder / name
     write_synthetic(layout, public)
     convert(public, folder / "params.npz", preprocessing=preprocessing)
     params, metadata = nst_jax.load_params(folder / "params.npz")
-    assert metadata.preprocessing == convention
+    assert metadata.preprocessing == expected_preprocessing
     return public, params
 
 
@@ -147,7 +147,7 @@ def torch():
 
 @pytest.fixture(scope="module")
 def torchvision_weights(torch, tmp_path_factory):
-    # A .pth does not say which convention it was trained for; torchvision's is "torch".
+    # A .pth does not say which expected_preprocessing it was trained for; torchvision's is "torch".
     return converted(tmp_path_factory, "torchvision-pth", "vgg19-synthetic.pth", "torch",
                      preprocessing="torch")
 

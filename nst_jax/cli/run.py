@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nst_jax.cache import enable_compile_cache
 from nst_jax.errors import UserInputError
-from nst_jax.model.preprocess import CONVENTIONS
+from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import CHOICES, FIELDS, INT32_MAX, RANGES, Range
 from nst_jax.engine.timings import RunTimings
@@ -217,7 +217,7 @@ def build_parser():
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="compile every program afresh instead of keeping compiled programs "
                              "in the cache folder ($NST_JAX_CACHE/xla) for later runs")
-    parser.add_argument("--preprocessing", choices=CONVENTIONS,
+    parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights: caffe (BGR, 0..255 minus means) or torch "
                              "(RGB, mean/std); needed to convert a .pth of unknown origin, overrides what "
                              "a file says; default: from the file")

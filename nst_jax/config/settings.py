@@ -26,7 +26,7 @@ from nst_jax.engine.optimize import LINESEARCHES, OPTIMIZERS, STORAGE_DTYPES
 from nst_jax.engine.stages import INITS, ORIGINAL_COLORS
 from nst_jax.errors import UserInputError
 from nst_jax.loss.objective import COMPUTE_DTYPES
-from nst_jax.loss.terms import CONTENT_REDUCTIONS, GRAM_NORMALIZATIONS, STYLE_REDUCTIONS, TV_KINDS
+from nst_jax.loss.terms import CONTENT_LOSSES, GRAM_NORMALIZATIONS, STYLE_LOSSES, TV_LOSSES
 from nst_jax.model.layers import canonical_layer
 from nst_jax.model.vgg import POOLINGS
 
@@ -36,10 +36,10 @@ CHOICES = {
     "compute_dtype": COMPUTE_DTYPES,
     "remat": REMAT_CHOICES,
     "storage_dtype": STORAGE_DTYPES,
-    "content_loss": CONTENT_REDUCTIONS,
+    "content_loss": CONTENT_LOSSES,
     "gram_normalization": GRAM_NORMALIZATIONS,
-    "style_loss": STYLE_REDUCTIONS,
-    "tv_loss": TV_KINDS,
+    "style_loss": STYLE_LOSSES,
+    "tv_loss": TV_LOSSES,
     "optimizer": OPTIMIZERS,
     "lbfgs_linesearch": LINESEARCHES,
     "init": INITS,

@@ -37,7 +37,7 @@ class MemoryEstimate:
         return self.arguments + self.temporaries + self.outputs_not_aliased
 
 
-def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=1, batched=None,
+def abstract_chunk_args(settings, height, width, preprocessing="caffe", batch_size=1, batched=None,
                         rows=None):
     """(objective, spec, args): the chunk's arguments as jax.ShapeDtypeStructs, as the engine
     ships them (kernel, bias and the prepared adjoint kernel of each layer it runs), for
@@ -50,7 +50,7 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
     if batched is None:
         batched = batch_size > 1
     channels = 1 if settings.image.original_colors == "luminance" else 3
-    objective = Objective.from_settings(settings, convention)
+    objective = Objective.from_settings(settings, preprocessing)
     spec = OptimizerSpec.from_settings(settings)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest_conv(objective.layers)) + 1]
     params = {layer: {"kernel": jax.ShapeDtypeStruct(conv_shape(layer), jnp.float32),
@@ -72,19 +72,19 @@ def abstract_chunk_args(settings, height, width, convention="caffe", batch_size=
     return objective, spec, (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params, targets, weights)
 
 
-def compiled_chunk(settings, height, width, convention="caffe", batch_size=1, batched=None, rows=None):
+def compiled_chunk(settings, height, width, preprocessing="caffe", batch_size=1, batched=None, rows=None):
     """The chunk the engine would run for these settings and sizes, compiled (nothing run)."""
     if batched is None:
         batched = batch_size > 1
-    objective, spec, args = abstract_chunk_args(settings, height, width, convention, batch_size,
+    objective, spec, args = abstract_chunk_args(settings, height, width, preprocessing, batch_size,
                                                 batched, rows)
     return chunk_program(objective, spec, batched).lower(*args).compile()
 
 
-def estimate_memory(settings, height, width, convention="caffe", batch_size=1, batched=None, rows=None):
+def estimate_memory(settings, height, width, preprocessing="caffe", batch_size=1, batched=None, rows=None):
     """Estimate the memory of `settings` at an output of height × width for `batch_size` members
     (per device, with `rows`, a "rows" mesh splitting the image)."""
-    analysis = compiled_chunk(settings, height, width, convention, batch_size, batched,
+    analysis = compiled_chunk(settings, height, width, preprocessing, batch_size, batched,
                               rows).memory_analysis()
     return MemoryEstimate(analysis.argument_size_in_bytes, analysis.temp_size_in_bytes,
                           max(0, analysis.output_size_in_bytes - analysis.alias_size_in_bytes))

@@ -50,9 +50,9 @@ def prepare_images(content, styles, settings):
                        for s in style_rgbs]
     else:
         content_view, style_views = content_rgb, style_rgbs
-    scale = settings.loss.pixel_range
-    return (content_rgb, np.asarray(content_view, np.float32) * scale,
-            [np.asarray(s, np.float32) * scale for s in style_views])
+    pixel_range = settings.loss.pixel_range
+    return (content_rgb, np.asarray(content_view, np.float32) * pixel_range,
+            [np.asarray(s, np.float32) * pixel_range for s in style_views])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -79,37 +79,37 @@ def compute_targets(objective, params, content_pixels, style_pixels, blend_weigh
     return Targets(content, blend_grams(grams, weights))
 
 
-def initial_pixels(settings, convention, content_pixels, init_image=None, seed=None):
+def initial_pixels(settings, preprocessing, content_pixels, init_image=None, seed=None):
     """The image the optimization starts from, shaped like content_pixels.
 
     A given `init_image` (RGB; the init file, or the previous scale's result) is always used;
     otherwise settings.image.init says what to start from.
     """
-    shape, scale = content_pixels.shape, settings.loss.pixel_range
+    shape, pixel_range = content_pixels.shape, settings.loss.pixel_range
     if init_image is None and settings.image.init == "image":
         raise ValueError("init='image' needs an init image")
     if init_image is not None:
         start = images.resize_to(init_image, shape[0], shape[1])
         if shape[-1] == 1:
             start = color.luminance(start)[..., None]
-        return jax.device_put(np.asarray(start, np.float32) * np.float32(scale))
+        return jax.device_put(np.asarray(start, np.float32) * np.float32(pixel_range))
     if settings.image.init == "content":
         return jax.device_put(content_pixels)
     if settings.image.init == "gray":
-        return jax.device_put(np.full(shape, 0.5 * scale, np.float32))
+        return jax.device_put(np.full(shape, 0.5 * pixel_range, np.float32))
     # "noise": the training set's mean color (a zero VGG input) plus Gaussian noise.
-    mean = mean_rgb(convention)
+    mean = mean_rgb(preprocessing)
     if shape[-1] == 1:
         mean = np.asarray(color.luminance(mean))[None]
     return _noise_start(settings.image.seed if seed is None else seed, np.asarray(mean, np.float32),
-                        np.float32(settings.image.init_noise_std), np.float32(scale), shape)
+                        np.float32(settings.image.init_noise_std), np.float32(pixel_range), shape)
 
 
 @functools.partial(jax.jit, static_argnums=4)
-def _noise_start(seed, mean, std, scale, shape):
-    """(mean colour + Gaussian noise, clipped to [0, 1]) × scale: one compiled program."""
+def _noise_start(seed, mean, std, pixel_range, shape):
+    """(mean colour + Gaussian noise, clipped to [0, 1]) × pixel_range: one compiled program."""
     noise = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32) * std
-    return jnp.clip(mean + noise, 0.0, 1.0) * scale
+    return jnp.clip(mean + noise, 0.0, 1.0) * pixel_range
 
 
 def finish_image(pixels, content_rgb, settings):

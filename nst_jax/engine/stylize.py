@@ -140,7 +140,7 @@ PIECE_SECONDS = 0.5
 
 
 def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
-                  convention: str, members: Sequence[Member], *, init_image: Optional[np.ndarray] = None,
+                  preprocessing: str, members: Sequence[Member], *, init_image: Optional[np.ndarray] = None,
                   mesh: Optional[Mesh] = None, on_visit: Optional[Callable[["Visit"], None]] = None,
                   intervals: Sequence[int] = (),
                   should_stop: Optional[Callable[[], bool]] = None) -> List[StylizeResult]:
@@ -151,7 +151,8 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
 
     Args:
       content: (H, W, 3) RGB in [0, 1]; styles: list of RGB arrays.
-      params: VGG-19 params as loaded by nst_jax.load_params; convention: their preprocessing.
+      params: VGG-19 params as loaded by nst_jax.load_params.
+      preprocessing: their input convention, "caffe" or "torch" (the params file's metadata).
       members: from `make_members`.
       init_image: RGB array for settings.image.init == "image".
       mesh: a "batch" Mesh to split the members over (see `batch_mesh`), a "rows" Mesh to split
@@ -174,8 +175,8 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
                                  len(members), mesh.size if mesh is not None else 1,
                                  "image" if splits_rows(mesh) else "batch",
                                  mesh.devices.flat[0] if mesh is not None else None)
-    plan = RunPlan(content, tuple(styles), settings, convention,
-                   prepare_params(params, Objective.from_settings(settings, convention)), tuple(members),
+    plan = RunPlan(content, tuple(styles), settings, preprocessing,
+                   prepare_params(params, Objective.from_settings(settings, preprocessing)), tuple(members),
                    mesh, on_visit, tuple(intervals), should_stop)
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
     interrupted = False
@@ -197,21 +198,21 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
 
 
 def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
-            convention: str, *, init_image: Optional[np.ndarray] = None,
+            preprocessing: str, *, init_image: Optional[np.ndarray] = None,
             on_visit: Optional[Callable[[Visit], None]] = None, intervals: Sequence[int] = (),
             mesh: Optional[Mesh] = None) -> StylizeResult:
     """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
 
     Args:
       params: VGG-19 params as loaded by nst_jax.load_params (numpy or jax arrays).
-      convention: the params' preprocessing convention ("caffe" or "torch").
+      preprocessing: the params' input convention ("caffe" or "torch").
       init_image: RGB array for settings.image.init == "image".
       on_visit: called with a `nst_jax.engine.stylize.Visit` (arrays of one member) at every host visit.
       intervals: step intervals at which to visit the host.
       mesh: `nst_jax.engine.stylize.image_mesh(n)` splits the image by rows over n devices; None: one device.
     """
     (member,) = make_members(settings, ["style"] * len(styles), per_style=False)
-    (result,) = stylize_batch(content, styles, settings, params, convention, [member],
+    (result,) = stylize_batch(content, styles, settings, params, preprocessing, [member],
                               init_image=init_image, on_visit=on_visit, intervals=intervals, mesh=mesh)
     return result
 
@@ -266,7 +267,7 @@ class RunPlan:
     content: np.ndarray
     styles: Tuple[np.ndarray, ...]
     settings: Settings  # remat resolved
-    convention: str
+    preprocessing: str
     params: Params  # prepared: the used convolutions with their adjoint kernels, on the device
     members: Tuple[Member, ...]
     mesh: Optional[Mesh]
@@ -304,8 +305,8 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     """Pass `index` of the plan's coarse-to-fine sizes, from `starts` (one RGB image or None per
     member), its steps counted from `first_step`: (finished images, final losses, LoopResult)."""
     settings = plan.settings.replace(image_size=plan.sizes[index])
-    members, params, convention, styles = plan.members, plan.params, plan.convention, plan.styles
-    objective = Objective.from_settings(settings, convention)
+    members, params, preprocessing, styles = plan.members, plan.params, plan.preprocessing, plan.styles
+    objective = Objective.from_settings(settings, preprocessing)
     content_rgb, content_pixels, style_pixels = prepare_images(plan.content, styles, settings)
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program. Host arrays go in by device_put (jnp.asarray compiles a copy per shape).
@@ -318,7 +319,7 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     count, batched, padded = len(members), plan.batched, plan.padded
     member_weights = [loss_weights(members[i].content_weight, members[i].style_weight,
                                    members[i].tv_weight) for i in padded]
-    start_pixels = [initial_pixels(settings, convention, content_pixels, starts[i], seed=members[i].seed)
+    start_pixels = [initial_pixels(settings, preprocessing, content_pixels, starts[i], seed=members[i].seed)
                     for i in padded]
     spec = OptimizerSpec.from_settings(settings)
     if batched:

@@ -30,7 +30,7 @@ REMATS = ("none", "blocks")
 class Objective:
     """The static (hashable) part of the loss: which layers, which normalizations, which network."""
 
-    convention: str
+    preprocessing: str
     content_layers: Tuple[str, ...]
     content_layer_weights: Tuple[float, ...]
     style_layers: Tuple[str, ...]
@@ -51,7 +51,7 @@ class Objective:
     rows: Optional[Mesh] = None
 
     @classmethod
-    def from_settings(cls, settings, convention):
+    def from_settings(cls, settings, preprocessing):
         """The static part of settings.loss and settings.network: every field of theirs the
         Objective has, as is, but the layers (canonical names, weights filled in) and remat.
 
@@ -64,7 +64,7 @@ class Objective:
         same = {field.name: getattr(group, field.name) for group in (loss, network)
                 for field in dataclasses.fields(group) if field.name in own}
         return cls(**{
-            **same, "convention": convention,
+            **same, "preprocessing": preprocessing,
             "content_layers": content, "content_layer_weights": layer_weights(content, loss.content_layer_weights),
             "style_layers": style, "style_layer_weights": layer_weights(style, loss.style_layer_weights),
             # "auto" is resolved before a run (memory.resolve_remat); unresolved it means none.
@@ -134,7 +134,7 @@ def vgg_features(objective, params, pixels, layers=None):
     if rgb.shape[-1] == 1:  # luminance-only transfer feeds the gray image to all three channels
         rgb = jnp.broadcast_to(rgb, rgb.shape[:-1] + (3,))
     dtype = jnp.bfloat16 if objective.compute_dtype == "bfloat16" else jnp.float32
-    image = preprocess(rgb[None], objective.convention)
+    image = preprocess(rgb[None], objective.preprocessing)
     if objective.rows is not None:
         image = jax.lax.with_sharding_constraint(
             image, NamedSharding(objective.rows, PartitionSpec(None, "rows")))
@@ -210,7 +210,7 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
     style = sum(
         w * losses.style_layer_loss(
             layer_input(layer, w * weights.style), targets.style[layer],
-            gram_normalization=objective.gram_normalization, reduction=objective.style_loss,
+            gram_normalization=objective.gram_normalization, style_loss=objective.style_loss,
             image_positions=image_positions)
         for layer, w in zip(objective.style_layers, objective.style_layer_weights))
     tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)

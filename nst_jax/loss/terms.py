@@ -16,9 +16,9 @@ import jax.numpy as jnp
 # The options of each term, in the order --help lists them (nst_jax.config.settings.CHOICES reads
 # these: the flags --content-loss, --gram-normalization, --style-loss and --tv-loss).
 GRAM_NORMALIZATIONS = ("raw", "hw", "chw")
-CONTENT_REDUCTIONS = ("half_sum", "sum", "mean")
-STYLE_REDUCTIONS = ("gatys", "mse", "sum", "keras_example")
-TV_KINDS = ("l2", "l1", "power")
+CONTENT_LOSSES = ("half_sum", "sum", "mean")
+STYLE_LOSSES = ("gatys", "mse", "sum", "keras_example")
+TV_LOSSES = ("l2", "l1", "power")
 
 # fchollet's Keras example divides by 4·channels²·size² with channels = 3 fixed, whatever the layer.
 KERAS_EXAMPLE_CHANNELS = 3
@@ -49,52 +49,52 @@ def _single_image(array, name):
     return _at_least_float32(array)
 
 
-def _gram_of_image(image, normalization):
+def _gram_of_image(image, gram_normalization):
     height, width, channels = image.shape
     matrix = image.reshape(height * width, channels)
     # HIGHEST: accelerators default to bfloat16 passes, and a Gram entry sums H·W products.
     product = jnp.matmul(matrix.T, matrix, precision=jax.lax.Precision.HIGHEST)
-    divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[normalization]
+    divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[gram_normalization]
     return product / divisor if divisor != 1 else product
 
 
-def gram(features, normalization="raw"):
+def gram(features, gram_normalization="raw"):
     """Gram matrix G = Fᵀ F of one image's features, F being them reshaped to (H·W, C).
 
     Args:
       features: (1, H, W, C) or (H, W, C).
-      normalization: "raw" (G, the paper), "hw" (G / (H·W), TF tutorial) or "chw"
+      gram_normalization: "raw" (G, the paper), "hw" (G / (H·W), TF tutorial) or "chw"
         (G / (C·H·W), neural-style and the PyTorch tutorial).
 
     Returns:
       (C, C), float32 (float64 if the features are).
     """
-    _check_option("normalization", normalization, GRAM_NORMALIZATIONS)
-    return _gram_of_image(_single_image(features, "features"), normalization)
+    _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
+    return _gram_of_image(_single_image(features, "features"), gram_normalization)
 
 
-def content_loss(features, target, reduction="half_sum"):
+def content_loss(features, target, content_loss="half_sum"):
     """Distance between an image's features and the content target at one layer.
 
     Args:
       features, target: (1, H, W, C) or (H, W, C), the same (H, W, C).
-      reduction: "sum" Σ(F−P)² (thesis, Sandahl, Keras example), "mean" mean (F−P)² (MSE:
+      content_loss: "sum" Σ(F−P)² (thesis, Sandahl, Keras example), "mean" mean (F−P)² (MSE:
         neural-style, TF and PyTorch tutorials) or "half_sum" ½·Σ(F−P)² (Gatys et al.).
     """
-    _check_option("reduction", reduction, CONTENT_REDUCTIONS)
+    _check_option("content_loss", content_loss, CONTENT_LOSSES)
     image = _single_image(features, "features")
     goal = _single_image(target, "target")
     if image.shape != goal.shape:
         raise ValueError(f"features have shape {jnp.shape(features)} but the content target has "
                          f"shape {jnp.shape(target)}")
     squared = jnp.square(image - goal)
-    if reduction == "mean":
+    if content_loss == "mean":
         return jnp.mean(squared)
     total = jnp.sum(squared)
-    return 0.5 * total if reduction == "half_sum" else total
+    return 0.5 * total if content_loss == "half_sum" else total
 
 
-def style_layer_loss(features, target_gram, *, gram_normalization="raw", reduction="gatys",
+def style_layer_loss(features, target_gram, *, gram_normalization="raw", style_loss="gatys",
                      image_positions=None):
     """Distance between the Gram matrix of an image's features and a style target at one layer.
 
@@ -112,12 +112,12 @@ def style_layer_loss(features, target_gram, *, gram_normalization="raw", reducti
       features: (1, H, W, C) or (H, W, C).
       target_gram: (C, C), made by `gram` with the same normalization.
       image_positions: required by "keras_example" (an int, or an array under vmap); ignored by
-        the other reductions so a caller may pass it always.
+        the other style losses so a caller may pass it always.
     """
     _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
-    _check_option("reduction", reduction, STYLE_REDUCTIONS)
-    if reduction == "keras_example" and image_positions is None:
-        raise ValueError("reduction='keras_example' needs image_positions, the content image's H·W")
+    _check_option("style_loss", style_loss, STYLE_LOSSES)
+    if style_loss == "keras_example" and image_positions is None:
+        raise ValueError("style_loss='keras_example' needs image_positions, the content image's H·W")
     image = _single_image(features, "features")
     image_gram = _gram_of_image(image, gram_normalization)
     target = _at_least_float32(target_gram)
@@ -125,13 +125,13 @@ def style_layer_loss(features, target_gram, *, gram_normalization="raw", reducti
         raise ValueError(f"target_gram has shape {target.shape} but features of shape "
                          f"{jnp.shape(features)} give a Gram matrix of shape {image_gram.shape}")
     difference = image_gram - target
-    if reduction == "mse":
+    if style_loss == "mse":
         return jnp.mean(jnp.square(difference))
-    if reduction == "sum":
+    if style_loss == "sum":
         return jnp.sum(jnp.square(difference))
     # Divide before squaring (Σ(d/2NM)² == Σd²/4N²M²): raw Grams of large images are big enough
     # that their squares summed would come close to float32's range.
-    if reduction == "gatys":
+    if style_loss == "gatys":
         height, width, channels = image.shape
         scale = 2.0 * channels * height * width
     else:
@@ -140,7 +140,7 @@ def style_layer_loss(features, target_gram, *, gram_normalization="raw", reducti
     return jnp.sum(jnp.square(difference / scale))
 
 
-def total_variation(image, kind="l2", beta=2.5):
+def total_variation(image, tv_loss="l2", tv_beta=2.5):
     """Total variation of one image, (1, H, W, C) or (H, W, C), summed over channels.
 
     With Δh = x[1:, :] − x[:-1, :] and Δw = x[:, 1:] − x[:, :-1]:
@@ -151,17 +151,17 @@ def total_variation(image, kind="l2", beta=2.5):
       "power"  Σ(Δh² + Δw²)^(β/2) over the same grid (Keras example, Sandahl et al., β = 2.5).
                Its gradient is 0, not NaN, where both differences are 0, as long as β ≥ 2.
     """
-    _check_option("kind", kind, TV_KINDS)
+    _check_option("tv_loss", tv_loss, TV_LOSSES)
     pixels = _single_image(image, "image")
     down = pixels[1:, :] - pixels[:-1, :]
     right = pixels[:, 1:] - pixels[:, :-1]
-    if kind == "l1":
+    if tv_loss == "l1":
         return jnp.sum(jnp.abs(down)) + jnp.sum(jnp.abs(right))
     # Both differences taken at the same pixel (i, j), i < H−1 and j < W−1.
     squared = jnp.square(down[:, :-1]) + jnp.square(right[:-1, :])
-    if kind == "l2":
+    if tv_loss == "l2":
         return 0.5 * jnp.sum(squared)
-    return jnp.sum(jnp.power(squared, beta / 2))
+    return jnp.sum(jnp.power(squared, tv_beta / 2))
 
 
 def weighted_sum(terms, weights):

@@ -5,7 +5,7 @@ The convention comes from the params file's metadata, so no user ever types a me
 
 import numpy as np
 
-CONVENTIONS = ("caffe", "torch")
+PREPROCESSINGS = ("caffe", "torch")
 
 # Caffe/Oxford weights: BGR, 0..255, minus these per-channel means (in BGR order).
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
@@ -14,27 +14,27 @@ TORCH_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
 TORCH_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def _check(convention):
-    if convention not in CONVENTIONS:
-        raise ValueError(f"preprocessing convention must be one of {CONVENTIONS}, not {convention!r}")
+def _check(preprocessing):
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing convention must be one of {PREPROCESSINGS}, not {preprocessing!r}")
 
 
-def preprocess(rgb, convention):
+def preprocess(rgb, preprocessing):
     """RGB in [0, 1] (..., 3) -> the VGG input the weights expect. Works on numpy and jax arrays."""
-    _check(convention)
-    if convention == "caffe":
+    _check(preprocessing)
+    if preprocessing == "caffe":
         return rgb[..., ::-1] * 255.0 - CAFFE_MEAN_BGR  # flip first, then subtract
     return (rgb - TORCH_MEAN_RGB) / TORCH_STD_RGB
 
 
-def deprocess(vgg_input, convention):
+def deprocess(vgg_input, preprocessing):
     """Inverse of `preprocess`: VGG input -> RGB in [0, 1] (not clipped)."""
-    _check(convention)
-    if convention == "caffe":
+    _check(preprocessing)
+    if preprocessing == "caffe":
         return (vgg_input + CAFFE_MEAN_BGR)[..., ::-1] / 255.0
     return vgg_input * TORCH_STD_RGB + TORCH_MEAN_RGB
 
 
-def mean_rgb(convention):
+def mean_rgb(preprocessing):
     """The training-set mean color, RGB in [0, 1]: what a zero VGG input looks like."""
-    return np.asarray(deprocess(np.zeros(3, np.float32), convention), np.float32)
+    return np.asarray(deprocess(np.zeros(3, np.float32), preprocessing), np.float32)

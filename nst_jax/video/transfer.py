@@ -97,7 +97,7 @@ def output_warping_error(frames, motions):
     return float(np.mean(errors))
 
 
-def stylize_frames(frames, styles, settings, video, params, convention, *, first_index=0,
+def stylize_frames(frames, styles, settings, video, params, preprocessing, *, first_index=0,
                    recent_pixels=(), on_frame=None, on_visit=None, intervals=()):
     """Stylize frames[first_index:] in order, calling on_frame(FrameResult) as each one finishes.
 
@@ -118,7 +118,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
     from nst_jax.engine.optimize import OptimizerSpec, chunk_program, run_loop, state_program
     from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, targets
 
-    objective = Objective.from_settings(settings, convention)
+    objective = Objective.from_settings(settings, preprocessing)
     params = prepare_params(params, objective)
     spec = OptimizerSpec.from_settings(settings)
     chunk_fn, new_state = chunk_program(objective, spec, False), state_program(spec, False)
@@ -147,7 +147,7 @@ def stylize_frames(frames, styles, settings, video, params, convention, *, first
         for index in range(first_index, len(frames)):
             began = time.perf_counter()
             content_rgb, content_pixels = frame_pixels(index)
-            own_start = np.asarray(initial_pixels(settings, convention, content_pixels))
+            own_start = np.asarray(initial_pixels(settings, preprocessing, content_pixels))
             # K earlier frames warped onto this one and their weights; zeros where there is no
             # earlier frame (frame 0 too), so every frame has the same shapes: one compile.
             previous = np.zeros((look_back,) + own_start.shape, np.float32)

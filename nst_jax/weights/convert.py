@@ -12,7 +12,7 @@ import os
 from nst_jax.errors import UserInputError, WeightsFileError
 from nst_jax.model.layers import CONV_LAYERS
 from nst_jax.weights.params_file import ParamsMetadata, save_params
-from nst_jax.model.preprocess import CONVENTIONS
+from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.hashing import file_digest
 from nst_jax.weights.layouts import PREPROCESSING_BY_FORMAT, identify_by_hash, identify_by_name
 from nst_jax.weights.readers import read_weights
@@ -31,9 +31,9 @@ def convert(src, out, preprocessing=None):
       file or flag at fault; nothing is written then.
     """
     src, out = os.fspath(src), os.fspath(out)
-    if preprocessing is not None and preprocessing not in CONVENTIONS:
+    if preprocessing is not None and preprocessing not in PREPROCESSINGS:
         raise UserInputError(
-            f"--preprocessing {preprocessing!r}: choose one of {', '.join(CONVENTIONS)}")
+            f"--preprocessing {preprocessing!r}: choose one of {', '.join(PREPROCESSINGS)}")
     if not os.path.isfile(src):
         raise WeightsFileError(f"{src}: no such file")
     out_directory = os.path.dirname(os.path.abspath(out))

@@ -15,7 +15,7 @@ import numpy as np
 
 from nst_jax.errors import WeightsFileError
 from nst_jax.model.layers import CONV_LAYERS, conv_shape
-from nst_jax.model.preprocess import CONVENTIONS
+from nst_jax.model.preprocess import PREPROCESSINGS
 
 FORMAT = "nst-jax-vgg19"
 FORMAT_VERSION = 1
@@ -50,8 +50,8 @@ class ParamsMetadata:
 
 def save_params(path: Union[str, os.PathLike], params: Dict[str, Dict[str, Any]], metadata: ParamsMetadata) -> None:
     """Write params ({"conv1_1": {"kernel", "bias"}, ...}) and metadata atomically to `path`."""
-    if metadata.preprocessing not in CONVENTIONS:
-        raise ValueError(f"preprocessing must be one of {CONVENTIONS}, not {metadata.preprocessing!r}")
+    if metadata.preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, not {metadata.preprocessing!r}")
     arrays = {_METADATA_KEY: np.array(metadata.to_json())}
     for layer in metadata.layers:
         arrays[f"{layer}/kernel"] = np.asarray(params[layer]["kernel"], np.float32)
