@@ -21,16 +21,22 @@ import math
 import numbers
 from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
-from nst_jax.engine.memory import REMAT_CHOICES
-from nst_jax.engine.optimize import LINESEARCHES, OPTIMIZERS, STORAGE_DTYPES
-from nst_jax.engine.stages import INITS, ORIGINAL_COLORS
 from nst_jax.errors import UserInputError
-from nst_jax.loss.objective import COMPUTE_DTYPES
+from nst_jax.loss.objective import COMPUTE_DTYPES, REMATS
 from nst_jax.loss.terms import CONTENT_LOSSES, GRAM_NORMALIZATIONS, STYLE_LOSSES, TV_LOSSES
 from nst_jax.model.layers import canonical_layer
 from nst_jax.model.vgg import POOLINGS
 
-# Each field's options, declared once beside the code that implements them.
+# The options of what the engine does around the network (the engine reads them from Settings).
+OPTIMIZERS = ("lbfgs", "adam", "sgd")  # engine.optimize.make_optimizer
+LINESEARCHES = ("none", "zoom")  # L-BFGS: fixed step (engine.lbfgs) or optax's zoom
+STORAGE_DTYPES = ("float32", "bfloat16")  # the optimizer's image-sized history
+INITS = ("content", "noise", "gray", "image")  # engine.stages.initial_pixels
+ORIGINAL_COLORS = ("none", "luminance", "recombine")  # engine.stages.prepare_images, finish_image
+REMAT_CHOICES = REMATS + ("auto",)  # "auto": engine.memory.resolve_remat picks one per run
+
+# Each field's options, declared once: those of the loss and the network beside the code that
+# implements them (loss/, model/), the engine's above.
 CHOICES = {
     "pooling": POOLINGS,
     "compute_dtype": COMPUTE_DTYPES,

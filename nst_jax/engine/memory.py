@@ -15,13 +15,10 @@ import jax.numpy as jnp
 
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
-from nst_jax.loss.objective import REMATS, LossWeights, Objective, Targets, content_targets
+from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.devices import place_chunk_args
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
 from nst_jax.model.vgg import ADJOINT
-
-# --remat: the Objective's own (none, blocks), or "auto": resolve_remat picks one for the run.
-REMAT_CHOICES = REMATS + ("auto",)
 
 
 @dataclasses.dataclass(frozen=True)

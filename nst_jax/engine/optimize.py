@@ -28,11 +28,6 @@ import optax
 from nst_jax.engine.lbfgs import fixed_step_lbfgs
 from nst_jax.loss.objective import LossWeights, Objective, Targets, loss_terms
 
-# What make_optimizer builds (the choices of --optimizer, --lbfgs-linesearch, --storage-dtype).
-OPTIMIZERS = ("lbfgs", "adam", "sgd")
-LINESEARCHES = ("none", "zoom")
-STORAGE_DTYPES = ("float32", "bfloat16")
-
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:

@@ -14,10 +14,6 @@ from nst_jax.imaging import color, images
 from nst_jax.loss.objective import Targets, blend_grams, content_targets, style_grams
 from nst_jax.model.preprocess import mean_rgb
 
-# Start images (initial_pixels) and the content's colours (prepare_images, finish_image): the
-# choices of --init and --original-colors.
-INITS = ("content", "noise", "gray", "image")
-ORIGINAL_COLORS = ("none", "luminance", "recombine")
 
 # The coarsest pass of a multi-scale run is never smaller than this (long side, px).
 MIN_SCALE_SIDE = 32
