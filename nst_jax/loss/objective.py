@@ -19,7 +19,7 @@ from nst_jax.loss import terms as losses
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
 from nst_jax.config.settings import layer_weights
-from nst_jax.model.vgg import features
+from nst_jax.model.vgg import SHIPPED, ConvImpl, features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Objective:
     # partitioner adds the convolutions' halo exchanges and the Grams' all-reduces), including
     # heights the device count does not divide. None: one device, or a batch split by member.
     rows: Optional[Mesh] = None
+    conv: ConvImpl = SHIPPED  # how the network convolves: the benchmarks vary it, runs never do
 
     @classmethod
     def from_settings(cls, settings, convention):
@@ -87,7 +88,7 @@ def vgg_features(objective, params, pixels, layers=None):
         image = jax.lax.with_sharding_constraint(
             image, NamedSharding(objective.rows, PartitionSpec(None, "rows")))
     return features(params, image, layers or objective.layers, pooling=objective.pooling,
-                    dtype=dtype, remat=objective.remat == "blocks")
+                    dtype=dtype, remat=objective.remat == "blocks", conv=objective.conv)
 
 
 def content_targets(objective, params, content_pixels):
