@@ -2,7 +2,6 @@
 
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,13 +13,6 @@ from nst_jax.errors import WeightsFileError
 from nst_jax.weights.params_file import ParamsMetadata, load_params, save_params
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
-
-
-
-@pytest.fixture(scope="module")
-def params(synthetic_params_path):
-    loaded, _ = load_params(synthetic_params_path)
-    return loaded
 
 
 @pytest.fixture(scope="module")
