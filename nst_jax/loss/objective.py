@@ -151,19 +151,21 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
             return activations[layer]
         return l1_normalized_gradient(activations[layer], jnp.float32(strength))
 
-    content = sum(
-        w * losses.content_loss(layer_input(layer, w * weights["content"]), targets["content"][layer],
-                                objective.content_loss)
-        for layer, w in zip(objective.content_layers, objective.content_layer_weights))
+    content = losses.weighted_sum(
+        [losses.content_loss(layer_input(layer, w * weights["content"]), targets["content"][layer],
+                             objective.content_loss)
+         for layer, w in zip(objective.content_layers, objective.content_layer_weights)],
+        objective.content_layer_weights)
     image_positions = pixels.shape[0] * pixels.shape[1]
-    style = sum(
-        w * losses.style_layer_loss(
+    style = losses.weighted_sum(
+        [losses.style_layer_loss(
             layer_input(layer, w * weights["style"]), targets["style"][layer],
             gram_normalization=objective.gram_normalization, reduction=objective.style_loss,
             image_positions=image_positions)
-        for layer, w in zip(objective.style_layers, objective.style_layer_weights))
+         for layer, w in zip(objective.style_layers, objective.style_layer_weights)],
+        objective.style_layer_weights)
     tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)
-    terms = {"content": weights["content"] * content, "style": weights["style"] * jnp.float32(style),
+    terms = {"content": weights["content"] * content, "style": weights["style"] * style,
              "tv": weights["tv"] * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
     if "temporal" in targets:  # video frames only: the single-image program stays as it was
