@@ -19,14 +19,12 @@ from pathlib import Path
 from nst_jax.cache import cache_dir
 from nst_jax.atomic import atomic_write
 from nst_jax.errors import UserInputError, WeightsFileError, reason
-from nst_jax.model.preprocess import CONVENTIONS
 from nst_jax.weights.hashing import file_digest
 from nst_jax.weights.layouts import KNOWN_FILES
 
 # Keras Applications' no-top VGG-19 (Caffe-derived Oxford weights): the first known file.
 _DEFAULT = KNOWN_FILES[0]
 DEFAULT_URL = _DEFAULT.url
-DEFAULT_MD5 = _DEFAULT.digest
 DEFAULT_FILE_NAME = _DEFAULT.name
 # The converted default weights, named for their preprocessing convention. Keyed on the file
 # name, not the URL, so a download from a mirror fills the same cache entry.
