@@ -144,7 +144,7 @@ def test_long_run_entry(bench_run):
 
 def test_png_is_written(bench_run):
     with Image.open(bench_run["folder"] / "results" / "quick.png") as image:
-        assert image.format == "PNG"
+        assert image.format == "PNG" and image.size == (1200, 520)
         pixels = np.asarray(image.convert("L"))
     assert pixels.min() < 100 < pixels.max()  # something was drawn on the white background
 
