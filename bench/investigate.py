@@ -14,8 +14,8 @@ a shared machine cannot.
 
 import argparse
 import collections
-import contextlib
 import dataclasses
+import functools
 import glob
 import gzip
 import json
@@ -124,37 +124,57 @@ def _stock_convolution(x, kernel, adjoint):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@contextlib.contextmanager
-def _patched(experiment):
-    """nst_jax as `experiment` wants it while tracing and compiling; restored afterwards.
+def _rotate_behind_barrier(kernel):
+    """The adjoint kernel behind lax.optimization_barrier.
 
-    In-loop-barrier: XLA's loop-invariant code motion does not hoist a lone transpose or reverse
-    ("not worth hoisting individually") but does hoist a barrier and what feeds it, so the
-    rotated kernels are made once per chunk call (Adam only: L-BFGS evaluates the loss inside
-    conditionals, which the pass does not look into).
+    XLA's loop-invariant code motion does not hoist a lone transpose or reverse ("not worth
+    hoisting individually") but does hoist a barrier and what feeds it, so the rotated kernels
+    are made once per chunk call (Adam only: L-BFGS evaluates the loss inside conditionals,
+    which the pass does not look into).
     """
     import jax
 
-    import nst_jax.engine.optimize as optimize
-    import nst_jax.model.vgg as vgg
+    from nst_jax.model.vgg import adjoint_kernel
 
-    saved = (vgg._convolve, vgg.adjoint_kernel, vgg._FEW_CHANNELS, optimize._CPU_COMPILER_OPTIONS)
-    rotate = vgg.adjoint_kernel
+    return jax.lax.optimization_barrier(adjoint_kernel(kernel))
+
+
+def _conv_impl(experiment):
+    """How `experiment` has the network convolve (nst_jax.model.vgg.ConvImpl)."""
+    from nst_jax.model.vgg import SHIPPED, ConvImpl, conv3x3_same
+
+    convolve = SHIPPED.convolve
     if experiment.stock_conv:
-        vgg._convolve = _stock_convolution
-    if experiment.adjoint == "in-loop-barrier":
-        vgg.adjoint_kernel = lambda kernel: jax.lax.optimization_barrier(rotate(kernel))
-    if not experiment.few_channel_gradient:
-        vgg._FEW_CHANNELS = 0  # every input gradient a convolution
-    if experiment.ynn != "shipped":
-        optimize._CPU_COMPILER_OPTIONS = (
-            {} if experiment.ynn == "xla-default" else {"xla_cpu_experimental_ynn_fusion_type": experiment.ynn})
-    optimize.compiler_options.cache_clear()
-    try:
-        yield
-    finally:
-        vgg._convolve, vgg.adjoint_kernel, vgg._FEW_CHANNELS, optimize._CPU_COMPILER_OPTIONS = saved
-        optimize.compiler_options.cache_clear()
+        convolve = _stock_convolution
+    elif not experiment.few_channel_gradient:
+        convolve = functools.partial(conv3x3_same, few_channels=0)  # every input gradient a convolution
+    rotate = _rotate_behind_barrier if experiment.adjoint == "in-loop-barrier" else SHIPPED.rotate
+    return ConvImpl(convolve=convolve, rotate=rotate)
+
+
+def _compiler_options(experiment):
+    """The chunk's XLA compiler options for `experiment`; None: the shipped ones."""
+    import jax
+
+    if experiment.ynn == "shipped" or jax.default_backend() != "cpu":
+        return None
+    return {} if experiment.ynn == "xla-default" else {"xla_cpu_experimental_ynn_fusion_type": experiment.ynn}
+
+
+def _jit_chunk(experiment, chunk):
+    from nst_jax.engine.optimize import jit_chunk
+
+    return jit_chunk(chunk, _compiler_options(experiment))
+
+
+def _variant(problem, experiment):
+    """`problem` (bench.jax_step.Problem) with `experiment`'s network, chunk and params."""
+    from nst_jax.engine.optimize import OptimizerSpec, make_chunk
+
+    objective = dataclasses.replace(problem.objective, conv=_conv_impl(experiment))
+    return dataclasses.replace(
+        problem, objective=objective, params=_variant_params(experiment, problem.params),
+        chunk=make_chunk(objective, OptimizerSpec.from_settings(problem.settings)))
 
 
 def _without_adjoint_kernels(params):
@@ -177,16 +197,11 @@ def _time(call, warmup, repeats):
     return [stopwatch(call)[1] for _ in range(repeats)]
 
 
-def _child(experiment, size, steps):
-    with _patched(experiment):
-        return _child_patched(experiment, size, steps)
-
-
 def _variant_params(experiment, params):
     return params if experiment.adjoint == "prepared" else _without_adjoint_kernels(params)
 
 
-def _child_patched(experiment, size, steps):
+def _child(experiment, size, steps):
     import jax
     import jax.numpy as jnp
 
@@ -198,8 +213,8 @@ def _child_patched(experiment, size, steps):
         return _conv_layers(size, steps)
     if experiment.kind == "winograd":
         return _winograd_layers(size, steps)
-    problem = jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype)
-    problem.params = _variant_params(experiment, problem.params)
+    problem = _variant(jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype),
+                       experiment)
     threads = 1 if experiment.one_core else machine.usable_cores()
     if experiment.kind in ("torch", "torch-forward"):
         return _torch(problem, experiment, steps, threads)
@@ -217,14 +232,17 @@ def _child_patched(experiment, size, steps):
         seconds = _time(lambda: jax.block_until_ready(value(problem.pixels)), 2, steps)
         return {"step_ms": _summary_ms(seconds)}
     if experiment.kind == "profile":
-        return _profile(problem, steps)
-    timed = jax_step.time_step(problem, chunk_steps=experiment.chunk_steps, warmup_chunks=2,
-                               timed_chunks=max(1, steps // experiment.chunk_steps))
-    from nst_jax.engine.optimize import init_state, jit_chunk
+        return _profile(problem, experiment, steps)
+    from nst_jax.engine.optimize import init_state
 
+    args = (problem.params, problem.targets, problem.weights)
+    timed = jax_step.time_chunks(_jit_chunk(experiment, problem.chunk), problem.pixels,
+                                 init_state(problem.optimizer, problem.pixels), args,
+                                 chunk_steps=experiment.chunk_steps, warmup_chunks=2,
+                                 timed_chunks=max(1, steps // experiment.chunk_steps))
     opt_state = init_state(problem.optimizer, problem.pixels)
-    text = jit_chunk(problem.chunk).lower(problem.pixels, opt_state, jnp.int32(1), problem.params,
-                                          problem.targets, problem.weights).compile().as_text()
+    text = _jit_chunk(experiment, problem.chunk).lower(problem.pixels, opt_state, jnp.int32(1),
+                                                       *args).compile().as_text()
     return {"step_ms": {k: (v * 1e3 if k != "n" else v) for k, v in timed["step_s"].items()},
             "compile_s": timed["compile"]["compile_s"], "convolutions": hlo.convolution_backends(text)}
 
@@ -248,17 +266,17 @@ def _torch(problem, experiment, steps, threads):
     return {"step_ms": _summary_ms(_time(forward, 2, steps))}
 
 
-def _profile(problem, steps):
+def _profile(problem, experiment, steps):
     """Trace `steps` chunk calls; sum the traced time of each HLO instruction by category."""
     import jax
     import jax.numpy as jnp
 
     from bench import hlo
-    from nst_jax.engine.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import init_state
 
     opt_state = init_state(problem.optimizer, problem.pixels)
     args = (problem.params, problem.targets, problem.weights)
-    compiled = jit_chunk(problem.chunk).lower(problem.pixels, opt_state, jnp.int32(1), *args).compile()
+    compiled = _jit_chunk(experiment, problem.chunk).lower(problem.pixels, opt_state, jnp.int32(1), *args).compile()
     listing = hlo.instructions(compiled.as_text())
     categories = {i["name"]: hlo.category(i) for i in listing}
     layers = {i["name"]: hlo.layer(i) for i in listing}
@@ -443,7 +461,7 @@ def _paired(chosen, size, rounds):
     import jax.numpy as jnp
 
     from bench import jax_step
-    from nst_jax.engine.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import init_state
 
     for experiment in chosen:
         if (experiment.kind != "jax-chunk" or experiment.xla_flags or experiment.env
@@ -452,22 +470,21 @@ def _paired(chosen, size, rounds):
     base = jax_step.build_problem(size, "adam")
     compiled = {}
     for experiment in chosen:
-        with _patched(experiment):
-            problem = (base if experiment.compute_dtype == "float32" else
-                       jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype))
-            params = _variant_params(experiment, problem.params)
-            state = init_state(problem.optimizer, problem.pixels)
-            executable = jit_chunk(problem.chunk).lower(
-                problem.pixels, state, jnp.int32(1), params, problem.targets, problem.weights).compile()
-        compiled[experiment.name] = (executable, problem, params)
+        problem = _variant(base if experiment.compute_dtype == "float32" else
+                           jax_step.build_problem(size, "adam", compute_dtype=experiment.compute_dtype),
+                           experiment)
+        state = init_state(problem.optimizer, problem.pixels)
+        executable = _jit_chunk(experiment, problem.chunk).lower(
+            problem.pixels, state, jnp.int32(1), problem.params, problem.targets, problem.weights).compile()
+        compiled[experiment.name] = (executable, problem)
     seconds = {name: [] for name in compiled}
     for _ in range(rounds):
-        for name, (executable, problem, params) in compiled.items():
+        for name, (executable, problem) in compiled.items():
             pixels, state = problem.pixels, init_state(problem.optimizer, problem.pixels)
             for call in range(2):
                 started = time.perf_counter()
-                pixels, state, loss = executable(pixels, state, jnp.int32(1), params, problem.targets,
-                                                 problem.weights)
+                pixels, state, loss = executable(pixels, state, jnp.int32(1), problem.params,
+                                                 problem.targets, problem.weights)
                 jax.block_until_ready(loss)
                 if call:
                     seconds[name].append(time.perf_counter() - started)

@@ -2,25 +2,17 @@
 
 import json
 import os
-import tempfile
+
+from nst_jax.atomic import write_text
 
 BEGIN_MARKER = "<!-- bench:begin -->"
 END_MARKER = "<!-- bench:end -->"
 
 
 def write_atomically(path, text):
-    """Write text to path via a temporary file in the same folder: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".bench-", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Write text to path, creating its folder: never a half-written file (nst_jax.atomic)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text(path, text)
 
 
 def write_json(results, path):

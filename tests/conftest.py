@@ -1,9 +1,29 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite.
 
+Weights: `params` (random VGG-19 arrays) and `synthetic_params_path` (the same values in a params
+file). Images: `photo(name, size)`, the repo's photos in tests/data. Environment: `private_cache`
+(automatic, the whole session), `empty_cache` (one test's own), `strict_rank_promotion`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
 import pytest
 
+from datafiles import IMAGES
+from nst_jax.imaging.images import load_image
 from nst_jax.weights.convert import convert
-from weights_tools.synthetic import write_synthetic
+from weights_tools.synthetic import synthetic_params, write_synthetic
+
+
+@pytest.fixture(scope="session")
+def params():
+    """`weights_tools.synthetic.synthetic_params(seed=0)` as jax arrays: random VGG-19 weights (all
+    16 convolutions, {"conv1_1": {"kernel": HWIO, "bias"}, ...}), the values `synthetic_params_path`
+    holds. Made once per session (jax arrays cannot be changed in place); for plumbing and
+    numerics, never for art."""
+    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +44,15 @@ def synthetic_params_path(tmp_path_factory):
     return params_path
 
 
+@pytest.fixture(scope="session")
+def photo():
+    """photo(name, size): tests/data/<name> (e.g. "tubingen.jpg") as `load_image(path, size)` gives
+    it: (H, W, 3) float32 RGB in [0, 1], long side `size` px. Each file and size is read once per
+    session; every call returns a fresh copy, so a test may change it."""
+    load = functools.lru_cache(maxsize=None)(lambda name, size: load_image(IMAGES / name, size))
+    return lambda name, size: load(name, size).copy()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """The suite's own $NST_JAX_CACHE: CLI runs keep compiled programs there, not in ~/.cache."""
@@ -37,3 +66,21 @@ def private_cache(tmp_path_factory):
         os.environ.pop("NST_JAX_CACHE", None)
     else:
         os.environ["NST_JAX_CACHE"] = previous
+
+
+@pytest.fixture
+def empty_cache(tmp_path_factory, monkeypatch):
+    """An empty $NST_JAX_CACHE for one test, and no $NST_JAX_WEIGHTS override: any download,
+    conversion or compiled program goes there. Outside tmp_path, so never among the files a
+    test counts there. Returns the folder."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("NST_JAX_CACHE", str(folder))
+    monkeypatch.delenv("NST_JAX_WEIGHTS", raising=False)
+    return folder
+
+
+@pytest.fixture
+def strict_rank_promotion():
+    """jax.numpy refuses implicit rank promotion during the test (a broadcast must be written out)."""
+    with jax.numpy_rank_promotion("raise"):
+        yield

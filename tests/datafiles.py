@@ -1,5 +1,7 @@
-"""Where the tests' images are: tests/data/ (small copies of public images, credits beside them)."""
+"""Where the tests' files are: the repository, and tests/data/ (small copies of public images,
+credits beside them)."""
 
 from pathlib import Path
 
-IMAGES = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "tests" / "data"

@@ -5,10 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,25 +17,13 @@ from nst_jax.config.presets import preset
 from nst_jax.cli.run import main
 from nst_jax import stylize
 from nst_jax.cli.files import member_path
-from weights_tools.synthetic import synthetic_params
-from datafiles import IMAGES
+from datafiles import IMAGES, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # Block-2 layers keep compile and step time small; the batching machinery is the same.
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=40,
              init="noise", init_noise_std=0.1)
-
-
-@pytest.fixture(scope="module")
-def params():
-    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
-
-
-@pytest.fixture(scope="module")
-def photos():
-    # Styles of different sizes and aspect ratios in one batch: landscape and portrait.
-    return (load_image(IMAGES / "tubingen.jpg", 64), load_image(IMAGES / "starry_night.jpg", 64),
-            load_image(IMAGES / "the_scream.jpg", 80))
+# Content, and styles of different sizes and aspect ratios in one batch: landscape and portrait.
+PHOTOS = (("tubingen.jpg", 64), ("starry_night.jpg", 64), ("the_scream.jpg", 80))
 
 
 def test_members_are_every_combination_with_predictable_labels():
@@ -53,8 +38,8 @@ def test_members_are_every_combination_with_predictable_labels():
 
 
 @pytest.mark.parametrize("optimizer, linesearch", [("adam", "none"), ("lbfgs", "none"), ("lbfgs", "zoom")])
-def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, photos):
-    content, starry, scream = photos
+def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, photo):
+    content, starry, scream = (photo(*entry) for entry in PHOTOS)
     settings = preset("neural-style").replace(optimizer=optimizer, lbfgs_linesearch=linesearch,
                                               num_steps=10, learning_rate=8.0, **CHEAP)
     members = make_members(settings, ["starry", "scream"], style_weights=[100.0, 1000.0], seeds=[0, 5])
@@ -161,8 +146,8 @@ def test_a_batched_lbfgs_member_costs_what_a_single_image_costs(linesearch):
         assert ratio > 1.1, ratio
 
 
-def test_a_single_image_runs_the_plain_chunk_and_a_second_run_compiles_nothing(params, photos, monkeypatch):
-    content, starry, _ = photos
+def test_a_single_image_runs_the_plain_chunk_and_a_second_run_compiles_nothing(params, photo, monkeypatch):
+    content, starry, _ = (photo(*entry) for entry in PHOTOS)
     settings = preset("neural-style").replace(num_steps=4, **CHEAP)
     programs = []
     real_chunk_program = batch_module.chunk_program

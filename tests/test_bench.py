@@ -6,6 +6,7 @@ bench/flops.py, and the PyTorch step is checked to compute the same loss and ima
 ours, so the side-by-side comparison compares like with like.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -143,7 +144,7 @@ def test_long_run_entry(bench_run):
 
 def test_png_is_written(bench_run):
     with Image.open(bench_run["folder"] / "results" / "quick.png") as image:
-        assert image.format == "PNG"
+        assert image.format == "PNG" and image.size == (1200, 520)
         pixels = np.asarray(image.convert("L"))
     assert pixels.min() < 100 < pixels.max()  # something was drawn on the white background
 
@@ -186,32 +187,33 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, flag):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA's CPU convolution paths")
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(monkeypatch, optimizer):
+def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(optimizer):
     """Inside lax.fori_loop XLA's CPU backend used to compile every input-gradient convolution
     into loop nests (4-5x slower steps, BENCHMARKS.md); nst_jax.model.vgg's conv3x3_same prevents it."""
     from bench import hlo, jax_step
-    from nst_jax.engine.optimize import init_state, jit_chunk
+    from nst_jax.engine.optimize import OptimizerSpec, init_state, jit_chunk, make_chunk
+    from nst_jax.model.vgg import ConvImpl
 
-    def backends():
+    def backends(conv=ConvImpl()):
         problem = jax_step.build_problem(48, optimizer)
+        objective = dataclasses.replace(problem.objective, conv=conv)
+        chunk = make_chunk(objective, OptimizerSpec.from_settings(problem.settings))
         opt_state = init_state(problem.optimizer, problem.pixels)
-        text = jit_chunk(problem.chunk).lower(problem.pixels, opt_state, jax.numpy.int32(1),
-                                              problem.params, problem.targets,
-                                              problem.weights).compile().as_text()
+        text = jit_chunk(chunk).lower(problem.pixels, opt_state, jax.numpy.int32(1),
+                                      problem.params, problem.targets,
+                                      problem.weights).compile().as_text()
         return hlo.convolution_backends(text)
 
     ours = backends()
     # 13 forward convolutions and 12 input gradients (conv1_1's is a matrix product).
     assert ours.get("loops", 0) == 0 and sum(ours.values()) >= 25, ours
-    # The check can fail: flax's own convolution, differentiated by JAX, gives the old program.
-    import nst_jax.model.vgg
 
+    # The check can fail: flax's own convolution, differentiated by JAX, gives the old program.
     def stock(x, kernel, adjoint):
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    monkeypatch.setattr(nst_jax.model.vgg, "_convolve", stock)
-    assert backends().get("loops", 0) >= 13
+    assert backends(ConvImpl(convolve=stock)).get("loops", 0) >= 13
 
 
 def test_torch_reference_computes_our_loss_and_gradient():
@@ -230,23 +232,32 @@ def test_torch_reference_computes_our_loss_and_gradient():
                                atol=1e-4 * np.abs(reference_gradient).max())
 
 
-def test_investigate_paired_times_variants_in_one_process_and_restores_nst_jax(tmp_path, monkeypatch, capsys):
-    """`python -m bench.investigate --paired` at 32 px: one row per variant, nst_jax unpatched after."""
+def test_investigate_passes_each_experiments_choices_as_arguments():
+    """Experiments vary the network and the compiler options through arguments, not by patching."""
     import bench.investigate as investigate
-    import nst_jax.engine.optimize
-    import nst_jax.model.vgg
+    from nst_jax.model.vgg import SHIPPED
+
+    by_name = {experiment.name: experiment for experiment in investigate.EXPERIMENTS}
+    assert investigate._conv_impl(by_name["baseline"]) == SHIPPED
+    assert investigate._conv_impl(by_name["stock-conv"]).convolve is investigate._stock_convolution
+    assert investigate._conv_impl(by_name["conv1_1-convolution"]).convolve.keywords == {"few_channels": 0}
+    assert investigate._conv_impl(by_name["hoisted-kernels"]).rotate is investigate._rotate_behind_barrier
+    assert investigate._compiler_options(by_name["baseline"]) is None
+    if jax.default_backend() == "cpu":
+        assert investigate._compiler_options(by_name["ynn-default"]) == {}
+
+
+def test_investigate_paired_times_variants_in_one_process(tmp_path, monkeypatch, capsys):
+    """`python -m bench.investigate --paired` at 32 px: one row per variant."""
+    import bench.investigate as investigate
 
     monkeypatch.setattr(investigate, "RESULTS", tmp_path)
-    before = (nst_jax.model.vgg._convolve, nst_jax.model.vgg.adjoint_kernel, nst_jax.model.vgg._FEW_CHANNELS,
-              nst_jax.engine.optimize._CPU_COMPILER_OPTIONS)
     assert investigate.main(["--paired", "--size", "32", "--rounds", "2",
                              "--only", "baseline,adjoint-in-loop,conv1_1-convolution"]) == 0
     table = capsys.readouterr().out
     for name in ("baseline", "adjoint-in-loop", "conv1_1-convolution"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         assert float(row.split("|")[3].split()[0]) > 0  # a median in ms
-    assert (nst_jax.model.vgg._convolve, nst_jax.model.vgg.adjoint_kernel, nst_jax.model.vgg._FEW_CHANNELS,
-            nst_jax.engine.optimize._CPU_COMPILER_OPTIONS) == before
     written = json.loads((tmp_path / "investigate-32-baseline-adjoint-in-loop-conv1_1-convolution-paired.json").read_text())
     assert len(written["experiments"]["baseline"]["rounds"][0]["step_ms"]) > 0
     # Experiments that need a process of their own (XLA_FLAGS here) are refused, not run wrongly.

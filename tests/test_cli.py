@@ -85,12 +85,9 @@ def _png_description(path):
     return images.read_png_metadata(path)
 
 
-@pytest.fixture(autouse=True)
-def weights_cache(tmp_path_factory, monkeypatch):
-    """Any conversion (and compiled program) a test makes goes to a fresh folder beside
-    tmp_path, never to the user's cache, and never among the files a test counts."""
-    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.delenv("NST_JAX_WEIGHTS", raising=False)
+# Any conversion (and compiled program) a test makes goes to a fresh folder beside tmp_path,
+# never to the user's cache, and never among the files a test counts.
+pytestmark = pytest.mark.usefixtures("empty_cache")
 
 
 # --- flags, presets, overrides (no compute) ---------------------------------------------------

@@ -1,7 +1,6 @@
 """Color spaces, luminance matching and color recombination against the published matrices,
 Pillow's JPEG YCbCr conversion and numpy written from the formulas."""
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,17 +11,13 @@ from PIL import Image
 from nst_jax.imaging import color
 from datafiles import IMAGES
 
+pytestmark = pytest.mark.usefixtures("strict_rank_promotion")  # conftest.py
+
 
 # The standard NTSC YIQ matrix, rows Y, I, Q (typed from the published table, not from color.py).
 NTSC_YIQ = np.array([[0.299, 0.587, 0.114],
                      [0.5959, -0.2746, -0.3213],
                      [0.2115, -0.5227, 0.3112]])
-
-
-@pytest.fixture(autouse=True)
-def strict_rank_promotion():
-    with jax.numpy_rank_promotion("raise"):
-        yield
 
 
 def random_rgb(seed, shape=(2, 8, 9, 3)):

@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from bench import e2e
-from datafiles import IMAGES
+from datafiles import IMAGES, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CHEAP_FLAGS = ("--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1")
 
 

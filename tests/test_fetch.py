@@ -95,15 +95,6 @@ def server(keras_file):
     web.close()
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty cache folder in tmp_path; no weights override from the environment."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("NST_JAX_CACHE", str(folder))
-    monkeypatch.delenv("NST_JAX_WEIGHTS", raising=False)
-    return folder
-
-
 def cached_files(folder):
     return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
 
@@ -128,7 +119,7 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     assert fetch_module.cache_dir() == tmp_path / "home" / ".cache" / "nst-jax"
 
 
-def test_default_download_is_verified_converted_and_cached_once(server, cache, keras_file, monkeypatch):
+def test_default_download_is_verified_converted_and_cached_once(server, empty_cache, keras_file, monkeypatch):
     _, body, params, md5, _ = keras_file
     url = server.url("/v0.1/" + KERAS_NAME)
     monkeypatch.setattr(fetch_module, "DEFAULT_URL", url)
@@ -136,22 +127,22 @@ def test_default_download_is_verified_converted_and_cached_once(server, cache, k
 
     path = default_params_path()
 
-    assert path == cache / fetch_module.DEFAULT_PARAMS_NAME
+    assert path == empty_cache / fetch_module.DEFAULT_PARAMS_NAME
     assert_params_equal(path, params)
-    assert hashlib.md5((cache / KERAS_NAME).read_bytes()).hexdigest() == md5
-    assert cached_files(cache) == sorted([KERAS_NAME, fetch_module.DEFAULT_PARAMS_NAME])  # no temp left
+    assert hashlib.md5((empty_cache / KERAS_NAME).read_bytes()).hexdigest() == md5
+    assert cached_files(empty_cache) == sorted([KERAS_NAME, fetch_module.DEFAULT_PARAMS_NAME])  # no temp left
     assert len(server.requests) == 1
     assert default_params_path() == path
     assert len(server.requests) == 1  # the second call only looked at the cache
 
 
-def test_cli_prints_path_and_force_downloads_again(server, cache, keras_file, capsys):
+def test_cli_prints_path_and_force_downloads_again(server, empty_cache, keras_file, capsys):
     _, _, params, md5, _ = keras_file
     url = server.url("/v0.1/" + KERAS_NAME)
 
     assert main(["--url", url, "--md5", md5]) == 0
     printed = capsys.readouterr().out.strip()
-    assert printed == str(cache / fetch_module.DEFAULT_PARAMS_NAME)  # a mirror fills the default entry
+    assert printed == str(empty_cache / fetch_module.DEFAULT_PARAMS_NAME)  # a mirror fills the default entry
     assert_params_equal(printed, params)
     assert main(["--url", url, "--md5", md5.upper()]) == 0
     assert capsys.readouterr().out.strip() == printed
@@ -162,12 +153,12 @@ def test_cli_prints_path_and_force_downloads_again(server, cache, keras_file, ca
 
 
 @pytest.mark.parametrize("wrong, algorithm", [("0" * 32, "md5"), ("f" * 64, "sha256")])
-def test_wrong_checksum_is_refused_and_nothing_cached(server, cache, wrong, algorithm):
+def test_wrong_checksum_is_refused_and_nothing_cached(server, empty_cache, wrong, algorithm):
     url = server.url("/v0.1/" + KERAS_NAME)
     with pytest.raises(WeightsFileError, match=algorithm) as caught:
         fetch(url, wrong)
     assert url in str(caught.value) and wrong in str(caught.value)
-    assert cached_files(cache) == []
+    assert cached_files(empty_cache) == []
 
 
 def test_sha256_checksum_is_accepted(server, tmp_path):
@@ -180,16 +171,16 @@ def test_sha256_checksum_is_accepted(server, tmp_path):
 
 @pytest.mark.parametrize("how, complaint", [("short", r"cut short: \d+ of \d+ bytes"),
                                              ("reset", r"failed.* \(Connection reset by peer\)")])
-def test_transfer_cut_short_leaves_nothing_cached(server, cache, keras_file, how, complaint):
+def test_transfer_cut_short_leaves_nothing_cached(server, empty_cache, keras_file, how, complaint):
     _, _, _, md5, _ = keras_file
     url = server.url(f"/{how}/{KERAS_NAME}")
     with pytest.raises(WeightsFileError, match=complaint + ".*nothing cached") as caught:
         fetch(url, md5)
     assert url in str(caught.value) and "\n" not in str(caught.value)
-    assert cached_files(cache) == []
+    assert cached_files(empty_cache) == []
 
 
-def test_connection_refused_is_one_line_naming_the_url(cache, tmp_path, capsys):
+def test_connection_refused_is_one_line_naming_the_url(empty_cache, tmp_path, capsys):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
         url = f"http://127.0.0.1:{unused.getsockname()[1]}/{KERAS_NAME}"
@@ -200,7 +191,7 @@ def test_connection_refused_is_one_line_naming_the_url(cache, tmp_path, capsys):
         assert f"download of {url} failed" in message
         for hint in ("--weights FILE", "NST_JAX_WEIGHTS", "python -m weights_tools.convert"):
             assert hint in message
-        assert cached_files(cache) == []
+        assert cached_files(empty_cache) == []
         with pytest.raises(WeightsFileError):
             download(url, tmp_path / "bar.h5", progress=True)
         assert capsys.readouterr().err == ""  # no progress bar for a transfer that never began
@@ -211,17 +202,17 @@ def test_connection_refused_is_one_line_naming_the_url(cache, tmp_path, capsys):
         assert captured.err == f"error: {message}\n"
 
 
-def test_http_error_and_bad_flags(server, cache, capsys):
+def test_http_error_and_bad_flags(server, empty_cache, capsys):
     with pytest.raises(WeightsFileError, match="HTTP 404"):
         fetch(server.url("/missing.h5"), "0" * 32)
     with pytest.raises(UserInputError, match="--md5"):
         fetch(server.url("/v0.1/" + KERAS_NAME), "not-a-hash")
     assert main(["--url", "http://127.0.0.1:1/", "--md5", "0" * 32]) == 2
     assert capsys.readouterr().err.startswith("error: --url")
-    assert cached_files(cache) == []
+    assert cached_files(empty_cache) == []
 
 
-def test_environment_override_params_file_is_used_as_is(server, cache, synthetic_params_path,
+def test_environment_override_params_file_is_used_as_is(server, empty_cache, synthetic_params_path,
                                                         monkeypatch):
     monkeypatch.setattr(fetch_module, "DEFAULT_URL", server.url("/v0.1/" + KERAS_NAME))
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(synthetic_params_path))
@@ -229,13 +220,13 @@ def test_environment_override_params_file_is_used_as_is(server, cache, synthetic
     assert server.requests == []
 
 
-def test_environment_override_public_file_is_converted_once(server, cache, keras_file, monkeypatch):
+def test_environment_override_public_file_is_converted_once(server, empty_cache, keras_file, monkeypatch):
     path, _, params, _, _ = keras_file
     monkeypatch.setattr(fetch_module, "DEFAULT_URL", server.url("/v0.1/" + KERAS_NAME))
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(path))
 
     converted = default_params_path()
-    assert converted.parent == cache
+    assert converted.parent == empty_cache
     assert_params_equal(converted, params)
     written = os.stat(converted).st_mtime_ns
     assert default_params_path() == converted
@@ -243,7 +234,7 @@ def test_environment_override_public_file_is_converted_once(server, cache, keras
     assert server.requests == []
 
 
-def test_environment_override_missing_file(cache, tmp_path, monkeypatch):
+def test_environment_override_missing_file(empty_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(tmp_path / "nope.h5"))
     with pytest.raises(WeightsFileError, match="NST_JAX_WEIGHTS=.*nope.h5: no such file"):
         default_params_path()
@@ -265,23 +256,23 @@ def test_format_progress():
 
 
 @pytest.mark.parametrize("name", ["params.bin", "params", "params.h5", "params.pth"])
-def test_renamed_params_file_is_used_as_is(cache, tmp_path, synthetic_params_path, name):
+def test_renamed_params_file_is_used_as_is(empty_cache, tmp_path, synthetic_params_path, name):
     renamed = tmp_path / name
     os.link(synthetic_params_path, renamed)
     assert fetch_module.params_for_file(renamed, origin="--weights") == renamed
-    assert cached_files(cache) == []  # nothing converted
+    assert cached_files(empty_cache) == []  # nothing converted
 
 
-def test_public_file_named_npz_is_converted(cache, tmp_path, keras_file):
+def test_public_file_named_npz_is_converted(empty_cache, tmp_path, keras_file):
     path, _, params, _, _ = keras_file
     renamed = tmp_path / "vgg19.npz"  # a Keras h5 that only looks like a params file
     os.link(path, renamed)
     converted = fetch_module.params_for_file(renamed, origin="--weights")
-    assert converted.parent == cache
+    assert converted.parent == empty_cache
     assert_params_equal(converted, params)
 
 
-def test_unknown_pth_advice_can_be_followed_from_fetch(server, cache, tmp_path, capsys):
+def test_unknown_pth_advice_can_be_followed_from_fetch(server, empty_cache, tmp_path, capsys):
     # The converter asks for --preprocessing; nst_jax.weights.fetch must accept what it is told.
     public = tmp_path / "my_vgg19.pth"
     truth = write_synthetic("torchvision-pth", public)

@@ -9,14 +9,10 @@ import pytest
 
 from nst_jax.loss import terms as losses
 
+pytestmark = pytest.mark.usefixtures("strict_rank_promotion")  # conftest.py
+
 RTOL = 1e-5
 SHAPE = (1, 4, 5, 3)  # one image, H=4, W=5, C=3: small enough for loops and finite differences
-
-
-@pytest.fixture(autouse=True)
-def strict_rank_promotion():
-    with jax.numpy_rank_promotion("raise"):
-        yield
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from nst_jax.imaging.images import load_image
-from datafiles import IMAGES
+from datafiles import IMAGES, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port():

@@ -12,23 +12,16 @@ from nst_jax.engine.optimize import (OptimizerSpec, init_state, jit_chunk, make_
 from nst_jax.config.presets import preset
 from nst_jax.engine.stages import compute_targets
 from nst_jax import stylize
-from nst_jax.imaging.images import load_image, resize_long_side
-from weights_tools.synthetic import synthetic_params
-from datafiles import IMAGES
+from nst_jax.imaging.images import resize_long_side
 
 # Block-2 layers: the whole loop machinery at a fraction of the compile and step time.
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), style_layer_weights=None,
              content_layer_weights=None)
 
 
-@pytest.fixture(scope="module")
-def params():
-    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return load_image(IMAGES / "tubingen.jpg", 96), load_image(IMAGES / "starry_night.jpg", 96)
+def photos(photo):
+    """Content and style photos, 96 px."""
+    return photo("tubingen.jpg", 96), photo("starry_night.jpg", 96)
 
 
 def _setup(settings, params, size=(24, 32)):
@@ -84,8 +77,8 @@ def test_visit_steps_cover_every_interval_and_the_end():
 # ×27 at 70 on these images).
 @pytest.mark.parametrize("optimizer,steps,extra", [("lbfgs", 70, {}), ("lbfgs", 25, {"lbfgs_linesearch": "zoom"}),
                                                    ("adam", 60, {"learning_rate": 8.0})])
-def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params, photos):
-    content, style = photos
+def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params, photo):
+    content, style = photos(photo)
     settings = preset("neural-style").replace(optimizer=optimizer, num_steps=steps, image_size=64,
                                               init="gray", **extra)
     losses = []
@@ -130,8 +123,8 @@ def test_adam_keeps_pixels_in_range(params):
 
 
 @pytest.mark.parametrize("mode", ["luminance", "recombine"])
-def test_original_colors_keep_the_content_chroma(mode, params, photos):
-    content, style = photos
+def test_original_colors_keep_the_content_chroma(mode, params, photo):
+    content, style = photos(photo)
     settings = preset("neural-style").replace(optimizer="adam", num_steps=4, image_size=48,
                                               original_colors=mode, init="content", **CHEAP)
     result = stylize(content, [style], settings, params, "caffe")
@@ -142,8 +135,8 @@ def test_original_colors_keep_the_content_chroma(mode, params, photos):
     assert np.abs(out_yiq[..., 0] - content_yiq[..., 0]).mean() > 1e-3  # luminance did change
 
 
-def test_multiscale_runs_coarse_to_fine_with_continuous_steps(params, photos):
-    content, style = photos
+def test_multiscale_runs_coarse_to_fine_with_continuous_steps(params, photo):
+    content, style = photos(photo)
     settings = preset("neural-style").replace(optimizer="adam", num_steps=3, image_size=64, scales=3,
                                               init="content", **CHEAP)
     seen = []

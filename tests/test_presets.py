@@ -4,7 +4,6 @@ The references below are float64 numpy transcriptions of each source's loss (the
 themselves come from our VGG, checked against Keras and PyTorch in test_vgg_numerics.py).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,14 +12,8 @@ from nst_jax.loss.objective import (Objective, Targets, blend_grams, content_tar
                                style_grams, vgg_features)
 from nst_jax.config.presets import PRESETS, preset
 from nst_jax.config.settings import Settings
-from weights_tools.synthetic import synthetic_params
 
 HEIGHT, WIDTH = 40, 48  # non-square; deep enough for relu5_3 (2×3 at block 5)
-
-
-@pytest.fixture(scope="module")
-def params():
-    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=3))
 
 
 @pytest.fixture(scope="module")

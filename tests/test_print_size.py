@@ -7,42 +7,33 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax.imaging.images import load_image
 from nst_jax.engine.memory import compiled_chunk
 from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams, total_loss
 from nst_jax.config.presets import preset
 from nst_jax import stylize
-from weights_tools.synthetic import synthetic_params
-from datafiles import IMAGES
+from datafiles import IMAGES, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # Block-2 layers keep compile and step time small (as tests/test_batch.py). 36 px, not 40: no
 # program of test_batch's is compiled here first (it checks that its first run compiles).
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=36,
              init="noise", init_noise_std=0.1)
 
 
-@pytest.fixture(scope="module")
-def params():
-    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return load_image(IMAGES / "tubingen.jpg", 48), load_image(IMAGES / "starry_night.jpg", 48)
+def photos(photo):
+    """Content and style photos, 48 px."""
+    return photo("tubingen.jpg", 48), photo("starry_night.jpg", 48)
 
 
 # --- rematerialization -----------------------------------------------------------------------
 
-def test_remat_gives_the_same_loss_and_gradient(params, photos):
-    content, style = photos
+def test_remat_gives_the_same_loss_and_gradient(params, photo):
+    content, style = photos(photo)
     settings = preset("neural-style").replace(**CHEAP)
     plain = Objective.from_settings(settings, "caffe")
     remat = Objective.from_settings(settings.replace(remat="blocks"), "caffe")
@@ -58,8 +49,8 @@ def test_remat_gives_the_same_loss_and_gradient(params, photos):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_a_remat_run_equals_a_plain_run(optimizer, params, photos):
-    content, style = photos
+def test_a_remat_run_equals_a_plain_run(optimizer, params, photo):
+    content, style = photos(photo)
     settings = preset("neural-style").replace(optimizer=optimizer, num_steps=6, **CHEAP)
     plain = stylize(content, [style], settings, params, "caffe")
     remat = stylize(content, [style], settings.replace(remat="blocks"), params, "caffe")
@@ -204,8 +195,8 @@ def test_bfloat16_storage_keeps_the_history_in_bfloat16():
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_bfloat16_storage_ends_near_float32(optimizer, params, photos):
-    content, style = photos
+def test_bfloat16_storage_ends_near_float32(optimizer, params, photo):
+    content, style = photos(photo)
     settings = preset("neural-style").replace(optimizer=optimizer, num_steps=20, learning_rate=8.0, **CHEAP)
     if optimizer == "lbfgs":  # from noise, the fixed step overshoots now and then (loss ×2-40)
         settings = settings.replace(init="content")

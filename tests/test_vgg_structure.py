@@ -2,7 +2,6 @@
 
 import dataclasses
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,13 +13,6 @@ from nst_jax.errors import WeightsFileError
 from nst_jax.weights.params_file import ParamsMetadata, load_params, save_params
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
-
-
-
-@pytest.fixture(scope="module")
-def params(synthetic_params_path):
-    loaded, _ = load_params(synthetic_params_path)
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -169,31 +161,41 @@ def test_prepared_adjoint_kernels_give_the_same_features_and_image_gradient(para
     assert not np.allclose(np.asarray(jax.grad(loss, argnums=1)(broken, vgg_input)), np.asarray(ours[1]))
 
 
-def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params, monkeypatch):
-    """nst_jax.engine.stylize prepares the adjoint kernels before compiling; nothing traced rotates any."""
-    import nst_jax.model.vgg
-    from nst_jax.engine.stylize import make_members, stylize_batch
+def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params):
+    """The engine's params (nst_jax.engine.stylize.prepare_params, which stylize_batch runs before
+    compiling) carry the adjoint kernels: nothing traced in the chunk rotates any."""
     from nst_jax.config.presets import preset
+    from nst_jax.engine.optimize import OptimizerSpec, init_state, make_chunk, make_optimizer
+    from nst_jax.engine.stylize import prepare_params
+    from nst_jax.loss.objective import Objective, content_targets, loss_weights, style_grams
+    from nst_jax.model.vgg import ConvImpl, adjoint_kernel
 
     traced_rotations = []
-    rotate = nst_jax.model.vgg.adjoint_kernel
 
     def counting(kernel):
         if isinstance(kernel, jax.core.Tracer):
             traced_rotations.append(kernel.shape)
-        return rotate(kernel)
+        return adjoint_kernel(kernel)
 
-    monkeypatch.setattr(nst_jax.model.vgg, "adjoint_kernel", counting)
     settings = preset("neural-style").replace(num_steps=2, image_size=24, content_layers=("relu2_1",),
                                               style_layers=("relu1_1", "relu2_1"))
-    picture = np.random.default_rng(0).random((24, 24, 3), np.float32)
+    objective = dataclasses.replace(Objective.from_settings(settings, "caffe"), conv=ConvImpl(rotate=counting))
+    prepared = prepare_params(params, objective)
+    pixels = jax.numpy.asarray(np.random.default_rng(0).random((24, 24, 3), np.float32) * 255)
+    targets = {"content": content_targets(objective, prepared, pixels),
+               "style": style_grams(objective, prepared, pixels)}
+    weights = loss_weights(1.0, 1.0, 1.0)
+
+    def trace(weights_of_the_network, optimizer):
+        spec = OptimizerSpec.from_settings(settings.replace(optimizer=optimizer))
+        state = init_state(make_optimizer(spec), pixels)
+        jax.make_jaxpr(make_chunk(objective, spec))(pixels, state, 2, weights_of_the_network, targets, weights)
+
     for optimizer in ("adam", "lbfgs"):
-        stylize_batch(picture, [picture], settings.replace(optimizer=optimizer), params, "caffe",
-                      make_members(settings, ["s"]))
+        trace(prepared, optimizer)
     assert traced_rotations == []
     # The check can fail: unprepared params are rotated inside the traced loss.
-    jax.jit(lambda weights, image: nst_jax.features(weights, image, ("relu1_1",)))(
-        params, jax.numpy.zeros((1, 8, 8, 3)))
+    trace({layer: params[layer] for layer in prepared}, "adam")
     assert traced_rotations
 
 

@@ -8,9 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,9 +22,8 @@ from nst_jax.config.presets import preset  # noqa: E402
 from nst_jax.engine.timings import CompileCounter  # noqa: E402
 from nst_jax.cli.video import main  # noqa: E402
 from nst_jax.video.transfer import VideoSettings, output_warping_error, stylize_frames  # noqa: E402
-from weights_tools.synthetic import synthetic_params  # noqa: E402
+from datafiles import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=48,
              init="noise", init_noise_std=0.1)
 CHEAP_FLAGS = ["--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1", "--image-size", "48",
@@ -87,11 +84,6 @@ def write_folder(folder, frames):
     for index, rgb in enumerate(frames):
         save_image(folder / f"f{index:03d}.png", rgb)
     return folder
-
-
-@pytest.fixture(scope="module")
-def params():
-    return jax.tree_util.tree_map(jnp.asarray, synthetic_params(seed=0))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from nst_jax.errors import UserInputError
-from nst_jax.model.preprocess import CONVENTIONS
+from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.convert import convert, summary
 
 
@@ -22,7 +22,7 @@ def main(argv=None):
         description="Convert public VGG-19 weights to an nst-jax params file.")
     parser.add_argument("src", help="Keras .h5, PyTorch .pth or timm .safetensors file")
     parser.add_argument("-o", "--out", required=True, help="params file to write")
-    parser.add_argument("--preprocessing", choices=CONVENTIONS,
+    parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights (needed for unknown .pth files)")
     args = parser.parse_args(argv)
     try:

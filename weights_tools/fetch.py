@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 
 from nst_jax.errors import UserInputError
-from nst_jax.model.preprocess import CONVENTIONS
+from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights import fetch as library
 
 
@@ -26,7 +26,7 @@ def main(argv=None):
                         help="expected checksum: 32 hex digits MD5 or 64 SHA-256 (default: known for the "
                              "Keras files)")
     parser.add_argument("--force", action="store_true", help="download and convert again even if cached")
-    parser.add_argument("--preprocessing", choices=CONVENTIONS,
+    parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights (needed for a .pth of unknown origin)")
     args = parser.parse_args(argv)
     if args.md5 is None and os.path.basename(urllib.parse.urlparse(args.url).path) not in library.KNOWN_CHECKSUMS:

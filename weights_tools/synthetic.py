@@ -13,11 +13,11 @@ import json
 import os
 import struct
 import sys
-import tempfile
 
 import h5py
 import numpy as np
 
+from nst_jax.atomic import atomic_path
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCKS, conv_shape
 from nst_jax.weights.layouts import SYNTHETIC_MARKER, VGG16_BLOCKS, feature_layout
@@ -86,14 +86,8 @@ def _write_atomically(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UserInputError(f"{path}: directory {directory} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=".synthetic-", dir=directory)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 # --- Keras .h5: Keras 1 release, tf.keras (Keras 2), Keras 3 legacy h5 -----------------------

@@ -169,14 +169,16 @@ def compiler_options():
     return _CPU_COMPILER_OPTIONS
 
 
-def jit_chunk(chunk):
+def jit_chunk(chunk, options=None):
     """Jit a chunk function (single or vmapped), donating the optimizer state it replaces.
 
     The optimizer state is the big buffer (L-BFGS keeps 2·memory copies of the image), so it is
     donated; the image is not, so that Ctrl-C during a chunk still finds the last finished image
-    intact (it costs one image-sized buffer).
+    intact (it costs one image-sized buffer). `options`: XLA compiler options; None gives
+    `compiler_options()`, the shipped ones (the benchmarks pass others to compare).
     """
-    return jax.jit(chunk, donate_argnums=(1,), compiler_options=compiler_options())
+    return jax.jit(chunk, donate_argnums=(1,),
+                   compiler_options=compiler_options() if options is None else options)
 
 
 @functools.lru_cache(maxsize=None)

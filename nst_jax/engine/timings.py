@@ -14,6 +14,8 @@ from typing import Optional
 
 import jax
 
+from nst_jax.atomic import write_text
+
 # JAX's monitoring events around each program it prepares: tracing to a jaxpr, lowering to MLIR,
 # and XLA's compilation (or its load from the persistent compilation cache).
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -113,8 +115,5 @@ class RunTimings:
                 "visits": self.visits}
 
     def write(self, path):
-        """Write the JSON atomically enough for a report: a temporary name, then a rename."""
-        path = Path(path)
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(temporary, path)
+        """Write the JSON atomically (`nst_jax.atomic`)."""
+        write_text(path, json.dumps(self.to_dict(), indent=1))

@@ -7,14 +7,14 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import struct
 import warnings
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from nst_jax.errors import UserInputError
+from nst_jax.atomic import atomic_write, check_writable
+from nst_jax.errors import UserInputError, reason
 
 # Smaller images carry no usable content or style, and VGG's pooling leaves nothing of them.
 MIN_SIDE = 8
@@ -97,9 +97,10 @@ def check_output_path(path):
     if not os.path.isdir(directory):
         problem = "is not a directory" if os.path.exists(directory) else "does not exist"
         raise UserInputError(f"{path}: cannot write there: {directory} {problem}")
-    temporary, descriptor = _create_beside(path)
-    os.close(descriptor)
-    os.unlink(temporary)
+    try:
+        check_writable(path)
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot write in {directory} ({reason(error)})") from None
 
 
 def save_image(path, rgb, metadata=None):
@@ -107,8 +108,8 @@ def save_image(path, rgb, metadata=None):
 
     PNG: 8 bits, with `metadata` ({str: str}) as text chunks, readable with `read_png_text` (`read_png_metadata` parses ours).
     JPEG: quality 95, no chroma subsampling. WebP: quality 95. TIFF: 16 bits per channel.
-    Metadata is written to PNG only. The file appears complete or not at all: it is written
-    beside `path` under a temporary name and renamed; on any failure the temporary is removed.
+    Metadata is written to PNG only. The file appears complete or not at all, with ordinary
+    permissions (`nst_jax.atomic.atomic_write`).
     """
     file_format = _output_format(path)
     pixels = np.asarray(rgb, np.float32)
@@ -120,19 +121,11 @@ def save_image(path, rgb, metadata=None):
     if file_format == "PNG":
         _check_png_metadata(metadata)
     pixels = np.clip(pixels, 0.0, 1.0)
-    temporary, descriptor = _create_beside(path)
-    finished = False
     try:
-        with os.fdopen(descriptor, "wb") as stream:
+        with atomic_write(path) as stream:
             _ENCODERS[file_format](stream, pixels, metadata)
-        os.replace(temporary, path)  # a half-written file is never seen under the final name
-        finished = True
     except OSError as error:
-        raise UserInputError(f"{path}: cannot write the image ({_reason(error)})") from None
-    finally:
-        if not finished:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+        raise UserInputError(f"{path}: cannot write the image ({reason(error)})") from None
 
 
 def read_png_text(path):
@@ -179,11 +172,11 @@ def _reading(path):
                              f"format or a damaged header); use PNG, JPEG, WebP, TIFF, BMP or "
                              f"GIF") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise UserInputError(f"{path}: too large to load safely ({_one_line(error)}); shrink "
+        raise UserInputError(f"{path}: too large to load safely ({reason(error)}); shrink "
                              f"it first") from None
     # What Pillow's decoders raise on damaged data (a truncated JPEG is an OSError).
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error) as error:
-        raise UserInputError(f"{path}: damaged or unreadable image ({_one_line(error)})") from None
+        raise UserInputError(f"{path}: damaged or unreadable image ({reason(error)})") from None
 
 
 def _decoded(path, rawmode=None):
@@ -328,19 +321,6 @@ def _output_format(path):
     return OUTPUT_FORMATS[extension]
 
 
-def _create_beside(path):
-    """Create a new hidden temporary file in `path`'s directory: (its path, an open descriptor)."""
-    directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-    # Mode 0o666 less the umask: the output gets the permissions any new file gets (mkstemp's
-    # would be 0o600, unreadable to other users).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        return temporary, os.open(temporary, flags, 0o666)
-    except OSError as error:
-        raise UserInputError(f"{path}: cannot write in {directory} ({_reason(error)})") from None
-
-
 def _check_png_metadata(metadata):
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -401,11 +381,3 @@ def _encode_tiff(stream, pixels, metadata):
 
 
 _ENCODERS = {"PNG": _encode_png, "JPEG": _encode_jpeg, "WEBP": _encode_webp, "TIFF": _encode_tiff}
-
-
-def _reason(error):
-    return error.strerror or _one_line(error)
-
-
-def _one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax.loss import terms as losses
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
-from nst_jax.model.vgg import features
+from nst_jax.model.vgg import SHIPPED, ConvImpl, features
 
 # The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
 # settings' choices (--compute-dtype; --remat adds "auto", engine.memory.REMAT_CHOICES).
@@ -49,6 +49,7 @@ class Objective:
     # partitioner adds the convolutions' halo exchanges and the Grams' all-reduces), including
     # heights the device count does not divide. None: one device, or a batch split by member.
     rows: Optional[Mesh] = None
+    conv: ConvImpl = SHIPPED  # how the network convolves: the benchmarks vary it, runs never do
 
     @classmethod
     def from_settings(cls, settings, preprocessing):
@@ -139,7 +140,7 @@ def vgg_features(objective, params, pixels, layers=None):
         image = jax.lax.with_sharding_constraint(
             image, NamedSharding(objective.rows, PartitionSpec(None, "rows")))
     return features(params, image, layers or objective.layers, pooling=objective.pooling,
-                    dtype=dtype, remat=objective.remat == "blocks")
+                    dtype=dtype, remat=objective.remat == "blocks", conv=objective.conv)
 
 
 def content_targets(objective, params, content_pixels):
@@ -202,20 +203,21 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
             return activations[layer]
         return l1_normalized_gradient(activations[layer], jnp.float32(strength))
 
-    content = sum(
-        w * losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
-                                objective.content_loss)
-        for layer, w in zip(objective.content_layers, objective.content_layer_weights))
+    content = losses.weighted_sum(
+        [losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
+                             objective.content_loss)
+         for layer, w in zip(objective.content_layers, objective.content_layer_weights)],
+        objective.content_layer_weights)
     image_positions = pixels.shape[0] * pixels.shape[1]
-    style = sum(
-        w * losses.style_layer_loss(
+    style = losses.weighted_sum(
+        [losses.style_layer_loss(
             layer_input(layer, w * weights.style), targets.style[layer],
             gram_normalization=objective.gram_normalization, style_loss=objective.style_loss,
             image_positions=image_positions)
-        for layer, w in zip(objective.style_layers, objective.style_layer_weights))
+         for layer, w in zip(objective.style_layers, objective.style_layer_weights)],
+        objective.style_layer_weights)
     tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)
-    terms = {"content": weights.content * content, "style": weights.style * jnp.float32(style),
-             "tv": weights.tv * tv}
+    terms = {"content": weights.content * content, "style": weights.style * style, "tv": weights.tv * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
     if targets.temporal is not None:  # video frames only: the single-image program stays as it was
         # Added to the total alone: the optimization loop's terms have a fixed structure.

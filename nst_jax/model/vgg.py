@@ -1,7 +1,8 @@
 """Frozen VGG-19 feature extractor in Flax (NHWC), truncated at the deepest layer asked for."""
 
+import dataclasses
 import functools
-from typing import Any, Dict, Sequence, cast
+from typing import Any, Callable, Dict, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -26,8 +27,14 @@ def adjoint_kernel(kernel):
     return jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
 
 
-@jax.custom_vjp
-def conv3x3_same(x, kernel, adjoint):
+_TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))  # HWIO's (kh, kw) order
+# Up to this many input channels (conv1_1 has 3) the input gradient is a matrix product and a
+# scatter of its columns: XLA CPU's convolution with 3 output channels was 4-5x slower.
+FEW_CHANNELS = 8
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv3x3_same(x, kernel, adjoint, few_channels=FEW_CHANNELS):
     """3×3, stride 1, "same" convolution (NHWC × HWIO) whose input gradient is NHWC × HWIO too.
 
     `adjoint` is `adjoint_kernel(kernel)`, passed in so that it can be made once per run
@@ -41,18 +48,15 @@ def conv3x3_same(x, kernel, adjoint):
     Here the input gradient is a plain convolution with the adjoint kernel, which XLA handles
     alike everywhere; it sums the same products. Not forward-mode differentiable (jax.jvp), as
     with any custom_vjp. `adjoint` gets no gradient.
+
+    Up to `few_channels` input channels the input gradient is `_few_channel_input_gradient`
+    instead (0: always the convolution; the benchmarks compare both).
     """
     return _conv3x3_same(x, kernel)
 
 
-def _conv3x3_same_forward(x, kernel, adjoint):
+def _conv3x3_same_forward(x, kernel, adjoint, few_channels):
     return _conv3x3_same(x, kernel), (x, kernel, adjoint)
-
-
-_TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))  # HWIO's (kh, kw) order
-# Up to this many input channels (conv1_1 has 3) the input gradient is a matrix product and a
-# scatter of its columns: XLA CPU's convolution with 3 output channels was 4-5x slower.
-_FEW_CHANNELS = 8
 
 
 def _few_channel_input_gradient(cotangent, kernel):
@@ -70,9 +74,9 @@ def _few_channel_input_gradient(cotangent, kernel):
     return padded[:, 1:height + 1, 1:width + 1, :]
 
 
-def _conv3x3_same_backward(residuals, cotangent):
+def _conv3x3_same_backward(few_channels, residuals, cotangent):
     x, kernel, adjoint = residuals
-    if kernel.shape[2] <= _FEW_CHANNELS:
+    if kernel.shape[2] <= few_channels:
         x_gradient = _few_channel_input_gradient(cotangent, kernel)
     else:
         x_gradient = _conv3x3_same(cotangent, adjoint)
@@ -84,9 +88,24 @@ def _conv3x3_same_backward(residuals, cotangent):
 
 conv3x3_same.defvjp(_conv3x3_same_forward, _conv3x3_same_backward)
 
-# What Conv3x3 convolves with: (x, kernel, adjoint kernel) -> y. A module-level name so that the
-# benchmarks can swap in JAX's own differentiation of lax.conv_general_dilated to compare.
-_convolve = conv3x3_same
+
+@dataclasses.dataclass(frozen=True)
+class ConvImpl:
+    """How the network computes its 3×3 convolutions: the defaults are what nst_jax ships.
+
+    The benchmarks pass other choices (bench/investigate.py: JAX's own differentiation of
+    lax.conv_general_dilated, kernels rotated behind an optimization barrier, conv1_1's input
+    gradient as a convolution) to measure what each is worth. Hashable, so it can be part of a
+    static argument (`Objective.conv`).
+    """
+
+    # (x, HWIO kernel, adjoint kernel) -> y.
+    convolve: Callable = conv3x3_same
+    # HWIO kernel -> its adjoint, for layers whose params carry none (`with_adjoint_kernels`).
+    rotate: Callable = adjoint_kernel
+
+
+SHIPPED = ConvImpl()
 
 ADJOINT = "adjoint_kernel"  # the params entry with_adjoint_kernels adds beside kernel and bias
 
@@ -105,23 +124,28 @@ def with_adjoint_kernels(params):
             for name, layer in params.items()}
 
 
+def _conv_layer(conv, dtype, x, kernel, bias, adjoint=None):
+    """One convolution layer: x ⋆ kernel + bias in `dtype`; `adjoint` None: rotated here, in every
+    evaluation (correct; 3-7 % slower on CPU than preparing it with `with_adjoint_kernels`)."""
+    if adjoint is None:
+        adjoint = conv.rotate(kernel)
+    return conv.convolve(x, kernel.astype(dtype), adjoint.astype(dtype)) + bias.astype(dtype)
+
+
 class Conv3x3(nn.Module):
     """A 3×3 "same" convolution plus bias, with nn.Conv's parameter names and initializers."""
 
     features: int
     dtype: Any = jnp.float32
+    conv: ConvImpl = SHIPPED
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (3, 3, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        if self.has_variable("adjoint", "kernel"):
-            adjoint = self.get_variable("adjoint", "kernel")
-        else:  # not prepared: rotate here, in every evaluation (correct; 3-7 % slower on CPU)
-            adjoint = adjoint_kernel(kernel)
-        y = _convolve(x, kernel.astype(self.dtype), adjoint.astype(self.dtype))
-        return y + bias.astype(self.dtype)
+        adjoint = self.get_variable("adjoint", "kernel") if self.has_variable("adjoint", "kernel") else None
+        return _conv_layer(self.conv, self.dtype, x, kernel, bias, adjoint)
 
 
 def _pool_windows(x):
@@ -168,48 +192,24 @@ def _max_pool_backward(residuals, cotangent):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
-class VGG19(nn.Module):
-    """The convolutional part of VGG-19; returns {layer name: activation} for `outputs`.
+def _layers_to_run(outputs, pooling):
+    """(the layers from conv1_1 to the deepest of `outputs`, the canonical names of `outputs`)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+    wanted = frozenset(canonical_layer(name) for name in outputs)
+    return LAYER_ORDER[: max(LAYER_ORDER.index(name) for name in wanted) + 1], wanted
 
-    Only the layers up to the deepest requested output are built and run, so asking for
-    relu2_1 costs two blocks, not five.
+
+def _run_layers(names, wanted, pooling, conv_layer, x):
+    """VGG-19's layer loop, for both forms of the network (`VGG19`, `features_by_block`).
+
+    Runs the layers `names` in order on x; `conv_layer(name, x)` computes a convolution layer.
+    Returns (the last output, {name: activation} for the names in `wanted`).
     """
-
-    outputs: Sequence[str]
-    pooling: str = "max"
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
-        wanted = {canonical_layer(name) for name in self.outputs}
-        last = max(LAYER_ORDER.index(name) for name in wanted)
-        x = x.astype(self.dtype)
-        activations = {}
-        for name in LAYER_ORDER[: last + 1]:
-            if name.startswith("conv"):
-                block = int(name[4])
-                x = Conv3x3(BLOCK_CHANNELS[block], dtype=self.dtype, name=name)(x)
-            elif name.startswith("relu"):
-                x = nn.relu(x)
-            elif self.pooling == "max":
-                x = max_pool_2x2(x)
-            else:
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-            if name in wanted:
-                activations[name] = x
-        return activations
-
-
-def _run_layers(names, wanted, pooling, dtype, params, x):
-    """The layers `names` of VGG19 as a pure function of (params, x): (last output, {wanted: activation})."""
     activations = {}
     for name in names:
         if name.startswith("conv"):
-            layer = params[name]
-            adjoint = layer[ADJOINT] if ADJOINT in layer else adjoint_kernel(layer["kernel"])
-            x = _convolve(x, layer["kernel"].astype(dtype), adjoint.astype(dtype)) + layer["bias"].astype(dtype)
+            x = conv_layer(name, x)
         elif name.startswith("relu"):
             x = nn.relu(x)
         elif pooling == "max":
@@ -221,29 +221,58 @@ def _run_layers(names, wanted, pooling, dtype, params, x):
     return x, activations
 
 
-def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32):
+class VGG19(nn.Module):
+    """The convolutional part of VGG-19; returns {layer name: activation} for `outputs`.
+
+    Only the layers up to the deepest requested output are built and run, so asking for
+    relu2_1 costs two blocks, not five.
+    """
+
+    outputs: Sequence[str]
+    pooling: str = "max"
+    dtype: Any = jnp.float32
+    conv: ConvImpl = SHIPPED
+
+    @nn.compact
+    def __call__(self, x):
+        names, wanted = _layers_to_run(self.outputs, self.pooling)
+
+        def conv_layer(name, x):
+            block = int(name[4])
+            return Conv3x3(BLOCK_CHANNELS[block], dtype=self.dtype, conv=self.conv, name=name)(x)
+
+        return _run_layers(names, wanted, self.pooling, conv_layer, x.astype(self.dtype))[1]
+
+
+def _pure_block(names, wanted, pooling, dtype, conv, params, x):
+    """The layers `names` as a pure function of (params, x), for jax.checkpoint."""
+    def conv_layer(name, x):
+        layer = params[name]
+        return _conv_layer(conv, dtype, x, layer["kernel"], layer["bias"], layer.get(ADJOINT))
+
+    return _run_layers(names, wanted, pooling, conv_layer, x)
+
+
+def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32, conv=SHIPPED):
     """`features` with each block (its convolutions, ReLUs and pooling) under jax.checkpoint.
 
     The backward pass keeps only each block's input and the activations the loss reads, and
     recomputes a block's inner activations when it reaches it: the loop's temporaries shrink
     to about one block's worth, for one more forward pass per step. Same numbers as `features`.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
-    wanted = {canonical_layer(name) for name in layers}
-    names = LAYER_ORDER[: max(LAYER_ORDER.index(name) for name in wanted) + 1]
+    names, wanted = _layers_to_run(layers, pooling)
     x, activations = image.astype(dtype), {}
     for block in sorted({int(name[4]) for name in names}):  # conv1_1, relu1_1, pool1: block 1
         block_names = tuple(name for name in names if int(name[4]) == block)
-        run = jax.checkpoint(functools.partial(_run_layers, block_names,
-                                               frozenset(wanted.intersection(block_names)), pooling, dtype))
+        run = jax.checkpoint(functools.partial(_pure_block, block_names, wanted.intersection(block_names),
+                                               pooling, dtype, conv))
         x, kept = run({name: params[name] for name in block_names if name in params}, x)
         activations.update(kept)
     return activations
 
 
 def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str], pooling: str = "max",
-             dtype: Any = jnp.float32, remat: bool = False) -> Dict[str, jax.Array]:
+             dtype: Any = jnp.float32, remat: bool = False, conv: ConvImpl = SHIPPED) -> Dict[str, jax.Array]:
     """Named VGG-19 activations of a preprocessed NHWC image.
 
     Args:
@@ -256,6 +285,7 @@ def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequen
       dtype: compute dtype (float32, or bfloat16 for speed); parameters stay float32.
       remat: recompute each block's activations in the backward pass instead of keeping them
         (`features_by_block`): less memory, one more forward pass.
+      conv: how the 3×3 convolutions are computed (`ConvImpl`); the shipped way by default.
 
     Returns:
       {canonical layer name: activation (N, h, w, C)} for every name in `layers`.
@@ -263,8 +293,8 @@ def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequen
     if image.ndim != 4 or image.shape[-1] != 3:
         raise ValueError(f"image must have shape (N, H, W, 3), got {image.shape}")
     if remat:
-        return features_by_block(params, image, layers, pooling, dtype)
-    model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype)
+        return features_by_block(params, image, layers, pooling, dtype, conv)
+    model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype, conv=conv)
     weights = {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
     adjoints = {name: {"kernel": layer[ADJOINT]} for name, layer in params.items() if ADJOINT in layer}
     return cast(Dict[str, jax.Array], model.apply({"params": weights, "adjoint": adjoints}, image))

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Optional
 import numpy as np
 
 from nst_jax.imaging import images
-from nst_jax.errors import UserInputError
+from nst_jax.atomic import atomic_path, atomic_write, check_writable, write_text
+from nst_jax.errors import UserInputError, reason
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -86,7 +86,7 @@ def read_clip(path, long_side, start=0.0, duration=None, every=1, fps=None):
     try:
         container = av.open(os.fspath(path))
     except (av.FFmpegError, OSError, ValueError) as error:
-        raise UserInputError(f"{path}: not a readable video ({_reason(error)})") from None
+        raise UserInputError(f"{path}: not a readable video ({reason(error)})") from None
     with container:
         if not container.streams.video:
             raise UserInputError(f"{path}: has no video stream")
@@ -109,7 +109,7 @@ def read_clip(path, long_side, start=0.0, duration=None, every=1, fps=None):
                                                           long_side))
                     size = (frame.width, frame.height)
         except (av.FFmpegError, OSError, ValueError) as error:
-            raise UserInputError(f"{path}: cannot decode the video ({_reason(error)})") from None
+            raise UserInputError(f"{path}: cannot decode the video ({reason(error)})") from None
         if count == 0:
             raise UserInputError(f"{path}: contains no video frames")
         if not frames:
@@ -135,15 +135,6 @@ def _read_folder(path, long_side, start, duration, every, rate):
                 start=start, end=None if duration is None else start + duration)
 
 
-def _reason(error):
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _hidden_beside(path, suffix=""):
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp{suffix}")
-
-
 def check_video_output(path):
     """Fail before any work if `path` cannot receive a video (or, without a video extension, a
     folder of PNG frames)."""
@@ -157,12 +148,10 @@ def check_video_output(path):
                              f"({', '.join(VIDEO_EXTENSIONS)}) or a folder of PNG frames")
     if not os.path.isdir(directory):
         raise UserInputError(f"{path}: cannot write there: {directory} does not exist")
-    probe = _hidden_beside(path)
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.unlink(probe)
+        check_writable(path)
     except OSError as error:
-        raise UserInputError(f"{path}: cannot write in {directory} ({error.strerror or error})") from None
+        raise UserInputError(f"{path}: cannot write in {directory} ({reason(error)})") from None
 
 
 def frames_folder(output_path):
@@ -211,7 +200,7 @@ class FrameStore:
             raise UserInputError(f"{self.folder}: holds frames this program did not make; "
                                  f"delete them or choose another -o")
         else:
-            _write_atomic(manifest_path, json.dumps(self.manifest, indent=1).encode())
+            write_text(manifest_path, json.dumps(self.manifest, indent=1))
         return next((i for i in range(self.count) if not self.path(i).exists()), self.count)
 
     @staticmethod
@@ -229,9 +218,9 @@ class FrameStore:
         images.save_image(self.path(index), rgb, metadata)
         self._recent = [(index, np.asarray(pixels, np.float32))] + [
             entry for entry in self._recent if entry[0] < index][: self.keep - 1]
-        buffer = _npz_bytes(indices=np.array([i for i, _ in self._recent], np.int64),
-                            pixels=np.stack([p for _, p in self._recent]))
-        _write_atomic(self.folder / RESUME, buffer)
+        with atomic_write(self.folder / RESUME) as stream:
+            np.savez(stream, indices=np.array([i for i, _ in self._recent], np.int64),
+                     pixels=np.stack([p for _, p in self._recent]))
 
     def resume_pixels(self, first):
         """The optimized pixels of frames first−1, first−2, … (up to `keep`, nearest first), each
@@ -260,24 +249,6 @@ class FrameStore:
         return [images.load_image(self.path(i)) for i in range(self.count)]
 
 
-def _npz_bytes(**arrays):
-    import io
-    stream = io.BytesIO()
-    np.savez(stream, **arrays)
-    return stream.getvalue()
-
-
-def _write_atomic(path, data):
-    temporary = _hidden_beside(path)
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-
-
 def even_size(width, height):
     """H.264 in yuv420p needs even sides: round down (never below 2)."""
     return max(2, width - width % 2), max(2, height - height % 2)
@@ -293,9 +264,9 @@ def encode_video(output_path, frames, fps, size, audio_source=None, start=0.0, e
     av = require_av()
     width, height = even_size(*size)
     extension = os.path.splitext(output_path)[1].lower()
-    temporary = _hidden_beside(output_path, extension)
     try:
-        with contextlib.ExitStack() as stack:
+        # The container is closed (ExitStack) before the file is renamed to output_path.
+        with atomic_path(output_path, extension) as temporary, contextlib.ExitStack() as stack:
             container = stack.enter_context(av.open(temporary, "w"))
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
             stream = container.add_stream(codec, rate=Fraction(fps))
@@ -320,17 +291,13 @@ def encode_video(output_path, frames, fps, size, audio_source=None, start=0.0, e
                 container.mux(packet)
             if audio_in is not None:
                 _copy_audio(source, audio_in, audio_out, container, start, end)
-        os.replace(temporary, output_path)
     except (av.FFmpegError, OSError) as error:
         if audio_source is not None and isinstance(error, av.FFmpegError):
             # Most likely an audio codec this container cannot hold: keep the video at least.
             print(f"warning: {output_path}: the audio of {audio_source} could not be copied "
-                  f"({_reason(error)}); writing the video without it", file=sys.stderr)
+                  f"({reason(error)}); writing the video without it", file=sys.stderr)
             return encode_video(output_path, frames, fps, size)
-        raise UserInputError(f"{output_path}: cannot write the video ({_reason(error)})") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        raise UserInputError(f"{output_path}: cannot write the video ({reason(error)})") from None
 
 
 def _copy_audio(source, audio_in, audio_out, container, start, end):

@@ -10,7 +10,6 @@ import http.client
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -18,14 +17,14 @@ import urllib.request
 from pathlib import Path
 
 from nst_jax.cache import cache_dir
-from nst_jax.errors import UserInputError, WeightsFileError
+from nst_jax.atomic import atomic_write
+from nst_jax.errors import UserInputError, WeightsFileError, reason
 from nst_jax.weights.hashing import file_digest
 from nst_jax.weights.layouts import KNOWN_FILES
 
 # Keras Applications' no-top VGG-19 (Caffe-derived Oxford weights): the first known file.
 _DEFAULT = KNOWN_FILES[0]
 DEFAULT_URL = _DEFAULT.url
-DEFAULT_MD5 = _DEFAULT.digest
 DEFAULT_FILE_NAME = _DEFAULT.name
 # The converted default weights, named for their preprocessing convention. Keyed on the file
 # name, not the URL, so a download from a mirror fills the same cache entry.
@@ -121,11 +120,9 @@ def download(url, destination, checksum=None, *, progress=False, timeout=TIMEOUT
     """
     destination = Path(destination)
     hasher = hashlib.new(_algorithm(checksum))
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}-", suffix=".part",
-                                         dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            received, expected = _stream(url, stream, hasher, progress, timeout)
+    # Only a complete, verified file gets the final name: a refusal below discards the temporary.
+    with atomic_write(destination) as stream:
+        received, expected = _stream(url, stream, hasher, progress, timeout)
         if expected is not None and received < expected:
             raise WeightsFileError(f"download of {url} cut short: {received} of {expected} bytes; "
                                    f"nothing cached. {_by_hand()}")
@@ -133,11 +130,6 @@ def download(url, destination, checksum=None, *, progress=False, timeout=TIMEOUT
             raise WeightsFileError(
                 f"download of {url} refused: {hasher.name} {hasher.hexdigest()}, expected "
                 f"{checksum.lower()}; nothing cached")
-        os.replace(temporary, destination)  # only a complete, verified file gets the final name
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
     return destination
 
 
@@ -171,12 +163,12 @@ def _stream(url, stream, hasher, progress, timeout):
         raise WeightsFileError(f"download of {url} failed: HTTP {error.code} {error.reason}; "
                                f"nothing cached. {_by_hand()}") from None
     except urllib.error.URLError as error:
-        raise WeightsFileError(f"download of {url} failed ({_reason(error.reason)}); nothing cached. "
+        raise WeightsFileError(f"download of {url} failed ({reason(error.reason)}); nothing cached. "
                                f"{_by_hand()}") from None
     except (OSError, http.client.HTTPException) as error:
         # Reset or timed out mid-transfer: whatever arrived is discarded by the caller.
         raise WeightsFileError(f"download of {url} failed after {received} bytes "
-                               f"({_reason(error)}); nothing cached. {_by_hand()}") from None
+                               f"({reason(error)}); nothing cached. {_by_hand()}") from None
     except ValueError as error:  # urllib's word for a malformed or unsupported URL
         raise UserInputError(f"--url {url}: {error}") from None
     finally:
@@ -188,11 +180,6 @@ def _stream(url, stream, hasher, progress, timeout):
 
 def _show(line, end=""):
     print(f"\r{line}", end=end, file=sys.stderr, flush=True)
-
-
-def _reason(error):
-    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return " ".join(str(text).split())  # keep the message on one line
 
 
 def _by_hand():

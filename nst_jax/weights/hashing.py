@@ -14,8 +14,3 @@ def file_digest(path, algorithm):
         while size := stream.readinto(buffer):
             digest.update(view[:size])
     return digest.hexdigest()
-
-
-def tagged_digest(path, algorithm):
-    """The digest as the params metadata records it, e.g. "md5:253f8cb5..."."""
-    return f"{algorithm}:{file_digest(path, algorithm)}"

@@ -8,11 +8,11 @@ import dataclasses
 import json
 import os
 from typing import Any, Dict, Tuple, Union
-import tempfile
 import zipfile
 
 import numpy as np
 
+from nst_jax.atomic import atomic_write
 from nst_jax.errors import WeightsFileError
 from nst_jax.model.layers import CONV_LAYERS, conv_shape
 from nst_jax.model.preprocess import PREPROCESSINGS
@@ -56,22 +56,8 @@ def save_params(path: Union[str, os.PathLike], params: Dict[str, Dict[str, Any]]
     for layer in metadata.layers:
         arrays[f"{layer}/kernel"] = np.asarray(params[layer]["kernel"], np.float32)
         arrays[f"{layer}/bias"] = np.asarray(params[layer]["bias"], np.float32)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".params-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a params file is shareable
-        os.replace(temporary, path)  # a half-written file is never seen under the final name
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _umask():
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    with atomic_write(path) as stream:  # never half-written under its name; ordinary permissions
+        np.savez(stream, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays
 
 
 def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.ndarray]], ParamsMetadata]:

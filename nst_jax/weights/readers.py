@@ -16,7 +16,7 @@ import zipfile
 import h5py
 import numpy as np
 
-from nst_jax.errors import WeightsFileError
+from nst_jax.errors import WeightsFileError, reason
 from nst_jax.weights.params_file import METADATA_ENTRY
 from nst_jax.weights.layouts import KERAS, SYNTHETIC_MARKER, TORCH, hwio_from_oihw, match_layers
 
@@ -77,7 +77,7 @@ def _sniff_zip(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as error:
-        raise _unrecognised(path, f"a damaged zip archive: {_first_line(error)}") from None
+        raise _unrecognised(path, f"a damaged zip archive: {reason(error, first_line=True)}") from None
     if METADATA_ENTRY in names:
         return "params"
     if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
@@ -122,7 +122,7 @@ def read_keras_h5(path):
             synthetic = SYNTHETIC_MARKER in file.attrs
     except OSError as error:  # h5py's error for damaged files; WeightsFileError is no OSError
         raise WeightsFileError(
-            f"{path}: damaged or truncated HDF5 file ({_first_line(error)})") from None
+            f"{path}: damaged or truncated HDF5 file ({reason(error, first_line=True)})") from None
     return SourceWeights(params, source_format, synthetic)
 
 
@@ -220,7 +220,7 @@ def _torch_load_problem(error):
         return (f"holds a pickled {pickled_class.group(1)}, not just tensors; "
                 f"save its state_dict() instead")
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    return f"not a readable PyTorch file ({detail.group(1) if detail else _first_line(error)})"
+    return f"not a readable PyTorch file ({detail.group(1) if detail else reason(error, first_line=True)})"
 
 
 def read_safetensors(path):
@@ -237,7 +237,7 @@ def read_safetensors(path):
             synthetic = SYNTHETIC_MARKER in (file.metadata() or {})
     except (SafetensorError, OSError) as error:
         raise WeightsFileError(
-            f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+            f"{path}: not a readable safetensors file ({reason(error, first_line=True)})") from None
     return SourceWeights(params, "safetensors", synthetic)
 
 
@@ -260,8 +260,3 @@ def _params_from_state_dict(path, shapes_by_key, load):
 
 def _float32(array):
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
