@@ -167,7 +167,7 @@ def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params):
     from nst_jax.config.presets import preset
     from nst_jax.engine.optimize import OptimizerSpec, init_state, make_chunk, make_optimizer
     from nst_jax.engine.stylize import prepare_params
-    from nst_jax.loss.objective import Objective, content_targets, loss_weights, style_grams
+    from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams
     from nst_jax.model.vgg import ConvImpl, adjoint_kernel
 
     traced_rotations = []
@@ -182,8 +182,7 @@ def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params):
     objective = dataclasses.replace(Objective.from_settings(settings, "caffe"), conv=ConvImpl(rotate=counting))
     prepared = prepare_params(params, objective)
     pixels = jax.numpy.asarray(np.random.default_rng(0).random((24, 24, 3), np.float32) * 255)
-    targets = {"content": content_targets(objective, prepared, pixels),
-               "style": style_grams(objective, prepared, pixels)}
+    targets = Targets(content_targets(objective, prepared, pixels), style_grams(objective, prepared, pixels))
     weights = loss_weights(1.0, 1.0, 1.0)
 
     def trace(weights_of_the_network, optimizer):
