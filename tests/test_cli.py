@@ -27,7 +27,8 @@ from PIL import Image
 
 from nst_jax.engine import stylize as batch
 from nst_jax.imaging import images
-from nst_jax.cli import files, run
+from nst_jax.cli import files, interrupt, run
+from nst_jax.cli.watch import LossWatch
 from nst_jax.errors import UserInputError
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import FIELDS, RANGES
@@ -784,7 +785,7 @@ def test_ctrl_c_before_the_loop_writes_nothing(tmp_path, synthetic_params_path, 
 
 def test_a_second_ctrl_c_is_deferred_too():
     before = signal.getsignal(signal.SIGINT)
-    with files.ctrl_c_at_visits(io.StringIO()) as ctrl_c:
+    with interrupt.ctrl_c_at_visits(io.StringIO()) as ctrl_c:
         try:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
@@ -797,7 +798,7 @@ def test_a_second_ctrl_c_is_deferred_too():
     # Still none raises on the way out; with no press the handler is restored.
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     signal.signal(signal.SIGINT, before)
-    with files.ctrl_c_at_visits(io.StringIO()):
+    with interrupt.ctrl_c_at_visits(io.StringIO()):
         pass
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -810,14 +811,14 @@ def _visit(step, loss, scale=0):
 
 
 def test_a_stalled_loss_is_one_warning_naming_a_flag():
-    watch = files.LossWatch(preset("neural-style").replace(optimizer="adam"))
+    watch = LossWatch(preset("neural-style").replace(optimizer="adam"))
     assert [watch.stalled(_visit(step, 100 - step)) for step in (10, 20, 30, 40)] == [None] * 4
     # Three visits spanning 20 steps without a relative move of 1e-6: one warning, once.
     lines = [watch.stalled(_visit(step, 5.0)) for step in (50, 60, 70, 80, 90)]
     assert lines[:2] == [None, None] and lines[3:] == [None, None]
     assert lines[2].startswith("warning: the loss has not moved") and "--learning-rate" in lines[2]
     # Visits closer than 20 steps do not count as a stall; a new scale starts afresh.
-    watch = files.LossWatch(preset("neural-style").replace(normalize_gradients=True))
+    watch = LossWatch(preset("neural-style").replace(normalize_gradients=True))
     assert watch.stalled(_visit(1, 5.0)) is None and watch.stalled(_visit(2, 5.0)) is None
     assert watch.stalled(_visit(3, 5.0)) is None
     assert [watch.stalled(_visit(step, 5.0, scale=1)) for step in (10, 20)] == [None, None]

@@ -5,14 +5,10 @@ one), and adds loading, progress, intermediate saves, Ctrl-C handling and atomic
 results, for one output or a batch of them.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
-import types
 from typing import Optional, Tuple
 
 import jax
@@ -24,7 +20,9 @@ from nst_jax.engine.stylize import make_members, stylize_batch
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
 from nst_jax.engine.memory import check_fits, resolve_remat
+from nst_jax.cli.interrupt import ctrl_c_at_visits
 from nst_jax.cli.progress import ProgressBar, write_line
+from nst_jax.cli.watch import LossWatch, check_finite
 from nst_jax.engine.stages import scale_sizes
 from nst_jax.engine.timings import RunTimings
 
@@ -101,87 +99,6 @@ def run_description(content_path, style_paths, settings, params_metadata):
         "settings": settings.to_dict(),
     }
     return lambda **extra: {"nst-jax": json.dumps({**description, **extra}), "Software": "nst-jax"}
-
-
-def check_finite(image, steps_done):
-    """A diverged run is the user's settings' doing: say so in one line instead of saving NaNs."""
-    if not np.isfinite(image).all():
-        raise UserInputError(f"the optimization diverged (NaN pixels) by step {steps_done}; "
-                             f"lower --learning-rate or the loss weights")
-
-
-# Ctrl-C presses that quit at once, without waiting for the run's next safe point.
-QUIT_PRESSES = 3
-
-
-@contextlib.contextmanager
-def ctrl_c_at_visits(stream=None):
-    """Within it Ctrl-C never raises: the first sets `.requested` (the run stops at its next safe
-    point, within about a second outside XLA compilation); the third calls `.on_quit()` (set it
-    to write what exists) and ends the process with status 130 at once.
-
-    Why no KeyboardInterrupt: raised into jaxlib (0.10, CPU) while XLA compiles or a chunk
-    returns, it leaves the interpreter broken (an IndexError, then SIGSEGV at exit). Python runs
-    signal handlers only between bytecodes, so while XLA compiles a handler would wait; the
-    presses are counted by a thread woken through the signal wakeup fd, at once. Outside the
-    main thread (no signals there) nothing changes. Once a Ctrl-C was pressed, SIGINT stays
-    ignored after it (the caller is ending with status 130).
-    """
-    state = types.SimpleNamespace(requested=False, presses=0, on_quit=None)
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-    stream = stream or sys.stderr
-
-    def on_press():
-        state.presses += 1
-        state.requested = True
-        if state.presses == 1:
-            _say(stream, f"stopping at the next step; Ctrl-C {QUIT_PRESSES - 1} more times to quit "
-                         f"at once")
-        elif state.presses >= QUIT_PRESSES:
-            try:
-                if state.on_quit is not None:
-                    state.on_quit()
-                else:
-                    _say(stream, "interrupted; nothing written")
-            finally:
-                stream.flush()
-                os._exit(130)
-
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)  # the C-level handler must never block
-
-    def watch():
-        while True:
-            try:
-                data = os.read(read_fd, 64)
-            except OSError:
-                return
-            if not data:
-                return
-            for _ in range(data.count(signal.SIGINT)):
-                on_press()
-
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)  # counted by the watcher
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    watcher = threading.Thread(target=watch, name="ctrl-c", daemon=True)
-    watcher.start()
-    try:
-        yield state
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        # After a Ctrl-C the process is ending with status 130: later presses are ignored, so
-        # none lands as a KeyboardInterrupt in the writes or on the way out.
-        signal.signal(signal.SIGINT, signal.SIG_IGN if state.requested else previous)
-        os.close(write_fd)
-        watcher.join(timeout=5)
-        os.close(read_fd)
-
-
-def _say(stream, line):
-    """A line that stays: above a terminal's progress bar, never on it."""
-    write_line(line, stream)
 
 
 def _progress_terms(visit):
@@ -329,39 +246,3 @@ def _diverged(step, finite_visit, paths, member_metadata, describe, writes):
         kept = f"wrote the image of step {finite_visit.step}: {_written(paths)}"
     raise UserInputError(f"the optimization diverged (the loss is NaN or infinite at step {step}; "
                          f"{kept}): lower --learning-rate / --style-weight")
-
-
-# A loss that moves less than this (relative) over STALL_VISITS visits spanning at least
-# STALL_MIN_STEPS steps has stalled: more steps will not change the image.
-STALL_RELATIVE_CHANGE = 1e-6
-STALL_VISITS = 3
-STALL_MIN_STEPS = 20
-
-
-class LossWatch:
-    """Notices, once per run, a loss that stopped moving; says which flag to change."""
-
-    def __init__(self, settings):
-        self.settings, self.history, self.warned, self.scale = settings, [], False, None
-
-    def stalled(self, visit):
-        """A warning line the first time every member's loss has stalled, else None."""
-        if visit.scale != self.scale:  # a new scale starts a new descent
-            self.scale, self.history = visit.scale, []
-        self.history = (self.history + [(visit.step, np.asarray(visit.losses, np.float64))])[-STALL_VISITS:]
-        first, last = self.history[0][0], self.history[-1][0]
-        if self.warned or len(self.history) < STALL_VISITS or last - first < STALL_MIN_STEPS:
-            return None
-        values = np.stack([losses for _, losses in self.history])
-        change = (values.max(0) - values.min(0)) / np.maximum(np.abs(values).max(0), np.finfo(np.float64).tiny)
-        if not (change < STALL_RELATIVE_CHANGE).all():
-            return None
-        self.warned = True
-        if self.settings.optimizer.name == "lbfgs":
-            advice = ("--normalize-gradients makes L-BFGS's steps vanish: drop it"
-                      if self.settings.loss.normalize_gradients else
-                      "if the image is not finished, try --optimizer adam; else lower --num-steps")
-        else:
-            advice = "raise --learning-rate if the image is not finished; else lower --num-steps"
-        return (f"warning: the loss has not moved (relative change < {STALL_RELATIVE_CHANGE:g}) from "
-                f"step {first} to {last} ({float(values[-1].mean()):.4g}): {advice}")

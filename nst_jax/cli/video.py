@@ -148,7 +148,8 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
     inputs or outputs. Ctrl-C stops at the next host visit: finished frames stay on disk.
     """
     from nst_jax.imaging import images
-    from nst_jax.cli.files import ctrl_c_at_visits, run_description
+    from nst_jax.cli.files import run_description
+    from nst_jax.cli.interrupt import ctrl_c_at_visits
     stream = stream or sys.stderr
     output = args.output
     video_io.check_video_output(output)

@@ -1,0 +1,48 @@
+"""Watching a run's losses: a stalled descent gets one warning, NaN pixels one error line."""
+
+import numpy as np
+
+from nst_jax.errors import UserInputError
+
+
+def check_finite(image, steps_done):
+    """A diverged run is the user's settings' doing: say so in one line instead of saving NaNs."""
+    if not np.isfinite(image).all():
+        raise UserInputError(f"the optimization diverged (NaN pixels) by step {steps_done}; "
+                             f"lower --learning-rate or the loss weights")
+
+
+# A loss that moves less than this (relative) over STALL_VISITS visits spanning at least
+# STALL_MIN_STEPS steps has stalled: more steps will not change the image.
+STALL_RELATIVE_CHANGE = 1e-6
+STALL_VISITS = 3
+STALL_MIN_STEPS = 20
+
+
+class LossWatch:
+    """Notices, once per run, a loss that stopped moving; says which flag to change."""
+
+    def __init__(self, settings):
+        self.settings, self.history, self.warned, self.scale = settings, [], False, None
+
+    def stalled(self, visit):
+        """A warning line the first time every member's loss has stalled, else None."""
+        if visit.scale != self.scale:  # a new scale starts a new descent
+            self.scale, self.history = visit.scale, []
+        self.history = (self.history + [(visit.step, np.asarray(visit.losses, np.float64))])[-STALL_VISITS:]
+        first, last = self.history[0][0], self.history[-1][0]
+        if self.warned or len(self.history) < STALL_VISITS or last - first < STALL_MIN_STEPS:
+            return None
+        values = np.stack([losses for _, losses in self.history])
+        change = (values.max(0) - values.min(0)) / np.maximum(np.abs(values).max(0), np.finfo(np.float64).tiny)
+        if not (change < STALL_RELATIVE_CHANGE).all():
+            return None
+        self.warned = True
+        if self.settings.optimizer.name == "lbfgs":
+            advice = ("--normalize-gradients makes L-BFGS's steps vanish: drop it"
+                      if self.settings.loss.normalize_gradients else
+                      "if the image is not finished, try --optimizer adam; else lower --num-steps")
+        else:
+            advice = "raise --learning-rate if the image is not finished; else lower --num-steps"
+        return (f"warning: the loss has not moved (relative change < {STALL_RELATIVE_CHANGE:g}) from "
+                f"step {first} to {last} ({float(values[-1].mean()):.4g}): {advice}")
