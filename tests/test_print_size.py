@@ -72,20 +72,16 @@ def test_the_remat_program_recomputes():
             preset("neural-style").replace(optimizer="adam", remat=remat, **CHEAP), 64, 64)
         return chunk_program(objective, spec, False).lower(*args).as_text().count("stablehlo.convolution")
 
-    # What JAX hands XLA: the forward convolutions again in the backward pass (XLA CPU then
-    # folds them back: see below).
+    # What JAX hands XLA: the forward convolutions again in the backward pass.
     assert convolutions("blocks") > convolutions("none")
 
 
-@pytest.mark.xfail(jax.default_backend() == "cpu", strict=True,
-                   reason="XLA CPU (jaxlib 0.10.2) folds jax.checkpoint's recomputation back: the "
-                          "temporaries are the same with and without remat (measured at 128 px: "
-                          "43.0 and 42.0 MiB, 60.5 and 59.5 with neural-style's layers); "
-                          "memory.remat_saves_memory tells the fit check")
 def test_remat_lowers_xlas_temporaries():
-    settings = preset("neural-style").replace(optimizer="adam", **CHEAP)
+    settings = preset("neural-style").replace(optimizer="adam")  # its layers, relu1_1 to relu5_1
     (none, _), (blocks, _) = (_chunk_analysis(settings.replace(remat=r), 128) for r in ("none", "blocks"))
-    assert blocks < 0.8 * none, (blocks, none)
+    # Measured on CPU: 0.60 at 128 px, 0.63 at 256 and 512 px (jax.checkpoint: 1.0, XLA merged
+    # its recomputation back; vgg.recomputed_in_backward prevents that).
+    assert blocks < 0.7 * none, (blocks, none)
 
 
 # --- one image split by rows over devices (4 simulated CPU devices, in a subprocess) -----------
@@ -212,11 +208,9 @@ def test_bfloat16_storage_ends_near_float32(optimizer, params, photo):
 def test_analytic_remat_estimate_covers_xla_and_is_smaller(monkeypatch):
     import nst_jax.engine.memory as memory
     from nst_jax.engine.memory import estimate_memory, estimate_run
-    # On CPU XLA keeps no less with remat, and the estimate knows it: a remat run is a plain one.
     settings = preset("neural-style").replace(remat="blocks", image_size=512)
     plain = estimate_run(settings.replace(remat="none"), (384, 512), [(384, 512)])
-    assert (estimate_run(settings, (384, 512), [(384, 512)]).loop == plain.loop) == (jax.default_backend() == "cpu")
-    monkeypatch.setattr(memory, "remat_saves_memory", lambda backend=None: True)  # as on accelerators
+    assert estimate_run(settings, (384, 512), [(384, 512)]).loop < plain.loop
     for optimizer in ("adam", "lbfgs"):
         settings = preset("neural-style").replace(optimizer=optimizer, lbfgs_memory=7, remat="blocks",
                                                   **{**CHEAP, "image_size": 96})
@@ -232,7 +226,6 @@ def test_analytic_remat_estimate_covers_xla_and_is_smaller(monkeypatch):
 def test_fit_check_suggests_remat_and_auto_uses_it(monkeypatch):
     import nst_jax.engine.memory as memory
     from nst_jax.errors import UserInputError
-    monkeypatch.setattr(memory, "remat_saves_memory", lambda backend=None: True)  # as on accelerators
     from nst_jax.engine.memory import LIMIT_ENV, check_fits, estimate_run, largest_lbfgs_memory, resolve_remat
     settings = preset("neural-style").replace(optimizer="adam", image_size=2048)
     shapes = ((1536, 2048), [(1536, 2048)])

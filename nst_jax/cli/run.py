@@ -45,9 +45,9 @@ FIELD_HELP = {
     "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
     "pooling": "VGG pooling",
     "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
-    "remat": "recompute each VGG block's activations in the backward pass: less memory for one "
-             "more forward pass per step on accelerators (XLA's CPU compiler folds it back: no "
-             "saving there); auto: only when the run would not fit otherwise",
+    "remat": "recompute each VGG block's activations in the backward pass: about 0.6× the loop's "
+             "temporaries for one more forward pass per step; auto: only when the run would not "
+             "fit otherwise",
     "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
     "content_weight": "α, weight of the content loss",
     "style_weight": "β, weight of the style loss",

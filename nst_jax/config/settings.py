@@ -244,8 +244,8 @@ class NetworkSettings:
     pooling: str = "max"
     compute_dtype: str = "float32"
     # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
-    # more forward pass per step, on accelerators: XLA CPU folds it back); "auto": blocks only
-    # when the run would not fit otherwise.
+    # more forward pass per step: vgg.recomputed_in_backward); "auto": blocks only when the run
+    # would not fit otherwise.
     remat: str = "none"
 
     def __post_init__(self):

@@ -141,17 +141,8 @@ def _layer_floats(height, width, layer):
     return -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[min(block, 5)]
 
 
-def remat_saves_memory(backend=None):
-    """Whether XLA keeps jax.checkpoint's recomputation on this backend, so that remat lowers the
-    loop's memory. Not on CPU (jaxlib 0.10.2): its compiler folds the recomputation back (XLA's
-    temporaries with and without remat are the same, tests/test_print_size.py), so there the
-    estimate counts a remat run as a plain one and neither the fit check nor --remat auto
-    proposes it."""
-    return (backend or jax.default_backend()) != "cpu"
-
-
 def _remat_loop_floats(height, width, objective):
-    """Floats the loop keeps with each block under jax.checkpoint: every block's input and the
+    """Floats the loop keeps with each block recomputed in the backward pass: every block's input and the
     activations the loss reads (and their gradients), plus one block recomputed at a time."""
     deepest = int(deepest_conv(objective.layers)[4])
     blocks = [(block, convs) for block, convs in BLOCKS if block <= deepest]
@@ -192,7 +183,7 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
     activations = _activation_floats(height, width, deepest) * FLOAT_BYTES
     zoom = 2 if settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "zoom" else 1
-    if objective.remat == "blocks" and remat_saves_memory():
+    if objective.remat == "blocks":
         loop_floats = _remat_loop_floats(own_height, width, objective)
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)

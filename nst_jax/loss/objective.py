@@ -44,7 +44,7 @@ class Objective:
     tv_beta: float = 2.5
     pixel_range: float = 255.0
     normalize_gradients: bool = False
-    remat: str = "none"  # "blocks": each VGG block under jax.checkpoint (vgg.features_by_block)
+    remat: str = "none"  # "blocks": each VGG block recomputed in the backward pass (vgg.features_by_block)
     # A 1-D mesh with an axis "rows": the network's input is split by rows over it (XLA's SPMD
     # partitioner adds the convolutions' halo exchanges and the Grams' all-reduces), including
     # heights the device count does not divide. None: one device, or a batch split by member.

@@ -245,7 +245,7 @@ class VGG19(nn.Module):
 
 
 def _pure_block(names, wanted, pooling, dtype, conv, params, x):
-    """The layers `names` as a pure function of (params, x), for jax.checkpoint."""
+    """The layers `names` as a pure function of (params, x), recomputed in the backward pass."""
     def conv_layer(name, x):
         layer = params[name]
         return _conv_layer(conv, dtype, x, layer["kernel"], layer["bias"], layer.get(ADJOINT))
@@ -253,8 +253,36 @@ def _pure_block(names, wanted, pooling, dtype, conv, params, x):
     return _run_layers(names, wanted, pooling, conv_layer, x)
 
 
+def recomputed_in_backward(fn):
+    """`fn(params, x)` whose backward pass recomputes fn's activations from x instead of keeping them.
+
+    What jax.checkpoint does, written by hand because XLA's CPU compiler undoes jax.checkpoint:
+    it drops the optimization barriers and common-subexpression elimination then merges the
+    recomputation with the forward pass, which keeps every activation after all. Here the
+    recomputation starts from x + 0·c, c one element of the incoming cotangent, which no pass can
+    merge with the forward (it depends on the backward's data) and which equals x exactly for a
+    finite c (a non-finite cotangent makes the gradient non-finite either way): the gradient is
+    bit-identical to the plain one. Only x's cotangent is used; XLA drops the params' unused one.
+    """
+    @jax.custom_vjp
+    def run(params, x):
+        return fn(params, x)
+
+    def forward(params, x):
+        return fn(params, x), (params, x)
+
+    def backward(saved, cotangent):
+        params, x = saved
+        anchor = jax.tree_util.tree_leaves(cotangent)[0].ravel()[0] * 0
+        return jax.vjp(fn, params, x + anchor.astype(x.dtype))[1](cotangent)
+
+    run.defvjp(forward, backward)
+    return run
+
+
 def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32, conv=SHIPPED):
-    """`features` with each block (its convolutions, ReLUs and pooling) under jax.checkpoint.
+    """`features` with each block (its convolutions, ReLUs and pooling) recomputed in the backward
+    pass (`recomputed_in_backward`).
 
     The backward pass keeps only each block's input and the activations the loss reads, and
     recomputes a block's inner activations when it reaches it: the loop's temporaries shrink
@@ -264,8 +292,8 @@ def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32, c
     x, activations = image.astype(dtype), {}
     for block in sorted({int(name[4]) for name in names}):  # conv1_1, relu1_1, pool1: block 1
         block_names = tuple(name for name in names if int(name[4]) == block)
-        run = jax.checkpoint(functools.partial(_pure_block, block_names, wanted.intersection(block_names),
-                                               pooling, dtype, conv))
+        run = recomputed_in_backward(functools.partial(_pure_block, block_names,
+                                                       wanted.intersection(block_names), pooling, dtype, conv))
         x, kept = run({name: params[name] for name in block_names if name in params}, x)
         activations.update(kept)
     return activations
