@@ -95,13 +95,15 @@ def adjoint_shape(kernel_shape):
 
 # --- the fit check: an analytic estimate of the whole run, made before anything compiles -------
 
-# XLA keeps about 3.3 × one forward pass's conv outputs as the loop's temporaries (forward
-# activations for the backward pass and their gradients; measured with `estimate_memory` for
-# Adam and L-BFGS, 64 and 96×128 px, neural-style layers), 4.3 × for a net cut after block 2:
-# 5 covers both. A forward pass
-# alone (the style and content targets) keeps at most its conv and ReLU outputs: 2.
-LOOP_ACTIVATIONS = 5
-TARGET_ACTIVATIONS = 2
+# XLA keeps 1.9–2.2 × one forward pass's conv outputs as the loop's temporaries with the paper's
+# layers (to relu5_1), 2.6 × for a net cut after block 2 (forward activations for the backward
+# pass and their gradients; measured with `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS
+# with and without the zoom line search, whose evaluations run one after another): 3 covers them
+# with room for another compiler's choices. The targets' program (content features and each
+# style's Grams, before the loop) keeps 0.90–0.95 × each image's conv outputs (measured at 256
+# and 1024 px): 1.
+LOOP_ACTIVATIONS = 3
+TARGET_ACTIVATIONS = 1
 # Image-sized buffers besides L-BFGS's history: the image, its gradient, the last finished
 # image kept for Ctrl-C, Adam's two moments, the chunk's outputs.
 IMAGE_BUFFERS = 6
@@ -117,11 +119,12 @@ class RunEstimate:
     params: int  # kernels, biases and adjoint kernels of the layers the loss reads
     state: int  # members' images, optimizer state (L-BFGS: 2 × memory images), targets
     loop: int  # the loop's temporaries: activations for the backward pass
-    targets: int  # the content's and the largest style's forward pass, before the loop
+    targets: int  # the content's and the largest style's forward pass, done before the loop
 
     @property
     def total(self):
-        return self.params + self.state + self.loop + self.targets
+        # The targets' pass runs, and frees its temporaries, before the loop starts.
+        return self.params + self.state + max(self.loop, self.targets)
 
 
 def _activation_floats(height, width, deepest):
@@ -149,7 +152,8 @@ def _remat_loop_floats(height, width, objective):
     inputs = sum(_layer_floats(height, width, f"pool{block - 1}") for block, _ in blocks if block > 1)
     read = sum(_layer_floats(height, width, layer) for layer in objective.layers)
     recomputed = max(convs * _layer_floats(height, width, f"conv{block}_1") for block, convs in blocks)
-    return 2 * (inputs + read) + LOOP_ACTIVATIONS * recomputed
+    # XLA's temporaries (CPU, 96 and 512 px) are 0.64–0.72 of this, the net cut after block 2 highest.
+    return inputs + read + LOOP_ACTIVATIONS * recomputed
 
 
 def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, shard="batch"):
@@ -182,12 +186,11 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
     activations = _activation_floats(height, width, deepest) * FLOAT_BYTES
-    zoom = 2 if settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "zoom" else 1
     if objective.remat == "blocks":
         loop_floats = _remat_loop_floats(own_height, width, objective)
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
-    loop = per_device * zoom * loop_floats * FLOAT_BYTES
+    loop = per_device * loop_floats * FLOAT_BYTES
     style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
     styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
     targets = TARGET_ACTIVATIONS * (activations + max(styles, default=0) * FLOAT_BYTES)
