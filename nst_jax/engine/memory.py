@@ -100,8 +100,9 @@ def adjoint_shape(kernel_shape):
 # pass and their gradients; measured with `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS
 # with and without the zoom line search, whose evaluations run one after another): 3 covers them
 # with room for another compiler's choices. The targets' program (content features and each
-# style's Grams, before the loop) keeps 0.90–0.95 × each image's conv outputs (measured at 256
-# and 1024 px): 1.
+# style's Grams, before the loop) keeps 1.8–1.9 × one image's conv outputs for a content and a
+# style image, 2.3 × for two styles (256 to 1024 px; XLA's CPU compiler overlaps the passes,
+# optimization barriers do not order them): 1 per image covers it.
 LOOP_ACTIVATIONS = 3
 TARGET_ACTIVATIONS = 1
 # Image-sized buffers besides L-BFGS's history: the image, its gradient, the last finished
@@ -193,7 +194,7 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     loop = per_device * loop_floats * FLOAT_BYTES
     style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
     styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
-    targets = TARGET_ACTIVATIONS * (activations + max(styles, default=0) * FLOAT_BYTES)
+    targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
     return RunEstimate(params, state, loop, targets)
 
 
