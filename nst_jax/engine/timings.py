@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Union
 
 import jax
 
@@ -68,12 +68,12 @@ class CompileCounter:
         if event == CACHE_HIT_EVENT:
             self.cache_hits += 1
 
-    def __enter__(self):
+    def __enter__(self) -> "CompileCounter":
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         jax.monitoring.register_event_listener(self._count_hit)
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Any) -> Literal[False]:
         jax.monitoring.unregister_event_duration_listener(self._listen)
         jax.monitoring.unregister_event_listener(self._count_hit)
         return False
