@@ -11,6 +11,8 @@ from pathlib import Path
 
 import jax
 
+from nst_jax.atomic import PathLike
+
 COMPILE_CACHE_SUBDIR = "xla"
 
 
@@ -23,7 +25,7 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "nst-jax"
 
 
-def enable_compile_cache(folder=None) -> Path | None:
+def enable_compile_cache(folder: PathLike | None = None) -> Path | None:
     """Keep compiled programs in `folder` (default: cache_dir()/xla) across processes.
 
     Every program is kept, however quick to compile: a run compiles a handful, and on a warm

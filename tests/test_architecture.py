@@ -1,8 +1,13 @@
-"""The package's imports go one way, as docs/ARCHITECTURE.md draws them.
+"""The package's imports go one way, as docs/ARCHITECTURE.md draws them; its public API is annotated.
 
 Every `import`/`from ... import` of an nst_jax module (at module level or inside a function) is
 read from the source, and a module may import only from its own layer or the layers below it.
 nst_jax never imports weights_tools or bench; weights_tools never imports bench.
+
+Every public function and method of nst_jax and weights_tools (its name does not start with
+"_", or it is a public class's __init__) annotates each parameter and its return, so that
+`python -m mypy` checks its callers; mypy's disallow_incomplete_defs (pyproject.toml) only
+catches functions annotated in part. Private helpers and nested functions may stay unannotated.
 """
 
 import ast
@@ -66,3 +71,65 @@ def test_every_subpackage_has_a_layer():
 @pytest.mark.parametrize("path", package_files("weights_tools"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_weights_tools_uses_nst_jax_and_never_bench(path):
     assert not {name for name in imported_modules(path) if name.split(".")[0] == "bench"}
+
+
+def public_functions(tree):
+    """(qualified name, def node, is a method) of every public module-level function and every
+    public method of a public class (classes nested in classes included; not functions in
+    functions)."""
+    found = []
+
+    def visit(body, prefix, in_class):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if not node.name.startswith("_") or (in_class and node.name == "__init__"):
+                    found.append((prefix + node.name, node, in_class))
+            elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                visit(node.body, f"{prefix}{node.name}.", True)
+
+    visit(tree.body, "", False)
+    return found
+
+
+def unannotated(function, is_method):
+    """The parameters of `function` without an annotation, and "return" if it has none."""
+    arguments = function.args
+    parameters = arguments.posonlyargs + arguments.args
+    is_static = any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in function.decorator_list)
+    if is_method and not is_static and parameters and parameters[0].arg in ("self", "cls"):
+        parameters = parameters[1:]
+    parameters = (parameters + ([arguments.vararg] if arguments.vararg else []) + arguments.kwonlyargs
+                  + ([arguments.kwarg] if arguments.kwarg else []))  # in the signature's order
+    missing = [parameter.arg for parameter in parameters if parameter.annotation is None]
+    return missing + (["return"] if function.returns is None else [])
+
+
+def test_unannotated_finds_what_is_missing():
+    source = """
+def public(a, b: int, *args, c=1, **kwargs) -> int: ...
+def _private(a): ...
+def done(a: int, *, b: str = "") -> None:
+    def nested(x): ...
+class Public:
+    def __init__(self, size): ...
+    def method(self, x: int): ...
+    @staticmethod
+    def static(self) -> None: ...
+    @classmethod
+    def make(cls) -> "Public": ...
+    def _helper(self, x): ...
+class _Private:
+    def method(self, x): ...
+"""
+    found = {name: unannotated(node, is_method) for name, node, is_method in public_functions(ast.parse(source))}
+    assert found == {"public": ["a", "args", "c", "kwargs"], "done": [], "Public.__init__": ["size", "return"],
+                     "Public.method": ["return"], "Public.static": ["self"], "Public.make": []}
+
+
+@pytest.mark.parametrize("path", package_files("nst_jax") + package_files("weights_tools"),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_public_functions_are_annotated(path):
+    missing = {name: names for name, node, is_method in public_functions(ast.parse(path.read_text()))
+               if (names := unannotated(node, is_method))}
+    assert not missing, (f"{path.relative_to(ROOT)}: public functions lack annotations (parameter "
+                         f"names, or 'return'): {missing}")

@@ -9,13 +9,14 @@ recognised by its content whatever its name. The conversion itself is the librar
 
 import argparse
 import sys
+from typing import Optional, Sequence
 
 from nst_jax.errors import UserInputError
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.convert import convert, summary
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line; errors print `error: ...` and exit with status 2."""
     parser = argparse.ArgumentParser(
         prog="python -m weights_tools.convert",

@@ -10,13 +10,14 @@ import argparse
 import os
 import sys
 import urllib.parse
+from typing import Optional, Sequence
 
 from nst_jax.errors import UserInputError
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights import fetch as library
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m weights_tools.fetch",
         description="Download the default VGG-19 weights (Keras, Oxford/Caffe-derived), verify and "

@@ -13,11 +13,12 @@ import json
 import os
 import struct
 import sys
+from typing import Dict, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
-from nst_jax.atomic import atomic_path
+from nst_jax.atomic import PathLike, atomic_path
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCKS, conv_shape
 from nst_jax.weights.layouts import SYNTHETIC_MARKER, VGG16_BLOCKS, feature_layout
@@ -37,7 +38,7 @@ _TIMM_TOP = (("pre_logits.fc1", (4096, 512, 7, 7)), ("pre_logits.fc2", (4096, 40
              ("head.fc", (1000, 4096)))
 
 
-def synthetic_params(seed=0):
+def synthetic_params(seed: int = 0) -> Dict[str, Dict[str, np.ndarray]]:
     """Random VGG-19 params in our in-memory format: {"conv1_1": {"kernel": HWIO, "bias"}, ...}.
 
     The same values that `write_synthetic(..., seed=seed)` writes for VGG-19.
@@ -57,7 +58,8 @@ def _random_params(rows, seed):
     return params
 
 
-def write_synthetic(layout, path, *, seed=0, include_top=False, vgg16=False):
+def write_synthetic(layout: str, path: PathLike, *, seed: int = 0, include_top: bool = False,
+                    vgg16: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
     """Write random weights to `path` in a public `layout` (one of LAYOUTS).
 
     Args:
@@ -168,7 +170,8 @@ def _write_torch(path, layout, rows, truth, include_top):
             state[f"{name}.weight"] = torch.zeros(1).expand(shape)
             state[f"{name}.bias"] = torch.zeros(1).expand(shape[:1])
     # load_state_dict only looks up module prefixes in _metadata, so an extra entry is harmless.
-    state._metadata = {SYNTHETIC_MARKER: {"note": MARKER_TEXT}}
+    # (torch's own attribute on state dicts, which OrderedDict's stub does not know.)
+    state._metadata = {SYNTHETIC_MARKER: {"note": MARKER_TEXT}}  # type: ignore[attr-defined]
     # The 2017 releases predate torch's zip format; write the legacy format they use.
     torch.save(state, path, _use_new_zipfile_serialization=False)
 
@@ -178,7 +181,7 @@ def _write_safetensors(path, layout, rows, truth, include_top):
     for ours, _, index in rows:
         tensors[f"features.{index}.weight"] = _oihw(truth[ours]["kernel"])
         tensors[f"features.{index}.bias"] = truth[ours]["bias"]
-    zero_shapes = {}
+    zero_shapes: Dict[str, Tuple[int, ...]] = {}
     if include_top:
         for name, shape in _TIMM_TOP:
             zero_shapes[f"{name}.weight"], zero_shapes[f"{name}.bias"] = shape, shape[:1]
@@ -212,7 +215,7 @@ def _write_safetensors_with_zeros(path, tensors, zero_shapes, metadata):
         stream.truncate(8 + len(text) + offset)  # the zero tensors: a hole, read back as zeros
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: write one synthetic file and say what it is."""
     parser = argparse.ArgumentParser(prog="python -m weights_tools.synthetic",
                                      description=__doc__.split("\n")[0])

@@ -9,14 +9,16 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, cast
 
 import jax
 import numpy as np
 
 from nst_jax.engine.devices import batch_mesh, choose_shard, image_mesh, splits_rows
 from nst_jax.engine.optimize import StopRun
-from nst_jax.engine.stylize import make_members, stylize_batch
+from nst_jax.atomic import PathLike
+from nst_jax.config.settings import Settings
+from nst_jax.engine.stylize import Member, StylizeResult, make_members, stylize_batch
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
 from nst_jax.engine.memory import check_fits, resolve_remat
@@ -25,10 +27,14 @@ from nst_jax.cli.progress import ProgressBar, write_line
 from nst_jax.cli.watch import LossWatch, check_finite
 from nst_jax.engine.stages import scale_sizes
 from nst_jax.engine.timings import RunTimings
+from nst_jax.weights.params_file import Params, ParamsMetadata
 
 # Steps between host visits even when nothing is printed: how soon Ctrl-C is noticed and how
 # often a terminal's progress bar is redrawn. Print and save intervals add visits.
 PROGRESS_INTERVAL = 10
+
+# () -> (params, their metadata): called once the images are known good.
+LoadWeights = Callable[[], Tuple[Params, ParamsMetadata]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +51,8 @@ class BatchRequest:
     shard: Optional[str] = None
 
 
-def request_members(settings, style_paths, batch=None):
+def request_members(settings: Settings, style_paths: Sequence[PathLike],
+                    batch: Optional[BatchRequest] = None) -> List[Member]:
     """The members a CLI run makes: one, blending every style, without a BatchRequest (a single
     output); else every combination the request sweeps (`make_members`)."""
     names = style_names(style_paths)
@@ -55,25 +62,27 @@ def request_members(settings, style_paths, batch=None):
                         content_weights=batch.content_weights, seeds=batch.seeds)
 
 
-def member_path(output_path, label):
+def member_path(output_path: str, label: str) -> str:
     """out.png + "starry_night_sw1000" -> out_starry_night_sw1000.png"""
     stem, extension = os.path.splitext(output_path)
     return f"{stem}_{label}{extension}"
 
 
-def style_names(style_paths):
+def style_names(style_paths: Sequence[PathLike]) -> List[str]:
     """File stems, made unique (a_1, a_2) where two styles share a name."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in style_paths]
     return [f"{stem}_{i + 1}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
 
 
-def intermediate_path(output_path, step, num_steps):
+def intermediate_path(output_path: str, step: int, num_steps: int) -> str:
     """out.png -> out_0100.png for the image saved at step 100."""
     stem, extension = os.path.splitext(output_path)
     return f"{stem}_{step:0{len(str(num_steps))}d}{extension}"
 
 
-def load_inputs(content_path, style_paths, output_path, settings, load_weights, timings=None):
+def load_inputs(content_path: PathLike, style_paths: Sequence[PathLike], output_path: PathLike, settings: Settings,
+                load_weights: LoadWeights, timings: Optional[RunTimings] = None
+                ) -> Tuple[np.ndarray, List[np.ndarray], Optional[np.ndarray], Params, ParamsMetadata]:
     """Check the output path, load the images, then the weights: cheapest failure first.
 
     Returns (content, styles, init_image or None, params, params_metadata).
@@ -83,13 +92,16 @@ def load_inputs(content_path, style_paths, output_path, settings, load_weights, 
         images.check_output_path(output_path)
         content = images.load_image(content_path)
         styles = [images.load_image(path) for path in style_paths]
-        init_image = images.load_image(settings.image.init_image) if settings.image.init == "image" else None
+        # Settings: init "image" comes with an init_image.
+        init_image = (images.load_image(cast(str, settings.image.init_image)) if settings.image.init == "image"
+                      else None)
     with timings.phase("weights"):
         params, params_metadata = load_weights()
     return content, styles, init_image, params, params_metadata
 
 
-def run_description(content_path, style_paths, settings, params_metadata):
+def run_description(content_path: PathLike, style_paths: Sequence[PathLike], settings: Settings,
+                    params_metadata: ParamsMetadata) -> Callable[..., Dict[str, str]]:
     """A function (**extra) -> PNG text chunks describing how an output was made."""
     description = {
         "content": os.path.basename(content_path),
@@ -109,8 +121,10 @@ def _progress_terms(visit):
             "max": float(np.max(visit.losses))}
 
 
-def stylize_files(content_path, style_paths, output_path, settings, load_weights, *, batch=None,
-                  stream=None, timings=None):
+def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], output_path: str, settings: Settings,
+                  load_weights: LoadWeights, *, batch: Optional[BatchRequest] = None,
+                  stream: Optional[TextIO] = None,
+                  timings: Optional[RunTimings] = None) -> List[Tuple[str, StylizeResult]]:
     """The CLI's run: load, stylize with progress and intermediate saves, write atomically.
 
     Args:
@@ -227,7 +241,7 @@ def _written(paths):
     return paths[0] if len(paths) == 1 else f"{len(paths)} images: {', '.join(paths)}"
 
 
-def member_description(settings, member, batched):
+def member_description(settings: Settings, member: Member, batched: bool) -> Dict[str, Any]:
     """PNG metadata of one member: its own weights and seed in "settings", and the member itself."""
     if not batched:
         return {}

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import types
+from typing import Iterator, Optional, TextIO
 
 from nst_jax.cli.progress import write_line
 
@@ -15,7 +16,7 @@ QUIT_PRESSES = 3
 
 
 @contextlib.contextmanager
-def ctrl_c_at_visits(stream=None):
+def ctrl_c_at_visits(stream: Optional[TextIO] = None) -> Iterator[types.SimpleNamespace]:
     """Within it Ctrl-C never raises: the first sets `.requested` (the run stops at its next safe
     point, within about a second outside XLA compilation); the third calls `.on_quit()` (set it
     to write what exists) and ends the process with status 130 at once.
@@ -79,7 +80,7 @@ def ctrl_c_at_visits(stream=None):
         os.close(read_fd)
 
 
-def say(stream, line):
+def say(stream: TextIO, line: str) -> None:
     """A line that stays: above a terminal's progress bar, never on it."""
     write_line(line, stream)
 

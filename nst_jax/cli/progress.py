@@ -7,6 +7,7 @@ host visit: the first chunk includes XLA's compilation, which says nothing about
 
 import sys
 import time
+from typing import Mapping, Optional, TextIO
 
 from tqdm import tqdm
 
@@ -16,14 +17,14 @@ def _format_seconds(seconds):
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def write_line(line, stream=None):
+def write_line(line: str, stream: Optional[TextIO] = None) -> None:
     """Print a line that stays, above any progress bar on `stream` (default stderr)."""
     stream = stream if stream is not None else sys.stderr
     tqdm.write(line, file=stream)
     stream.flush()
 
 
-def format_terms(terms):
+def format_terms(terms: Optional[Mapping[str, float]]) -> str:
     """{"total": 1, "content": .5, ...} -> "loss 1  content 0.5 ..." (the total first, as loss)."""
     terms = dict(terms or {})
     if "total" in terms:
@@ -34,17 +35,21 @@ def format_terms(terms):
 class ProgressBar:
     """A tqdm bar on a terminal (made at the first visit); a plain line per forced update elsewhere."""
 
-    def __init__(self, total, stream=None, label="step"):
+    def __init__(self, total: int, stream: Optional[TextIO] = None, label: str = "step") -> None:
         self.total, self.label = total, label
         self.stream = stream if stream is not None else sys.stderr
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
-        self.first_step, self.first_time = None, None
+        # The first visit's step and time (perf_counter), set together: rates count from there.
+        self.first_step: Optional[int] = None
+        self.first_time: Optional[float] = None
 
-    def update(self, step, terms=None, force_line=False, scale=""):
+    def update(self, step: int, terms: Optional[Mapping[str, float]] = None, force_line: bool = False,
+               scale: str = "") -> None:
         """Show progress at `step`; terms is {name: value}; scale e.g. "scale 2/3 (362 px)"."""
         now = time.perf_counter()
-        if self.first_step is None:  # the first chunk includes compilation: rate from later ones
+        # The first chunk includes compilation: rate from later ones.
+        if self.first_step is None or self.first_time is None:
             self.first_step, self.first_time = step, now
         elapsed = now - self.first_time
         rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
@@ -65,7 +70,7 @@ class ProgressBar:
                     f"{shown} it/s  eta {eta}")
             write_line(line, self.stream)
 
-    def close(self, message=None):
+    def close(self, message: Optional[str] = None) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -13,13 +13,18 @@ import re
 import sys
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple, cast
 
 from nst_jax.cache import enable_compile_cache
 from nst_jax.errors import UserInputError
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.config.settings import CHOICES, FIELDS, INT32_MAX, RANGES, Range
+from nst_jax.config.settings import CHOICES, FIELDS, INT32_MAX, RANGES, Range, Settings
 from nst_jax.engine.timings import RunTimings
+from nst_jax.weights.params_file import Params, ParamsMetadata
+
+if TYPE_CHECKING:  # imported where used: parsing flags does not load the engine
+    from nst_jax.cli.files import BatchRequest
 
 USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
 # Ranges of the flags that are not Settings fields (theirs are in settings.RANGES).
@@ -27,6 +32,8 @@ CLI_RANGES = {"devices": Range(1, INT32_MAX), "num_processes": Range(1, INT32_MA
               "process_id": Range(0, INT32_MAX)}  # and below --num-processes
 # Sweepable Settings fields and their item type; a sweep's values have the field's range.
 SWEEPS = {"style_weight": float, "content_weight": float, "seed": int}
+# The values of each sweep flag given, by field: floats or ints as SWEEPS says.
+Sweeps = Dict[str, Tuple[Any, ...]]
 # An init image whose aspect ratio differs from the content's by more than this is visibly stretched.
 STRETCH_TOLERANCE = 0.01
 
@@ -89,10 +96,10 @@ class OneLineParser(argparse.ArgumentParser):
     Errors raise UserInputError, which main prints as `error: ...` with exit status 2.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(allow_abbrev=False, **kwargs)  # --num-step must not pass for --num-steps
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         raise UserInputError(self._one_line(message))
 
     def _one_line(self, message):
@@ -122,7 +129,7 @@ def _number(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
     parse.__name__ = kind.__name__
-    parse.kind, parse.is_list = kind, False  # lets tests find every numeric flag in the parser
+    vars(parse).update(kind=kind, is_list=False)  # lets tests find every numeric flag in the parser
     return parse
 
 
@@ -135,7 +142,8 @@ def _number_or_auto(kind):
 
     def parse(text):
         return AUTO if text.strip().lower() == AUTO else number(text)
-    parse.__name__, parse.kind, parse.is_list = number.__name__, kind, False
+    parse.__name__ = number.__name__
+    vars(parse).update(kind=kind, is_list=False)
     return parse
 
 
@@ -152,7 +160,7 @@ def _comma_list(kind):
             items = {int: "integers", float: "numbers"}[kind]
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {items}") from None
     parse.__name__ = f"list of {kind.__name__}"
-    parse.kind, parse.is_list = kind, True
+    vars(parse).update(kind=kind, is_list=True)
     return parse
 
 
@@ -169,7 +177,7 @@ def _keep_negative_values(parser, argv):
     """`--flag -1,2` -> `--flag=-1,2`, so a negative value reaches our checks (and their message)."""
     takes_value = {option for action in parser._actions if action.option_strings and action.nargs is None
                    for option in action.option_strings}
-    kept = []
+    kept: List[str] = []
     for index, arg in enumerate(argv):
         if arg == "--":
             return kept + list(argv[index:])
@@ -194,7 +202,7 @@ def _field_type(field):
     return annotation, False
 
 
-def build_parser():
+def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="python -m nst_jax.run", usage=USAGE,
         description="Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
@@ -262,7 +270,7 @@ def build_parser():
         text = FIELD_HELP.get(name, name.replace("_", " "))
         if name in RANGES:
             text += f" ({'each ' if is_list else ''}{RANGES[name]})"
-        kwargs = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
+        kwargs: Dict[str, Any] = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
         if name in CHOICES and not is_list:
             kwargs["choices"] = CHOICES[name]
         elif scalar is bool:
@@ -277,7 +285,7 @@ def build_parser():
     return parser
 
 
-def settings_from_args(args):
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """The preset's Settings with every given flag on top."""
     base = preset(args.preset)
     changes = {}
@@ -294,7 +302,7 @@ def settings_from_args(args):
     return base.replace(**changes)
 
 
-def load_weights(weights_arg, preprocessing=None):
+def load_weights(weights_arg: Optional[str], preprocessing: Optional[str] = None) -> Tuple[Params, ParamsMetadata]:
     """(params, metadata) from --weights, $NST_JAX_WEIGHTS or the default download.
 
     `preprocessing` (--preprocessing) goes to the conversion of a public file and overrides what
@@ -313,7 +321,7 @@ def load_weights(weights_arg, preprocessing=None):
     return params, metadata
 
 
-def parse_and_validate(argv=None):
+def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.Namespace, Settings, Sweeps]:
     """Flags -> (args, Settings, sweeps {field: values}), every value checked.
 
     Reads no file and imports nothing heavy, so a bad value fails at once. Raises
@@ -356,7 +364,7 @@ def parse_and_validate(argv=None):
     return args, settings, sweeps
 
 
-def stretch_warning(content_path, init_path):
+def stretch_warning(content_path: str, init_path: str) -> Optional[str]:
     """A warning line if the init image's aspect ratio is not the content's (it gets stretched)."""
     try:
         content_height, content_width = _displayed_size(content_path)
@@ -381,7 +389,8 @@ def _displayed_size(path):
     return height, width
 
 
-def run_layout(args, settings, sweeps):
+def run_layout(args: argparse.Namespace, settings: Settings, sweeps: Sweeps
+               ) -> Tuple[Tuple[int, int], List[Tuple[int, int]], int, int, str]:
     """What the fit check needs from the flags, without decoding an image: (content (height,
     width), style shapes, members, devices, shard)."""
     import jax
@@ -394,7 +403,7 @@ def run_layout(args, settings, sweeps):
             devices, shard)
 
 
-def batch_request(args, sweeps):
+def batch_request(args: argparse.Namespace, sweeps: Sweeps) -> "Optional[BatchRequest]":
     """The BatchRequest the flags make (any batch, sweep, device or multi-host flag), or None: a
     single output."""
     from nst_jax.cli.files import BatchRequest
@@ -406,7 +415,7 @@ def batch_request(args, sweeps):
                         num_devices=args.devices, shard=args.shard)
 
 
-def resolve_auto(args, settings, sweeps):
+def resolve_auto(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> Settings:
     """`settings` with the "auto" number flags (--lbfgs-memory auto) chosen to fit the device."""
     if getattr(args, "lbfgs_memory", None) == AUTO and settings.optimizer.name == "lbfgs":
         from nst_jax.engine.memory import largest_lbfgs_memory
@@ -418,7 +427,7 @@ def resolve_auto(args, settings, sweeps):
     return settings
 
 
-def memory_report(args, settings, sweeps):
+def memory_report(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> str:
     """The output size, the members per device, the memory they need and what is free (one
     line), then a table of the total against each memory option (remat, storage, L-BFGS memory).
 
@@ -464,7 +473,7 @@ def _check_report_path(path):
         raise UserInputError(f"--report {path}: cannot write a file there")
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[Any]] = None) -> int:
     timings = RunTimings()
     try:
         args, settings, sweeps = parse_and_validate(argv)
@@ -475,7 +484,9 @@ def main(argv=None):
         if args.estimate_memory:
             print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
             return 0
-        warning = stretch_warning(args.content, settings.image.init_image) if settings.image.init == "image" else None
+        # Settings: init "image" comes with an init_image.
+        warning = (stretch_warning(args.content, cast(str, settings.image.init_image))
+                   if settings.image.init == "image" else None)
 
         def load_checked_weights():
             # Called once the images are known good: only then is the warning worth a line.

@@ -6,19 +6,22 @@ write each finished frame at once into a frames folder with a manifest, and enco
 the same command after Ctrl-C or a crash resumes at the first missing frame.
 """
 
+import argparse
 import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
+from nst_jax.config.settings import Settings
 from nst_jax.engine.optimize import StopRun
 from nst_jax.errors import UserInputError
 from nst_jax.video import files as video_io
 from nst_jax.video import flow
-from nst_jax.video.transfer import DEFAULT_TEMPORAL_WEIGHT, VIDEO_RANGES, VideoSettings, stylize_frames
+from nst_jax.video.transfer import DEFAULT_TEMPORAL_WEIGHT, VIDEO_RANGES, FrameResult, VideoSettings, stylize_frames
+from nst_jax.weights.params_file import Params, ParamsMetadata
 
 USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--preset NAME] "
          "[flags] [--temporal-weight X] [--frame-steps N] [--start S] [--duration S] [--every N]")
@@ -37,7 +40,7 @@ class ClipResult:
 
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """nst_jax.cli.run's parser (every image flag, same checks) plus the video flags."""
     from nst_jax.cli.run import _number, build_parser as build_image_parser
     parser = build_image_parser()
@@ -94,7 +97,7 @@ def _strip_flags(argv, flags, switches):
     return kept
 
 
-def parse_and_validate(argv=None):
+def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.Namespace, Settings, VideoSettings]:
     """Flags -> (args, Settings, VideoSettings), every value checked; one-line UserInputError."""
     from nst_jax.cli import run
     parser = build_parser()
@@ -141,7 +144,9 @@ def _size_of(path):
     return os.path.getsize(path)
 
 
-def stylize_video_files(args, settings, video, load_weights, stream=None, on_frame=None):
+def stylize_video_files(args: argparse.Namespace, settings: Settings, video: VideoSettings,
+                        load_weights: Callable[[], Tuple[Params, ParamsMetadata]], stream: Optional[TextIO] = None,
+                        on_frame: Optional[Callable[[FrameResult], None]] = None) -> ClipResult:
     """The CLI's run: check, read, stylize with progress, write frames as they finish, encode.
 
     Returns a ClipResult. Raises UserInputError (one line) before any compute for unusable
@@ -170,14 +175,14 @@ def stylize_video_files(args, settings, video, load_weights, stream=None, on_fra
               "the picture will not be art", file=stream)
     if first:
         print(f"resuming: {first} of {total} frames already in {store.folder}", file=stream)
-    recent = []
+    recent: List[np.ndarray] = []  # frames first - 1, first - 2, ...: every one filled in
     if 0 < first < total:
-        recent = store.resume_pixels(first)
-        for back, pixels in enumerate(recent):
+        for back, pixels in enumerate(store.resume_pixels(first)):
             if pixels is None:  # not kept (a crash between two writes): from its PNG, 8 bits
                 index = first - 1 - back
-                recent[back] = _pixels_from_image(images.load_image(store.path(index)), settings)
-                store.remember(index, recent[back])
+                pixels = _pixels_from_image(images.load_image(store.path(index)), settings)
+                store.remember(index, pixels)
+            recent.append(pixels)
 
     def write_frame(result):
         store.write(result.index, result.image, result.pixels,
@@ -252,7 +257,7 @@ def _remove_frames(store):
         pass
 
 
-def main(argv=None, on_frame: Optional[Callable] = None):
+def main(argv: Optional[Sequence[Any]] = None, on_frame: Optional[Callable[[FrameResult], None]] = None) -> int:
     from nst_jax.cache import enable_compile_cache
     try:
         args, settings, video = parse_and_validate(argv)

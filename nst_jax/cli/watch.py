@@ -1,11 +1,16 @@
 """Watching a run's losses: a stalled descent gets one warning, NaN pixels one error line."""
 
-import numpy as np
+from typing import List, Optional, Tuple
 
+import numpy as np
+import numpy.typing as npt
+
+from nst_jax.config.settings import Settings
+from nst_jax.engine.stylize import Visit
 from nst_jax.errors import UserInputError
 
 
-def check_finite(image, steps_done):
+def check_finite(image: npt.ArrayLike, steps_done: int) -> None:
     """A diverged run is the user's settings' doing: say so in one line instead of saving NaNs."""
     if not np.isfinite(image).all():
         raise UserInputError(f"the optimization diverged (NaN pixels) by step {steps_done}; "
@@ -22,10 +27,12 @@ STALL_MIN_STEPS = 20
 class LossWatch:
     """Notices, once per run, a loss that stopped moving; says which flag to change."""
 
-    def __init__(self, settings):
-        self.settings, self.history, self.warned, self.scale = settings, [], False, None
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.warned = settings, False
+        self.history: List[Tuple[int, np.ndarray]] = []  # (step, losses) of the latest visits
+        self.scale: Optional[int] = None
 
-    def stalled(self, visit):
+    def stalled(self, visit: Visit) -> Optional[str]:
         """A warning line the first time every member's loss has stalled, else None."""
         if visit.scale != self.scale:  # a new scale starts a new descent
             self.scale, self.history = visit.scale, []

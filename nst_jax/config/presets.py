@@ -11,7 +11,7 @@ from nst_jax.config.settings import Settings
 _GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
-def gatys():
+def gatys() -> Settings:
     """Gatys, Ecker & Bethge, "A Neural Algorithm of Artistic Style" (2015) / CVPR 2016.
 
     Content ½·Σ(F−P)² at layer 4_2; raw Gram; E_l = Σ(G−A)²/(4N²M²) at layers 1_1…5_1 with
@@ -32,7 +32,7 @@ def gatys():
         init="noise", init_noise_std=0.1, pixel_range=255.0)
 
 
-def neural_style():
+def neural_style() -> Settings:
     """jcjohnson/neural-style (Lua Torch) defaults and loss scaling (neural-style-pt shares them,
     except its TV, the L1 sum: add --tv-loss l1 there).
 
@@ -46,7 +46,7 @@ def neural_style():
     return Settings()
 
 
-def thesis():
+def thesis() -> Settings:
     """McCafferty (2020) thesis conventions (Keras VGG-19, Caffe-derived weights).
 
     Content Σ(F−P)² at block5_conv3 (relu5_3); raw Gram; per layer Σ(G−A)², mean over the five
@@ -61,7 +61,7 @@ def thesis():
         optimizer="lbfgs", lbfgs_linesearch="zoom", num_steps=500, init="content", pixel_range=255.0)
 
 
-def sandahl():
+def sandahl() -> Settings:
     """Sandahl et al. (2021) conventions (Keras VGG-19, Caffe-derived weights).
 
     Content Σ(F−P)² at block5_conv2 (relu5_2); raw Gram; E_l = Σ(G−A)²/(4N²M²) with w_l = 1/5;
@@ -76,7 +76,7 @@ def sandahl():
         tv_beta=2.5, optimizer="lbfgs", lbfgs_linesearch="zoom", num_steps=500, init="content", pixel_range=255.0)
 
 
-def keras_example():
+def keras_example() -> Settings:
     """fchollet's Keras example "Neural style transfer" (keras.io, Keras 3 version).
 
     Content Σ(F−P)² at block5_conv2 weight 2.5e-8; style Σ(G−A)²/(4·3²·(H·W)²) with H·W the
@@ -95,7 +95,7 @@ def keras_example():
         image_size=400, pixel_range=255.0, print_every=100)
 
 
-def tf_tutorial():
+def tf_tutorial() -> Settings:
     """TensorFlow's "Neural style transfer" tutorial (tensorflow.org/tutorials/generative/style_transfer).
 
     Pixels in [0, 1]; content mean (F−P)² at block5_conv2 × 1e4; Gram ÷ (H·W); style mean (G−A)²
@@ -111,7 +111,7 @@ def tf_tutorial():
         num_steps=1000, init="content", pixel_range=1.0, print_every=100)
 
 
-def pytorch_tutorial():
+def pytorch_tutorial() -> Settings:
     """PyTorch's "Neural Transfer Using PyTorch" tutorial (pytorch.org/tutorials/advanced/neural_style_tutorial).
 
     Pixels in [0, 1], torchvision weights (ImageNet mean/std); losses taken before the ReLU:

@@ -71,24 +71,24 @@ class Range:
     low_open: bool = False
     high_open: bool = False
 
-    def __contains__(self, value):
+    def __contains__(self, value: Any) -> bool:
         return (math.isfinite(value)
                 and (value > self.low if self.low_open else value >= self.low)
                 and (value < self.high if self.high_open else value <= self.high))
 
-    def __str__(self):
+    def __str__(self) -> str:
         low, high = _number_text(self.low), _number_text(self.high)
         if self.high == math.inf:
             return f"{'>' if self.low_open else '>='} {low}"
         return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
-    def check(self, flag, value, whole=False):
+    def check(self, flag: str, value: Any, whole: bool = False) -> None:
         """Raise UserInputError naming `flag` unless `value` is a number in this range."""
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise UserInputError(f"--{flag}: must be a number, got {value!r}")
         if not math.isfinite(value):
             raise UserInputError(f"--{flag}: must be a finite number, got {value!r}")
-        if whole and value != int(value):
+        if whole and value != int(value):  # type: ignore[call-overload]  # typeshed's Real has no __int__
             raise UserInputError(f"--{flag}: must be a whole number, got {value!r}")
         if value not in self:
             raise UserInputError(f"--{flag}: must be {self}, got {value!r}")
@@ -311,8 +311,9 @@ class Settings:
     def __post_init__(self):
         # Each group checked its own fields; no check spans two groups today (add them here).
         for field in dataclasses.fields(self):
-            if not isinstance(getattr(self, field.name), field.type):
-                raise TypeError(f"Settings.{field.name} must be a {field.type.__name__}, got "
+            group = cast(type, field.type)  # a group's class: this module has no string annotations
+            if not isinstance(getattr(self, field.name), group):
+                raise TypeError(f"Settings.{field.name} must be a {group.__name__}, got "
                                 f"{getattr(self, field.name)!r}")
 
     @classmethod

@@ -8,7 +8,7 @@ the compiled chunk goes: the run uses it on arrays, the memory estimate on abstr
 """
 
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -46,7 +46,7 @@ def image_mesh(num_devices: Optional[int] = None) -> Mesh:
     return Mesh(batch_mesh(num_devices).devices, ("rows",))
 
 
-def splits_rows(mesh):
+def splits_rows(mesh: Optional[Mesh]) -> bool:
     """Whether `mesh` splits images by rows (an `image_mesh`) rather than the batch by member."""
     return mesh is not None and tuple(mesh.axis_names) == ("rows",)
 
@@ -59,7 +59,7 @@ def choose_shard(shard: Optional[str], members: int, devices: int, devices_asked
     return "image" if devices_asked and members < devices else "batch"
 
 
-def row_shardings(tree, mesh, image_shape):
+def row_shardings(tree: Any, mesh: Mesh, image_shape: Sequence[int]) -> Any:
     """NamedShardings for `tree` on a "rows" mesh: every leaf that ends in the image's shape
     (the image, Adam's moments, L-BFGS's (memory, H, W, C) history) split along the image's
     rows, everything else replicated.

@@ -15,11 +15,12 @@ Pairs with too little curvature are skipped (never a negative H), which is what 
 step stable. The pairs live in ring buffers written one slot per iteration, in place.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 
 # torch.optim.LBFGS keeps a pair only when y·s exceeds this.
 CURVATURE_THRESHOLD = 1e-10
@@ -42,7 +43,7 @@ def _dot(a, b):
 
 
 def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
-                     storage_dtype=None) -> optax.GradientTransformation:
+                     storage_dtype: Optional[DTypeLike] = None) -> optax.GradientTransformation:
     """torch.optim.LBFGS without a line search, as an optax transformation of one array.
 
     `update(gradient, state, params)` returns the step t·d to add to the image (optax's sign

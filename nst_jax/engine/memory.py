@@ -9,10 +9,14 @@ temporaries. Compiling takes seconds; running the estimate costs no optimization
 import dataclasses
 import math
 import os
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.stages import Compiled
 
+from nst_jax.config.settings import Settings
 from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
 from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
@@ -30,12 +34,13 @@ class MemoryEstimate:
     outputs_not_aliased: int  # outputs that do not reuse a donated input buffer
 
     @property
-    def total(self):
+    def total(self) -> int:
         return self.arguments + self.temporaries + self.outputs_not_aliased
 
 
-def abstract_chunk_args(settings, height, width, preprocessing="caffe", batch_size=1, batched=None,
-                        rows=None):
+def abstract_chunk_args(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
+                        batched: Optional[bool] = None,
+                        rows: Optional[Mesh] = None) -> Tuple[Objective, OptimizerSpec, Tuple[Any, ...]]:
     """(objective, spec, args): the chunk's arguments as jax.ShapeDtypeStructs, as the engine
     ships them (kernel, bias and the prepared adjoint kernel of each layer it runs), for
     `chunk_program(objective, spec, batched).lower(*args)`: nothing is allocated.
@@ -69,7 +74,8 @@ def abstract_chunk_args(settings, height, width, preprocessing="caffe", batch_si
     return objective, spec, (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params, targets, weights)
 
 
-def compiled_chunk(settings, height, width, preprocessing="caffe", batch_size=1, batched=None, rows=None):
+def compiled_chunk(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
+                   batched: Optional[bool] = None, rows: Optional[Mesh] = None) -> Compiled:
     """The chunk the engine would run for these settings and sizes, compiled (nothing run)."""
     if batched is None:
         batched = batch_size > 1
@@ -78,16 +84,18 @@ def compiled_chunk(settings, height, width, preprocessing="caffe", batch_size=1,
     return chunk_program(objective, spec, batched).lower(*args).compile()
 
 
-def estimate_memory(settings, height, width, preprocessing="caffe", batch_size=1, batched=None, rows=None):
+def estimate_memory(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
+                    batched: Optional[bool] = None, rows: Optional[Mesh] = None) -> MemoryEstimate:
     """Estimate the memory of `settings` at an output of height × width for `batch_size` members
     (per device, with `rows`, a "rows" mesh splitting the image)."""
     analysis = compiled_chunk(settings, height, width, preprocessing, batch_size, batched,
                               rows).memory_analysis()
+    assert analysis is not None  # None only where a backend has no memory analysis
     return MemoryEstimate(analysis.argument_size_in_bytes, analysis.temp_size_in_bytes,
                           max(0, analysis.output_size_in_bytes - analysis.alias_size_in_bytes))
 
 
-def adjoint_shape(kernel_shape):
+def adjoint_shape(kernel_shape: Sequence[int]) -> Tuple[int, int, int, int]:
     """HWIO shape of a kernel's adjoint: input and output channels swapped."""
     height, width, inputs, outputs = kernel_shape
     return (height, width, outputs, inputs)
@@ -123,7 +131,7 @@ class RunEstimate:
     targets: int  # the content's and the largest style's forward pass, done before the loop
 
     @property
-    def total(self):
+    def total(self) -> int:
         # The targets' pass runs, and frees its temporaries, before the loop starts.
         return self.params + self.state + max(self.loop, self.targets)
 
@@ -157,7 +165,8 @@ def _remat_loop_floats(height, width, objective):
     return inputs + read + LOOP_ACTIVATIONS * recomputed
 
 
-def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, shard="batch"):
+def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+                 members: int = 1, devices: int = 1, shard: str = "batch") -> RunEstimate:
     """Analytic RunEstimate of a run at its largest scale; shapes are (height, width) as read.
 
     Analytic rather than XLA's analysis: that compiles the chunk (seconds to a minute), which
@@ -198,7 +207,7 @@ def estimate_run(settings, content_shape, style_shapes, members=1, devices=1, sh
     return RunEstimate(params, state, loop, targets)
 
 
-def available_bytes(device=None):
+def available_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
     """Bytes a run may use on `device`: $NST_JAX_MEMORY_LIMIT_BYTES, else the accelerator's free
     memory (memory_stats), else on CPU the host's MemAvailable; None when unknown."""
     if os.environ.get(LIMIT_ENV):
@@ -224,8 +233,9 @@ def _gib(size):
     return f"{size / 2**30:.2f} GiB"
 
 
-def resolve_remat(settings, content_shape, style_shapes, members=1, devices=1, shard="batch",
-                  device=None):
+def resolve_remat(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+                  members: int = 1, devices: int = 1, shard: str = "batch",
+                  device: Optional[jax.Device] = None) -> Settings:
     """`settings` with remat "auto" made "none" when the run fits without it (or the free memory
     is unknown), else "blocks"; other values unchanged."""
     if settings.network.remat != "auto":
@@ -238,17 +248,20 @@ def resolve_remat(settings, content_shape, style_shapes, members=1, devices=1, s
     return settings.replace(remat="blocks")
 
 
-def largest_lbfgs_memory(settings, content_shape, style_shapes, members=1, devices=1, shard="batch",
-                         device=None, most=100):
+def largest_lbfgs_memory(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+                         members: int = 1, devices: int = 1, shard: str = "batch",
+                         device: Optional[jax.Device] = None, most: int = 100) -> int:
     """The largest L-BFGS memory ≤ `most` with which the run fits (`most` when the free memory
     is unknown, 1 when nothing fits: the fit check then says what else to change)."""
     available = available_bytes(device)
+    if available is None:
+        return most
 
     def fits(memory):
         return estimate_run(settings.replace(lbfgs_memory=memory), content_shape, style_shapes,
                             members, devices, shard).total <= available
 
-    if available is None or fits(most):
+    if fits(most):
         return most
     low, high = 1, most - 1  # the estimate grows with the memory: bisect
     while low < high:
@@ -257,7 +270,9 @@ def largest_lbfgs_memory(settings, content_shape, style_shapes, members=1, devic
     return low
 
 
-def check_fits(settings, content_shape, style_shapes, members=1, devices=1, device=None, shard="batch"):
+def check_fits(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+               members: int = 1, devices: int = 1, device: Optional[jax.Device] = None,
+               shard: str = "batch") -> RunEstimate:
     """Raise UserInputError (one line, with flags that would fit) when the run cannot fit."""
     available = available_bytes(device)
     estimate = estimate_run(settings, content_shape, style_shapes, members, devices, shard)

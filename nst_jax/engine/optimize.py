@@ -18,15 +18,18 @@ taken, and in practice the image drifts only slightly out of range.
 import dataclasses
 import functools
 import time
-from typing import Callable
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.stages import Wrapped
 
+from nst_jax.config.settings import Settings
 from nst_jax.engine.lbfgs import fixed_step_lbfgs
 from nst_jax.loss.objective import LossWeights, Objective, Targets, loss_terms
+from nst_jax.weights.params_file import Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,20 +51,24 @@ class OptimizerSpec:
     storage_dtype: str = "float32"  # fixed-step L-BFGS's history, Adam's and SGD's first moment
 
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, settings: Settings) -> "OptimizerSpec":
         """settings.optimizer without num_steps (a traced argument of the chunk, not compiled in)."""
         group = settings.optimizer
         return cls(**{field.name: getattr(group, field.name) for field in dataclasses.fields(cls)})
 
     @property
-    def uses_linesearch(self):
+    def uses_linesearch(self) -> bool:
         """optax's zoom line search: several evaluations per step, read back from its state."""
         return self.name == "lbfgs" and self.lbfgs_linesearch == "zoom"
 
     @property
-    def projects_pixels(self):
+    def projects_pixels(self) -> bool:
         """Adam and SGD clip to the pixel range every step; L-BFGS only at the end (see above)."""
         return self.name != "lbfgs"
+
+
+# A chunk function: (pixels, opt_state, num_steps, *static args) -> (pixels, opt_state, loss terms).
+ChunkFn = Callable[..., Tuple[Any, Any, Any]]
 
 
 def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
@@ -93,7 +100,7 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     return optax.sgd(learning_rate, momentum=spec.sgd_momentum or None, accumulator_dtype=storage)
 
 
-def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
+def make_chunk(objective: Objective, spec: OptimizerSpec) -> ChunkFn:
     """An unjitted chunk: (pixels, opt_state, num_steps, params, Targets, LossWeights) -> (pixels, opt_state, terms).
 
     `terms` are the loss terms ({"total", "content", "style", "tv"}) of the image the chunk's
@@ -102,7 +109,8 @@ def make_chunk(objective: Objective, spec: OptimizerSpec) -> Callable:
     """
     optimizer = make_optimizer(spec)
 
-    def chunk(pixels, opt_state, num_steps, params, targets: Targets, weights: LossWeights):
+    def chunk(pixels: jax.Array, opt_state: optax.OptState, num_steps: jax.Array, params: Params, targets: Targets,
+              weights: LossWeights) -> Tuple[jax.Array, optax.OptState, Dict[str, jax.Array]]:
         def terms_fn(x):
             terms = loss_terms(objective, params, x, targets, weights)
             return terms["total"], terms
@@ -154,7 +162,7 @@ _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
-def compiler_options():
+def compiler_options() -> Optional[Dict[str, str]]:
     """Compiler options for the chunk on this backend; None where none apply or XLA lacks them.
 
     Passed per jit rather than through XLA_FLAGS so that a jaxlib without the option raises a
@@ -169,7 +177,7 @@ def compiler_options():
     return _CPU_COMPILER_OPTIONS
 
 
-def jit_chunk(chunk, options=None):
+def jit_chunk(chunk: Callable, options: Optional[Dict[str, Any]] = None) -> Wrapped:
     """Jit a chunk function (single or vmapped), donating the optimizer state it replaces.
 
     The optimizer state is the big buffer (L-BFGS keeps 2·memory copies of the image), so it is
@@ -182,7 +190,7 @@ def jit_chunk(chunk, options=None):
 
 
 @functools.lru_cache(maxsize=None)
-def chunk_program(objective, spec, batched):
+def chunk_program(objective: Objective, spec: OptimizerSpec, batched: bool) -> Wrapped:
     """The jitted chunk of (objective, spec), vmapped over members (BATCH_AXES) when batched.
 
     Made once per process for each setting: jax.jit then compiles once per shape, so a second
@@ -195,7 +203,7 @@ def chunk_program(objective, spec, batched):
     return jit_chunk(chunk)
 
 
-def init_state(optimizer, pixels):
+def init_state(optimizer: optax.GradientTransformation, pixels: jax.Array) -> optax.OptState:
     """optimizer.init(pixels) with every leaf in its own, strongly typed buffer.
 
     optax's L-BFGS state reuses one zeros array for several leaves (donating it twice fails) and
@@ -206,7 +214,7 @@ def init_state(optimizer, pixels):
 
 
 @functools.lru_cache(maxsize=None)
-def state_program(spec, batched):
+def state_program(spec: OptimizerSpec, batched: bool) -> Wrapped:
     """`init_state` for spec's optimizer as one jitted program (vmapped when batched): one
     compile instead of one per leaf; under jit every output leaf gets its own buffer."""
     optimizer = make_optimizer(spec)
@@ -217,7 +225,7 @@ def state_program(spec, batched):
     return jax.jit(jax.vmap(init) if batched else init)
 
 
-def to_host(tree):
+def to_host(tree: Any) -> Any:
     """Numpy copies of (possibly sharded) arrays; across hosts, every host gets whole arrays."""
     if all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree_util.tree_leaves(tree)):
         return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
@@ -226,7 +234,7 @@ def to_host(tree):
         np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def visit_steps(num_steps, intervals, first_step=0):
+def visit_steps(num_steps: int, intervals: Iterable[int], first_step: int = 0) -> List[int]:
     """The local step counts after which the host looks at the run: wherever the overall step
     (first_step + local) is a multiple of an interval, and at the end."""
     stops = {num_steps}
@@ -251,12 +259,14 @@ class LoopResult:
     seconds: float
 
     @property
-    def loss(self):
+    def loss(self) -> Any:
         return self.terms["total"]
 
 
-def run_loop(chunk_fn, pixels, opt_state, num_steps, static_args, intervals, on_visit=None,
-             first_step=0):
+def run_loop(chunk_fn: ChunkFn, pixels: jax.Array, opt_state: optax.OptState,
+             num_steps: int, static_args: Sequence[Any], intervals: Iterable[int],
+             on_visit: Optional[Callable[[int, jax.Array, Dict[str, Any]], None]] = None,
+             first_step: int = 0) -> LoopResult:
     """Drive `chunk_fn` to `num_steps`, calling on_visit(step, pixels, terms) at each host visit.
 
     `static_args` are the chunk's arguments after the step count (params, targets, weights).

@@ -5,21 +5,25 @@
 
 import functools
 import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
+from nst_jax.config.settings import Settings
 from nst_jax.imaging import color, images
-from nst_jax.loss.objective import Targets, blend_grams, content_targets, style_grams
+from nst_jax.loss.objective import Objective, Targets, blend_grams, content_targets, style_grams
 from nst_jax.model.preprocess import mean_rgb
+from nst_jax.weights.params_file import Params
 
 
 # The coarsest pass of a multi-scale run is never smaller than this (long side, px).
 MIN_SCALE_SIDE = 32
 
 
-def scale_sizes(settings):
+def scale_sizes(settings: Settings) -> List[int]:
     """Long sides of the coarse-to-fine passes: image_size / √2^k for k = scales−1 … 0.
 
     Each pass starts from the previous one's result, upsampled: the coarse passes settle the
@@ -29,7 +33,8 @@ def scale_sizes(settings):
             for k in range(settings.image.scales - 1, -1, -1)]
 
 
-def prepare_images(content, styles, settings):
+def prepare_images(content: np.ndarray, styles: Sequence[np.ndarray],
+                   settings: Settings) -> Tuple[np.ndarray, np.ndarray, List[np.ndarray]]:
     """Resize content to the output size and styles to style_scale of it; gray them for luminance mode.
 
     Returns (content_rgb, content_pixels, style_pixels list): content_rgb is the resized color
@@ -38,6 +43,8 @@ def prepare_images(content, styles, settings):
     content_rgb = images.resize_long_side(content, settings.image.image_size)
     style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
     style_rgbs = [images.resize_long_side(style, style_side) for style in styles]
+    content_view: Union[np.ndarray, jax.Array]  # what the network sees: RGB, or luminance (jax)
+    style_views: Sequence[Union[np.ndarray, jax.Array]]
     if settings.image.original_colors == "luminance":
         # Gatys et al. 2016: transfer on luminance only, the style's luminance matched to the content's.
         content_luminance = color.luminance(content_rgb)
@@ -52,7 +59,9 @@ def prepare_images(content, styles, settings):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def targets(objective, params, content_pixels, style_pixels, blend_weights=None):
+def targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
+            blend_weights: Optional[jax.Array] = None
+            ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Optional[Dict[str, jax.Array]]]:
     """(content features, [Gram matrices of each style image], their blend or None).
 
     One compiled program per run, computed once before the loop; each style image at its own
@@ -66,7 +75,8 @@ def targets(objective, params, content_pixels, style_pixels, blend_weights=None)
     return content_targets(objective, params, content_pixels), grams, blended
 
 
-def compute_targets(objective, params, content_pixels, style_pixels, blend_weights=None):
+def compute_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Iterable[jax.Array],
+                    blend_weights: Optional[Sequence[float]] = None) -> Targets:
     """Content features and the blended style Gram matrices: computed once, before the loop."""
     content, grams, _ = targets(objective, params, content_pixels, list(style_pixels))
     if not grams:
@@ -75,7 +85,8 @@ def compute_targets(objective, params, content_pixels, style_pixels, blend_weigh
     return Targets(content, blend_grams(grams, weights))
 
 
-def initial_pixels(settings, preprocessing, content_pixels, init_image=None, seed=None):
+def initial_pixels(settings: Settings, preprocessing: str, content_pixels: np.ndarray,
+                   init_image: Optional[np.ndarray] = None, seed: Optional[int] = None) -> jax.Array:
     """The image the optimization starts from, shaped like content_pixels.
 
     A given `init_image` (RGB; the init file, or the previous scale's result) is always used;
@@ -85,7 +96,7 @@ def initial_pixels(settings, preprocessing, content_pixels, init_image=None, see
     if init_image is None and settings.image.init == "image":
         raise ValueError("init='image' needs an init image")
     if init_image is not None:
-        start = images.resize_to(init_image, shape[0], shape[1])
+        start: Union[np.ndarray, jax.Array] = images.resize_to(init_image, shape[0], shape[1])
         if shape[-1] == 1:
             start = color.luminance(start)[..., None]
         return jax.device_put(np.asarray(start, np.float32) * np.float32(pixel_range))
@@ -108,7 +119,7 @@ def _noise_start(seed, mean, std, pixel_range, shape):
     return jnp.clip(mean + noise, 0.0, 1.0) * pixel_range
 
 
-def finish_image(pixels, content_rgb, settings):
+def finish_image(pixels: npt.ArrayLike, content_rgb: np.ndarray, settings: Settings) -> np.ndarray:
     """Optimized pixels -> RGB in [0, 1], with the content's colors where asked."""
     rgb = np.clip(np.asarray(pixels, np.float32) / settings.loss.pixel_range, 0.0, 1.0)
     if rgb.shape[-1] == 1:  # luminance-only: stylized Y, content's I and Q

@@ -38,13 +38,11 @@ from nst_jax.model.layers import CONV_LAYERS, deepest_conv
 from nst_jax.loss.objective import Objective, Targets, loss_weights
 from nst_jax.config.settings import Settings
 from nst_jax.engine.devices import place_chunk_args, splits_rows
-from nst_jax.engine.optimize import OptimizerSpec, StopRun, chunk_program, run_loop, state_program, to_host
+from nst_jax.engine.optimize import (ChunkFn, LoopResult, OptimizerSpec, StopRun, chunk_program, run_loop,
+                                     state_program, to_host)
 from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
 from nst_jax.model.vgg import with_adjoint_kernels
-
-
-# VGG-19 params as nst_jax.load_params gives them: {"conv1_1": {"kernel": HWIO, "bias": (C,)}, ...}.
-Params = Dict[str, Dict[str, Any]]
+from nst_jax.weights.params_file import Params
 
 
 @dataclasses.dataclass
@@ -70,7 +68,7 @@ class Visit:
     scales: int = 1
 
     @property
-    def losses(self):
+    def losses(self) -> np.ndarray:
         return self.terms["total"]
 
 
@@ -178,6 +176,7 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
     plan = RunPlan(content, tuple(styles), settings, preprocessing,
                    prepare_params(params, Objective.from_settings(settings, preprocessing)), tuple(members),
                    mesh, on_visit, tuple(intervals), should_stop)
+    starts: Sequence[Optional[np.ndarray]]  # one per member: the next scale's start image, or None
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
     interrupted = False
     for index in range(len(plan.sizes)):
@@ -231,7 +230,7 @@ def prepare_params(params: Params, objective: Objective) -> Params:
     return jax.device_put(jax.tree_util.tree_map(np.asarray, prepared))
 
 
-def in_pieces(chunk_fn, should_stop, piece_seconds=PIECE_SECONDS):
+def in_pieces(chunk_fn: ChunkFn, should_stop: Callable[[], bool], piece_seconds: float = PIECE_SECONDS) -> ChunkFn:
     """`chunk_fn` run in pieces of about `piece_seconds`, checking `should_stop()` before each.
 
     A stop raises optimize.StopRun there, in Python between jaxlib calls (never inside one),
@@ -239,7 +238,7 @@ def in_pieces(chunk_fn, should_stop, piece_seconds=PIECE_SECONDS):
     the pieces compile nothing new; the first two are one step each (the first includes the
     compile), the rest sized from the last piece's time.
     """
-    timing = {"calls": 0, "per_step": None}
+    timing: Dict[str, Any] = {"calls": 0, "per_step": None}
 
     def chunk(pixels, opt_state, num_steps, *args):
         left, terms = int(num_steps), None
@@ -301,7 +300,8 @@ class RunPlan:
         return list(range(count)) + [count - 1] * (-count % self.mesh.size)
 
 
-def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]], first_step: int):
+def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]],
+               first_step: int) -> Tuple[List[np.ndarray], np.ndarray, LoopResult]:
     """Pass `index` of the plan's coarse-to-fine sizes, from `starts` (one RGB image or None per
     member), its steps counted from `first_step`: (finished images, final losses, LoopResult)."""
     settings = plan.settings.replace(image_size=plan.sizes[index])
@@ -333,7 +333,7 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     objective, (pixels, opt_state, params, loss_targets, weights) = place_chunk_args(
         objective, (pixels, opt_state, params, Targets(content_targets, style_targets), weights), plan.mesh,
         content_pixels.shape)
-    chunk_fn = chunk_program(objective, spec, batched)
+    chunk_fn: ChunkFn = chunk_program(objective, spec, batched)
     if plan.should_stop is not None:
         chunk_fn = in_pieces(chunk_fn, plan.should_stop)
 

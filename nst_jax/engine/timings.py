@@ -10,11 +10,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Union
 
 import jax
 
-from nst_jax.atomic import write_text
+from nst_jax.atomic import PathLike, write_text
 
 # JAX's monitoring events around each program it prepares: tracing to a jaxpr, lowering to MLIR,
 # and XLA's compilation (or its load from the persistent compilation cache).
@@ -50,29 +50,30 @@ def peak_rss_bytes() -> Optional[int]:
 class CompileCounter:
     """Counts and times the programs JAX traces and compiles while it is active (a context)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seconds = 0.0
         self.compiles = 0  # XLA compilations or loads from the persistent cache
         self.cache_hits = 0  # of those, loads from the persistent cache
-        self.programs = []  # their names, in order
+        self.programs: List[str] = []  # their names, in order
 
-    def _listen(self, event, duration, **kwargs):
+    # Signatures as jax.monitoring's listener protocols declare them (it names the duration duration_secs).
+    def _listen(self, event: str, duration_secs: float, **kwargs: Union[str, int]) -> None:
         if event in COMPILE_EVENTS:
-            self.seconds += duration
+            self.seconds += duration_secs
         if event == BACKEND_COMPILE_EVENT:
             self.compiles += 1
             self.programs.append(str(kwargs.get("fun_name", "?")))
 
-    def _count_hit(self, event, **kwargs):
+    def _count_hit(self, event: str, **kwargs: Union[str, int]) -> None:
         if event == CACHE_HIT_EVENT:
             self.cache_hits += 1
 
-    def __enter__(self):
+    def __enter__(self) -> "CompileCounter":
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         jax.monitoring.register_event_listener(self._count_hit)
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Any) -> Literal[False]:
         jax.monitoring.unregister_event_duration_listener(self._listen)
         jax.monitoring.unregister_event_listener(self._count_hit)
         return False
@@ -81,12 +82,12 @@ class CompileCounter:
 class RunTimings:
     """Phases of one CLI run (seconds), compile time within them, and each visit's losses."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.started_at = time.time()  # epoch seconds at the start of the command's main()
         self.startup = process_age_seconds()  # interpreter start and imports, before main()
         self._start = time.perf_counter()
-        self.phases = {}
-        self.visits = []
+        self.phases: Dict[str, float] = {}
+        self.visits: List[Dict[str, Any]] = []
         self.compile = CompileCounter()
 
     def now(self) -> float:
@@ -94,18 +95,18 @@ class RunTimings:
         return time.perf_counter() - self._start
 
     @contextlib.contextmanager
-    def phase(self, name):
+    def phase(self, name: str) -> Iterator[None]:
         began = time.perf_counter()
         try:
             yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - began
 
-    def visit(self, step, losses):
+    def visit(self, step: int, losses: Iterable[float]) -> None:
         self.visits.append({"seconds": round(self.now(), 4), "step": int(step),
                             "losses": [float(loss) for loss in losses]})
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         phases = {name: round(seconds, 4) for name, seconds in self.phases.items()}
         return {"started_at": self.started_at, "startup_seconds": self.startup,
                 "main_seconds": round(self.now(), 4), "phases": phases,
@@ -114,6 +115,6 @@ class RunTimings:
                 "peak_rss_bytes": peak_rss_bytes(),
                 "visits": self.visits}
 
-    def write(self, path):
+    def write(self, path: PathLike) -> None:
         """Write the JSON atomically (`nst_jax.atomic`)."""
         write_text(path, json.dumps(self.to_dict(), indent=1))

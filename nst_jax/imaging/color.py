@@ -8,6 +8,7 @@ only in the chroma values they report. Results are not clipped: saving an image 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 SPACES = ("ycbcr", "yiq")
 
@@ -52,32 +53,32 @@ def _offset(colors, offset):
     return colors + jnp.broadcast_to(jnp.asarray(offset, colors.dtype), colors.shape)
 
 
-def rgb_to_yiq(rgb):
+def rgb_to_yiq(rgb: ArrayLike) -> jax.Array:
     """RGB (..., 3) -> NTSC YIQ (..., 3); Y in [0, 1], I and Q centered at 0."""
     return _times_matrix(_as_color(rgb, "rgb"), _YIQ_FROM_RGB)
 
 
-def yiq_to_rgb(yiq):
+def yiq_to_rgb(yiq: ArrayLike) -> jax.Array:
     """Exact inverse of `rgb_to_yiq`."""
     return _times_matrix(_as_color(yiq, "yiq"), _RGB_FROM_YIQ)
 
 
-def rgb_to_ycbcr(rgb):
+def rgb_to_ycbcr(rgb: ArrayLike) -> jax.Array:
     """RGB (..., 3) -> full-range YCbCr (..., 3) in [0, 1], Cb and Cr centered at 0.5."""
     return _offset(_times_matrix(_as_color(rgb, "rgb"), _YCBCR_FROM_RGB), _YCBCR_OFFSET)
 
 
-def ycbcr_to_rgb(ycbcr):
+def ycbcr_to_rgb(ycbcr: ArrayLike) -> jax.Array:
     """Exact inverse of `rgb_to_ycbcr`."""
     return _times_matrix(_offset(_as_color(ycbcr, "ycbcr"), -_YCBCR_OFFSET), _RGB_FROM_YCBCR)
 
 
-def luminance(rgb):
+def luminance(rgb: ArrayLike) -> jax.Array:
     """Y of YIQ: (..., 3) RGB -> (...) luminance, the channel axis dropped."""
     return rgb_to_yiq(rgb)[..., 0]
 
 
-def match_luminance(style_lum, content_lum):
+def match_luminance(style_lum: ArrayLike, content_lum: ArrayLike) -> jax.Array:
     """Gatys et al. 2016: shift and scale the style luminance to the content's mean and std.
 
     (L_s − μ_s)·σ_c/σ_s + μ_c, statistics over all elements (population std); the two may differ
@@ -94,7 +95,7 @@ def match_luminance(style_lum, content_lum):
     return (style - style_mean) * scale + jnp.mean(content)
 
 
-def recombine_colors(stylized_rgb, content_rgb, space="ycbcr"):
+def recombine_colors(stylized_rgb: ArrayLike, content_rgb: ArrayLike, space: str = "ycbcr") -> jax.Array:
     """The luminance of the stylized image with the chroma of the content image (both (..., 3)).
 
     neural-style's original_colors does this in YUV; "ycbcr" and "yiq" give the same RGB (see the

@@ -9,11 +9,13 @@ import json
 import os
 import struct
 import warnings
+from typing import Any, Dict, Mapping, Optional, Tuple, cast
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from nst_jax.atomic import atomic_write, check_writable
+from nst_jax.atomic import PathLike, atomic_write, check_writable
 from nst_jax.errors import UserInputError, reason
 
 # Smaller images carry no usable content or style, and VGG's pooling leaves nothing of them.
@@ -36,7 +38,7 @@ _OTHER_BYTE_ORDER = {"RGB;16B": "RGB;16L", "RGB;16L": "RGB;16B",
 _BYTE_ORDER_DECODERS = ("zip", "raw")  # PNG, uncompressed TIFF
 
 
-def load_image(path, long_side=None):
+def load_image(path: PathLike, long_side: Optional[int] = None) -> np.ndarray:
     """Read an image file as float32 RGB (H, W, 3) in [0, 1].
 
     Args:
@@ -57,7 +59,7 @@ def load_image(path, long_side=None):
     return rgb
 
 
-def resize_to(rgb, height, width):
+def resize_to(rgb: npt.ArrayLike, height: int, width: int) -> np.ndarray:
     """Resize (H, W, C) float pixels to (height, width, C): Lanczos, antialiased when shrinking.
 
     The filter runs in float32 (Pillow "F" images, one per channel), so no precision is lost to
@@ -75,19 +77,20 @@ def resize_to(rgb, height, width):
     return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
 
 
-def long_side_shape(height, width, long_side):
+def long_side_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
     """(height, width) scaled so the longer side is `long_side`, aspect ratio kept (short side >= 1)."""
     if height >= width:
         return long_side, _scaled_side(width, height, long_side)
     return _scaled_side(height, width, long_side), long_side
 
 
-def resize_long_side(rgb, long_side):
+def resize_long_side(rgb: npt.ArrayLike, long_side: int) -> np.ndarray:
     """Resize so the longer side is `long_side` px, keeping the aspect ratio (short side >= 1 px)."""
-    return resize_to(rgb, *long_side_shape(*np.shape(rgb)[:2], long_side))
+    height, width = np.shape(rgb)[:2]
+    return resize_to(rgb, *long_side_shape(height, width, long_side))
 
 
-def check_output_path(path):
+def check_output_path(path: PathLike) -> None:
     """Fail in the first second, not after a long run, if `path` cannot receive an output image."""
     _output_format(path)
     if os.path.isdir(path):
@@ -103,7 +106,8 @@ def check_output_path(path):
         raise UserInputError(f"{path}: cannot write in {directory} ({reason(error)})") from None
 
 
-def save_image(path, rgb, metadata=None):
+def save_image(path: PathLike, rgb: npt.ArrayLike,
+               metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write float RGB (H, W, 3) to `path`, clipped to [0, 1]; the format follows the extension.
 
     PNG: 8 bits, with `metadata` ({str: str}) as text chunks, readable with `read_png_text` (`read_png_metadata` parses ours).
@@ -128,16 +132,17 @@ def save_image(path, rgb, metadata=None):
         raise UserInputError(f"{path}: cannot write the image ({reason(error)})") from None
 
 
-def read_png_text(path):
+def read_png_text(path: PathLike) -> Dict[str, str]:
     """The text chunks (tEXt, zTXt, iTXt) of a PNG file, as {key: raw text}."""
     with _reading(path), Image.open(path) as image:
         if image.format != "PNG":
             raise UserInputError(f"{path}: not a PNG file (it is {image.format}), so it has no "
                                  f"PNG metadata")
-        return {key: str(value) for key, value in image.text.items()}
+        png = cast(PngImagePlugin.PngImageFile, image)  # a PNG, as checked above
+        return {key: str(value) for key, value in png.text.items()}
 
 
-def read_png_metadata(path):
+def read_png_metadata(path: PathLike) -> Dict[str, Any]:
     """How nst-jax made a PNG: the parsed JSON of its `nst-jax` text chunk (settings, weights,
     steps; for a batch member also "member"). The raw chunks: `read_png_text`."""
     text = read_png_text(path).get("nst-jax")

@@ -8,7 +8,7 @@ many weight settings at once under jax.vmap.
 """
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ class Objective:
     conv: ConvImpl = SHIPPED  # how the network convolves: the benchmarks vary it, runs never do
 
     @classmethod
-    def from_settings(cls, settings, preprocessing):
+    def from_settings(cls, settings: Any, preprocessing: str) -> "Objective":  # a config.Settings (a layer up)
         """The static part of settings.loss and settings.network: every field of theirs the
         Objective has, as is, but the layers (canonical names, weights filled in) and remat.
 
@@ -72,12 +72,12 @@ class Objective:
             "remat": "blocks" if network.remat == "blocks" else "none"})
 
     @property
-    def layers(self):
+    def layers(self) -> Tuple[str, ...]:
         """Every layer the loss reads, in network order (the network stops at the last one)."""
         return tuple(sorted(set(self.content_layers + self.style_layers), key=LAYER_ORDER.index))
 
 
-def layer_weights(layers, weights):
+def layer_weights(layers: Sequence[str], weights: Optional[Sequence[float]]) -> Tuple[float, ...]:
     """Per-layer weights as a tuple of floats (1 each when not given)."""
     return tuple(float(w) for w in weights) if weights is not None else (1.0,) * len(layers)
 
@@ -120,7 +120,8 @@ for _contract in (LossWeights, TemporalTarget, Targets):  # pytrees: they cross 
         _contract, data_fields=[field.name for field in dataclasses.fields(_contract)], meta_fields=[])
 
 
-def loss_weights(content_weight, style_weight, tv_weight, temporal_weight=None) -> LossWeights:
+def loss_weights(content_weight: float, style_weight: float, tv_weight: float,
+                 temporal_weight: Optional[float] = None) -> LossWeights:
     """α, β, γ as float32 scalars (a batch of settings is then a batch of arrays).
 
     Host values: they reach the device with the run's other inputs (no compile per value).
@@ -129,7 +130,8 @@ def loss_weights(content_weight, style_weight, tv_weight, temporal_weight=None) 
                        None if temporal_weight is None else np.float32(temporal_weight))
 
 
-def vgg_features(objective, params, pixels, layers=None):
+def vgg_features(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
+                 layers: Optional[Sequence[str]] = None) -> Dict[str, jax.Array]:
     """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]."""
     rgb = pixels / objective.pixel_range
     if rgb.shape[-1] == 1:  # luminance-only transfer feeds the gray image to all three channels
@@ -143,20 +145,23 @@ def vgg_features(objective, params, pixels, layers=None):
                     dtype=dtype, remat=objective.remat == "blocks", conv=objective.conv)
 
 
-def content_targets(objective, params, content_pixels):
+def content_targets(objective: Objective, params: Dict[str, Any],
+                    content_pixels: jax.Array) -> Dict[str, jax.Array]:
     """{layer: features} of the content image at the content layers (float32)."""
     activations = vgg_features(objective, params, content_pixels, objective.content_layers)
     return {layer: activations[layer].astype(jnp.float32) for layer in objective.content_layers}
 
 
-def style_grams(objective, params, style_pixels):
+def style_grams(objective: Objective, params: Dict[str, Any],
+                style_pixels: jax.Array) -> Dict[str, jax.Array]:
     """{layer: Gram matrix} of one style image at the style layers."""
     activations = vgg_features(objective, params, style_pixels, objective.style_layers)
     return {layer: losses.gram(activations[layer], objective.gram_normalization)
             for layer in objective.style_layers}
 
 
-def blend_grams(grams_per_style, blend_weights):
+def blend_grams(grams_per_style: Sequence[Dict[str, jax.Array]],
+                blend_weights: Sequence[float]) -> Dict[str, jax.Array]:
     """Σ_i b_i·G_i / Σ_i b_i, layer by layer: one style target from several paintings."""
     total = float(sum(blend_weights))
     if total <= 0:
@@ -166,7 +171,7 @@ def blend_grams(grams_per_style, blend_weights):
 
 
 @jax.custom_vjp
-def l1_normalized_gradient(features, strength):
+def l1_normalized_gradient(features: jax.Array, strength: jax.Array) -> jax.Array:
     """Identity whose backward pass divides the gradient by its L1 norm, strength kept.
 
     neural-style's -normalize_gradients: each loss layer hands back
@@ -226,7 +231,7 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
     return terms
 
 
-def temporal_loss(pixels, previous, mask):
+def temporal_loss(pixels: jax.Array, previous: jax.Array, mask: jax.Array) -> jax.Array:
     """Ruder et al. 2016's temporal loss: (1/D) Σ c·(x − ω(x_prev))², D = H·W·C.
 
     previous: the previous frame's result warped onto this one, like pixels; mask: (H, W) c,

@@ -9,9 +9,11 @@ Sums run in at least float32: bfloat16 features are cast before any arithmetic.
 """
 
 from collections.abc import Mapping
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 # The options of each term, in the order --help lists them (nst_jax.config.settings.CHOICES reads
 # these: the flags --content-loss, --gram-normalization, --style-loss and --tv-loss).
@@ -58,7 +60,7 @@ def _gram_of_image(image, gram_normalization):
     return product / divisor if divisor != 1 else product
 
 
-def gram(features, gram_normalization="raw"):
+def gram(features: ArrayLike, gram_normalization: str = "raw") -> jax.Array:
     """Gram matrix G = Fᵀ F of one image's features, F being them reshaped to (H·W, C).
 
     Args:
@@ -73,7 +75,7 @@ def gram(features, gram_normalization="raw"):
     return _gram_of_image(_single_image(features, "features"), gram_normalization)
 
 
-def content_loss(features, target, content_loss="half_sum"):
+def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "half_sum") -> jax.Array:
     """Distance between an image's features and the content target at one layer.
 
     Args:
@@ -94,8 +96,8 @@ def content_loss(features, target, content_loss="half_sum"):
     return 0.5 * total if content_loss == "half_sum" else total
 
 
-def style_layer_loss(features, target_gram, *, gram_normalization="raw", style_loss="gatys",
-                     image_positions=None):
+def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normalization: str = "raw",
+                     style_loss: str = "gatys", image_positions: Optional[ArrayLike] = None) -> jax.Array:
     """Distance between the Gram matrix of an image's features and a style target at one layer.
 
     With G = gram(features, gram_normalization), A = target_gram, N = C channels and M = H·W
@@ -140,7 +142,7 @@ def style_layer_loss(features, target_gram, *, gram_normalization="raw", style_l
     return jnp.sum(jnp.square(difference / scale))
 
 
-def total_variation(image, tv_loss="l2", tv_beta=2.5):
+def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5) -> jax.Array:
     """Total variation of one image, (1, H, W, C) or (H, W, C), summed over channels.
 
     With Δh = x[1:, :] − x[:-1, :] and Δw = x[:, 1:] − x[:, :-1]:
@@ -164,7 +166,8 @@ def total_variation(image, tv_loss="l2", tv_beta=2.5):
     return jnp.sum(jnp.power(squared, tv_beta / 2))
 
 
-def weighted_sum(terms, weights):
+def weighted_sum(terms: Union[Mapping[Any, ArrayLike], Sequence[ArrayLike]],
+                 weights: Union[Mapping[Any, ArrayLike], Sequence[ArrayLike]]) -> jax.Array:
     """Σ weight · term, pairing mappings by key (e.g. layer name) or sequences by position."""
     if isinstance(terms, Mapping) != isinstance(weights, Mapping):
         raise ValueError("terms and weights must both be mappings or both be sequences")

@@ -1,5 +1,7 @@
 """VGG-19 layer names: the Caffe/NST names, their order, and the Keras aliases."""
 
+from typing import Iterable, Tuple
+
 # (block, number of convolutions) for VGG-19, configuration "E".
 BLOCKS = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
 
@@ -28,7 +30,7 @@ KERAS_ALIASES = {
 }
 
 
-def conv_shape(name):
+def conv_shape(name: str) -> Tuple[int, int, int, int]:
     """Kernel shape (HWIO) of a convolution, e.g. conv1_1 -> (3, 3, 3, 64)."""
     block, index = (int(part) for part in name[len("conv"):].split("_"))
     out_channels = BLOCK_CHANNELS[block]
@@ -41,7 +43,7 @@ def conv_shape(name):
     return (3, 3, in_channels, out_channels)
 
 
-def canonical_layer(name):
+def canonical_layer(name: str) -> str:
     """The Caffe/NST name of a layer given by that name or its Keras alias."""
     if name in LAYER_ORDER:
         return name
@@ -52,7 +54,7 @@ def canonical_layer(name):
         f"(Keras names such as block4_conv2 are accepted too)")
 
 
-def deepest_conv(layer_names):
+def deepest_conv(layer_names: Iterable[str]) -> str:
     """The last convolution the network must run to produce all of `layer_names`."""
     deepest = max(LAYER_ORDER.index(canonical_layer(n)) for n in layer_names)
     return [c for c in CONV_LAYERS if LAYER_ORDER.index(c) <= deepest][-1]

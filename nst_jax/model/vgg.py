@@ -21,7 +21,7 @@ def _conv3x3_same(x, kernel):
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC_HWIO)
 
 
-def adjoint_kernel(kernel):
+def adjoint_kernel(kernel: jax.Array) -> jax.Array:
     """The HWIO kernel whose "same" correlation is the adjoint of correlating with `kernel`:
     rotated 180° with its input and output channels swapped (for a symmetric (1, 1) pad)."""
     return jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
@@ -34,7 +34,8 @@ FEW_CHANNELS = 8
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv3x3_same(x, kernel, adjoint, few_channels=FEW_CHANNELS):
+def conv3x3_same(x: jax.Array, kernel: jax.Array, adjoint: jax.Array,
+                 few_channels: int = FEW_CHANNELS) -> jax.Array:
     """3×3, stride 1, "same" convolution (NHWC × HWIO) whose input gradient is NHWC × HWIO too.
 
     `adjoint` is `adjoint_kernel(kernel)`, passed in so that it can be made once per run
@@ -71,7 +72,7 @@ def _few_channel_input_gradient(cotangent, kernel):
     padded = sum(jnp.pad(shares[..., tap * channels:(tap + 1) * channels],
                          ((0, 0), (dy, 2 - dy), (dx, 2 - dx), (0, 0)))
                  for tap, (dy, dx) in enumerate(_TAPS))
-    return padded[:, 1:height + 1, 1:width + 1, :]
+    return cast(jax.Array, padded)[:, 1:height + 1, 1:width + 1, :]  # a sum of nine taps, never sum's 0
 
 
 def _conv3x3_same_backward(few_channels, residuals, cotangent):
@@ -110,7 +111,7 @@ SHIPPED = ConvImpl()
 ADJOINT = "adjoint_kernel"  # the params entry with_adjoint_kernels adds beside kernel and bias
 
 
-def with_adjoint_kernels(params):
+def with_adjoint_kernels(params: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """`params` with each convolution's adjoint kernel added (params[layer]["adjoint_kernel"]).
 
     Do it once per run, outside the optimization loop: `features` then uses them instead of
@@ -140,7 +141,7 @@ class Conv3x3(nn.Module):
     conv: ConvImpl = SHIPPED
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (3, 3, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
@@ -156,7 +157,7 @@ def _pool_windows(x):
 
 
 @jax.custom_vjp
-def max_pool_2x2(x):
+def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2×2, stride-2 max pooling of NHWC ("VALID"), as nn.max_pool, with a cheaper gradient.
 
     XLA's CPU backend runs nn.max_pool's gradient (a select-and-scatter) slowly: 90 ms for
@@ -234,7 +235,7 @@ class VGG19(nn.Module):
     conv: ConvImpl = SHIPPED
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> Dict[str, jax.Array]:
         names, wanted = _layers_to_run(self.outputs, self.pooling)
 
         def conv_layer(name, x):
@@ -253,7 +254,7 @@ def _pure_block(names, wanted, pooling, dtype, conv, params, x):
     return _run_layers(names, wanted, pooling, conv_layer, x)
 
 
-def recomputed_in_backward(fn):
+def recomputed_in_backward(fn: Callable[[Any, jax.Array], Any]) -> Callable[[Any, jax.Array], Any]:
     """`fn(params, x)` whose backward pass recomputes fn's activations from x instead of keeping them.
 
     What jax.checkpoint does, written by hand because XLA's CPU compiler undoes jax.checkpoint:
@@ -280,7 +281,8 @@ def recomputed_in_backward(fn):
     return run
 
 
-def features_by_block(params, image, layers, pooling="max", dtype=jnp.float32, conv=SHIPPED):
+def features_by_block(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str], pooling: str = "max",
+                      dtype: Any = jnp.float32, conv: ConvImpl = SHIPPED) -> Dict[str, jax.Array]:
     """`features` with each block (its convolutions, ReLUs and pooling) recomputed in the backward
     pass (`recomputed_in_backward`).
 

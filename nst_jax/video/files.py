@@ -10,14 +10,16 @@ import dataclasses
 import json
 import os
 import sys
+import types
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from nst_jax.imaging import images
-from nst_jax.atomic import atomic_path, atomic_write, check_writable, write_text
+from nst_jax.atomic import PathLike, atomic_path, atomic_write, check_writable, write_text
 from nst_jax.errors import UserInputError, reason
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")
@@ -26,7 +28,7 @@ MANIFEST = "nst-jax-video.json"
 RESUME = "resume.npz"  # the last finished frame's optimized pixels (the next frame warps them)
 
 
-def require_av():
+def require_av() -> types.ModuleType:
     """PyAV, or one line telling how to get it (it is an optional dependency)."""
     try:
         import av
@@ -35,7 +37,7 @@ def require_av():
     return av
 
 
-def is_video_path(path):
+def is_video_path(path: PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
 
 
@@ -72,7 +74,8 @@ def _range_error(path, length, start, duration):
     return UserInputError(f"{flag}: {path} is {length:.3g} s long: no frames {span}")
 
 
-def read_clip(path, long_side, start=0.0, duration=None, every=1, fps=None):
+def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Optional[float] = None, every: int = 1,
+              fps: Optional[float] = None) -> Clip:
     """The selected frames of a video file or a folder of images, resized to `long_side`.
 
     Raises UserInputError naming the file or flag: missing, unreadable or empty input, or a
@@ -128,14 +131,14 @@ def _read_folder(path, long_side, start, duration, every, rate):
     if not chosen:
         raise _range_error(path, len(files) / rate, start, duration)
     first = images.load_image(files[chosen[0]])
-    height, width = images.long_side_shape(*first.shape[:2], long_side)
+    height, width = images.long_side_shape(first.shape[0], first.shape[1], long_side)
     # Every frame at the first one's working size: the compiled loop needs one shape.
     frames = [images.resize_to(images.load_image(files[i]), height, width) for i in chosen]
     return Clip(os.fspath(path), frames, rate / every, (first.shape[1], first.shape[0]),
                 start=start, end=None if duration is None else start + duration)
 
 
-def check_video_output(path):
+def check_video_output(path: PathLike) -> None:
     """Fail before any work if `path` cannot receive a video (or, without a video extension, a
     folder of PNG frames)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -154,7 +157,7 @@ def check_video_output(path):
         raise UserInputError(f"{path}: cannot write in {directory} ({reason(error)})") from None
 
 
-def frames_folder(output_path):
+def frames_folder(output_path: PathLike) -> Path:
     """Where finished frames go: the output itself for a PNG-folder output, else OUT_frames."""
     if not is_video_path(output_path):
         return Path(output_path)
@@ -166,18 +169,18 @@ class FrameStore:
     """The folder of finished frames: PNGs written as they finish, a manifest of the settings
     that made them, and the last frame's optimized pixels, so an interrupted run resumes."""
 
-    def __init__(self, folder, count, manifest, keep=1):
+    def __init__(self, folder: PathLike, count: int, manifest: Mapping[str, Any], keep: int = 1) -> None:
         # As JSON gives it back (tuples become lists), so a rerun's manifest compares equal.
         self.folder, self.count = Path(folder), count
         self.manifest = json.loads(json.dumps(manifest))
         self.keep = keep  # how many recent frames' pixels a resumed run needs (--long-term)
-        self._recent = []  # [(index, pixels)], newest first
+        self._recent: List[Tuple[int, np.ndarray]] = []  # [(index, pixels)], newest first
         self.digits = max(5, len(str(count)))
 
-    def path(self, index):
+    def path(self, index: int) -> Path:
         return self.folder / f"frame_{index + 1:0{self.digits}d}.png"
 
-    def open(self):
+    def open(self) -> int:
         """Create the folder, or check that its frames were made by the same settings.
 
         Returns the index of the first missing frame (0 for a fresh run). Raises
@@ -212,7 +215,8 @@ class FrameStore:
             elif a != b:
                 yield prefix + key
 
-    def write(self, index, rgb, pixels, metadata=None):
+    def write(self, index: int, rgb: np.ndarray, pixels: npt.ArrayLike,
+              metadata: Optional[Mapping[str, str]] = None) -> None:
         """Frame `index` (RGB in [0, 1]) as PNG, then the recent frames' pixels for later
         frames to warp (the PNG first: a crash between the two loses nothing but precision)."""
         images.save_image(self.path(index), rgb, metadata)
@@ -222,7 +226,7 @@ class FrameStore:
             np.savez(stream, indices=np.array([i for i, _ in self._recent], np.int64),
                      pixels=np.stack([p for _, p in self._recent]))
 
-    def resume_pixels(self, first):
+    def resume_pixels(self, first: int) -> List[Optional[np.ndarray]]:
         """The optimized pixels of frames first−1, first−2, … (up to `keep`, nearest first), each
         None where it was not kept."""
         saved = {}
@@ -236,25 +240,27 @@ class FrameStore:
         self._recent = [(i, p) for i, p in recent if p is not None]
         return [p for _, p in recent]
 
-    def remember(self, index, pixels):
+    def remember(self, index: int, pixels: np.ndarray) -> None:
         """Pixels of a finished frame recovered elsewhere (its PNG), kept for the next writes."""
         self._recent = sorted(self._recent + [(index, pixels)], key=lambda entry: -entry[0])
 
-    def finish(self):
+    def finish(self) -> None:
         """The clip is done: the resume state is no longer needed."""
         with contextlib.suppress(FileNotFoundError):
             (self.folder / RESUME).unlink()
 
-    def frames(self):
+    def frames(self) -> List[np.ndarray]:
         return [images.load_image(self.path(i)) for i in range(self.count)]
 
 
-def even_size(width, height):
+def even_size(width: int, height: int) -> Tuple[int, int]:
     """H.264 in yuv420p needs even sides: round down (never below 2)."""
     return max(2, width - width % 2), max(2, height - height % 2)
 
 
-def encode_video(output_path, frames, fps, size, audio_source=None, start=0.0, end=None):
+def encode_video(output_path: PathLike, frames: Sequence[np.ndarray], fps: Union[Fraction, float],
+                 size: Tuple[int, int], audio_source: Optional[PathLike] = None, start: float = 0.0,
+                 end: Optional[float] = None) -> None:
     """Encode RGB frames (each resized to size = (width, height)) as H.264, atomically.
 
     With `audio_source`, its first audio stream's packets in [start, end) are copied in, shifted

@@ -11,8 +11,11 @@ frame t, where it was in frame t−1, and `warp(previous, that flow)` is frame t
 """
 
 import dataclasses
+import types
+from typing import List, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from nst_jax.errors import UserInputError
 
@@ -21,7 +24,7 @@ CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
 BOUNDARY_RELATIVE, BOUNDARY_ABSOLUTE = 0.01, 0.002
 
 
-def require_cv2():
+def require_cv2() -> types.ModuleType:
     """OpenCV, or one line telling how to get it (it is an optional dependency)."""
     try:
         import cv2
@@ -47,14 +50,14 @@ class Motion:
     inside: np.ndarray
 
 
-def gray_uint8(rgb):
+def gray_uint8(rgb: npt.ArrayLike) -> np.ndarray:
     """(H, W, 3) RGB in [0, 1] -> (H, W) uint8 luma, what DIS reads."""
     rgb = np.asarray(rgb, np.float32)
     luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
     return np.clip(luma * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def frame_flow(first, second):
+def frame_flow(first: npt.ArrayLike, second: npt.ArrayLike) -> np.ndarray:
     """Dense flow with first(p) ≈ second(p + flow(p)); frames are RGB in [0, 1], same size."""
     cv2 = require_cv2()
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -62,14 +65,14 @@ def frame_flow(first, second):
     return np.asarray(flow, np.float32)
 
 
-def sample_positions(flow):
+def sample_positions(flow: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(x, y) sample positions p + flow(p), each (H, W) float32."""
     height, width = flow.shape[:2]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     return xs + flow[..., 0], ys + flow[..., 1]
 
 
-def warp(image, flow):
+def warp(image: npt.ArrayLike, flow: np.ndarray) -> np.ndarray:
     """image(p + flow(p)) for every pixel p: bilinear, edge pixels repeated outside the image.
 
     image: (H, W) or (H, W, C) float; flow: (H, W, 2) in the output's pixels.
@@ -82,14 +85,14 @@ def warp(image, flow):
     return warped.reshape(image.shape)  # remap drops a trailing channel axis of size 1
 
 
-def inside_mask(flow):
+def inside_mask(flow: np.ndarray) -> np.ndarray:
     """Where p + flow(p) falls inside the image (bilinear sampling needs no made-up pixels)."""
     height, width = flow.shape[:2]
     xs, ys = sample_positions(flow)
     return (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
 
 
-def consistency_mask(forward, backward):
+def consistency_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """The temporal loss's c for frame t: 1 where the flow t → t−1 is trustworthy, else 0.
 
     forward: flow t−1 → t; backward: flow t → t−1 (both from `frame_flow`). Ruder et al.:
@@ -107,7 +110,7 @@ def consistency_mask(forward, backward):
     return trusted.astype(np.float32)
 
 
-def motion(previous_frame, frame):
+def motion(previous_frame: npt.ArrayLike, frame: npt.ArrayLike) -> Motion:
     """The Motion from previous_frame to frame (RGB in [0, 1]): two flows, computed once."""
     forward = frame_flow(previous_frame, frame)
     backward = frame_flow(frame, previous_frame)
@@ -115,7 +118,7 @@ def motion(previous_frame, frame):
                   inside=inside_mask(backward))
 
 
-def warped_start(previous, motion_, fill):
+def warped_start(previous: np.ndarray, motion_: Motion, fill: np.ndarray) -> np.ndarray:
     """The previous result moved onto this frame, `fill` where the flow leaves the image.
 
     previous, fill: (H, W, C) pixels (fill: the frame's own start image, e.g. its content).
@@ -124,7 +127,7 @@ def warped_start(previous, motion_, fill):
     return np.where(motion_.inside[..., None], warped, fill).astype(np.float32)
 
 
-def long_term_masks(masks):
+def long_term_masks(masks: Sequence[np.ndarray]) -> List[np.ndarray]:
     """Ruder et al.'s long-term weights from the masks c^(t−j,t), j = 1, 2, … (nearest first):
     c_long^j = max(c^j − Σ_{k<j} c^k, 0), so each pixel is pulled towards the nearest earlier
     frame that saw it, and frames further back only fill in what nearer ones could not."""

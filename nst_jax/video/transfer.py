@@ -12,13 +12,14 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
-from typing import Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
 from nst_jax.video import flow
-from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range
+from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range, Settings
+from nst_jax.weights.params_file import Params
 
 # The paper's temporal weight for pixels in 0..255 (artistic-videos' -temporal_weight 1e3).
 DEFAULT_TEMPORAL_WEIGHT = 1e3
@@ -45,7 +46,7 @@ class VideoSettings:
     every: int = 1
     fps: Optional[float] = None
 
-    def steps(self, settings, index):
+    def steps(self, settings: Settings, index: int) -> int:
         if index == 0:
             return settings.optimizer.num_steps
         return self.frame_steps or max(1, settings.optimizer.num_steps // 2)
@@ -83,22 +84,28 @@ def _content_program(objective):
     return jax.jit(functools.partial(content_targets, objective))
 
 
-def output_warping_error(frames, motions):
+def output_warping_error(frames: Sequence[np.ndarray], motions: Sequence[Optional[flow.Motion]]) -> float:
     """Mean over consecutive frame pairs of Σ c·(out_t − ω(out_{t−1}))² / Σ c (c from the input's flow).
 
     frames: stylized RGB frames; motions[t]: flow.Motion from input frame t−1 to t (t ≥ 1).
     """
     errors = []
     for t in range(1, len(frames)):
-        warped = flow.warp(frames[t - 1], motions[t].backward)
-        mask = motions[t].mask[..., None]
+        motion = motions[t]
+        assert motion is not None  # only motions[0], into the first frame, may be None
+        warped = flow.warp(frames[t - 1], motion.backward)
+        mask = motion.mask[..., None]
         errors.append(float(np.sum(mask * np.square(frames[t] - warped))
                             / max(1.0, np.sum(mask) * frames[t].shape[-1])))
     return float(np.mean(errors))
 
 
-def stylize_frames(frames, styles, settings, video, params, preprocessing, *, first_index=0,
-                   recent_pixels=(), on_frame=None, on_visit=None, intervals=()):
+def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], settings: Settings,
+                   video: VideoSettings, params: Params, preprocessing: str, *, first_index: int = 0,
+                   recent_pixels: Sequence[np.ndarray] = (),
+                   on_frame: Optional[Callable[[FrameResult], None]] = None,
+                   on_visit: Optional[Callable[[int, int, int, Dict[str, Any]], None]] = None,
+                   intervals: Sequence[int] = ()) -> Tuple[int, bool]:
     """Stylize frames[first_index:] in order, calling on_frame(FrameResult) as each one finishes.
 
     Args:
@@ -154,6 +161,7 @@ def stylize_frames(frames, styles, settings, video, params, preprocessing, *, fi
             masks = np.zeros((look_back,) + own_start.shape[:2], np.float32)
             start = own_start
             if index > 0:
+                assert upcoming is not None  # submitted before every frame after the first
                 motions = upcoming.result()
                 for j, (motion, mask) in enumerate(zip(motions, flow.long_term_masks(
                         [m.mask for m in motions]))):

@@ -8,7 +8,9 @@ the published file's hash or name; `--preprocessing` overrides it.
 """
 
 import os
+from typing import Optional
 
+from nst_jax.atomic import PathLike
 from nst_jax.errors import UserInputError, WeightsFileError
 from nst_jax.model.layers import CONV_LAYERS
 from nst_jax.weights.params_file import ParamsMetadata, save_params
@@ -18,7 +20,7 @@ from nst_jax.weights.layouts import PREPROCESSING_BY_FORMAT, identify_by_hash, i
 from nst_jax.weights.readers import read_weights
 
 
-def convert(src, out, preprocessing=None):
+def convert(src: PathLike, out: PathLike, preprocessing: Optional[str] = None) -> ParamsMetadata:
     """Read public weights from `src`, write a params file to `out` atomically.
 
     Args:
@@ -67,7 +69,7 @@ def convert(src, out, preprocessing=None):
     return metadata
 
 
-def summary(out, metadata):
+def summary(out: PathLike, metadata: ParamsMetadata) -> str:
     """The one line the command prints after a conversion."""
     line = (f"wrote {out}: {len(metadata.layers)} VGG-19 convolutions from {metadata.source_format} "
             f"file {metadata.source_file} ({metadata.source_hash}), "

@@ -15,9 +15,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from nst_jax.cache import cache_dir
-from nst_jax.atomic import atomic_write
+from nst_jax.atomic import PathLike, atomic_write
 from nst_jax.errors import UserInputError, WeightsFileError, reason
 from nst_jax.weights.hashing import file_digest
 from nst_jax.weights.layouts import KNOWN_FILES
@@ -39,7 +40,7 @@ TIMEOUT_S = 60
 _PROGRESS_INTERVAL_S = 0.2
 
 
-def default_params_path(preprocessing=None):
+def default_params_path(preprocessing: Optional[str] = None) -> Path:
     """The params file to use when the user names none: $NST_JAX_WEIGHTS, else the default download.
 
     Downloads and converts on first use; later calls only look at the cache. `preprocessing`
@@ -52,7 +53,7 @@ def default_params_path(preprocessing=None):
     return fetch()
 
 
-def params_for_file(path, origin="NST_JAX_WEIGHTS", preprocessing=None):
+def params_for_file(path: Path, origin: str = "NST_JAX_WEIGHTS", preprocessing: Optional[str] = None) -> Path:
     """A params file as is; a public weight file converted into the cache once.
 
     Which is which is told by the file's content (`readers.sniff_format`), not its name, so a
@@ -77,7 +78,9 @@ def params_for_file(path, origin="NST_JAX_WEIGHTS", preprocessing=None):
     return params_path
 
 
-def fetch(url=None, checksum=None, *, force=False, progress=None, timeout=TIMEOUT_S, preprocessing=None):
+def fetch(url: Optional[str] = None, checksum: Optional[str] = None, *, force: bool = False,
+          progress: Optional[bool] = None, timeout: float = TIMEOUT_S,
+          preprocessing: Optional[str] = None) -> Path:
     """Download `url` into the cache (if not there), verify it, convert it; return the params path.
 
     Args:
@@ -113,7 +116,8 @@ def fetch(url=None, checksum=None, *, force=False, progress=None, timeout=TIMEOU
     return params_path
 
 
-def download(url, destination, checksum=None, *, progress=False, timeout=TIMEOUT_S):
+def download(url: str, destination: PathLike, checksum: Optional[str] = None, *, progress: bool = False,
+             timeout: float = TIMEOUT_S) -> Path:
     """Stream `url` to `destination`; it appears there only complete and with the right checksum.
 
     Raises WeightsFileError on any network failure, short transfer or wrong checksum.
@@ -133,7 +137,7 @@ def download(url, destination, checksum=None, *, progress=False, timeout=TIMEOUT
     return destination
 
 
-def format_progress(received, expected, seconds):
+def format_progress(received: int, expected: Optional[int], seconds: float) -> str:
     """One progress line: bytes so far (of the total), percent and speed."""
     speed = received / 1e6 / max(seconds, 1e-9)
     if expected:

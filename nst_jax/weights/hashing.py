@@ -2,10 +2,12 @@
 
 import hashlib
 
+from nst_jax.atomic import PathLike
+
 _CHUNK_BYTES = 1 << 20
 
 
-def file_digest(path, algorithm):
+def file_digest(path: PathLike, algorithm: str) -> str:
     """Hex digest of the file at `path` with `algorithm` ("md5" or "sha256"), streamed."""
     digest = hashlib.new(algorithm)
     buffer = bytearray(_CHUNK_BYTES)

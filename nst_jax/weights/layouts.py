@@ -5,8 +5,12 @@ This is the only place that maps public names onto ours. Readers list what a fil
 """
 
 import dataclasses
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
+
+from nst_jax.atomic import PathLike
 
 from nst_jax.errors import WeightsFileError
 from nst_jax.model.layers import conv_shape
@@ -92,7 +96,7 @@ KNOWN_FILES = (
 )
 
 
-def identify_by_hash(algorithm, hexdigest):
+def identify_by_hash(algorithm: str, hexdigest: str) -> Optional[KnownFile]:
     """The known file with this digest (a prefix match for torch hub's 8-digit names), or None."""
     for known in KNOWN_FILES:
         if known.algorithm == algorithm and hexdigest.startswith(known.digest):
@@ -100,7 +104,7 @@ def identify_by_hash(algorithm, hexdigest):
     return None
 
 
-def identify_by_name(file_name):
+def identify_by_name(file_name: str) -> Optional[KnownFile]:
     """The known .pth file whose hash prefix appears in `file_name` (torch hub's naming), or None."""
     for known in KNOWN_FILES:
         if known.name.endswith(".pth") and known.digest in file_name:
@@ -108,12 +112,12 @@ def identify_by_name(file_name):
     return None
 
 
-def hwio_from_oihw(kernel):
+def hwio_from_oihw(kernel: npt.ArrayLike) -> np.ndarray:
     """PyTorch conv kernel (out, in, kh, kw) -> Flax/Keras (kh, kw, in, out); both cross-correlate."""
     return np.transpose(kernel, (2, 3, 1, 0))
 
 
-def expected_shapes(ours, naming):
+def expected_shapes(ours: str, naming: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """(kernel shape, bias shape) of one of our convolutions as a `naming` file stores it."""
     height, width, in_channels, out_channels = conv_shape(ours)
     if naming == TORCH:
@@ -125,7 +129,7 @@ def _shape_text(shape):
     return "(" + ",".join(str(size) for size in shape) + ")"
 
 
-def match_layers(path, found, naming):
+def match_layers(path: PathLike, found: Mapping[str, Sequence[Sequence[int]]], naming: str) -> Dict[str, str]:
     """Map our conv names to a file's layer names, or refuse with every problem in one line.
 
     Args:
@@ -167,7 +171,7 @@ def _refuse_other_vgg(path, body):
                                f"nst-jax needs VGG-19 weights (16 convolutions)")
 
 
-def feature_layout(blocks):
+def feature_layout(blocks: Iterable[Tuple[int, int]]) -> Tuple[Tuple[str, str, int], ...]:
     """(our name, Keras name, torch `features` index) for each conv of a VGG with these blocks."""
     rows, index = [], 0
     for block, convs in blocks:

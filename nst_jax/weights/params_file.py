@@ -22,6 +22,10 @@ FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
 METADATA_ENTRY = _METADATA_KEY + ".npy"  # its name inside the zip: how a params file is recognised
 
+# VGG-19 params as `load_params` gives them: {"conv1_1": {"kernel": HWIO, "bias": (C,)}, ...}
+# (numpy arrays, or jax arrays once on a device; the engine adds adjoint kernels).
+Params = Dict[str, Dict[str, Any]]
+
 
 @dataclasses.dataclass(frozen=True)
 class ParamsMetadata:
@@ -43,7 +47,7 @@ class ParamsMetadata:
     layers: tuple = CONV_LAYERS
     synthetic: bool = False
 
-    def to_json(self):
+    def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
                            **dataclasses.asdict(self), "layers": list(self.layers)})
 

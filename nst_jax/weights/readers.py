@@ -12,10 +12,12 @@ import os
 import re
 import struct
 import zipfile
+from typing import Any, Dict
 
 import h5py
 import numpy as np
 
+from nst_jax.atomic import PathLike
 from nst_jax.errors import WeightsFileError, reason
 from nst_jax.weights.params_file import METADATA_ENTRY
 from nst_jax.weights.layouts import KERAS, SYNTHETIC_MARKER, TORCH, hwio_from_oihw, match_layers
@@ -39,7 +41,7 @@ class SourceWeights:
     synthetic: bool = False
 
 
-def sniff_format(path):
+def sniff_format(path: PathLike) -> str:
     """The format of a weight file from its content, whatever its name.
 
     Returns "params" (our .npz), "hdf5" (Keras), "torch-zip", "torch-pickle" (PyTorch's legacy
@@ -90,7 +92,7 @@ def _unrecognised(path, why):
     return WeightsFileError(f"{path}: {claimed} ({why}); nst-jax reads {ACCEPTED_FORMATS}")
 
 
-def read_weights(path):
+def read_weights(path: PathLike) -> SourceWeights:
     """Read any supported public VGG-19 file. Returns SourceWeights; raises WeightsFileError."""
     kind = sniff_format(path)
     if kind == "params":
@@ -104,7 +106,7 @@ def read_weights(path):
 # --- Keras .h5 -------------------------------------------------------------------------------
 
 
-def read_keras_h5(path):
+def read_keras_h5(path: PathLike) -> SourceWeights:
     """Keras .h5 weights in any of the three namings, following `weight_names` like Keras does."""
     if not h5py.is_hdf5(path):
         raise WeightsFileError(f"{path}: not an HDF5 file, so not Keras .h5 weights")
@@ -184,7 +186,7 @@ def _keras_naming(kernel_dataset_name):
 # --- PyTorch .pth and timm .safetensors ------------------------------------------------------
 
 
-def read_torch_pth(path):
+def read_torch_pth(path: PathLike) -> SourceWeights:
     """A PyTorch state dict (torchvision or the Caffe conversion), loaded without running pickles."""
     try:
         import torch
@@ -223,7 +225,7 @@ def _torch_load_problem(error):
     return f"not a readable PyTorch file ({detail.group(1) if detail else reason(error, first_line=True)})"
 
 
-def read_safetensors(path):
+def read_safetensors(path: PathLike) -> SourceWeights:
     """timm's vgg19.tv_in1k model.safetensors, read with the safetensors package's numpy API."""
     try:
         from safetensors import SafetensorError, safe_open
@@ -243,7 +245,7 @@ def read_safetensors(path):
 
 def _params_from_state_dict(path, shapes_by_key, load):
     """Our params from `features.N.weight/bias` keys; `load(key)` gives an OIHW or bias array."""
-    modules = {}
+    modules: Dict[str, Dict[str, Any]] = {}
     for key, shape in shapes_by_key.items():
         module, _, leaf = key.rpartition(".")
         if module and leaf in ("weight", "bias"):
