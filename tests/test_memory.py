@@ -90,3 +90,18 @@ def test_cli_estimate_reports_the_whole_run(capsys, monkeypatch):
     assert status == 0 and "style passes" in printed and "3.00 GiB available" in printed
     total = float(re.search(r"about ([0-9.]+) GiB", printed).group(1))
     assert total > 100  # 8000 px of VGG-19 activations, no int32 overflow
+
+
+def test_print_size_targets_count_one_pass_at_a_time_split_like_the_loop():
+    # Below SEPARATE_PASSES_FROM pixels the passes are one program (XLA overlaps them: every
+    # image counts); from it on, one program per image, each split by rows like the loop.
+    from nst_jax.engine.stages import SEPARATE_PASSES_FROM
+    small = preset("neural-style").replace(image_size=1024)
+    one, three = (estimate_run(small, (1024, 1024), [(1024, 1024)] * n).targets for n in (1, 3))
+    assert three > 1.9 * one
+    side = int(SEPARATE_PASSES_FROM ** 0.5)
+    large = preset("neural-style").replace(image_size=side)
+    one, three = (estimate_run(large, (side, side), [(side, side)] * n).targets for n in (1, 3))
+    assert three == one
+    split = estimate_run(large, (side, side), [(side, side)], devices=4, shard="image").targets
+    assert split == one // 4

@@ -125,6 +125,24 @@ SHARDED_SCRIPT = textwrap.dedent("""
         four = stylize(content, [style], settings, params, "caffe", mesh=image_mesh(4))
         report["runs"][name] = {"loss_one": one.loss, "loss_four": four.loss, "shape": list(four.image.shape),
                                 "pixels": float(np.abs(one.image - four.image).max())}
+    # Print sizes: the content's and the style's passes as programs of their own, split by rows
+    # like the loop (forced here at 32 px).
+    import dataclasses
+    import nst_jax.engine.stages as stages
+    from nst_jax.loss.objective import Objective
+    stages.SEPARATE_PASSES_FROM = 0
+    settings = base.replace(optimizer="adam", image_size=32)
+    one = stylize(content, [style], settings, params, "caffe")
+    four = stylize(content, [style], settings, params, "caffe", mesh=image_mesh(4))
+    report["runs"]["separate"] = {"loss_one": one.loss, "loss_four": four.loss, "shape": list(four.image.shape),
+                                  "pixels": float(np.abs(one.image - four.image).max()),
+                                  "loss_one_program": report["runs"]["adam"]["loss_one"]}
+    objective = Objective.from_settings(base, "caffe")
+    prepared = engine.prepare_params(params, objective)
+    pixels = jax.ShapeDtypeStruct((64, 64, 3), np.float32)
+    report["style_pass_temp"] = [
+        stages._style_pass.lower(o, prepared, pixels).compile().memory_analysis().temp_size_in_bytes
+        for o in (objective, dataclasses.replace(objective, rows=image_mesh(4)))]
     report["spread"] = spread
     # XLA's per-device memory of the chunk, split over 1, 2 and 4 devices.
     settings = base.replace(optimizer="lbfgs", lbfgs_memory=5)
@@ -158,14 +176,18 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
         # Fixed-step L-BFGS's third step overshoots here (loss ×40), which magnifies float32
         # reduction-order differences between split and whole sums to 1-2e-4 (measured; the
         # losses before it agree to 1e-7). Adam has no such step: 1e-4.
-        assert relative < (1e-4 if name in ("adam", "scales") else 1e-3), (name, run)
+        assert relative < (1e-4 if name in ("adam", "scales", "separate") else 1e-3), (name, run)
         # Pixels in [0, 1].
-        assert run["pixels"] < (1e-3 if name in ("adam", "scales") else 0.02), (name, run)
+        assert run["pixels"] < (1e-3 if name in ("adam", "scales", "separate") else 0.02), (name, run)
+    separate = report["runs"]["separate"]  # one device: the same run as the one program's
+    assert abs(separate["loss_one"] - separate["loss_one_program"]) < 1e-6 * separate["loss_one_program"]
+    one_device, split = report["style_pass_temp"]
+    assert split < 0.5 * one_device, report["style_pass_temp"]
     assert report["runs"]["uneven"]["shape"] == [33, 44, 3]
     # One device, then the image split over four; the uneven height keeps the arguments whole on
     # each device (jit's arguments must divide evenly) and splits only inside the loss.
     assert report["spread"] == [[1, 24], [4, 6], [1, 24], [4, 6], [1, 33], [4, 33],
-                                [1, 26], [1, 36], [4, 26], [4, 9]], report["spread"]
+                                [1, 26], [1, 36], [4, 26], [4, 9], [1, 24], [4, 6]], report["spread"]
     one, two, four = report["per_device"]
     assert four < two < one and four < 0.5 * one, report["per_device"]
     assert report["advice"] and re.search(r"--devices [234] --shard image", report["advice"]), report["advice"]

@@ -21,6 +21,7 @@ from nst_jax.errors import UserInputError
 from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
 from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.devices import place_chunk_args
+from nst_jax.engine.stages import SEPARATE_PASSES_FROM
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
 from nst_jax.model.vgg import ADJOINT
 
@@ -203,7 +204,11 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     loop = per_device * loop_floats * FLOAT_BYTES
     style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
     styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
-    targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
+    if height * width < SEPARATE_PASSES_FROM:  # one program: XLA overlaps the passes
+        targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
+    else:  # a program per image, each split by rows like the loop
+        split = devices if rows else 1
+        targets = TARGET_ACTIVATIONS * max([activations] + [style * FLOAT_BYTES for style in styles]) // split
     return RunEstimate(params, state, loop, targets)
 
 

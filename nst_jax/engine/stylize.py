@@ -40,7 +40,7 @@ from nst_jax.config.settings import Settings
 from nst_jax.engine.devices import place_chunk_args, splits_rows
 from nst_jax.engine.optimize import (ChunkFn, LoopResult, OptimizerSpec, StopRun, chunk_program, run_loop,
                                      state_program, to_host)
-from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, scale_sizes, targets
+from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, run_targets, scale_sizes
 from nst_jax.model.vgg import with_adjoint_kernels
 from nst_jax.weights.params_file import Params
 
@@ -307,11 +307,14 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     settings = plan.settings.replace(image_size=plan.sizes[index])
     members, params, preprocessing, styles = plan.members, plan.params, plan.preprocessing, plan.styles
     objective = Objective.from_settings(settings, preprocessing)
+    if plan.mesh is not None and splits_rows(plan.mesh):
+        objective = dataclasses.replace(objective, rows=plan.mesh)
     content_rgb, content_pixels, style_pixels = prepare_images(plan.content, styles, settings)
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
-    # one program. Host arrays go in by device_put (jnp.asarray compiles a copy per shape).
+    # one program (print sizes: one per image, split by rows like the loop). Host arrays go in
+    # by device_put (jnp.asarray compiles a copy per shape).
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
-    content_targets, grams, blended = targets(
+    content_targets, grams, blended = run_targets(
         objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
         jax.device_put(blend / blend.sum()))
     member_grams = [grams[m.style_index] if m.style_index is not None else blended for m in members]
@@ -329,7 +332,6 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
         (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
     weights = jax.device_put(weights)
     opt_state = state_program(spec, batched)(pixels)
-    # The targets above ran on one device with the plain objective; the loop's may split rows.
     objective, (pixels, opt_state, params, loss_targets, weights) = place_chunk_args(
         objective, (pixels, opt_state, params, Targets(content_targets, style_targets), weights), plan.mesh,
         content_pixels.shape)
