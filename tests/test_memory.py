@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from nst_jax.engine.memory import LIMIT_ENV, estimate_memory, estimate_run
 from nst_jax.config.presets import preset
 from nst_jax.cli.run import main
@@ -105,3 +107,18 @@ def test_print_size_targets_count_one_pass_at_a_time_split_like_the_loop():
     assert three == one
     split = estimate_run(large, (side, side), [(side, side)], devices=4, shard="image").targets
     assert split == one // 4
+
+
+def test_near_the_limit_xlas_own_analysis_decides(monkeypatch):
+    from nst_jax.engine.memory import ANALYTIC_MARGIN, check_fits, measured_run
+    from nst_jax.errors import UserInputError
+    settings = preset("neural-style").replace(optimizer="adam", image_size=64, **CHEAP)
+    shapes = ((48, 64), [(48, 64)])
+    analytic, measured = estimate_run(settings, *shapes).total, measured_run(settings, *shapes).total
+    assert measured < analytic <= ANALYTIC_MARGIN * measured
+    # Between XLA's figure and the analytic count: the analytic one alone would refuse the run.
+    monkeypatch.setenv(LIMIT_ENV, str((measured + analytic) // 2))
+    assert check_fits(settings, *shapes).total == measured
+    monkeypatch.setenv(LIMIT_ENV, str(measured - 1))
+    with pytest.raises(UserInputError, match="needs about"):
+        check_fits(settings, *shapes)
