@@ -327,3 +327,15 @@ def test_unknown_options_are_rejected(call, option):
 def test_keras_example_needs_image_positions():
     with pytest.raises(ValueError, match="image_positions"):
         losses.style_layer_loss(random_features(0), np.zeros((3, 3)), style_loss="keras_example")
+
+
+def test_print_size_grams_do_not_overflow_int32():
+    # 64 channels × 8192² positions = 2³²: the chw divisor must not travel as an int32.
+    features = jax.ShapeDtypeStruct((8192, 8192, 64), jnp.float32)
+    for normalization in losses.GRAM_NORMALIZATIONS:
+        assert jax.eval_shape(lambda f: losses.gram(f, normalization), features).shape == (64, 64)
+    target = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    for style_loss in losses.STYLE_LOSSES:
+        value = jax.eval_shape(lambda f, t: losses.style_layer_loss(
+            f, t, gram_normalization="chw", style_loss=style_loss, image_positions=8192 * 8192), features, target)
+        assert value.shape == ()

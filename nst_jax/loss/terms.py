@@ -57,7 +57,8 @@ def _gram_of_image(image, gram_normalization):
     # HIGHEST: accelerators default to bfloat16 passes, and a Gram entry sums H·W products.
     product = jnp.matmul(matrix.T, matrix, precision=jax.lax.Precision.HIGHEST)
     divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[gram_normalization]
-    return product / divisor if divisor != 1 else product
+    # A float: at print sizes C·H·W passes int32 (64 × 8192² = 2³²), which JAX refuses as an int.
+    return product / float(divisor) if divisor != 1 else product
 
 
 def gram(features: ArrayLike, gram_normalization: str = "raw") -> jax.Array:
