@@ -763,14 +763,14 @@ def test_ctrl_c_before_the_loop_writes_nothing(tmp_path, synthetic_params_path, 
     # Deterministic version of "Ctrl-C while compiling": the signal arrives just before the
     # targets are compiled. Raised there, it would escape XLA's compile (jaxlib then crashes at
     # exit); deferred, the run stops before its first step: the start image is no result.
-    real_targets = batch.targets
+    real_targets = batch.run_targets
 
     def targets_after_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)  # the watcher thread counts the press
         return real_targets(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "targets", targets_after_ctrl_c)
+    monkeypatch.setattr(batch, "run_targets", targets_after_ctrl_c)
     output = tmp_path / "result.png"
     before = signal.getsignal(signal.SIGINT)
     try:

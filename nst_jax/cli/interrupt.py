@@ -1,4 +1,5 @@
-"""Ctrl-C during a run: a flag the run polls, never a KeyboardInterrupt inside jaxlib."""
+"""Ctrl-C during a run (a flag the run polls, never a KeyboardInterrupt inside jaxlib) and the
+command lines' exit statuses (0 done, 2 bad input, 130 interrupted)."""
 
 import contextlib
 import os
@@ -6,9 +7,10 @@ import signal
 import sys
 import threading
 import types
-from typing import Iterator, Optional, TextIO
+from typing import Callable, Iterator, Optional, Protocol, TextIO
 
 from nst_jax.cli.progress import write_line
+from nst_jax.errors import UserInputError
 
 
 # Ctrl-C presses that quit at once, without waiting for the run's next safe point.
@@ -85,3 +87,22 @@ def say(stream: TextIO, line: str) -> None:
     write_line(line, stream)
 
 
+
+
+class Interruptible(Protocol):
+    interrupted: bool
+
+
+def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line: str) -> int:
+    """A command line's exit status: run `command`, 0 when it is done (or returns None), 130 when
+    its result was interrupted, 2 after one `error: ...` line for bad input. A Ctrl-C that lands
+    before the run's own watcher is up (while importing or loading) prints `interrupted_line`, 130."""
+    try:
+        result = command()
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted_line, file=sys.stderr)
+        return 130
+    return 130 if result is not None and result.interrupted else 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple, cast
 
 from nst_jax.cache import enable_compile_cache
+from nst_jax.cli.interrupt import exit_status
 from nst_jax.errors import UserInputError
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
@@ -25,6 +26,7 @@ from nst_jax.weights.params_file import Params, ParamsMetadata
 
 if TYPE_CHECKING:  # imported where used: parsing flags does not load the engine
     from nst_jax.cli.files import BatchRequest
+    from nst_jax.engine.stylize import StylizeResult
 
 USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
 # Ranges of the flags that are not Settings fields (theirs are in settings.RANGES).
@@ -475,49 +477,46 @@ def _check_report_path(path):
 
 def main(argv: Optional[Sequence[Any]] = None) -> int:
     timings = RunTimings()
-    try:
-        args, settings, sweeps = parse_and_validate(argv)
-        if args.report:
-            _check_report_path(args.report)
-        if not args.no_compile_cache:
-            enable_compile_cache()
-        if args.estimate_memory:
-            print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
-            return 0
-        # Settings: init "image" comes with an init_image.
-        warning = (stretch_warning(args.content, cast(str, settings.image.init_image))
-                   if settings.image.init == "image" else None)
+    return exit_status(lambda: _run(argv, timings), "interrupted before the first step; nothing written")
 
-        def load_checked_weights():
-            # Called once the images are known good: only then is the warning worth a line.
-            if warning:
-                print(warning, file=sys.stderr)
-            params, metadata = load_weights(args.weights, args.preprocessing)
-            if args.preset == "pytorch-tutorial" and metadata.preprocessing == "caffe":
-                # Its pre-ReLU layers and 1e6 style weight were tuned on torchvision's network.
-                print("warning: --preset pytorch-tutorial expects torchvision's VGG-19 (--weights "
-                      "vgg19-dcbb9e9d.pth); these weights are Caffe-convention, so its loss weights "
-                      "may not suit them", file=sys.stderr)
-            return params, metadata
 
-        distributed = args.distributed or args.coordinator is not None
-        if distributed:
-            from nst_jax.engine.devices import join_cluster
-            join_cluster(args.coordinator, args.num_processes, args.process_id)
-        settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
-        from nst_jax.cli.files import stylize_files
-        outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
-                                batch=batch_request(args, sweeps), timings=timings)
-        result = outputs[0][1]
-        if args.report:
-            timings.write(args.report)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted before the first step; nothing written", file=sys.stderr)
-        return 130
-    return 130 if result.interrupted else 0
+def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["StylizeResult"]:
+    """The image command: the run's result, or None for --estimate-memory."""
+    args, settings, sweeps = parse_and_validate(argv)
+    if args.report:
+        _check_report_path(args.report)
+    if not args.no_compile_cache:
+        enable_compile_cache()
+    if args.estimate_memory:
+        print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
+        return None
+    # Settings: init "image" comes with an init_image.
+    warning = (stretch_warning(args.content, cast(str, settings.image.init_image))
+               if settings.image.init == "image" else None)
+
+    def load_checked_weights():
+        # Called once the images are known good: only then is the warning worth a line.
+        if warning:
+            print(warning, file=sys.stderr)
+        params, metadata = load_weights(args.weights, args.preprocessing)
+        if args.preset == "pytorch-tutorial" and metadata.preprocessing == "caffe":
+            # Its pre-ReLU layers and 1e6 style weight were tuned on torchvision's network.
+            print("warning: --preset pytorch-tutorial expects torchvision's VGG-19 (--weights "
+                  "vgg19-dcbb9e9d.pth); these weights are Caffe-convention, so its loss weights "
+                  "may not suit them", file=sys.stderr)
+        return params, metadata
+
+    distributed = args.distributed or args.coordinator is not None
+    if distributed:
+        from nst_jax.engine.devices import join_cluster
+        join_cluster(args.coordinator, args.num_processes, args.process_id)
+    settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
+    from nst_jax.cli.files import stylize_files
+    outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
+                            batch=batch_request(args, sweeps), timings=timings)
+    if args.report:
+        timings.write(args.report)
+    return outputs[0][1]
 
 
 if __name__ == "__main__":

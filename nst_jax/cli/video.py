@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from nst_jax.config.settings import Settings
+from nst_jax.cli.interrupt import exit_status
 from nst_jax.engine.optimize import StopRun
 from nst_jax.errors import UserInputError
 from nst_jax.video import files as video_io
@@ -258,23 +259,18 @@ def _remove_frames(store):
 
 
 def main(argv: Optional[Sequence[Any]] = None, on_frame: Optional[Callable[[FrameResult], None]] = None) -> int:
-    from nst_jax.cache import enable_compile_cache
-    try:
-        args, settings, video = parse_and_validate(argv)
-        if not args.no_compile_cache:
-            enable_compile_cache()
-        from nst_jax.cli.run import load_weights
-        result = stylize_video_files(args, settings, video,
-                                     lambda: load_weights(args.weights, args.preprocessing),
-                                     on_frame=on_frame)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished frames are kept", file=sys.stderr)
-        return 130
-    return 130 if result.interrupted else 0
+    return exit_status(lambda: _run(argv, on_frame), "interrupted; finished frames are kept")
 
+
+def _run(argv: Optional[Sequence[Any]], on_frame: Optional[Callable[[FrameResult], None]]) -> ClipResult:
+    """The video command: parse, then stylize the clip's frames."""
+    from nst_jax.cache import enable_compile_cache
+    from nst_jax.cli.run import load_weights
+    args, settings, video = parse_and_validate(argv)
+    if not args.no_compile_cache:
+        enable_compile_cache()
+    return stylize_video_files(args, settings, video, lambda: load_weights(args.weights, args.preprocessing),
+                               on_frame=on_frame)
 
 if __name__ == "__main__":
     sys.exit(main())
