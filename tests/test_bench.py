@@ -263,3 +263,12 @@ def test_investigate_paired_times_variants_in_one_process(tmp_path, monkeypatch,
     # Experiments that need a process of their own (XLA_FLAGS here) are refused, not run wrongly.
     with pytest.raises(SystemExit, match="onednn needs a process of its own"):
         investigate.main(["--paired", "--size", "32", "--only", "baseline,onednn"])
+
+
+def test_remat_bench_measures_both_choices(capsys):
+    from bench import remat
+    assert remat.main(["--sizes", "32", "--rounds", "1", "--chunk-steps", "1", "--chunks", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["none", "blocks"]
+    ratio = float(rows[1].split("|")[6])  # blocks' temporaries ÷ none's
+    assert 0 < ratio < 1

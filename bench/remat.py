@@ -1,0 +1,79 @@
+"""python -m bench remat: what `--remat blocks` costs and saves, per size (issue 12's figures).
+
+For each size: XLA's memory analysis of the compiled chunk the CLI runs (temporaries and
+arguments, per device), and the step time of that chunk with remat none and blocks, interleaved
+(none, blocks, none, blocks, ...) so that a slower moment of the machine hits both. Adam, the
+neural-style preset's layers (relu1_1 … relu5_1, content relu4_2), synthetic weights and images.
+Prints a Markdown table; nothing is written.
+"""
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from bench.jax_step import build_problem, time_step
+from nst_jax.engine.memory import compiled_chunk
+from nst_jax.engine.optimize import OptimizerSpec, make_chunk
+
+REMATS = ("none", "blocks")
+
+
+def measure(size: int, rounds: int, chunk_steps: int, timed_chunks: int) -> Dict[str, Dict[str, float]]:
+    """{remat: {"temp_mib", "args_mib", "gib_per_mp", "step_ms"}} at size × size px."""
+    base = build_problem(size, "adam", preset_name="neural-style")
+    spec = OptimizerSpec.from_settings(base.settings)
+    problems = {}
+    for remat in REMATS:
+        objective = dataclasses.replace(base.objective, remat=remat)
+        problems[remat] = dataclasses.replace(base, objective=objective, chunk=make_chunk(objective, spec))
+    steps: Dict[str, List[float]] = {remat: [] for remat in REMATS}
+    for _ in range(rounds):
+        for remat, problem in problems.items():
+            timed = time_step(problem, chunk_steps=chunk_steps, warmup_chunks=1, timed_chunks=timed_chunks)
+            steps[remat].append(timed["step_s"]["median"])
+    figures = {}
+    for remat in REMATS:
+        analysis = compiled_chunk(base.settings.replace(remat=remat), size, size).memory_analysis()
+        figures[remat] = {"temp_mib": analysis.temp_size_in_bytes / 2**20,
+                          "args_mib": analysis.argument_size_in_bytes / 2**20,
+                          "gib_per_mp": analysis.temp_size_in_bytes / 2**30 / (size * size / 1e6),
+                          "step_ms": statistics.median(steps[remat]) * 1000}
+    return figures
+
+
+def table(results: Dict[int, Dict[str, Dict[str, float]]]) -> str:
+    lines = ["| size | remat | temporaries MiB (GiB per MP) | arguments MiB | step ms | temporaries ÷ none | step ÷ none |",
+             "|---|---|---|---|---|---|---|"]
+    for size, figures in results.items():
+        none = figures["none"]
+        for remat, row in figures.items():
+            lines.append(f"| {size} | {remat} | {row['temp_mib']:.1f} ({row['gib_per_mp']:.2f}) | {row['args_mib']:.1f} "
+                         f"| {row['step_ms']:.0f} | {row['temp_mib'] / none['temp_mib']:.2f} "
+                         f"| {row['step_ms'] / none['step_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench remat", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="256,512", help="square sizes in px (default: 256,512)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--chunk-steps", type=int, default=4, help="steps per timed chunk (default 4)")
+    parser.add_argument("--chunks", type=int, default=3, help="timed chunks per round (default 3)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        print(f"error: --sizes: whole numbers separated by commas, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    results = {}
+    for size in sizes:
+        print(f"[bench remat] {size} px", file=sys.stderr, flush=True)
+        results[size] = measure(size, args.rounds, args.chunk_steps, args.chunks)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
