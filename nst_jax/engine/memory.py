@@ -9,7 +9,7 @@ temporaries. Compiling takes seconds; running the estimate costs no optimization
 import dataclasses
 import math
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -173,8 +173,8 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     Analytic rather than XLA's analysis: that compiles the chunk (seconds to a minute), which
     every run would pay twice; this costs microseconds and tests/test_memory.py checks that it
     covers XLA's figure. `shard`: "batch" splits the members over the devices, "image" splits
-    each image's rows (the images, their optimizer state and the loop's activations; the targets
-    are computed on one device before the loop).
+    each image's rows (the images, their optimizer state and the loop's activations; the targets'
+    passes too from SEPARATE_PASSES_FROM pixels on, below it they run on one device).
     """
     from nst_jax.imaging.images import long_side_shape
     objective = Objective.from_settings(settings, "caffe")
@@ -266,9 +266,11 @@ def largest_lbfgs_memory(settings: Settings, content_shape: Tuple[int, int], sty
         return estimate_run(settings.replace(lbfgs_memory=memory), content_shape, style_shapes,
                             members, devices, shard).total <= available
 
-    if fits(most):
-        return most
-    low, high = 1, most - 1  # the estimate grows with the memory: bisect
+    return most if fits(most) else _largest(fits, 1, most - 1)  # the estimate grows with the memory
+
+
+def _largest(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """The largest n in [low, high] with fits(n), by bisection (fits(low) assumed, fits monotone)."""
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
@@ -324,12 +326,8 @@ def check_fits(settings: Settings, content_shape: Tuple[int, int], style_shapes:
         return estimate_run(changed, content_shape, style_shapes, members, devices, shard).total <= available
 
     tries = []
-    low, high = 16, settings.image.image_size - 1  # the largest size that fits, by bisection
-    if fits(image_size=low):
-        while low < high:
-            middle = (low + high + 1) // 2
-            low, high = (middle, high) if fits(image_size=middle) else (low, middle - 1)
-        tries.append(f"--image-size {low}")
+    if fits(image_size=16):  # the largest size that fits
+        tries.append(f"--image-size {_largest(lambda size: fits(image_size=size), 16, settings.image.image_size - 1)}")
     if settings.image.style_scale > 1:  # a large style pass alone can be what does not fit
         scales = [x for x in (8, 4, 2, 1) if x < settings.image.style_scale and fits(style_scale=float(x))]
         if scales:

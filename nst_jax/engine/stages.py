@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
+from jax.sharding import Mesh
 
 from nst_jax.config.settings import Settings
 from nst_jax.imaging import color, images
@@ -69,11 +70,14 @@ def targets(objective: Objective, params: Params, content_pixels: jax.Array, sty
     size. `blend_weights` (one per style, summing to 1) gives the blended target too.
     """
     grams = [style_grams(objective, params, pixels) for pixels in style_pixels]
-    blended = None
-    if blend_weights is not None:
-        blended = jax.tree_util.tree_map(
-            lambda *layer: sum(blend_weights[i] * gram for i, gram in enumerate(layer)), *grams)
+    blended = None if blend_weights is None else _blend(grams, blend_weights)
     return content_targets(objective, params, content_pixels), grams, blended
+
+
+def _blend(grams: Sequence[Dict[str, jax.Array]], blend_weights: jax.Array) -> Dict[str, jax.Array]:
+    """Σ_i b_i·G_i layer by layer, the weights already summing to 1 (traced: no host division)."""
+    return jax.tree_util.tree_map(
+        lambda *layer: sum(blend_weights[i] * gram for i, gram in enumerate(layer)), *grams)
 
 
 # From this many content pixels on, the content's and each style's passes run as programs of
@@ -95,22 +99,19 @@ def _style_pass(objective: Objective, params: Params, pixels: jax.Array) -> Dict
 
 
 def run_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
-                blend_weights: jax.Array
+                blend_weights: jax.Array, rows: Optional[Mesh] = None
                 ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Dict[str, jax.Array]]:
-    """`targets` for a run: one program, or at print sizes (SEPARATE_PASSES_FROM) one per image,
-    each with the objective's row split (`objective.rows`: the passes spread over the devices
-    the loop will split the image over, instead of all on one)."""
+    """`targets` for a run: one program on one device, or at print sizes (SEPARATE_PASSES_FROM)
+    one per image, each split over `rows` (the mesh the loop splits the image over) if given."""
     height, width = content_pixels.shape[:2]
     if height * width < SEPARATE_PASSES_FROM:
-        plain = objective if objective.rows is None else dataclasses.replace(objective, rows=None)
-        content, grams, blended = targets(plain, params, content_pixels, style_pixels, blend_weights)
+        content, grams, blended = targets(objective, params, content_pixels, style_pixels, blend_weights)
         assert blended is not None  # blend_weights given
         return content, grams, blended
-    content = _content_pass(objective, params, content_pixels)
-    grams = [_style_pass(objective, params, pixels) for pixels in style_pixels]
-    blended = jax.tree_util.tree_map(
-        lambda *layer: sum(blend_weights[i] * gram for i, gram in enumerate(layer)), *grams)
-    return content, grams, blended
+    split = dataclasses.replace(objective, rows=rows)
+    content = _content_pass(split, params, content_pixels)
+    grams = [_style_pass(split, params, pixels) for pixels in style_pixels]
+    return content, grams, _blend(grams, blend_weights)
 
 
 def compute_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Iterable[jax.Array],

@@ -307,8 +307,6 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     settings = plan.settings.replace(image_size=plan.sizes[index])
     members, params, preprocessing, styles = plan.members, plan.params, plan.preprocessing, plan.styles
     objective = Objective.from_settings(settings, preprocessing)
-    if plan.mesh is not None and splits_rows(plan.mesh):
-        objective = dataclasses.replace(objective, rows=plan.mesh)
     content_rgb, content_pixels, style_pixels = prepare_images(plan.content, styles, settings)
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program (print sizes: one per image, split by rows like the loop). Host arrays go in
@@ -316,7 +314,7 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
     content_targets, grams, blended = run_targets(
         objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
-        jax.device_put(blend / blend.sum()))
+        jax.device_put(blend / blend.sum()), rows=plan.mesh if splits_rows(plan.mesh) else None)
     member_grams = [grams[m.style_index] if m.style_index is not None else blended for m in members]
 
     count, batched, padded = len(members), plan.batched, plan.padded
