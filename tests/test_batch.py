@@ -1,9 +1,5 @@
 """Batched runs: one compilation, members equal to their one-by-one runs, sharding over devices."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,7 +13,8 @@ from nst_jax.config.presets import preset
 from nst_jax.cli.run import main
 from nst_jax import stylize
 from nst_jax.cli.files import member_path
-from datafiles import IMAGES, ROOT
+from datafiles import IMAGES
+from simulated import json_report, run_script
 
 # Block-2 layers keep compile and step time small; the batching machinery is the same.
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=40,
@@ -95,11 +92,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_over_four_devices_equals_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    completed = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(IMAGES)], capture_output=True,
-                               text=True, env=env, cwd=ROOT, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = json_report(run_script(SHARDED_SCRIPT, IMAGES, devices=4))
     assert report["devices"] == 4 and report["count"] == 3
     assert report["spread"] == [1, 4]  # one device, then the batch split over all four
     np.testing.assert_allclose(report["loss_four"], report["loss_one"], rtol=1e-4)

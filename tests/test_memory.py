@@ -1,7 +1,6 @@
 """The memory estimate: XLA's analysis of the compiled step, checked against sizes known by hand."""
 
 import re
-from pathlib import Path
 
 import pytest
 

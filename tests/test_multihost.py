@@ -4,7 +4,6 @@ Each process has two simulated CPU devices, so the batch is sharded over four de
 hosts; the images the first host writes must equal a one-process run's.
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import numpy as np
 
 from nst_jax.imaging.images import load_image
 from datafiles import IMAGES, ROOT
+from simulated import device_env
 
 
 
@@ -30,7 +30,7 @@ def _command(weights, output, *extra):
 
 
 def test_two_hosts_write_what_one_host_writes(synthetic_params_path, tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = device_env(2)
     port = _free_port()
     outputs = [tmp_path / f"host{i}" for i in range(2)]
     for folder in outputs:
@@ -49,7 +49,7 @@ def test_two_hosts_write_what_one_host_writes(synthetic_params_path, tmp_path):
     single = tmp_path / "single"
     single.mkdir()
     completed = subprocess.run(_command(synthetic_params_path, single / "out.png"), cwd=ROOT, timeout=300,
-                               env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                               env=device_env(4),
                                capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
 

@@ -1,11 +1,7 @@
 """Print-size images: rematerialization, one image split over devices, bfloat16 storage, runs
 that choose what fits (issue 12)."""
 
-import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,7 +13,8 @@ from nst_jax.engine.memory import compiled_chunk
 from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams, total_loss
 from nst_jax.config.presets import preset
 from nst_jax import stylize
-from datafiles import IMAGES, ROOT
+from datafiles import IMAGES
+from simulated import json_report, run_script
 
 # Block-2 layers keep compile and step time small (as tests/test_batch.py). 36 px, not 40: no
 # program of test_batch's is compiled here first (it checks that its first run compiles).
@@ -168,11 +165,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_one_image_split_by_rows_over_four_devices_equals_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    completed = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(IMAGES)], capture_output=True,
-                               text=True, env=env, cwd=ROOT, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = json_report(run_script(SHARDED_SCRIPT, IMAGES, devices=4, timeout=900))
     assert report["devices"] == 4
     for name, run in report["runs"].items():
         relative = abs(run["loss_four"] - run["loss_one"]) / abs(run["loss_one"])
@@ -231,7 +224,6 @@ def test_bfloat16_storage_ends_near_float32(optimizer, params, photo):
 # --- runs that choose what fits -----------------------------------------------------------------
 
 def test_analytic_remat_estimate_covers_xla_and_is_smaller(monkeypatch):
-    import nst_jax.engine.memory as memory
     from nst_jax.engine.memory import estimate_memory, estimate_run
     settings = preset("neural-style").replace(remat="blocks", image_size=512)
     plain = estimate_run(settings.replace(remat="none"), (384, 512), [(384, 512)])
@@ -303,10 +295,8 @@ CLI_SCRIPT = textwrap.dedent("""
 
 
 def test_cli_devices_without_shard_splits_a_single_image(synthetic_params_path, tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     output = tmp_path / "out.png"
-    completed = subprocess.run([sys.executable, "-c", CLI_SCRIPT, str(IMAGES), str(synthetic_params_path),
-                                str(output)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    completed = run_script(CLI_SCRIPT, IMAGES, synthetic_params_path, output, devices=4)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "on 4 device(s) (1 per device, each image split by rows)" in completed.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]

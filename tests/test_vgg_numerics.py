@@ -7,7 +7,6 @@ Ours always goes convert -> params file -> load_params -> features.
 
 import os
 import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
