@@ -17,7 +17,7 @@ from bench.jax_step import build_problem, time_step
 from nst_jax.engine.memory import compiled_chunk
 from nst_jax.engine.optimize import OptimizerSpec, make_chunk
 
-REMATS = ("none", "blocks")
+REMATS = ("none", "blocks", "tiles")
 
 
 def measure(size: int, rounds: int, chunk_steps: int, timed_chunks: int) -> Dict[str, Dict[str, float]]:

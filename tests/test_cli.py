@@ -344,6 +344,7 @@ FLAG_EDGES = [
     (["--tv-weight", "0", "--style-weight", "0", "--sweep-content-weight", "1,0"],
      "--sweep-content-weight", "nothing to optimize"),
     (["--init-image", "start.png", "--init", "noise"], "--init-image", "conflicts with --init noise"),
+    (["--remat", "tiles", "--normalize-gradients"], "--remat tiles", "use --remat blocks"),
     (["--num-step", "3"], "--num-step", "unknown flag (did you mean --num-steps?)"),  # no abbreviations
     (["--bogus"], "--bogus", "unknown flag"),
     (["--preprocessing", "bgr"], "--preprocessing", "invalid choice"),

@@ -107,6 +107,11 @@ def test_content_loss_matches_numpy(reduction, reference):
     expected = reference(features.astype(np.float64) - target.astype(np.float64))
     np.testing.assert_allclose(losses.content_loss(features, target, reduction), expected,
                                rtol=RTOL)
+    # The same loss from a sum over tiles of the image (remat "tiles"): Σ(F−P)² and H·W·C.
+    halves = [np.sum(np.square(features[..., :2, :] - target[..., :2, :])),
+              np.sum(np.square(features[..., 2:, :] - target[..., 2:, :]))]
+    np.testing.assert_allclose(losses.content_loss_of_sum(jnp.float32(sum(halves)), features.size, reduction),
+                               expected, rtol=RTOL)
 
 
 def test_content_loss_accepts_either_rank():
@@ -125,6 +130,12 @@ def test_style_layer_loss_matches_numpy(reduction, normalization):
                                     style_loss=reduction, image_positions=positions)
     expected = style_reference(features, target_gram, normalization, reduction, positions)
     np.testing.assert_allclose(value, expected, rtol=RTOL)
+    # From Gram products summed over two column tiles, as remat "tiles" has them.
+    product = losses.gram_product(features[..., :3, :]) + losses.gram_product(features[..., 3:, :])
+    height, width = features.shape[-3:-1]
+    tiled = losses.gram_distance(losses.normalized_gram(product, height, width, normalization), target_gram,
+                                 (height, width), reduction, positions)
+    np.testing.assert_allclose(tiled, expected, rtol=RTOL)
 
 
 def test_pytorch_tutorial_style_loss():

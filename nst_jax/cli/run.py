@@ -54,9 +54,10 @@ FIELD_HELP = {
     "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
     "pooling": "VGG pooling",
     "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
-    "remat": "recompute each VGG block's activations in the backward pass: about 0.6× the loop's "
-             "temporaries for one more forward pass per step; auto: only when the run would not "
-             "fit otherwise",
+    "remat": "what the backward pass keeps of the network's activations: blocks recomputes each "
+             "VGG block (about 0.6× the loop's temporaries, 1.3-1.45× the step time); tiles computes "
+             "blocks 1-2 in column tiles and recomputes them (about 0.25×, 1.15-1.3×); auto: the "
+             "cheapest that fits",
     "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
     "content_weight": "α, weight of the content loss",
     "style_weight": "β, weight of the style loss",
@@ -438,6 +439,7 @@ def memory_report(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) 
     import math
     from nst_jax.imaging import images
     from nst_jax.engine.memory import available_bytes, estimate_run, resolve_remat
+    from nst_jax.loss.objective import REMATS
     height, width = images.load_image(args.content).shape[:2]
     style_shapes = [images.load_image(path).shape[:2] for path in args.styles]
     out_height, out_width = images.long_side_shape(height, width, settings.image.image_size)
@@ -458,7 +460,8 @@ def memory_report(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) 
             + (f"; {gib(available)} available" if available is not None else ""))
     memories = sorted({settings.optimizer.lbfgs_memory, 100, 20, 5}, reverse=True) if lbfgs else [None]
     rows = [f"{'remat':<8}{'storage':<10}{'lbfgs memory':<14}per device"]
-    for remat in ("none", "blocks"):
+    remats = [r for r in REMATS if r != "tiles" or not settings.loss.normalize_gradients]
+    for remat in remats:
         for storage in ("float32", "bfloat16"):
             for memory in memories:
                 changed = settings.replace(remat=remat, storage_dtype=storage,

@@ -244,8 +244,9 @@ class NetworkSettings:
     pooling: str = "max"
     compute_dtype: str = "float32"
     # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
-    # more forward pass per step: vgg.recomputed_in_backward); "auto": blocks only when the run
-    # would not fit otherwise.
+    # more forward pass per step: vgg.recomputed_in_backward); "tiles": blocks 1-2 computed and
+    # recomputed in column tiles, the rest keeping ReLU bits (least memory: vgg.features_in_tiles);
+    # "auto": the cheapest that fits (engine.memory.resolve_remat).
     remat: str = "none"
 
     def __post_init__(self):
@@ -309,12 +310,15 @@ class Settings:
     output: OutputSettings = dataclasses.field(default_factory=OutputSettings)
 
     def __post_init__(self):
-        # Each group checked its own fields; no check spans two groups today (add them here).
+        # Each group checked its own fields; the checks that span two groups are here.
         for field in dataclasses.fields(self):
             group = cast(type, field.type)  # a group's class: this module has no string annotations
             if not isinstance(getattr(self, field.name), group):
                 raise TypeError(f"Settings.{field.name} must be a {group.__name__}, got "
                                 f"{getattr(self, field.name)!r}")
+        if self.network.remat == "tiles" and self.loss.normalize_gradients:
+            raise UserInputError("--remat tiles: cannot be combined with --normalize-gradients (its norm "
+                                 "spans the whole image, tiles see a part); use --remat blocks")
 
     @classmethod
     def from_flat(cls, **fields: Any) -> "Settings":

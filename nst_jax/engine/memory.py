@@ -23,7 +23,7 @@ from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targ
 from nst_jax.engine.devices import place_chunk_args
 from nst_jax.engine.stages import SEPARATE_PASSES_FROM
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
-from nst_jax.model.vgg import ADJOINT
+from nst_jax.model.vgg import ADJOINT, TileGrid, front_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,8 @@ def adjoint_shape(kernel_shape: Sequence[int]) -> Tuple[int, int, int, int]:
 # optimization barriers do not order them): 1 per image covers it.
 LOOP_ACTIVATIONS = 3
 TARGET_ACTIVATIONS = 1
+# With remat "tiles", XLA keeps about 1.5 × one tile's conv outputs while it recomputes a tile.
+TILE_ACTIVATIONS = 2
 # Image-sized buffers besides L-BFGS's history: the image, its gradient, the last finished
 # image kept for Ctrl-C, Adam's two moments, the chunk's outputs.
 IMAGE_BUFFERS = 6
@@ -166,6 +168,39 @@ def _remat_loop_floats(height, width, objective):
     return inputs + read + LOOP_ACTIVATIONS * recomputed
 
 
+def _pass_floats(height, width, objective):
+    """Floats of one forward pass's conv outputs (a target's pass); with remat "tiles" the first
+    two blocks' are one tile's."""
+    deepest = deepest_conv(objective.layers)
+    if objective.remat != "tiles":
+        return _activation_floats(height, width, deepest)
+    grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
+    front_deepest = [name for name in front_layers(objective.layers, objective.pooling) if name.startswith("conv")][-1]
+    return (_activation_floats(height, grid.width + 2 * grid.halo, front_deepest)
+            + _activation_floats(height, width, deepest) - _activation_floats(height, width, front_deepest))
+
+
+def _tiles_loop_floats(height, width, objective):
+    """Floats the loop keeps with blocks 1-2 in column tiles (vgg.features_in_tiles): one tile's
+    activations at a time (recomputed in the backward pass), the front's output and its gradient,
+    and past it what the loss reads plus a block's activations and gradients at a time (the
+    ReLUs keep bits: 1/32 of a float each)."""
+    grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
+    front = front_layers(objective.layers, objective.pooling)
+    deepest = deepest_conv(objective.layers)
+    front_deepest = [name for name in front if name.startswith("conv")][-1]
+    tile = _activation_floats(height, grid.width + 2 * grid.halo, front_deepest)
+    back = [layer for layer in CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1] if layer not in front]
+    if not back:
+        return TILE_ACTIVATIONS * tile + 2 * height * width * 3
+    read = sum(_layer_floats(height, width, layer) for layer in objective.layers if layer not in front)
+    bits = sum(_layer_floats(height, width, layer) for layer in back) // 32
+    largest = max(_layer_floats(height, width, layer) for layer in back)
+    boundary = 2 * _layer_floats(height, width, front[-1])
+    # XLA's temporaries (CPU, 96 to 1024 px, Adam and L-BFGS, two layer sets) are 0.6–0.7 of this.
+    return TILE_ACTIVATIONS * tile + LOOP_ACTIVATIONS * largest + read + bits + boundary
+
+
 def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
                  members: int = 1, devices: int = 1, shard: str = "batch") -> RunEstimate:
     """Analytic RunEstimate of a run at its largest scale; shapes are (height, width) as read.
@@ -196,14 +231,16 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
-    activations = _activation_floats(height, width, deepest) * FLOAT_BYTES
+    activations = _pass_floats(height, width, objective) * FLOAT_BYTES
     if objective.remat == "blocks":
         loop_floats = _remat_loop_floats(own_height, width, objective)
+    elif objective.remat == "tiles":
+        loop_floats = _tiles_loop_floats(own_height, width, objective)
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
     loop = per_device * loop_floats * FLOAT_BYTES
     style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
-    styles = [_activation_floats(*long_side_shape(*shape, style_side), deepest) for shape in style_shapes]
+    styles = [_pass_floats(*long_side_shape(*shape, style_side), objective) for shape in style_shapes]
     if height * width < SEPARATE_PASSES_FROM:  # one program: XLA overlaps the passes
         targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
     else:  # a program per image, each split by rows like the loop
@@ -242,7 +279,8 @@ def resolve_remat(settings: Settings, content_shape: Tuple[int, int], style_shap
                   members: int = 1, devices: int = 1, shard: str = "batch",
                   device: Optional[jax.Device] = None) -> Settings:
     """`settings` with remat "auto" made "none" when the run fits without it (or the free memory
-    is unknown), else "blocks"; other values unchanged."""
+    is unknown), else the remat that needs least memory (`least_memory_remat`); other values
+    unchanged."""
     if settings.network.remat != "auto":
         return settings
     available = available_bytes(device)
@@ -250,7 +288,13 @@ def resolve_remat(settings: Settings, content_shape: Tuple[int, int], style_shap
     if available is None or estimate_run(plain, content_shape, style_shapes, members, devices,
                                          shard).total <= available:
         return plain
-    return settings.replace(remat="blocks")
+    return settings.replace(remat=least_memory_remat(settings))
+
+
+def least_memory_remat(settings: Settings) -> str:
+    """"tiles" (0.25–0.3 × the loop's temporaries, 1.15–1.3 × the step: BENCHMARKS.md), or
+    "blocks" where tiles cannot go (gradients normalized over the whole image)."""
+    return "blocks" if settings.loss.normalize_gradients else "tiles"
 
 
 def largest_lbfgs_memory(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
@@ -338,8 +382,9 @@ def check_fits(settings: Settings, content_shape: Tuple[int, int], style_shapes:
             tries.append(f"--lbfgs-memory {memories[0]}")
         if fits(optimizer="adam"):
             tries.append("--optimizer adam")
-    if settings.network.remat != "blocks" and fits(remat="blocks"):
-        tries.append("--remat blocks")
+    remat = least_memory_remat(settings)
+    if settings.network.remat != remat and fits(remat=remat):
+        tries.append(f"--remat {remat}")
     if shard == "batch" and members > devices and jax.device_count() > devices:
         for more in range(devices + 1, min(members, jax.device_count()) + 1):
             if estimate_run(settings, content_shape, style_shapes, members, more).total <= available:

@@ -18,12 +18,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax.loss import terms as losses
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
-from nst_jax.model.vgg import SHIPPED, ConvImpl, features
+from nst_jax.model.vgg import SHIPPED, ConvImpl, TileGrid, features, features_in_tiles, front_layers, layer_size
 
 # The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
 # settings' choices (--compute-dtype; --remat adds "auto", engine.memory.REMAT_CHOICES).
 COMPUTE_DTYPES = ("float32", "bfloat16")
-REMATS = ("none", "blocks")
+REMATS = ("none", "blocks", "tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,9 @@ class Objective:
     tv_beta: float = 2.5
     pixel_range: float = 255.0
     normalize_gradients: bool = False
-    remat: str = "none"  # "blocks": each VGG block recomputed in the backward pass (vgg.features_by_block)
+    # "blocks": each VGG block recomputed in the backward pass (vgg.features_by_block); "tiles":
+    # blocks 1-2 computed and recomputed in column tiles, the rest keeping ReLU bits (features_in_tiles).
+    remat: str = "none"
     # A 1-D mesh with an axis "rows": the network's input is split by rows over it (XLA's SPMD
     # partitioner adds the convolutions' halo exchanges and the Grams' all-reduces), including
     # heights the device count does not divide. None: one device, or a batch split by member.
@@ -69,7 +71,7 @@ class Objective:
             "content_layers": content, "content_layer_weights": layer_weights(content, loss.content_layer_weights),
             "style_layers": style, "style_layer_weights": layer_weights(style, loss.style_layer_weights),
             # "auto" is resolved before a run (memory.resolve_remat); unresolved it means none.
-            "remat": "blocks" if network.remat == "blocks" else "none"})
+            "remat": network.remat if network.remat in REMATS else "none"})
 
     @property
     def layers(self) -> Tuple[str, ...]:
@@ -130,19 +132,74 @@ def loss_weights(content_weight: float, style_weight: float, tv_weight: float,
                        None if temporal_weight is None else np.float32(temporal_weight))
 
 
-def vgg_features(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
-                 layers: Optional[Sequence[str]] = None) -> Dict[str, jax.Array]:
-    """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]."""
+def _network_input(objective: Objective, pixels: jax.Array) -> jax.Array:
+    """The (1, H, W, 3) preprocessed image the network reads, split by rows when asked."""
     rgb = pixels / objective.pixel_range
     if rgb.shape[-1] == 1:  # luminance-only transfer feeds the gray image to all three channels
         rgb = jnp.broadcast_to(rgb, rgb.shape[:-1] + (3,))
-    dtype = jnp.bfloat16 if objective.compute_dtype == "bfloat16" else jnp.float32
     image = preprocess(rgb[None], objective.preprocessing)
     if objective.rows is not None:
         image = jax.lax.with_sharding_constraint(
             image, NamedSharding(objective.rows, PartitionSpec(None, "rows")))
-    return features(params, image, layers or objective.layers, pooling=objective.pooling,
-                    dtype=dtype, remat=objective.remat == "blocks", conv=objective.conv)
+    return image
+
+
+def _dtype(objective: Objective) -> Any:
+    return jnp.bfloat16 if objective.compute_dtype == "bfloat16" else jnp.float32
+
+
+def vgg_features(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
+                 layers: Optional[Sequence[str]] = None) -> Dict[str, jax.Array]:
+    """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]."""
+    image, layers = _network_input(objective, pixels), layers or objective.layers
+    if objective.remat == "tiles":  # whole activations: for passes without a backward
+        return features_in_tiles(params, image, layers, kept=layers, pooling=objective.pooling,
+                                 dtype=_dtype(objective), conv=objective.conv)[0]
+    return features(params, image, layers, pooling=objective.pooling,
+                    dtype=_dtype(objective), remat=objective.remat == "blocks", conv=objective.conv)
+
+
+def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
+                            content: Optional[Dict[str, jax.Array]] = None
+                            ) -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]:
+    """({style layer: normalized Gram matrix}, {content layer: content loss}) of an image, the
+    first two blocks computed in column tiles (remat "tiles": vgg.features_in_tiles).
+
+    Their Gram matrices and content distances are sums over the tiles; deeper layers' come from
+    their whole activations. `content`: {layer: target features}; None: Gram matrices only.
+    """
+    if objective.normalize_gradients:
+        raise ValueError("remat 'tiles' cannot normalize gradients: the norm spans the whole image")
+    image = _network_input(objective, pixels)
+    height, width = image.shape[1:3]
+    layers = objective.layers if content is not None else objective.style_layers
+    grid = TileGrid.for_layers(layers, width, objective.pooling)
+    front = front_layers(layers, objective.pooling)
+    # Each front content target padded with zero columns to the tiles' width: a tile's share of
+    # Σ(F−P)² is then one slice, and columns past the image (F = P = 0 there) add nothing.
+    padded = {layer: jnp.pad(target.reshape(target.shape[-3:]).astype(jnp.float32),
+                             ((0, 0), (0, grid.padded_width(layer) - grid.layer_width(layer)), (0, 0)))
+              for layer, target in (content or {}).items() if layer in front}
+
+    def reduce_tile(own, i):
+        grams = {layer: losses.gram_product(own[layer]) for layer in objective.style_layers if layer in front}
+        distances = {layer: jnp.sum(jnp.square(
+            own[layer][0].astype(jnp.float32)
+            - jax.lax.dynamic_slice_in_dim(target, i * grid.tile_width(layer), grid.tile_width(layer), axis=1)))
+            for layer, target in padded.items()}
+        return grams, distances
+
+    activations, (products, distances) = features_in_tiles(
+        params, image, layers, reduce_tile, pooling=objective.pooling, dtype=_dtype(objective),
+        conv=objective.conv, grid=grid)
+    grams = {layer: losses.normalized_gram(products[layer], *layer_size(height, width, layer),
+                                           objective.gram_normalization)
+             if layer in products else losses.gram(activations[layer], objective.gram_normalization)
+             for layer in objective.style_layers}
+    content_losses = {layer: losses.content_loss_of_sum(distances[layer], target.size, objective.content_loss)
+                      if layer in distances else losses.content_loss(activations[layer], target, objective.content_loss)
+                      for layer, target in (content or {}).items()}
+    return grams, content_losses
 
 
 def content_targets(objective: Objective, params: Dict[str, Any],
@@ -155,6 +212,8 @@ def content_targets(objective: Objective, params: Dict[str, Any],
 def style_grams(objective: Objective, params: Dict[str, Any],
                 style_pixels: jax.Array) -> Dict[str, jax.Array]:
     """{layer: Gram matrix} of one style image at the style layers."""
+    if objective.remat == "tiles":
+        return _tiled_layer_statistics(objective, params, style_pixels)[0]
     activations = vgg_features(objective, params, style_pixels, objective.style_layers)
     return {layer: losses.gram(activations[layer], objective.gram_normalization)
             for layer in objective.style_layers}
@@ -201,26 +260,32 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
     With targets.temporal (video frames) and weights.temporal, the total also holds the
     temporal loss (`temporal_loss`).
     """
-    activations = vgg_features(objective, params, pixels)
-
-    def layer_input(layer, strength):
-        if not objective.normalize_gradients:
-            return activations[layer]
-        return l1_normalized_gradient(activations[layer], jnp.float32(strength))
-
-    content = losses.weighted_sum(
-        [losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
-                             objective.content_loss)
-         for layer, w in zip(objective.content_layers, objective.content_layer_weights)],
-        objective.content_layer_weights)
     image_positions = pixels.shape[0] * pixels.shape[1]
-    style = losses.weighted_sum(
-        [losses.style_layer_loss(
+    if objective.remat == "tiles":
+        grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content)
+        content_terms = [content_losses[layer] for layer in objective.content_layers]
+        style_terms = [losses.gram_distance(grams[layer], targets.style[layer],
+                                            layer_size(*pixels.shape[:2], layer), objective.style_loss,
+                                            image_positions)
+                       for layer in objective.style_layers]
+    else:
+        activations = vgg_features(objective, params, pixels)
+
+        def layer_input(layer, strength):
+            if not objective.normalize_gradients:
+                return activations[layer]
+            return l1_normalized_gradient(activations[layer], jnp.float32(strength))
+
+        content_terms = [losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
+                                             objective.content_loss)
+                         for layer, w in zip(objective.content_layers, objective.content_layer_weights)]
+        style_terms = [losses.style_layer_loss(
             layer_input(layer, w * weights.style), targets.style[layer],
             gram_normalization=objective.gram_normalization, style_loss=objective.style_loss,
             image_positions=image_positions)
-         for layer, w in zip(objective.style_layers, objective.style_layer_weights)],
-        objective.style_layer_weights)
+            for layer, w in zip(objective.style_layers, objective.style_layer_weights)]
+    content = losses.weighted_sum(content_terms, objective.content_layer_weights)
+    style = losses.weighted_sum(style_terms, objective.style_layer_weights)
     tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)
     terms = {"content": weights.content * content, "style": weights.style * style, "tv": weights.tv * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]

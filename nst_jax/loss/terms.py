@@ -51,14 +51,26 @@ def _single_image(array, name):
     return _at_least_float32(array)
 
 
-def _gram_of_image(image, gram_normalization):
-    height, width, channels = image.shape
-    matrix = image.reshape(height * width, channels)
+def gram_product(features: ArrayLike) -> jax.Array:
+    """Fᵀ F of features (..., C) taken as rows of C channels, in at least float32: the
+    unnormalized Gram matrix, or a tile's share of it (sums over tiles add up to the whole)."""
+    image = _at_least_float32(features)
+    matrix = image.reshape(-1, image.shape[-1])
     # HIGHEST: accelerators default to bfloat16 passes, and a Gram entry sums H·W products.
-    product = jnp.matmul(matrix.T, matrix, precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(matrix.T, matrix, precision=jax.lax.Precision.HIGHEST)
+
+
+def normalized_gram(product: jax.Array, height: int, width: int, gram_normalization: str) -> jax.Array:
+    """A `gram_product` of an (H, W, C) layer divided as `gram_normalization` says."""
+    channels = product.shape[-1]
     divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[gram_normalization]
     # A float: at print sizes C·H·W passes int32 (64 × 8192² = 2³²), which JAX refuses as an int.
     return product / float(divisor) if divisor != 1 else product
+
+
+def _gram_of_image(image, gram_normalization):
+    height, width, _ = image.shape
+    return normalized_gram(gram_product(image), height, width, gram_normalization)
 
 
 def gram(features: ArrayLike, gram_normalization: str = "raw") -> jax.Array:
@@ -93,8 +105,16 @@ def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "ha
     squared = jnp.square(image - goal)
     if content_loss == "mean":
         return jnp.mean(squared)
-    total = jnp.sum(squared)
-    return 0.5 * total if content_loss == "half_sum" else total
+    return content_loss_of_sum(jnp.sum(squared), squared.size, content_loss)
+
+
+def content_loss_of_sum(squared_sum: jax.Array, size: int, content_loss: str = "half_sum") -> jax.Array:
+    """`content_loss` from Σ(F−P)² and the number of elements it summed (a layer's H·W·C): what a
+    run that sums over tiles of the image has (vgg.features_in_tiles)."""
+    _check_option("content_loss", content_loss, CONTENT_LOSSES)
+    if content_loss == "mean":
+        return squared_sum / float(size)
+    return 0.5 * squared_sum if content_loss == "half_sum" else squared_sum
 
 
 def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normalization: str = "raw",
@@ -119,14 +139,22 @@ def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normal
     """
     _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
     _check_option("style_loss", style_loss, STYLE_LOSSES)
-    if style_loss == "keras_example" and image_positions is None:
-        raise ValueError("style_loss='keras_example' needs image_positions, the content image's H·W")
     image = _single_image(features, "features")
     image_gram = _gram_of_image(image, gram_normalization)
-    target = _at_least_float32(target_gram)
-    if target.shape != image_gram.shape:
-        raise ValueError(f"target_gram has shape {target.shape} but features of shape "
+    if jnp.shape(target_gram) != image_gram.shape:
+        raise ValueError(f"target_gram has shape {jnp.shape(target_gram)} but features of shape "
                          f"{jnp.shape(features)} give a Gram matrix of shape {image_gram.shape}")
+    return gram_distance(image_gram, target_gram, image.shape[:2], style_loss, image_positions)
+
+
+def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Sequence[int],
+                  style_loss: str = "gatys", image_positions: Optional[ArrayLike] = None) -> jax.Array:
+    """`style_layer_loss` from the image's Gram matrix (normalized like the target) and the
+    layer's (H, W): what a run that sums the Gram matrix over tiles of the image has."""
+    _check_option("style_loss", style_loss, STYLE_LOSSES)
+    if style_loss == "keras_example" and image_positions is None:
+        raise ValueError("style_loss='keras_example' needs image_positions, the content image's H·W")
+    target = _at_least_float32(target_gram)
     difference = image_gram - target
     if style_loss == "mse":
         return jnp.mean(jnp.square(difference))
@@ -135,8 +163,8 @@ def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normal
     # Divide before squaring (Σ(d/2NM)² == Σd²/4N²M²): raw Grams of large images are big enough
     # that their squares summed would come close to float32's range.
     if style_loss == "gatys":
-        height, width, channels = image.shape
-        scale = 2.0 * channels * height * width
+        height, width = layer_size
+        scale = 2.0 * image_gram.shape[-1] * height * width
     else:
         # An array, so an int32 image_positions under vmap cannot overflow when squared.
         scale = 2.0 * KERAS_EXAMPLE_CHANNELS * jnp.asarray(image_positions, difference.dtype)

@@ -2,7 +2,7 @@
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, Sequence, cast
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, cast
 
 import flax.linen as nn
 import jax
@@ -193,6 +193,10 @@ def _max_pool_backward(residuals, cotangent):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def _pool(x, pooling):
+    return max_pool_2x2(x) if pooling == "max" else nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
 def _layers_to_run(outputs, pooling):
     """(the layers from conv1_1 to the deepest of `outputs`, the canonical names of `outputs`)."""
     if pooling not in POOLINGS:
@@ -213,10 +217,8 @@ def _run_layers(names, wanted, pooling, conv_layer, x):
             x = conv_layer(name, x)
         elif name.startswith("relu"):
             x = nn.relu(x)
-        elif pooling == "max":
-            x = max_pool_2x2(x)
         else:
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            x = _pool(x, pooling)
         if name in wanted:
             activations[name] = x
     return x, activations
@@ -299,6 +301,184 @@ def features_by_block(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
         x, kept = run({name: params[name] for name in block_names if name in params}, x)
         activations.update(kept)
     return activations
+
+
+@jax.custom_vjp
+def relu_keeping_bits(x: jax.Array) -> jax.Array:
+    """max(x, 0) whose backward pass keeps one bit per activation, not the float32 activation.
+
+    Only the image is differentiated, so a convolution's backward pass needs its kernel, never
+    its input: what the plain network keeps per layer is the ReLU's input, for the mask x > 0.
+    XLA fuses that comparison into the backward pass, so even a boolean residual becomes the
+    float one again; packed bits (a reduction over channels, which XLA does not move) stay
+    bits: 1/32 of the memory. Same gradient as jax.nn.relu (0 where x <= 0 or x is NaN).
+    """
+    return jnp.maximum(x, 0)
+
+
+def _relu_bits_forward(x):
+    return jnp.maximum(x, 0), jnp.packbits(x > 0, axis=-1)
+
+
+def _relu_bits_backward(bits, cotangent):
+    positive = jnp.unpackbits(bits, axis=-1, count=cotangent.shape[-1]).astype(bool)
+    return (jnp.where(positive, cotangent, 0).astype(cotangent.dtype),)
+
+
+relu_keeping_bits.defvjp(_relu_bits_forward, _relu_bits_backward)
+
+# features_in_tiles computes blocks 1 and 2 in column tiles: at full and half resolution their
+# activations are 3/4 of the network's, and their working set in the backward pass is what remat
+# by blocks cannot shrink. Deeper blocks have too wide a receptive field to tile cheaply.
+FRONT_BLOCKS = 2
+TILE_COLUMNS = 256  # at most this many columns per tile ...
+MIN_TILES = 4  # ... and at least this many tiles: a tile's working set stays a fraction of the rest
+
+
+def _level(name):
+    """The resolution level of a layer's output: 1 full size, 2 half, ... (pool1 is level 2)."""
+    return int(name[4]) + (1 if name.startswith("pool") else 0)
+
+
+def layer_size(height: int, width: int, layer: str) -> Tuple[int, int]:
+    """(H, W) of `layer`'s output for an H × W image: each 2×2 pooling halves, an odd last row
+    or column dropped."""
+    for _ in range(_level(canonical_layer(layer)) - 1):
+        height, width = height // 2, width // 2
+    return height, width
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGrid:
+    """How `features_in_tiles` splits an image's columns.
+
+    `count` tiles of `width` columns (a multiple of 2^pools, so that every pooling window of a
+    tile is one of the whole image's); each is read with `halo` more columns on both sides, which
+    covers what its convolutions reach. At level l (layer resolution 1/2^(l-1)) everything is
+    2^(l-1) times narrower. `image_width`: the image's columns; the tiles may run past them.
+    """
+
+    image_width: int
+    width: int
+    count: int
+    halo: int
+
+    @classmethod
+    def for_layers(cls, layers: Sequence[str], image_width: int, pooling: str = "max",
+                   tiles: Optional[int] = None) -> "TileGrid":
+        """The grid for a network computing `layers` on an image `image_width` columns wide;
+        `tiles`: how many (default: at least MIN_TILES, at most TILE_COLUMNS columns each)."""
+        names = front_layers(layers, pooling)
+        pools = sum(name.startswith("pool") for name in names)
+        reach = 0  # columns an output column depends on, on each side, walking back to the input
+        for level in range(max(_level(name) for name in names), 0, -1):
+            convs = sum(name.startswith("conv") and _level(name) == level for name in names)
+            reach = (2 * reach if any(_level(name) == level + 1 for name in names) else reach) + convs
+        step = 2 ** pools
+        count = tiles or max(MIN_TILES, -(-image_width // TILE_COLUMNS))
+        width = -(-max(1, -(-image_width // count)) // step) * step
+        return cls(image_width, width, -(-image_width // width), -(-reach // step) * step)
+
+    def scale(self, layer: str) -> int:
+        return 2 ** (_level(layer) - 1)
+
+    def tile_width(self, layer: str) -> int:
+        """A tile's own columns at `layer`."""
+        return self.width // self.scale(layer)
+
+    def layer_width(self, layer: str) -> int:
+        """The whole image's columns at `layer`."""
+        return layer_size(1, self.image_width, layer)[1]
+
+    def padded_width(self, layer: str) -> int:
+        """Columns at `layer` of all tiles together (≥ layer_width)."""
+        return self.count * self.tile_width(layer)
+
+
+def front_layers(layers: Sequence[str], pooling: str = "max") -> Tuple[str, ...]:
+    """The layers `features_in_tiles` computes in tiles: those of the first FRONT_BLOCKS blocks
+    (their pooling included) that the network runs for `layers`."""
+    names, _ = _layers_to_run(layers, pooling)
+    return tuple(name for name in names if int(name[4]) <= FRONT_BLOCKS)
+
+
+def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str],
+                      reduce_tile: Optional[Callable[[Dict[str, jax.Array], jax.Array], Any]] = None,
+                      kept: Sequence[str] = (), pooling: str = "max", dtype: Any = jnp.float32,
+                      conv: ConvImpl = SHIPPED, grid: Optional[TileGrid] = None) -> Tuple[Dict[str, jax.Array], Any]:
+    """VGG-19 for print sizes: the first two blocks computed in column tiles, one at a time.
+
+    A `lax.scan` over the tiles runs blocks 1-2 on each tile (its columns plus a halo), under
+    `jax.checkpoint`: the backward pass recomputes one tile at a time, so no full-resolution
+    activation, and no gradient of one, ever exists whole. What the loss needs from those layers
+    must therefore be a sum over tiles: `reduce_tile(activations, i)` gets tile i's own columns of
+    each front layer in `layers` ({layer: (N, H_l, tile_width, C)}, columns past the image zero;
+    tile i starts at column i·tile_width) and returns arrays to add up (a Gram matrix's FᵀF, a
+    squared distance). Deeper layers run whole, their ReLUs keeping bits (`relu_keeping_bits`).
+
+    Returns ({layer: activation} for the layers in `layers` past the front and for the front
+    layers in `kept` (assembled from the tiles: for passes without a backward), the sums of
+    reduce_tile (None without one)). Same numbers as `features` within float32 reordering.
+    """
+    names, wanted = _layers_to_run(layers, pooling)
+    front = front_layers(layers, pooling)
+    back = names[len(front):]
+    grid = grid or TileGrid.for_layers(layers, image.shape[2], pooling)
+    kept = tuple(name for name in front if name in {canonical_layer(layer) for layer in kept})
+    assembled = kept + ((front[-1],) if back and front[-1] not in kept else ())
+    padded = jnp.pad(image.astype(dtype), ((0, 0), (0, 0),
+                                           (grid.halo, grid.padded_width(front[0]) - image.shape[2] + grid.halo),
+                                           (0, 0)))
+
+    def conv_layer(name, x):
+        layer = params[name]
+        return _conv_layer(conv, dtype, x, layer["kernel"], layer["bias"], layer.get(ADJOINT))
+
+    def tile(i):
+        """({front layer: tile i's own columns} for the layers asked for, and the last one)."""
+        x = lax.dynamic_slice_in_dim(padded, i * grid.width, grid.width + 2 * grid.halo, axis=2)
+        own = {}
+        for name in front:
+            if name.startswith("conv"):
+                x = conv_layer(name, x)
+            else:
+                x = nn.relu(x) if name.startswith("relu") else _pool(x, pooling)
+            if not name.startswith("conv") or name in wanted:
+                # Columns past the image are the next convolution's zero padding (and add
+                # nothing to a sum), not activations.
+                column = i * grid.tile_width(name) - grid.halo // grid.scale(name) + jnp.arange(x.shape[2])
+                inside = (column >= 0) & (column < grid.layer_width(name))
+                x = jnp.where(inside[None, None, :, None], x, jnp.zeros((), x.dtype))
+            if name in wanted or name in assembled:
+                halo = grid.halo // grid.scale(name)
+                own[name] = x[:, :, halo:halo + grid.tile_width(name)]
+        return own
+
+    def reduced(own, i):
+        return reduce_tile({name: own[name] for name in front if name in wanted}, i) if reduce_tile else ()
+
+    def body(total, i):
+        own = tile(i)
+        return jax.tree_util.tree_map(jnp.add, total, reduced(own, i)), {name: own[name] for name in assembled}
+
+    zero = jax.tree_util.tree_map(lambda shape: jnp.zeros(shape.shape, shape.dtype),
+                                  jax.eval_shape(lambda: reduced(tile(0), jnp.int32(0))))
+    sums, tiles = lax.scan(jax.checkpoint(body, prevent_cse=False), zero, jnp.arange(grid.count))
+    whole = {}
+    for name, columns in tiles.items():  # (tiles, N, H, tile_width, C) -> (N, H, W, C)
+        joined = jnp.moveaxis(columns, 0, 2)
+        whole[name] = joined.reshape(joined.shape[:2] + (-1, joined.shape[-1]))[:, :, :grid.layer_width(name)]
+    activations = {name: whole[name] for name in kept}
+    if back:
+        x = whole[front[-1]]
+        for name in back:
+            if name.startswith("conv"):
+                x = conv_layer(name, x)
+            else:
+                x = relu_keeping_bits(x) if name.startswith("relu") else _pool(x, pooling)
+            if name in wanted:
+                activations[name] = x
+    return activations, (sums if reduce_tile else None)
 
 
 def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str], pooling: str = "max",
