@@ -1,7 +1,7 @@
 """python -m bench: time the style-transfer step and write JSON, a PNG plot and Markdown tables.
 
 `python -m bench e2e` times whole commands instead, against PyTorch (bench/e2e.py): the headline.
-`python -m bench remat` measures what `--remat blocks` saves and costs (bench/remat.py).
+`python -m bench remat` measures what `--remat blocks` and `tiles` save and cost (bench/remat.py).
 
 Parses flags into a bench.suite.Plan, runs it, writes the outputs. Progress goes to stderr.
 """
@@ -156,7 +156,7 @@ def main(argv=None):
     if argv[:1] == ["e2e"]:  # the whole command against the PyTorch way: bench/e2e.py
         from bench import e2e
         return e2e.main(argv[1:])
-    if argv[:1] == ["remat"]:  # what --remat blocks saves and costs: bench/remat.py
+    if argv[:1] == ["remat"]:  # what --remat blocks / tiles save and cost: bench/remat.py
         from bench import remat
         return remat.main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -1,8 +1,8 @@
-"""python -m bench remat: what `--remat blocks` costs and saves, per size (issue 12's figures).
+"""python -m bench remat: what `--remat blocks` and `--remat tiles` cost and save, per size (issue 12's figures).
 
 For each size: XLA's memory analysis of the compiled chunk the CLI runs (temporaries and
-arguments, per device), and the step time of that chunk with remat none and blocks, interleaved
-(none, blocks, none, blocks, ...) so that a slower moment of the machine hits both. Adam, the
+arguments, per device), and the step time of that chunk with remat none, blocks and tiles,
+interleaved (none, blocks, tiles, none, ...) so that a slower moment of the machine hits all. Adam, the
 neural-style preset's layers (relu1_1 … relu5_1, content relu4_2), synthetic weights and images.
 Prints a Markdown table; nothing is written.
 """
