@@ -1,7 +1,8 @@
 """python -m bench: time the style-transfer step and write JSON, a PNG plot and Markdown tables.
 
 `python -m bench e2e` times whole commands instead, against PyTorch (bench/e2e.py): the headline.
-`python -m bench remat` measures what `--remat blocks` and `tiles` save and cost (bench/remat.py).
+`python -m bench remat` measures what `--remat blocks` and `tiles` save and cost (bench/remat.py);
+`python -m bench largest` finds the largest image one device runs (bench/largest.py).
 
 Parses flags into a bench.suite.Plan, runs it, writes the outputs. Progress goes to stderr.
 """
@@ -159,6 +160,9 @@ def main(argv=None):
     if argv[:1] == ["remat"]:  # what --remat blocks / tiles save and cost: bench/remat.py
         from bench import remat
         return remat.main(argv[1:])
+    if argv[:1] == ["largest"]:  # the largest image one device runs: bench/largest.py
+        from bench import largest
+        return largest.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         from bench.machine import accelerator

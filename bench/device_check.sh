@@ -9,6 +9,8 @@
 # 2. The tests that mean something on a GPU: numerics against the references, the engine, batches.
 # 3. `python -m bench e2e` at 512 and 1024 px against PyTorch on the same GPU (cold and warm),
 #    and 500 L-BFGS iterations at 512 px in float32 and bfloat16.
+# 4. `python -m bench largest`: the largest square image one device runs with --remat tiles
+#    (8192, 12288, 16384 px in turn, Adam), its step time and the allocator's peak.
 # Everything lands in $OUT (the device tool brings it back) or bench/results/device/: e2e.json,
 # e2e-device.md (the generated section to paste between BENCHMARKS.md's "Accelerator" markers),
 # the logs, versions and nvidia-smi.
@@ -26,9 +28,12 @@ log() { echo "[device_check $(( $(date +%s) - started ))s] $*" | tee -a "$out/de
 if (( dry )); then
   export JAX_PLATFORMS=cpu
   sizes="64:20" tests=(tests/test_lbfgs.py) test_timeout=300 e2e_timeout=300
+  largest_sizes="32,48" largest_timeout=120
 else
   # 512:500 is the goal's run (500 L-BFGS iterations at 512 px), in float32 and bfloat16.
-  sizes="512:500,1024:200" test_timeout=90 e2e_timeout=240
+  # 60 + 230 + 60 s of time limits: the whole check stays under 6 minutes.
+  sizes="512:500,1024:200" test_timeout=60 e2e_timeout=230
+  largest_sizes="8192,12288,16384" largest_timeout=60
   tests=(tests/test_lbfgs.py tests/test_vgg_numerics.py tests/test_losses.py tests/test_batch.py)
   if ! $python -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
     if compgen -G ".whl/*.whl" >/dev/null; then
@@ -58,5 +63,9 @@ log "end to end: $sizes"
 timeout "$e2e_timeout" $python -m bench e2e --sizes "$sizes" --adam-sizes none --no-batch \
   --extra-dtypes bfloat16 --out "$out" --markdown "$out/e2e-device.md" > "$out/e2e.log" 2>&1
 log "end to end: exit $?"
+log "largest image on one device: $largest_sizes"
+timeout "$largest_timeout" $python -m bench largest --sizes "$largest_sizes" --steps 2 --out "$out" \
+  > "$out/largest.md" 2> "$out/largest.log"
+log "largest: exit $?"
 log "done in $(( $(date +%s) - started )) s; files in $out"
 ls -la "$out" >> "$out/device_check.log"

@@ -60,14 +60,15 @@ class Problem:
 
 
 def build_problem(size, optimizer, *, compute_dtype="float32", preset_name="gatys", seed=0,
-                  params=None):
+                  params=None, remat="none"):
     """The `preset_name` preset at `size` px (square) with `optimizer`, ready to time.
 
     Args:
       params: {"conv1_1": {"kernel", "bias"}, ...}; default synthetic_params(seed).
+      remat: --remat for the targets and the chunk ("tiles" for print sizes).
     """
     settings = preset(preset_name).replace(image_size=size, optimizer=optimizer,
-                                           compute_dtype=compute_dtype)
+                                           compute_dtype=compute_dtype, remat=remat)
     objective = Objective.from_settings(settings, CONVENTION)
     params = prepare_params(params if params is not None else synthetic_params(seed), objective)
     content, style = synthetic_images(size, size, seed)

@@ -265,10 +265,30 @@ def test_investigate_paired_times_variants_in_one_process(tmp_path, monkeypatch,
         investigate.main(["--paired", "--size", "32", "--only", "baseline,onednn"])
 
 
-def test_remat_bench_measures_both_choices(capsys):
+def test_remat_bench_measures_every_choice(capsys):
     from bench import remat
     assert remat.main(["--sizes", "32", "--rounds", "1", "--chunk-steps", "1", "--chunks", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 32 |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["none", "blocks"]
-    ratio = float(rows[1].split("|")[6])  # blocks' temporaries ÷ none's
-    assert 0 < ratio < 1
+    assert [row.split("|")[2].strip() for row in rows] == ["none", "blocks", "tiles"]
+    for row in rows[1:]:
+        ratio = float(row.split("|")[6])  # temporaries ÷ none's
+        assert 0 < ratio < 1, row
+
+
+def test_largest_bench_stops_at_the_first_size_that_does_not_run(tmp_path, capsys, monkeypatch):
+    import json
+    from bench import largest
+    real_build = largest.build_problem
+
+    def build_problem(size, *args, **kwargs):
+        if size > 40:  # what an allocator says when a size does not fit
+            raise MemoryError(f"RESOURCE_EXHAUSTED: out of memory allocating {size}")
+        return real_build(size, *args, **kwargs)
+
+    monkeypatch.setattr(largest, "build_problem", build_problem)
+    assert largest.main(["--sizes", "48,32,64", "--steps", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "largest.json").read_text())["rows"]
+    assert [row["size"] for row in rows] == [32, 48]  # smallest first; 64 never tried
+    assert rows[0]["step_s"] > 0 and "RESOURCE_EXHAUSTED" in rows[1]["error"]
+    printed = capsys.readouterr().out
+    assert "| 32 |" in printed and "| 48 | | does not run: MemoryError" in printed

@@ -110,3 +110,7 @@ def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
     assert set(comparison["runs"]) == {"nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2",
                                        "nst_jax_warm_bfloat16"}
     assert "| 64 | lbfgs | 20 |" in (tmp_path / "e2e-device.md").read_text()
+    assert "largest: exit 0" in log, log
+    largest = json.loads((tmp_path / "largest.json").read_text())
+    assert [row["size"] for row in largest["rows"]] == [32, 48] and largest["remat"] == "tiles"
+    assert all(row["step_s"] > 0 and row["xla"]["temp_size_in_bytes"] > 0 for row in largest["rows"])
