@@ -100,6 +100,27 @@ def test_tiles_give_the_same_targets_loss_and_gradient(name, changes, size, para
     np.testing.assert_allclose(tiled_gradient, gradient, rtol=1e-4, atol=1e-5 * np.abs(gradient).max())
 
 
+def test_coarse_to_fine_with_tiles_equals_without(params, photo):
+    content, style = photos(photo)
+    settings = preset("neural-style").replace(optimizer="adam", num_steps=4, scales=2, **{**CHEAP, "image_size": 48})
+    plain = stylize(content, [style], settings, params, "caffe")
+    tiled = stylize(content, [style], settings.replace(remat="tiles"), params, "caffe")
+    np.testing.assert_allclose(tiled.loss, plain.loss, rtol=1e-4)
+    np.testing.assert_allclose(tiled.image, plain.image, atol=5e-3)
+
+
+def test_cli_run_with_tiles_writes_the_image_and_says_so(synthetic_params_path, tmp_path, capsys):
+    from nst_jax.cli.run import main
+    from nst_jax.imaging.images import read_png_metadata
+    output = tmp_path / "out.png"
+    status = main([IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg", "--weights", synthetic_params_path,
+                   "--image-size", "40", "--num-steps", "2", "--optimizer", "adam", "--remat", "tiles",
+                   "-o", output])
+    assert status == 0, capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    assert read_png_metadata(output)["settings"]["remat"] == "tiles"
+
+
 def test_a_batch_with_tiles_equals_its_members_run_alone(params, photo):
     from nst_jax.engine.stylize import make_members, stylize_batch
     content, style = photos(photo)
