@@ -265,7 +265,7 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
         grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content)
         content_terms = [content_losses[layer] for layer in objective.content_layers]
         style_terms = [losses.gram_distance(grams[layer], targets.style[layer],
-                                            layer_size(*pixels.shape[:2], layer), objective.style_loss,
+                                            layer_size(pixels.shape[0], pixels.shape[1], layer), objective.style_loss,
                                             image_positions)
                        for layer in objective.style_layers]
     else:

@@ -164,7 +164,7 @@ def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Seq
     # that their squares summed would come close to float32's range.
     if style_loss == "gatys":
         height, width = layer_size
-        scale = 2.0 * image_gram.shape[-1] * height * width
+        scale: Any = 2.0 * image_gram.shape[-1] * height * width
     else:
         # An array, so an int32 image_positions under vmap cannot overflow when squared.
         scale = 2.0 * KERAS_EXAMPLE_CHANNELS * jnp.asarray(image_positions, difference.dtype)
