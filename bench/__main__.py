@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from bench.flags import int_list
 from nst_jax.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,16 +66,6 @@ def build_parser():
     return parser
 
 
-def _int_list(flag, text, minimum=1):
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UserInputError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
-    if any(value < minimum for value in values):
-        raise UserInputError(f"{flag}: every value must be at least {minimum}, got {text!r}")
-    return values
-
-
 def _name_list(flag, text, choices):
     names = tuple(part.strip() for part in text.split(","))
     unknown = [name for name in names if name not in choices]
@@ -96,7 +87,7 @@ def plan_from_args(args, on_accelerator):
     plan = quick_plan() if args.quick else full_plan(on_accelerator)
     changes = {}
     if args.sizes:
-        changes["sizes"] = _int_list("--sizes", args.sizes, MIN_SIZE)
+        changes["sizes"] = int_list("--sizes", args.sizes, MIN_SIZE)
     if args.optimizers:
         changes["optimizers"] = _name_list("--optimizers", args.optimizers, OPTIMIZERS)
     if args.dtypes:
@@ -111,13 +102,13 @@ def plan_from_args(args, on_accelerator):
         changes["long_chunk_steps"] = _positive("--long-chunk-steps", args.long_chunk_steps, 0)
     if args.batch_sizes:
         changes["batch_sizes"] = (() if args.batch_sizes == "none"
-                                  else _int_list("--batch-sizes", args.batch_sizes))
+                                  else int_list("--batch-sizes", args.batch_sizes))
     if args.batch_image_size is not None:
         changes["batch_image_size"] = _positive("--batch-image-size", args.batch_image_size, MIN_SIZE)
     if args.long_run:
         changes.update(_long_run(args.long_run))
     if args.matmul_sizes:
-        changes["matmul_sizes"] = _int_list("--matmul-sizes", args.matmul_sizes)
+        changes["matmul_sizes"] = int_list("--matmul-sizes", args.matmul_sizes)
     if args.no_torch:
         changes["torch"] = False
     if args.torch_channels_last:

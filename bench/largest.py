@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 
 from bench import machine
+from bench.flags import int_list
 from bench.jax_step import build_problem, time_step
+from nst_jax.errors import UserInputError
 
 
 def probe(size: int, steps: int, remat: str, compute_dtype: str) -> Dict[str, Any]:
@@ -59,9 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="folder for largest.json (default: print only)")
     args = parser.parse_args(argv)
     try:
-        sizes = sorted(int(size) for size in args.sizes.split(","))
-    except ValueError:
-        print(f"error: --sizes: whole numbers separated by commas, got {args.sizes!r}", file=sys.stderr)
+        sizes = sorted(int_list("--sizes", args.sizes, 16))
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     rows: List[Dict[str, Any]] = []
     for size in sizes:

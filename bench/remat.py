@@ -13,7 +13,9 @@ import statistics
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from bench.flags import int_list
 from bench.jax_step import build_problem, time_step
+from nst_jax.errors import UserInputError
 from nst_jax.engine.memory import compiled_chunk
 from nst_jax.engine.optimize import OptimizerSpec, make_chunk
 
@@ -63,9 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--chunks", type=int, default=3, help="timed chunks per round (default 3)")
     args = parser.parse_args(argv)
     try:
-        sizes = [int(size) for size in args.sizes.split(",")]
-    except ValueError:
-        print(f"error: --sizes: whole numbers separated by commas, got {args.sizes!r}", file=sys.stderr)
+        sizes = int_list("--sizes", args.sizes, 16)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     results = {}
     for size in sizes:
