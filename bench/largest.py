@@ -4,7 +4,8 @@ Issue 12's accelerator figure. For each size in turn (smallest first): the neura
 Adam, `--remat tiles` (or the remat asked), synthetic weights and images; targets, compile, a
 warm-up chunk, then one timed chunk of `--steps` steps of the chunk the CLI runs. Records the
 step time, the allocator's peak (GPU) and XLA's analysis; stops at the first size that fails
-(out of memory). Prints a Markdown table and writes JSON to --out.
+(out of memory; any other error is raised). Prints a Markdown table, a row per size as it is
+done, and writes JSON to --out after each size.
 """
 
 import argparse
@@ -22,14 +23,23 @@ from bench.jax_step import build_problem, time_step
 from nst_jax.errors import UserInputError
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocator's refusal: XLA's RESOURCE_EXHAUSTED (or its "Out of memory"), or the host's MemoryError."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
 def probe(size: int, steps: int, remat: str, compute_dtype: str) -> Dict[str, Any]:
-    """One size's figures; {"size", "error"} when it does not run."""
+    """One size's figures; {"size", "error"} when it runs out of memory (other errors propagate:
+    a bug must not read as a memory limit)."""
     started = time.perf_counter()
     try:
         problem = build_problem(size, "adam", preset_name="neural-style", remat=remat,
                                 compute_dtype=compute_dtype)
         timed = time_step(problem, chunk_steps=steps, warmup_chunks=1, timed_chunks=1)
-    except Exception as error:  # out of memory is an XlaRuntimeError (RESOURCE_EXHAUSTED) or a MemoryError
+    except Exception as error:
+        if not _out_of_memory(error):
+            raise
         return {"size": size, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
                 "seconds": time.perf_counter() - started}
     return {"size": size, "megapixels": size * size / 1e6, "step_s": timed["step_s"]["median"],
@@ -37,19 +47,19 @@ def probe(size: int, steps: int, remat: str, compute_dtype: str) -> Dict[str, An
             "xla": timed["memory"]["xla"], "loss": timed["loss"], "seconds": time.perf_counter() - started}
 
 
-def table(rows: List[Dict[str, Any]]) -> str:
+HEADER = "| size | MP | step | compile | device peak | XLA arguments + temporaries |\n|---|---|---|---|---|---|"
+
+
+def table_row(row: Dict[str, Any]) -> str:
+    """One size's Markdown row (printed as soon as the size is done: a time limit may cut the next)."""
+    if "error" in row:
+        return f"| {row['size']} | | does not run: {row['error'][:120]} | | | |"
     gib = lambda size: f"{size / 2**30:.1f} GiB"  # noqa: E731
-    lines = ["| size | MP | step | compile | device peak | XLA arguments + temporaries |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['size']} | | does not run: {row['error'][:120]} | | | |")
-            continue
-        peak = (row["device_memory"] or {}).get("peak_bytes_in_use")
-        xla = row["xla"] or {}
-        lines.append(f"| {row['size']} | {row['megapixels']:.1f} | {row['step_s']:.3f} s | {row['compile_s']:.1f} s "
-                     f"| {gib(peak) if peak else '-'} "
-                     f"| {gib(xla.get('argument_size_in_bytes', 0) + xla.get('temp_size_in_bytes', 0))} |")
-    return "\n".join(lines)
+    peak = (row["device_memory"] or {}).get("peak_bytes_in_use")
+    xla = row["xla"] or {}
+    return (f"| {row['size']} | {row['megapixels']:.1f} | {row['step_s']:.3f} s | {row['compile_s']:.1f} s "
+            f"| {gib(peak) if peak else '-'} "
+            f"| {gib(xla.get('argument_size_in_bytes', 0) + xla.get('temp_size_in_bytes', 0))} |")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -65,17 +75,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.steps < 1:
+        print(f"error: --steps: must be at least 1, got {args.steps}", file=sys.stderr)
+        return 2
     rows: List[Dict[str, Any]] = []
+    print(HEADER, flush=True)
     for size in sizes:
         print(f"[bench largest] {size} px, remat {args.remat}, {args.compute_dtype}", file=sys.stderr, flush=True)
         rows.append(probe(size, args.steps, args.remat, args.compute_dtype))
+        print(table_row(rows[-1]), flush=True)
         if args.out:  # after each size: a time limit that cuts the next one keeps this one's
             write_json(args.out, {"machine": machine.describe_machine(), "backend": jax.default_backend(),
                                   "remat": args.remat, "compute_dtype": args.compute_dtype, "rows": rows})
         if "error" in rows[-1]:
             break
         jax.clear_caches()  # the next size's buffers and programs, not this one's
-    print(table(rows))
     return 0
 
 

@@ -292,3 +292,11 @@ def test_largest_bench_stops_at_the_first_size_that_does_not_run(tmp_path, capsy
     assert rows[0]["step_s"] > 0 and "RESOURCE_EXHAUSTED" in rows[1]["error"]
     printed = capsys.readouterr().out
     assert "| 32 |" in printed and "| 48 | | does not run: MemoryError" in printed
+
+    def broken(size, *args, **kwargs):
+        raise ValueError("a bug, not a memory limit")
+
+    monkeypatch.setattr(largest, "build_problem", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        largest.main(["--sizes", "32", "--steps", "1"])
+    assert largest.main(["--sizes", "32", "--steps", "0"]) == 2

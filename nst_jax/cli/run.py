@@ -55,9 +55,9 @@ FIELD_HELP = {
     "pooling": "VGG pooling",
     "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
     "remat": "what the backward pass keeps of the network's activations: blocks recomputes each "
-             "VGG block (about 0.6× the loop's temporaries, 1.3-1.45× the step time); tiles computes "
-             "blocks 1-2 in column tiles and recomputes them (about 0.25×, 1.15-1.3×); auto: the "
-             "cheapest that fits",
+             "VGG block (about 0.65× the loop's temporaries, 1.45-1.55× the step time); tiles computes "
+             "blocks 1-2 in column tiles and recomputes them (about 0.3×, 1.2-1.25×); auto: none when "
+             "the run fits, else tiles (blocks with --normalize-gradients)",
     "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
     "content_weight": "α, weight of the content loss",
     "style_weight": "β, weight of the style loss",

@@ -246,7 +246,8 @@ class NetworkSettings:
     # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
     # more forward pass per step: vgg.recomputed_in_backward); "tiles": blocks 1-2 computed and
     # recomputed in column tiles, the rest keeping ReLU bits (least memory: vgg.features_in_tiles);
-    # "auto": the cheapest that fits (engine.memory.resolve_remat).
+    # "auto": none when the run fits, else tiles (blocks where tiles cannot go:
+    # engine.memory.resolve_remat).
     remat: str = "none"
 
     def __post_init__(self):

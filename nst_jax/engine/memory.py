@@ -104,17 +104,18 @@ def adjoint_shape(kernel_shape: Sequence[int]) -> Tuple[int, int, int, int]:
 
 # --- the fit check: an analytic estimate of the whole run, made before anything compiles -------
 
-# XLA keeps 1.9–2.2 × one forward pass's conv outputs as the loop's temporaries with the paper's
-# layers (to relu5_1), 2.6 × for a net cut after block 2 (forward activations for the backward
-# pass and their gradients; measured with `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS
-# with and without the zoom line search, whose evaluations run one after another): 3 covers them
-# with room for another compiler's choices. The targets' program (content features and each
+# XLA keeps 1.5–1.8 × one forward pass's conv outputs as the loop's temporaries with the paper's
+# layers (to relu5_1; 1.9–2.2 × before the Gram's gradient became one product), 2.6 × for a net
+# cut after block 2 (forward activations for the backward pass and their gradients; measured with
+# `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS with and without the zoom line search,
+# whose evaluations run one after another): 3 covers them with room for another compiler's choices. The targets' program (content features and each
 # style's Grams, before the loop) keeps 1.8–1.9 × one image's conv outputs for a content and a
 # style image, 2.3 × for two styles (256 to 1024 px; XLA's CPU compiler overlaps the passes,
 # optimization barriers do not order them): 1 per image covers it.
 LOOP_ACTIVATIONS = 3
 TARGET_ACTIVATIONS = 1
-# With remat "tiles", XLA keeps about 1.5 × one tile's conv outputs while it recomputes a tile.
+# With remat "tiles", XLA keeps about 1.5 × one tile's conv outputs while it recomputes a tile
+# (CPU, 96 to 1024 px); 2 leaves room for another compiler's schedule, as LOOP_ACTIVATIONS does.
 TILE_ACTIVATIONS = 2
 # Image-sized buffers besides L-BFGS's history: the image, its gradient, the last finished
 # image kept for Ctrl-C, Adam's two moments, the chunk's outputs.
@@ -149,11 +150,13 @@ def _activation_floats(height, width, deepest):
 
 
 def _layer_floats(height, width, layer):
-    """Floats of one activation (relu4_2, conv2_1, pool1): its block's channels at its size."""
+    """Floats of one activation (relu4_2, conv2_1, pool1): its block's channels at its size (a
+    pooling's output has its block's channels at half that block's size)."""
     from nst_jax.model.layers import canonical_layer
     name = canonical_layer(layer)
-    block = int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1]) + 1
-    return -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[min(block, 5)]
+    level = int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1]) + 1  # pool1: half size
+    channels = BLOCK_CHANNELS[int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1])]
+    return -(-height // 2 ** (level - 1)) * -(-width // 2 ** (level - 1)) * channels
 
 
 def _remat_loop_floats(height, width, objective):
@@ -164,41 +167,48 @@ def _remat_loop_floats(height, width, objective):
     inputs = sum(_layer_floats(height, width, f"pool{block - 1}") for block, _ in blocks if block > 1)
     read = sum(_layer_floats(height, width, layer) for layer in objective.layers)
     recomputed = max(convs * _layer_floats(height, width, f"conv{block}_1") for block, convs in blocks)
-    # XLA's temporaries (CPU, 96 and 512 px) are 0.64–0.72 of this, the net cut after block 2 highest.
+    # XLA's temporaries (CPU, 96 to 1024 px) are 0.56–0.62 of this (0.64–0.72 before the Gram's
+    # one-product gradient), the net cut after block 2 highest.
     return inputs + read + LOOP_ACTIVATIONS * recomputed
 
 
-def _pass_floats(height, width, objective):
+def _pass_floats(height, width, objective, kept=()):
     """Floats of one forward pass's conv outputs (a target's pass); with remat "tiles" the first
-    two blocks' are one tile's."""
+    two blocks' are one tile's, plus the `kept` layers among them assembled whole (the content
+    pass keeps its content layers)."""
     deepest = deepest_conv(objective.layers)
     if objective.remat != "tiles":
         return _activation_floats(height, width, deepest)
     grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
-    front_deepest = [name for name in front_layers(objective.layers, objective.pooling) if name.startswith("conv")][-1]
-    return (_activation_floats(height, grid.width + 2 * grid.halo, front_deepest)
+    front = front_layers(objective.layers, objective.pooling)
+    front_deepest = [name for name in front if name.startswith("conv")][-1]
+    whole = sum(_layer_floats(height, width, layer) for layer in kept if layer in front)
+    return (_activation_floats(height, grid.width + 2 * grid.halo, front_deepest) + whole
             + _activation_floats(height, width, deepest) - _activation_floats(height, width, front_deepest))
 
 
 def _tiles_loop_floats(height, width, objective):
     """Floats the loop keeps with blocks 1-2 in column tiles (vgg.features_in_tiles): one tile's
-    activations at a time (recomputed in the backward pass), the front's output and its gradient,
-    and past it what the loss reads plus a block's activations and gradients at a time (the
-    ReLUs keep bits: 1/32 of a float each)."""
+    activations at a time (recomputed in the backward pass), a zero-padded copy of each content
+    target inside the tiled blocks, the front's output and its gradient, and past it what the
+    loss reads plus a block's activations and gradients at a time (the ReLUs keep bits: 1/32 of
+    a float each)."""
     grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
     front = front_layers(objective.layers, objective.pooling)
     deepest = deepest_conv(objective.layers)
     front_deepest = [name for name in front if name.startswith("conv")][-1]
     tile = _activation_floats(height, grid.width + 2 * grid.halo, front_deepest)
+    padded_targets = sum(_layer_floats(height, grid.padded_width(layer) * grid.scale(layer), layer)
+                         for layer in objective.content_layers if layer in front)
     back = [layer for layer in CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1] if layer not in front]
     if not back:
-        return TILE_ACTIVATIONS * tile + 2 * height * width * 3
+        return TILE_ACTIVATIONS * tile + padded_targets + 2 * height * width * 3
     read = sum(_layer_floats(height, width, layer) for layer in objective.layers if layer not in front)
     bits = sum(_layer_floats(height, width, layer) for layer in back) // 32
     largest = max(_layer_floats(height, width, layer) for layer in back)
     boundary = 2 * _layer_floats(height, width, front[-1])
-    # XLA's temporaries (CPU, 96 to 1024 px, Adam and L-BFGS, two layer sets) are 0.6–0.7 of this.
-    return TILE_ACTIVATIONS * tile + LOOP_ACTIVATIONS * largest + read + bits + boundary
+    # XLA's temporaries (CPU, 96 to 1024 px, Adam and L-BFGS, two layer sets) are 0.60–0.63 of this.
+    return TILE_ACTIVATIONS * tile + LOOP_ACTIVATIONS * largest + read + bits + boundary + padded_targets
 
 
 def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
@@ -231,7 +241,7 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
-    activations = _pass_floats(height, width, objective) * FLOAT_BYTES
+    activations = _pass_floats(height, width, objective, objective.content_layers) * FLOAT_BYTES
     if objective.remat == "blocks":
         loop_floats = _remat_loop_floats(own_height, width, objective)
     elif objective.remat == "tiles":

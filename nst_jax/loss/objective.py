@@ -21,7 +21,8 @@ from nst_jax.model.preprocess import preprocess
 from nst_jax.model.vgg import SHIPPED, ConvImpl, TileGrid, features, features_in_tiles, front_layers, layer_size
 
 # The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
-# settings' choices (--compute-dtype; --remat adds "auto", engine.memory.REMAT_CHOICES).
+# settings' choices (--compute-dtype; --remat adds "auto", config.settings.REMAT_CHOICES, which
+# engine.memory.resolve_remat resolves before a run).
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "blocks", "tiles")
 

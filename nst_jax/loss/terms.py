@@ -52,8 +52,8 @@ def _single_image(array, name):
 
 
 def gram_product(features: ArrayLike) -> jax.Array:
-    """Fᵀ F of features (..., C) taken as rows of C channels, in at least float32: the
-    unnormalized Gram matrix, or a tile's share of it (sums over tiles add up to the whole)."""
+    """Fᵀ F of one image's features, or of a tile of them (sums over tiles add up to the whole):
+    every axis but the last (channels) counts as positions, in at least float32, not normalized."""
     image = _at_least_float32(features)
     return _symmetric_product(image.reshape(-1, image.shape[-1]))
 
@@ -63,30 +63,28 @@ def _product(a, b):
     return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _symmetric_product(matrix):
-    """matrixᵀ · matrix, whose gradient is one product, matrix · (dG + dGᵀ).
+    """matrixᵀ · matrix, with the tangent written as P + Pᵀ, P = matrixᵀ · tangent.
 
-    JAX differentiates Fᵀ F into two products of F's size (F·dG and F·dGᵀ, then a sum): at
-    relu1_1 two 65,536 × 64 results. The symmetric form does one: 15.9 → 10.4 ms for a 256 px
-    relu1_1's Gram and its gradient on the project's CPU (BENCHMARKS.md, issue 9).
+    JAX's own rule has two products of the matrix's size in the backward pass (F·dG and F·dGᵀ,
+    then a sum; at a 256 px relu1_1 two 65,536 × 64 results); transposing P + Pᵀ gives one,
+    F·(dG + dGᵀ): 15.9 → 10.4 ms for that layer's Gram and gradient on the project's CPU, 2-3 %
+    of an L-BFGS step (BENCHMARKS.md). A JVP rule, so forward mode (jax.jvp, jacfwd) still works.
     """
     return _product(matrix.T, matrix)
 
 
-def _symmetric_product_forward(matrix):
-    return _product(matrix.T, matrix), matrix
-
-
-def _symmetric_product_backward(matrix, cotangent):
-    return (_product(matrix, cotangent + cotangent.T).astype(matrix.dtype),)
-
-
-_symmetric_product.defvjp(_symmetric_product_forward, _symmetric_product_backward)
+@_symmetric_product.defjvp
+def _symmetric_product_jvp(primals, tangents):
+    (matrix,), (tangent,) = primals, tangents
+    half = _product(matrix.T, tangent)
+    return _product(matrix.T, matrix), half + half.T
 
 
 def normalized_gram(product: jax.Array, height: int, width: int, gram_normalization: str) -> jax.Array:
     """A `gram_product` of an (H, W, C) layer divided as `gram_normalization` says."""
+    _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
     channels = product.shape[-1]
     divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[gram_normalization]
     # A float: at print sizes C·H·W passes int32 (64 × 8192² = 2³²), which JAX refuses as an int.
@@ -163,7 +161,7 @@ def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normal
         the other style losses so a caller may pass it always.
     """
     _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
-    _check_option("style_loss", style_loss, STYLE_LOSSES)
+    _check_style_loss(style_loss, image_positions)
     image = _single_image(features, "features")
     image_gram = _gram_of_image(image, gram_normalization)
     if jnp.shape(target_gram) != image_gram.shape:
@@ -172,13 +170,17 @@ def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normal
     return gram_distance(image_gram, target_gram, image.shape[:2], style_loss, image_positions)
 
 
+def _check_style_loss(style_loss, image_positions):
+    _check_option("style_loss", style_loss, STYLE_LOSSES)
+    if style_loss == "keras_example" and image_positions is None:
+        raise ValueError("style_loss='keras_example' needs image_positions, the content image's H·W")
+
+
 def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Sequence[int],
                   style_loss: str = "gatys", image_positions: Optional[ArrayLike] = None) -> jax.Array:
     """`style_layer_loss` from the image's Gram matrix (normalized like the target) and the
     layer's (H, W): what a run that sums the Gram matrix over tiles of the image has."""
-    _check_option("style_loss", style_loss, STYLE_LOSSES)
-    if style_loss == "keras_example" and image_positions is None:
-        raise ValueError("style_loss='keras_example' needs image_positions, the content image's H·W")
+    _check_style_loss(style_loss, image_positions)
     target = _at_least_float32(target_gram)
     difference = image_gram - target
     if style_loss == "mse":
@@ -189,7 +191,7 @@ def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Seq
     # that their squares summed would come close to float32's range.
     if style_loss == "gatys":
         height, width = layer_size
-        scale: Any = 2.0 * image_gram.shape[-1] * height * width
+        scale: Union[float, jax.Array] = 2.0 * image_gram.shape[-1] * height * width
     else:
         # An array, so an int32 image_positions under vmap cannot overflow when squared.
         scale = 2.0 * KERAS_EXAMPLE_CHANNELS * jnp.asarray(image_positions, difference.dtype)

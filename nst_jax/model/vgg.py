@@ -193,6 +193,11 @@ def _max_pool_backward(residuals, cotangent):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def _check_image(image):
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (N, H, W, 3), got {image.shape}")
+
+
 def _pool(x, pooling):
     return max_pool_2x2(x) if pooling == "max" else nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
@@ -205,23 +210,37 @@ def _layers_to_run(outputs, pooling):
     return LAYER_ORDER[: max(LAYER_ORDER.index(name) for name in wanted) + 1], wanted
 
 
-def _run_layers(names, wanted, pooling, conv_layer, x):
-    """VGG-19's layer loop, for both forms of the network (`VGG19`, `features_by_block`).
+def _run_layers(names, wanted, pooling, conv_layer, x, relu=nn.relu, after=None):
+    """VGG-19's layer loop, for every form of the network (`VGG19`, `features_by_block`,
+    `features_in_tiles`).
 
-    Runs the layers `names` in order on x; `conv_layer(name, x)` computes a convolution layer.
-    Returns (the last output, {name: activation} for the names in `wanted`).
+    Runs the layers `names` in order on x; `conv_layer(name, x)` computes a convolution layer,
+    `relu` a ReLU; `after(name, output)`, if given, replaces each layer's output (tiles zero
+    their columns past the image). Returns (the last output, {name: activation} for the names
+    in `wanted`).
     """
     activations = {}
     for name in names:
         if name.startswith("conv"):
             x = conv_layer(name, x)
         elif name.startswith("relu"):
-            x = nn.relu(x)
+            x = relu(x)
         else:
             x = _pool(x, pooling)
+        if after is not None:
+            x = after(name, x)
         if name in wanted:
             activations[name] = x
     return x, activations
+
+
+def _params_conv_layer(params, dtype, conv):
+    """`conv_layer` for `_run_layers` from a params dict (the network as a pure function)."""
+    def conv_layer(name, x):
+        layer = params[name]
+        return _conv_layer(conv, dtype, x, layer["kernel"], layer["bias"], layer.get(ADJOINT))
+
+    return conv_layer
 
 
 class VGG19(nn.Module):
@@ -249,11 +268,7 @@ class VGG19(nn.Module):
 
 def _pure_block(names, wanted, pooling, dtype, conv, params, x):
     """The layers `names` as a pure function of (params, x), recomputed in the backward pass."""
-    def conv_layer(name, x):
-        layer = params[name]
-        return _conv_layer(conv, dtype, x, layer["kernel"], layer["bias"], layer.get(ADJOINT))
-
-    return _run_layers(names, wanted, pooling, conv_layer, x)
+    return _run_layers(names, wanted, pooling, _params_conv_layer(params, dtype, conv), x)
 
 
 def recomputed_in_backward(fn: Callable[[Any, jax.Array], Any]) -> Callable[[Any, jax.Array], Any]:
@@ -328,8 +343,9 @@ def _relu_bits_backward(bits, cotangent):
 relu_keeping_bits.defvjp(_relu_bits_forward, _relu_bits_backward)
 
 # features_in_tiles computes blocks 1 and 2 in column tiles: at full and half resolution their
-# activations are 3/4 of the network's, and their working set in the backward pass is what remat
-# by blocks cannot shrink. Deeper blocks have too wide a receptive field to tile cheaply.
+# activations are 2/3 of the network's (to relu5_1), and their working set in the backward pass
+# is what remat by blocks cannot shrink. Deeper blocks reach too far to tile cheaply (a tile
+# through pool3 needs 22 columns of halo on each side).
 FRONT_BLOCKS = 2
 TILE_COLUMNS = 256  # at most this many columns per tile ...
 MIN_TILES = 4  # ... and at least this many tiles: a tile's working set stays a fraction of the rest
@@ -352,10 +368,11 @@ def layer_size(height: int, width: int, layer: str) -> Tuple[int, int]:
 class TileGrid:
     """How `features_in_tiles` splits an image's columns.
 
-    `count` tiles of `width` columns (a multiple of 2^pools, so that every pooling window of a
-    tile is one of the whole image's); each is read with `halo` more columns on both sides, which
-    covers what its convolutions reach. At level l (layer resolution 1/2^(l-1)) everything is
-    2^(l-1) times narrower. `image_width`: the image's columns; the tiles may run past them.
+    `count` tiles of `width` columns (a multiple of 2^pools, pools being the poolings the tiled
+    layers include, so that every pooling window of a tile is one of the whole image's); each is
+    read with `halo` more columns on both sides, which covers what its convolutions reach (8
+    through pool2). At level l (layer resolution 1/2^(l-1)) everything is 2^(l-1) times narrower.
+    `image_width`: the image's columns; the last tile may run past them.
     """
 
     image_width: int
@@ -366,8 +383,12 @@ class TileGrid:
     @classmethod
     def for_layers(cls, layers: Sequence[str], image_width: int, pooling: str = "max",
                    tiles: Optional[int] = None) -> "TileGrid":
-        """The grid for a network computing `layers` on an image `image_width` columns wide;
-        `tiles`: how many (default: at least MIN_TILES, at most TILE_COLUMNS columns each)."""
+        """The grid for a network computing `layers` on an image `image_width` columns wide.
+
+        `tiles`: about how many (default: MIN_TILES, more if a tile would exceed TILE_COLUMNS
+        columns). Widths are rounded up to a multiple of 2^pools, so the count that covers the
+        image can come out lower than asked (40 columns in 7 tiles: 5 tiles of 8).
+        """
         names = front_layers(layers, pooling)
         pools = sum(name.startswith("pool") for name in names)
         reach = 0  # columns an output column depends on, on each side, walking back to the input
@@ -420,6 +441,7 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
     layers in `kept` (assembled from the tiles: for passes without a backward), the sums of
     reduce_tile (None without one)). Same numbers as `features` within float32 reordering.
     """
+    _check_image(image)
     names, wanted = _layers_to_run(layers, pooling)
     front = front_layers(layers, pooling)
     back = names[len(front):]
@@ -429,30 +451,23 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
     padded = jnp.pad(image.astype(dtype), ((0, 0), (0, 0),
                                            (grid.halo, grid.padded_width(front[0]) - image.shape[2] + grid.halo),
                                            (0, 0)))
-
-    def conv_layer(name, x):
-        layer = params[name]
-        return _conv_layer(conv, dtype, x, layer["kernel"], layer["bias"], layer.get(ADJOINT))
+    conv_layer = _params_conv_layer(params, dtype, conv)
 
     def tile(i):
         """({front layer: tile i's own columns} for the layers asked for, and the last one)."""
+        def inside_image(name, x):
+            if name.startswith("conv") and name not in wanted:
+                return x  # the ReLU after it is zeroed
+            # Columns past the image are the next convolution's zero padding (and add nothing
+            # to a sum), not activations.
+            column = i * grid.tile_width(name) - grid.halo // grid.scale(name) + jnp.arange(x.shape[2])
+            inside = (column >= 0) & (column < grid.layer_width(name))
+            return jnp.where(inside[None, None, :, None], x, jnp.zeros((), x.dtype))
+
         x = lax.dynamic_slice_in_dim(padded, i * grid.width, grid.width + 2 * grid.halo, axis=2)
-        own = {}
-        for name in front:
-            if name.startswith("conv"):
-                x = conv_layer(name, x)
-            else:
-                x = nn.relu(x) if name.startswith("relu") else _pool(x, pooling)
-            if not name.startswith("conv") or name in wanted:
-                # Columns past the image are the next convolution's zero padding (and add
-                # nothing to a sum), not activations.
-                column = i * grid.tile_width(name) - grid.halo // grid.scale(name) + jnp.arange(x.shape[2])
-                inside = (column >= 0) & (column < grid.layer_width(name))
-                x = jnp.where(inside[None, None, :, None], x, jnp.zeros((), x.dtype))
-            if name in wanted or name in assembled:
-                halo = grid.halo // grid.scale(name)
-                own[name] = x[:, :, halo:halo + grid.tile_width(name)]
-        return own
+        _, activations = _run_layers(front, wanted.union(assembled), pooling, conv_layer, x, after=inside_image)
+        return {name: x[:, :, grid.halo // grid.scale(name):][:, :, :grid.tile_width(name)]
+                for name, x in activations.items()}
 
     def reduced(own, i):
         return reduce_tile({name: own[name] for name in front if name in wanted}, i) if reduce_tile else ()
@@ -470,14 +485,7 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
         whole[name] = joined.reshape(joined.shape[:2] + (-1, joined.shape[-1]))[:, :, :grid.layer_width(name)]
     activations = {name: whole[name] for name in kept}
     if back:
-        x = whole[front[-1]]
-        for name in back:
-            if name.startswith("conv"):
-                x = conv_layer(name, x)
-            else:
-                x = relu_keeping_bits(x) if name.startswith("relu") else _pool(x, pooling)
-            if name in wanted:
-                activations[name] = x
+        activations.update(_run_layers(back, wanted, pooling, conv_layer, whole[front[-1]], relu=relu_keeping_bits)[1])
     return activations, (sums if reduce_tile else None)
 
 
@@ -500,8 +508,7 @@ def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequen
     Returns:
       {canonical layer name: activation (N, h, w, C)} for every name in `layers`.
     """
-    if image.ndim != 4 or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape (N, H, W, 3), got {image.shape}")
+    _check_image(image)
     if remat:
         return features_by_block(params, image, layers, pooling, dtype, conv)
     model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype, conv=conv)
