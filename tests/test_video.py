@@ -184,11 +184,12 @@ def test_long_term_weights_go_to_the_nearest_frame_that_saw_a_pixel():
     np.testing.assert_array_equal(np.stack(weights), [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
 
 
-def test_luminance_transfer_with_long_term_frames(params):
+@pytest.mark.parametrize("remat", ["none", "tiles"])
+def test_luminance_transfer_with_long_term_frames(params, remat):
     """One-channel pixels (--original-colors luminance) through the warps and stacked targets."""
     frames = translating(4, 32, 40)
     settings = preset("neural-style").replace(optimizer="adam", learning_rate=4.0, num_steps=6,
-                                              original_colors="luminance", print_every=0,
+                                              original_colors="luminance", print_every=0, remat=remat,
                                               **{**CHEAP, "image_size": 40})
     results = []
     stylize_frames(frames, [texture(40, 40, seed=4)], settings,
@@ -198,10 +199,11 @@ def test_luminance_transfer_with_long_term_frames(params):
     assert results[0].temporal == 0 and all(np.isfinite(r.temporal) for r in results)
 
 
-def test_objective_without_a_temporal_target_is_unchanged(params):
+@pytest.mark.parametrize("remat", ["none", "tiles"])  # tiles: the network's terms summed over tiles
+def test_objective_without_a_temporal_target_is_unchanged(params, remat):
     from nst_jax.loss.objective import Objective, TemporalTarget, loss_terms, loss_weights
     from nst_jax.engine.stages import compute_targets
-    settings = preset("neural-style").replace(**CHEAP)
+    settings = preset("neural-style").replace(remat=remat, **CHEAP)
     objective = Objective.from_settings(settings, "caffe")
     pixels = jnp.asarray(texture(32, 32) * 255)
     targets = compute_targets(objective, params, pixels * 0.9, [pixels])
