@@ -220,32 +220,14 @@ def prepare_params(params: Params, objective: Objective) -> Params:
     """The convolutions the objective's layers need, with their adjoint kernels, on the device.
 
     Made once per run: the input gradient's rotated kernels are not remade in every step, and
-    layers past the deepest one the loss reads are neither prepared nor shipped. The last
-    result is kept and given again when the same arrays come back and cannot have changed
-    (JAX arrays, read-only numpy arrays as load_params returns): a second stylize() call with the
-    same weights skips 35-85 ms of flipping and shipping (a tenth of a short run's repeat).
+    layers past the deepest one the loss reads are neither prepared nor shipped.
     """
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest_conv(objective.layers)) + 1]
     missing = [layer for layer in used if layer not in params]
     if missing:
         raise ValueError(f"the params lack {', '.join(missing)}, which the loss's layers need")
-    sources = tuple(params[layer][part] for layer in used for part in ("kernel", "bias"))
-    last = _LAST_PREPARED.get("entry")
-    if last is not None and len(last[0]) == len(sources) and all(a is b for a, b in zip(last[0], sources)):
-        return last[1]
-    prepared = jax.device_put(jax.tree_util.tree_map(np.asarray, with_adjoint_kernels(
-        {layer: params[layer] for layer in used})))
-    if all(_immutable(array) for array in sources):
-        _LAST_PREPARED["entry"] = (sources, prepared)  # holding the sources keeps their ids theirs
-    return prepared
-
-
-# {"entry": (the source arrays, the params prepare_params made from them)}: one run's worth.
-_LAST_PREPARED: Dict[str, Tuple[Tuple[Any, ...], Params]] = {}
-
-
-def _immutable(array: Any) -> bool:
-    return isinstance(array, jax.Array) or (isinstance(array, np.ndarray) and not array.flags.writeable)
+    prepared = with_adjoint_kernels({layer: params[layer] for layer in used})
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, prepared))
 
 
 def in_pieces(chunk_fn: ChunkFn, should_stop: Callable[[], bool], piece_seconds: float = PIECE_SECONDS) -> ChunkFn:

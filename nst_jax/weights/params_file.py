@@ -65,8 +65,7 @@ def save_params(path: Union[str, os.PathLike], params: Dict[str, Dict[str, Any]]
 
 
 def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.ndarray]], ParamsMetadata]:
-    """Read a params file. Returns (params, ParamsMetadata), the arrays read-only; raises
-    WeightsFileError naming the file."""
+    """Read a params file. Returns (params, ParamsMetadata); raises WeightsFileError naming the file."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {key: archive[key] for key in archive.files}
@@ -97,10 +96,6 @@ def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.n
             problems.append(f"{layer} kernel {kernel.shape} bias {bias.shape}, expected "
                             f"{expected} and {expected[-1:]}")
         else:
-            # Read-only, like the arrays of a JAX pytree: the engine may then reuse what it
-            # prepared from them (engine.stylize.prepare_params) instead of preparing it again.
-            kernel.setflags(write=False)
-            bias.setflags(write=False)
             params[layer] = {"kernel": kernel, "bias": bias}
     if problems:
         raise WeightsFileError(f"{path}: damaged params file: {'; '.join(problems)}")
