@@ -350,3 +350,20 @@ def test_print_size_grams_do_not_overflow_int32():
         value = jax.eval_shape(lambda f, t: losses.style_layer_loss(
             f, t, gram_normalization="chw", style_loss=style_loss, image_positions=8192 * 8192), features, target)
         assert value.shape == ()
+
+
+def test_gram_product_has_forward_mode_and_a_one_product_gradient(float64):
+    # A JVP rule (not a VJP): forward mode works, and JAX transposes P + Pᵀ into F·(dG + dGᵀ).
+    features = jnp.asarray(np.random.default_rng(5).normal(size=(2, 3, 4)))  # float64 under the fixture
+    forward = jax.jacfwd(losses.gram_product)(features)
+    reverse = jax.jacrev(losses.gram_product)(features)
+    np.testing.assert_allclose(forward, reverse, rtol=1e-12, atol=1e-12)
+    # The Jacobian from its definition: ∂G_cd/∂F_pc' = δ_cc' F_pd + δ_dc' F_pc.
+    f = np.asarray(features).reshape(6, 4)
+    expected = np.einsum("ce,pd->cdpe", np.eye(4), f) + np.einsum("de,pc->cdpe", np.eye(4), f)
+    np.testing.assert_allclose(np.asarray(forward).reshape(4, 4, 6, 4), expected, rtol=1e-12, atol=1e-12)
+    batched = jax.vmap(jax.jacfwd(losses.gram_product))(jnp.stack([features, 2 * features]))
+    np.testing.assert_allclose(batched[1], 2 * forward, rtol=1e-12)
+    # Reverse mode: one product of the features' size (JAX's own rule had two, then a sum).
+    hlo = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(losses.gram_product(x))))).lower(features).as_text()
+    assert hlo.count("stablehlo.dot_general") == 2, hlo  # FᵀF forward, F·(dG + dGᵀ) backward

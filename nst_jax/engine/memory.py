@@ -105,11 +105,11 @@ def adjoint_shape(kernel_shape: Sequence[int]) -> Tuple[int, int, int, int]:
 # --- the fit check: an analytic estimate of the whole run, made before anything compiles -------
 
 # XLA keeps 1.5–1.8 × one forward pass's conv outputs as the loop's temporaries with the paper's
-# layers (to relu5_1; 1.9–2.2 × before the Gram's gradient became one product), 2.6 × for a net
-# cut after block 2 (forward activations for the backward pass and their gradients; measured with
-# `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS with and without the zoom line search,
-# whose evaluations run one after another): 3 covers them with room for another compiler's choices. The targets' program (content features and each
-# style's Grams, before the loop) keeps 1.8–1.9 × one image's conv outputs for a content and a
+# layers (to relu5_1), 2.0 × for a net cut after block 2 (1.9–2.2 and 2.6 × before the Gram's
+# gradient became one product; forward activations for the backward pass and their gradients;
+# measured with `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS with and without the zoom
+# line search, whose evaluations run one after another): 3 covers them with room for another
+# compiler's choices. The targets' program (content features and each style's Grams, before the loop) keeps 1.8–1.9 × one image's conv outputs for a content and a
 # style image, 2.3 × for two styles (256 to 1024 px; XLA's CPU compiler overlaps the passes,
 # optimization barriers do not order them): 1 per image covers it.
 LOOP_ACTIVATIONS = 3
@@ -207,7 +207,8 @@ def _tiles_loop_floats(height, width, objective):
     bits = sum(_layer_floats(height, width, layer) for layer in back) // 32
     largest = max(_layer_floats(height, width, layer) for layer in back)
     boundary = 2 * _layer_floats(height, width, front[-1])
-    # XLA's temporaries (CPU, 96 to 1024 px, Adam and L-BFGS, two layer sets) are 0.60–0.63 of this.
+    # XLA's temporaries (CPU, 96 to 1024 px, Adam and L-BFGS) are 0.60–0.63 of this with the
+    # paper's layers, 0.82–0.84 for a net cut after block 2 (its tile is most of it).
     return TILE_ACTIVATIONS * tile + LOOP_ACTIVATIONS * largest + read + bits + boundary + padded_targets
 
 
@@ -302,7 +303,7 @@ def resolve_remat(settings: Settings, content_shape: Tuple[int, int], style_shap
 
 
 def least_memory_remat(settings: Settings) -> str:
-    """"tiles" (0.25–0.3 × the loop's temporaries, 1.15–1.3 × the step: BENCHMARKS.md), or
+    """"tiles" (about 0.3 × the loop's temporaries of none, 1.2–1.25 × the step: BENCHMARKS.md), or
     "blocks" where tiles cannot go (gradients normalized over the whole image)."""
     return "blocks" if settings.loss.normalize_gradients else "tiles"
 
@@ -358,7 +359,7 @@ def check_fits(settings: Settings, content_shape: Tuple[int, int], style_shapes:
                shard: str = "batch") -> RunEstimate:
     """Raise UserInputError (one line, with flags that would fit) when the run cannot fit.
 
-    The analytic estimate decides at once when it fits. It errs high (XLA keeps 0.64–0.95 of
+    The analytic estimate decides at once when it fits. It errs high (XLA keeps 0.50–0.84 of
     it), so when it does not fit by less than ANALYTIC_MARGIN, XLA's own analysis of the loop
     decides: the chunk compiled for abstract inputs (seconds; the run's own compile of the same
     program then finds it in the compilation cache).

@@ -69,7 +69,7 @@ def _symmetric_product(matrix):
 
     JAX's own rule has two products of the matrix's size in the backward pass (F·dG and F·dGᵀ,
     then a sum; at a 256 px relu1_1 two 65,536 × 64 results); transposing P + Pᵀ gives one,
-    F·(dG + dGᵀ): 15.9 → 10.4 ms for that layer's Gram and gradient on the project's CPU, 2-3 %
+    F·(dG + dGᵀ): 15.9 → 10.4 ms for that layer's Gram and gradient on the project's CPU, 2-5 %
     of an L-BFGS step (BENCHMARKS.md). A JVP rule, so forward mode (jax.jvp, jacfwd) still works.
     """
     return _product(matrix.T, matrix)
