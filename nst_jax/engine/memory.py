@@ -18,12 +18,12 @@ from jax.stages import Compiled
 
 from nst_jax.config.settings import Settings
 from nst_jax.errors import UserInputError
-from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, conv_shape, deepest_conv
+from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv
 from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.devices import place_chunk_args
 from nst_jax.engine.stages import SEPARATE_PASSES_FROM
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
-from nst_jax.model.vgg import ADJOINT, TileGrid, front_layers
+from nst_jax.model.vgg import ADJOINT, TileGrid, front_layers, layer_level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,21 +142,25 @@ class RunEstimate:
 
 def _activation_floats(height, width, deepest):
     """Floats in one forward pass's conv outputs up to `deepest`, each at its block's size."""
-    total = 0
-    for layer in CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]:
-        block = int(layer[4])
-        total += -(-height // 2 ** (block - 1)) * -(-width // 2 ** (block - 1)) * BLOCK_CHANNELS[block]
-    return total
+    return sum(_layer_floats(height, width, layer) for layer in CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1])
 
 
 def _layer_floats(height, width, layer):
-    """Floats of one activation (relu4_2, conv2_1, pool1): its block's channels at its size (a
-    pooling's output has its block's channels at half that block's size)."""
-    from nst_jax.model.layers import canonical_layer
+    """Floats of one activation (relu4_2, conv2_1, pool1): its block's channels at its level's
+    size, rounded up (pool1 has block 1's channels at half size)."""
     name = canonical_layer(layer)
-    level = int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1]) + 1  # pool1: half size
-    channels = BLOCK_CHANNELS[int(name[-3]) if name.startswith(("conv", "relu")) else int(name[-1])]
-    return -(-height // 2 ** (level - 1)) * -(-width // 2 ** (level - 1)) * channels
+    scale = 2 ** (layer_level(name) - 1)
+    return -(-height // scale) * -(-width // scale) * BLOCK_CHANNELS[int(name[4])]
+
+
+def _tiled_front(height, width, objective):
+    """(TileGrid, the tiled layers, floats of one tile's conv outputs, floats of the same conv
+    outputs for the whole image) of a remat "tiles" objective."""
+    grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
+    front = front_layers(objective.layers, objective.pooling)
+    front_deepest = [name for name in front if name.startswith("conv")][-1]
+    return (grid, front, _activation_floats(height, grid.width + 2 * grid.halo, front_deepest),
+            _activation_floats(height, width, front_deepest))
 
 
 def _remat_loop_floats(height, width, objective):
@@ -176,15 +180,12 @@ def _pass_floats(height, width, objective, kept=()):
     """Floats of one forward pass's conv outputs (a target's pass); with remat "tiles" the first
     two blocks' are one tile's, plus the `kept` layers among them assembled whole (the content
     pass keeps its content layers)."""
-    deepest = deepest_conv(objective.layers)
+    everything = _activation_floats(height, width, deepest_conv(objective.layers))
     if objective.remat != "tiles":
-        return _activation_floats(height, width, deepest)
-    grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
-    front = front_layers(objective.layers, objective.pooling)
-    front_deepest = [name for name in front if name.startswith("conv")][-1]
+        return everything
+    _, front, tile, tiled = _tiled_front(height, width, objective)
     whole = sum(_layer_floats(height, width, layer) for layer in kept if layer in front)
-    return (_activation_floats(height, grid.width + 2 * grid.halo, front_deepest) + whole
-            + _activation_floats(height, width, deepest) - _activation_floats(height, width, front_deepest))
+    return tile + whole + everything - tiled
 
 
 def _tiles_loop_floats(height, width, objective):
@@ -193,11 +194,8 @@ def _tiles_loop_floats(height, width, objective):
     target inside the tiled blocks, the front's output and its gradient, and past it what the
     loss reads plus a block's activations and gradients at a time (the ReLUs keep bits: 1/32 of
     a float each)."""
-    grid = TileGrid.for_layers(objective.layers, width, objective.pooling)
-    front = front_layers(objective.layers, objective.pooling)
+    grid, front, tile, _ = _tiled_front(height, width, objective)
     deepest = deepest_conv(objective.layers)
-    front_deepest = [name for name in front if name.startswith("conv")][-1]
-    tile = _activation_floats(height, grid.width + 2 * grid.halo, front_deepest)
     padded_targets = sum(_layer_floats(height, grid.padded_width(layer) * grid.scale(layer), layer)
                          for layer in objective.content_layers if layer in front)
     back = [layer for layer in CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1] if layer not in front]

@@ -351,15 +351,15 @@ TILE_COLUMNS = 256  # at most this many columns per tile ...
 MIN_TILES = 4  # ... and at least this many tiles: a tile's working set stays a fraction of the rest
 
 
-def _level(name):
-    """The resolution level of a layer's output: 1 full size, 2 half, ... (pool1 is level 2)."""
+def layer_level(name: str) -> int:
+    """The resolution level of a canonical layer's output: 1 full size, 2 half, ... (pool1 is 2)."""
     return int(name[4]) + (1 if name.startswith("pool") else 0)
 
 
 def layer_size(height: int, width: int, layer: str) -> Tuple[int, int]:
     """(H, W) of `layer`'s output for an H × W image: each 2×2 pooling halves, an odd last row
     or column dropped."""
-    for _ in range(_level(canonical_layer(layer)) - 1):
+    for _ in range(layer_level(canonical_layer(layer)) - 1):
         height, width = height // 2, width // 2
     return height, width
 
@@ -392,16 +392,16 @@ class TileGrid:
         names = front_layers(layers, pooling)
         pools = sum(name.startswith("pool") for name in names)
         reach = 0  # columns an output column depends on, on each side, walking back to the input
-        for level in range(max(_level(name) for name in names), 0, -1):
-            convs = sum(name.startswith("conv") and _level(name) == level for name in names)
-            reach = (2 * reach if any(_level(name) == level + 1 for name in names) else reach) + convs
+        for level in range(max(layer_level(name) for name in names), 0, -1):
+            convs = sum(name.startswith("conv") and layer_level(name) == level for name in names)
+            reach = (2 * reach if any(layer_level(name) == level + 1 for name in names) else reach) + convs
         step = 2 ** pools
         count = tiles or max(MIN_TILES, -(-image_width // TILE_COLUMNS))
         width = -(-max(1, -(-image_width // count)) // step) * step
         return cls(image_width, width, -(-image_width // width), -(-reach // step) * step)
 
     def scale(self, layer: str) -> int:
-        return 2 ** (_level(layer) - 1)
+        return 2 ** (layer_level(layer) - 1)
 
     def tile_width(self, layer: str) -> int:
         """A tile's own columns at `layer`."""
