@@ -11,30 +11,46 @@
 #    and 500 L-BFGS iterations at 512 px in float32 and bfloat16.
 # 4. `python -m bench largest`: the largest square image one device runs with --remat tiles
 #    (8192, 12288, 16384 px in turn, Adam), its step time and the allocator's peak.
-# Everything lands in $OUT (the device tool brings it back) or bench/results/device/: e2e.json,
-# e2e-device.md (the generated section to paste between BENCHMARKS.md's "Accelerator" markers),
-# the logs, versions and nvidia-smi.
+# Every file lands in $DEVICE_CHECK_FILES (default /tmp/nst-device-check): e2e.json, e2e-device.md
+# (the generated section for BENCHMARKS.md's accelerator section), step.md, largest.md, the logs,
+# versions and nvidia-smi; on exit they are packed into $OUT/device_check.tgz (the device tool
+# brings back at most 8 files), with the summaries beside it ($OUT defaults to bench/results/device).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
 [[ "${1:-}" == "--dry-run" ]] && dry=1
-out="${OUT:-bench/results/device}"
-mkdir -p "$out"
+# The device tool brings back at most 8 files: every file goes to $files, and on exit one archive
+# of them plus the summaries go to $OUT.
+dest="${OUT:-bench/results/device}"
+files="${DEVICE_CHECK_FILES:-/tmp/nst-device-check}"
+out=$files
+mkdir -p "$out" "$dest"
+pack() {
+  tar czf "$dest/device_check.tgz" -C "$files" . 2>/dev/null
+  for name in device_check.log e2e-device.md largest.md step.md; do
+    [[ -f "$files/$name" && "$files" != "$dest" ]] && cp "$files/$name" "$dest/"
+  done
+}
+trap pack EXIT
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
 started=$(date +%s)
 log() { echo "[device_check $(( $(date +%s) - started ))s] $*" | tee -a "$out/device_check.log"; }
 
+# Every step's limit is also cut to what is left of $budget seconds, so that the whole check
+# ends in time whatever one step takes (each step writes what it finished as it goes).
 if (( dry )); then
   export JAX_PLATFORMS=cpu
-  sizes="64:20" tests=(tests/test_lbfgs.py) test_timeout=300 e2e_timeout=300
-  largest_sizes="32,48" largest_timeout=120
+  budget=900 sizes="64:20" tests=(tests/test_lbfgs.py) test_timeout=300 e2e_timeout=300
+  step_sizes=32 step_timeout=200 largest_sizes="32,48" largest_timeout=120
 else
   # 512:500 is the goal's run (500 L-BFGS iterations at 512 px), in float32 and bfloat16.
-  # 60 + 230 + 60 s of time limits: the whole check stays under 6 minutes.
-  sizes="512:500,1024:200" test_timeout=60 e2e_timeout=230
-  largest_sizes="8192,12288,16384" largest_timeout=60
+  budget=${DEVICE_CHECK_BUDGET:-350}
+  sizes=${DEVICE_CHECK_SIZES:-512:500,1024:200} e2e_timeout=${DEVICE_CHECK_E2E_TIMEOUT:-200}
+  step_sizes=512 step_timeout=60 largest_sizes="8192,12288,16384" largest_timeout=60 test_timeout=60
   tests=(tests/test_lbfgs.py tests/test_vgg_numerics.py tests/test_losses.py tests/test_batch.py)
+  # The whole chip for the largest image (JAX takes 75 % of it by default).
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
   if ! $python -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
     if compgen -G ".whl/*.whl" >/dev/null; then
       log "installing the carried wheels into /tmp/site"
@@ -44,6 +60,11 @@ else
   fi
   nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 fi
+limit() {  # the smaller of a step's own limit and what is left of the budget (at least 1 s)
+  local left=$(( budget - ($(date +%s) - started) ))
+  (( left < 1 )) && left=1
+  echo $(( $1 < left ? $1 : left ))
+}
 $python - <<'EOF' 2>&1 | tee "$out/versions.txt"
 import jax, flax, optax, sys
 print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__)
@@ -55,17 +76,21 @@ except ImportError:
     print("torch missing: the PyTorch side of the comparison is skipped")
 EOF
 
-log "tests"
-timeout "$test_timeout" $python -m pytest -q -x -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
-log "tests: exit $? ($(tail -1 "$out/tests.log"))"
-
 log "end to end: $sizes"
-timeout "$e2e_timeout" $python -m bench e2e --sizes "$sizes" --adam-sizes none --no-batch \
+timeout "$(limit "$e2e_timeout")" $python -m bench e2e --sizes "$sizes" --adam-sizes none --no-batch \
   --extra-dtypes bfloat16 --out "$out" --markdown "$out/e2e-device.md" > "$out/e2e.log" 2>&1
 log "end to end: exit $?"
+log "the step (diagnosis): $step_sizes px, Adam and L-BFGS, against PyTorch's"
+timeout "$(limit "$step_timeout")" $python -m bench --sizes "$step_sizes" --optimizers adam,lbfgs \
+  --dtypes float32 --steps 5 --warmup 2 --long-chunk-steps 10 --batch-sizes none --long-run none \
+  --out "$out" --markdown "$out/step.md" > "$out/step.log" 2>&1
+log "step: exit $?"
 log "largest image on one device: $largest_sizes"
-timeout "$largest_timeout" $python -m bench largest --sizes "$largest_sizes" --steps 2 --out "$out" \
+timeout "$(limit "$largest_timeout")" $python -m bench largest --sizes "$largest_sizes" --steps 2 --out "$out" \
   > "$out/largest.md" 2> "$out/largest.log"
 log "largest: exit $?"
+log "tests"
+timeout "$(limit "$test_timeout")" $python -m pytest -q -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
+log "tests: exit $? ($(tail -1 "$out/tests.log"))"
 log "done in $(( $(date +%s) - started )) s; files in $out"
 ls -la "$out" >> "$out/device_check.log"

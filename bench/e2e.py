@@ -189,6 +189,16 @@ def _theirs(content, style, pth, steps, optimizer, out, report, threads):
     return command + (["--threads", str(threads)] if threads else [])
 
 
+def _conv_flops(height, width):
+    """Convolution FLOPs of one loss-and-gradient evaluation of neural-style's loss (bench.flops):
+    one per iteration for both programs (fixed-step L-BFGS and Adam)."""
+    from bench.flops import step_flops
+    from nst_jax.config.presets import preset
+
+    loss = preset("neural-style").loss
+    return step_flops(height, width, tuple(loss.content_layers) + tuple(loss.style_layers))["conv_total"]
+
+
 def _pair_summary(ours, theirs):
     target = max(ours.final_loss, theirs.final_loss)  # an objective both reached
     ours_t, theirs_t = ours.time_to_reach(target), theirs.time_to_reach(target)
@@ -228,7 +238,10 @@ def compare(plan, folder, pth, npz, images, size, steps, optimizer):
         runs[label] = run_process(_ours(content, style, npz, size, steps, optimizer, out, report,
                                         ("--compute-dtype", dtype)), env, report)
         _log(f"  {runs[label].wall_s:.1f} s, objective {runs[label].final_loss:.6g}")
-    return {"size": size, "optimizer": optimizer, "iterations": steps,
+    with Image.open(content) as picture:
+        width, height = picture.size
+    return {"size": size, "optimizer": optimizer, "iterations": steps, "content_hw": [height, width],
+            "conv_flops_per_step": _conv_flops(height, width),
             "runs": {label: _run_entry(run) for label, run in runs.items()},
             "dtypes": {dtype: {"wall_ratio": runs[f"nst_jax_warm_{dtype}"].wall_s / runs["nst_jax_warm"].wall_s,
                                "objective_ratio": runs[f"nst_jax_warm_{dtype}"].final_loss
@@ -299,29 +312,38 @@ def second_call(plan, npz, images, folder):
             "ratio": second / first}
 
 
-def run(plan, keep=None, source=DEFAULT_IMAGES):
-    """The whole benchmark; returns the results dict."""
+def run(plan, keep=None, source=DEFAULT_IMAGES, on_progress=None):
+    """The whole benchmark; returns the results dict. `on_progress(results so far)` is called
+    after each comparison, so that a time limit that cuts the run keeps what was done."""
     from bench import machine
 
     began = time.time()
-    load_before = os.getloadavg()
+    results = {"plan": dataclasses.asdict(plan), "machine": machine.describe_machine(),
+               "versions": machine.versions(), "comparisons": [], "batch": None, "second_call": None,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
+               "load_average": {"start": os.getloadavg()}}
+
+    def record(**changes):
+        results.update(changes, seconds=time.time() - began)
+        results["load_average"]["end"] = os.getloadavg()
+        if on_progress:
+            on_progress(results)
+
     with tempfile.TemporaryDirectory(prefix="nst-e2e-") as scratch:
         folder = Path(keep) if keep else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         sizes = sorted(set(plan.sizes) | {plan.batch_size_px, plan.second_call_size} | set(plan.adam_sizes))
         pth, npz, images = _prepare(folder, sizes, source)
-        comparisons = []
         for size, steps in zip(plan.sizes, plan.iterations):
-            for optimizer in plan.optimizers:
-                comparisons.append(compare(plan, folder, pth, npz, images, size, steps, optimizer))
-            if "adam" not in plan.optimizers and size in plan.adam_sizes:
-                comparisons.append(compare(plan, folder, pth, npz, images, size, steps, "adam"))
-        batch = batch_against_singles(plan, folder, npz, images) if plan.batch_members > 1 else None
-        second = second_call(plan, npz, images, folder)
-    return {"plan": dataclasses.asdict(plan), "machine": machine.describe_machine(),
-            "versions": machine.versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
-            "seconds": time.time() - began, "load_average": {"start": load_before, "end": os.getloadavg()},
-            "comparisons": comparisons, "batch": batch, "second_call": second}
+            optimizers = plan.optimizers + (("adam",) if "adam" not in plan.optimizers
+                                            and size in plan.adam_sizes else ())
+            for optimizer in optimizers:
+                results["comparisons"].append(compare(plan, folder, pth, npz, images, size, steps, optimizer))
+                record()
+        if plan.batch_members > 1:
+            record(batch=batch_against_singles(plan, folder, npz, images))
+        record(second_call=second_call(plan, npz, images, folder))
+    return results
 
 
 def _fmt(value, digits=1):
@@ -364,14 +386,17 @@ def markdown(results):
                          f"({d['wall_ratio']:.2f}× the float32 run), objective {d['objective_ratio']:.4f}× float32's.")
     lines.append("\nWhere the time went (seconds; start-up = process start and imports, steps = the loop "
                  "without compiling; exit/other = after main returned):\n")
-    lines.append("| size | optimizer | run | start-up | images | weights | compile | steps | write | exit/other | ms/step |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| size | optimizer | run | start-up | images | weights | compile | steps | write | exit/other "
+                 "| ms/step | conv TFLOP/s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in results["comparisons"]:
-        for label in ("nst_jax_cold", "nst_jax_warm", "pytorch_1"):
+        for label in [name for name in c["runs"] if name != "pytorch_2"]:
             b, per_step = c["runs"][label]["breakdown"], c["runs"][label]["seconds_per_step"]
+            rate = per_step and c.get("conv_flops_per_step", 0) / per_step / 1e12
             lines.append(f"| {c['size']} | {c['optimizer']} | {label} | {b['startup_imports']:.2f} | "
                          f"{b['images']:.2f} | {b['weights']:.2f} | {b['compile']:.2f} | {b['steps']:.2f} | "
-                         f"{b['write']:.2f} | {b['exit_other']:.2f} | {_fmt(per_step and per_step * 1000, 0)} |")
+                         f"{b['write']:.2f} | {b['exit_other']:.2f} | {_fmt(per_step and per_step * 1000, 1)} "
+                         f"| {_fmt(rate, 2)} |")
     if results.get("batch"):
         b = results["batch"]
         lines.append(f"\nA batch of {b['members']} L-BFGS members ({b['size']} px, {b['iterations']} iterations, "
@@ -380,8 +405,9 @@ def markdown(results):
                      f"ratio {b['ratio']:.2f}. Per member-step: {b['member_step_s'] * 1000:.0f} ms in the batch "
                      f"against {b['single_step_s'] * 1000:.0f} ms for one image ({b['member_step_ratio']:.2f}×).")
     s = results["second_call"]
-    lines.append(f"\nTwo `stylize()` calls in one process ({s['size']} px, {s['steps']} steps, no persistent cache): "
-                 f"first {s['first_s']:.2f} s, second {s['second_s']:.2f} s; ratio {s['ratio']:.2f}.\n")
+    if s:
+        lines.append(f"\nTwo `stylize()` calls in one process ({s['size']} px, {s['steps']} steps, no persistent "
+                     f"cache): first {s['first_s']:.2f} s, second {s['second_s']:.2f} s; ratio {s['ratio']:.2f}.\n")
     return "\n".join(lines) + "\n"
 
 
@@ -448,11 +474,14 @@ def main(argv=None):
         return 2
     from bench.report import update_markdown, write_json
 
-    results = run(plan, keep=args.keep, source=args.images)
     stem = "e2e-quick" if args.quick else "e2e"
-    write_json(results, args.out / f"{stem}.json")
     markdown_path = args.markdown or (args.out / f"{stem}.md" if args.quick else REPO_ROOT / "BENCHMARKS.md")
-    update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
+
+    def write(results):
+        write_json(results, args.out / f"{stem}.json")
+        update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
+
+    run(plan, keep=args.keep, source=args.images, on_progress=write)
     print(f"wrote {args.out / f'{stem}.json'} and {markdown_path}")
     return 0
 

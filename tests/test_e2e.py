@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -98,19 +99,26 @@ def test_time_to_an_objective_is_interpolated_between_visits_from_launch():
 
 
 def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    files = tmp_path / "files"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE_CHECK_FILES": str(files), "PYTHON": sys.executable,
+           "JAX_PLATFORMS": "cpu"}
     completed = subprocess.run(["bash", str(ROOT / "bench" / "device_check.sh"), "--dry-run"],
                                capture_output=True, text=True, env=env, timeout=900)
-    log = (tmp_path / "device_check.log").read_text()
+    log = (files / "device_check.log").read_text()
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
-    assert "tests: exit 0" in log and "end to end: exit 0" in log, log
-    results = json.loads((tmp_path / "e2e.json").read_text())
+    assert "tests: exit 0" in log and "end to end: exit 0" in log and "step: exit 0" in log, log
+    # What the device tool brings back: at most 8 files, the archive holding the rest.
+    brought = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert "device_check.tgz" in brought and "e2e-device.md" in brought and len(brought) <= 8, brought
+    with tarfile.open(tmp_path / "out" / "device_check.tgz") as archive:
+        assert {"./e2e.json", "./largest.json", "./full.json", "./tests.log"} <= set(archive.getnames())
+    results = json.loads((files / "e2e.json").read_text())
     (comparison,) = results["comparisons"]
     assert comparison["size"] == 64 and "bfloat16" in comparison["dtypes"]
     assert set(comparison["runs"]) == {"nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2",
                                        "nst_jax_warm_bfloat16"}
-    assert "| 64 | lbfgs | 20 |" in (tmp_path / "e2e-device.md").read_text()
+    assert "| 64 | lbfgs | 20 |" in (files / "e2e-device.md").read_text()
     assert "largest: exit 0" in log, log
-    largest = json.loads((tmp_path / "largest.json").read_text())
+    largest = json.loads((files / "largest.json").read_text())
     assert [row["size"] for row in largest["rows"]] == [32, 48] and largest["remat"] == "tiles"
     assert all(row["step_s"] > 0 and row["xla"]["temp_size_in_bytes"] > 0 for row in largest["rows"])
