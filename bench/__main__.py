@@ -2,7 +2,8 @@
 
 `python -m bench e2e` times whole commands instead, against PyTorch (bench/e2e.py): the headline.
 `python -m bench remat` measures what `--remat blocks` and `tiles` save and cost (bench/remat.py);
-`python -m bench largest` finds the largest image one device runs (bench/largest.py).
+`python -m bench largest` finds the largest image one device runs (bench/largest.py);
+`python -m bench lbfgs` times one L-BFGS update in each form (bench/lbfgs.py).
 
 Parses flags into a bench.suite.Plan, runs it, writes the outputs. Progress goes to stderr.
 """
@@ -154,6 +155,9 @@ def main(argv=None):
     if argv[:1] == ["largest"]:  # the largest image one device runs: bench/largest.py
         from bench import largest
         return largest.main(argv[1:])
+    if argv[:1] == ["lbfgs"]:  # one L-BFGS update in each form: bench/lbfgs.py
+        from bench import lbfgs
+        return lbfgs.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         from bench.machine import accelerator

@@ -9,6 +9,8 @@
 # 2. The tests that mean something on a GPU: numerics against the references, the engine, batches.
 # 3. `python -m bench e2e` at 512 and 1024 px against PyTorch on the same GPU (cold and warm),
 #    and 500 L-BFGS iterations at 512 px in float32 and bfloat16.
+#    Diagnosis: `python -m bench lbfgs` (one L-BFGS update in each form) and `python -m bench` at
+#    512 px (the step alone, Adam and L-BFGS, against PyTorch's; DEVICE_CHECK_STEP_SIZES=none skips it).
 # 4. `python -m bench largest`: the largest square image one device runs with --remat tiles
 #    (8192, 12288, 16384 px in turn, Adam), its step time and the allocator's peak.
 # Every file lands in $DEVICE_CHECK_FILES (default /tmp/nst-device-check): e2e.json, e2e-device.md
@@ -26,9 +28,10 @@ files="${DEVICE_CHECK_FILES:-/tmp/nst-device-check}"
 out=$files
 mkdir -p "$out" "$dest"
 pack() {
+  rm -rf /tmp/nst-e2e-work-* /tmp/nst-compile-*.png  # the e2e's weights and images (GBs), kept for the compile runs
   tar czf "$dest/device_check.tgz" -C "$files" . 2>/dev/null
-  for name in device_check.log e2e-device.md largest.md step.md; do
-    [[ -f "$files/$name" && "$files" != "$dest" ]] && cp "$files/$name" "$dest/"
+  for path in "$files"/{device_check.log,e2e-device-*.md,largest.md,step.md,lbfgs.md}; do
+    [[ -f "$path" && "$files" != "$dest" ]] && cp "$path" "$dest/"
   done
 }
 trap pack EXIT
@@ -42,13 +45,16 @@ log() { echo "[device_check $(( $(date +%s) - started ))s] $*" | tee -a "$out/de
 if (( dry )); then
   export JAX_PLATFORMS=cpu
   budget=900 sizes="64:20" tests=(tests/test_lbfgs.py) test_timeout=300 e2e_timeout=300
-  step_sizes=32 step_timeout=200 largest_sizes="32,48" largest_timeout=120
+  step_sizes=32 step_timeout=200 largest_sizes="32,48" largest_timeout=120 lbfgs_sizes=32 lbfgs_timeout=120
+  compile_flags=("--xla_cpu_enable_fast_math=false") compile_timeout=120
 else
   # 512:500 is the goal's run (500 L-BFGS iterations at 512 px), in float32 and bfloat16.
   budget=${DEVICE_CHECK_BUDGET:-350}
-  sizes=${DEVICE_CHECK_SIZES:-512:500,1024:200} e2e_timeout=${DEVICE_CHECK_E2E_TIMEOUT:-200}
-  step_sizes=512 step_timeout=60 largest_sizes="8192,12288,16384" largest_timeout=60 test_timeout=60
-  tests=(tests/test_lbfgs.py tests/test_vgg_numerics.py tests/test_losses.py tests/test_batch.py)
+  sizes=${DEVICE_CHECK_SIZES:-512:500,1024:200} e2e_timeout=${DEVICE_CHECK_E2E_TIMEOUT:-125}
+  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_timeout=60 lbfgs_sizes=512,1024 lbfgs_timeout=30
+  largest_sizes="8192,12288,16384" largest_timeout=90 test_timeout=${DEVICE_CHECK_TEST_TIMEOUT:-40}
+  tests=(tests/test_lbfgs.py tests/test_losses.py tests/test_vgg_numerics.py tests/test_batch.py)
+  compile_flags=("--xla_gpu_autotune_level=0" "--xla_gpu_enable_triton_gemm=false") compile_timeout=40
   # The whole chip for the largest image (JAX takes 75 % of it by default).
   export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
   if ! $python -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
@@ -76,21 +82,49 @@ except ImportError:
     print("torch missing: the PyTorch side of the comparison is skipped")
 EOF
 
-log "end to end: $sizes"
-timeout "$(limit "$e2e_timeout")" $python -m bench e2e --sizes "$sizes" --adam-sizes none --no-batch \
-  --extra-dtypes bfloat16 --out "$out" --markdown "$out/e2e-device.md" > "$out/e2e.log" 2>&1
-log "end to end: exit $?"
-log "the step (diagnosis): $step_sizes px, Adam and L-BFGS, against PyTorch's"
-timeout "$(limit "$step_timeout")" $python -m bench --sizes "$step_sizes" --optimizers adam,lbfgs \
-  --dtypes float32 --steps 5 --warmup 2 --long-chunk-steps 10 --batch-sizes none --long-run none \
-  --out "$out" --markdown "$out/step.md" > "$out/step.log" 2>&1
-log "step: exit $?"
+log "tests"
+timeout "$(limit "$test_timeout")" $python -m pytest -q -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
+log "tests: exit $? ($(tail -1 "$out/tests.log"))"
+# One e2e run per size, each with its own limit: a slow size cannot take the others' time.
+for pair in ${sizes//,/ }; do
+  px=${pair%%:*}
+  log "end to end: $pair"
+  timeout "$(limit "$e2e_timeout")" $python -m bench e2e --sizes "$pair" --adam-sizes none --no-batch \
+    --extra-dtypes bfloat16 --out "$out/e2e-$px" --markdown "$out/e2e-device-$px.md" \
+    --keep "/tmp/nst-e2e-work-$px" > "$out/e2e-$px.log" 2>&1
+  log "end to end $px: exit $?"
+done
+log "one L-BFGS update in each form (diagnosis): $lbfgs_sizes px"
+timeout "$(limit "$lbfgs_timeout")" $python -m bench lbfgs --sizes "$lbfgs_sizes" --out "$out/lbfgs.json" \
+  > "$out/lbfgs.md" 2> "$out/lbfgs.log"
+log "lbfgs: exit $?"
+# Compile time (diagnosis): a cold CLI run at the first size under each XLA flag in $compile_flags,
+# against the e2e's cold run (XLA's autotuning is most of a GPU compile).
+first=${sizes%%,*} px=${first%%:*} work="/tmp/nst-e2e-work-${first%%:*}"
+for flags in "${compile_flags[@]}"; do
+  name=$(echo "$flags" | tr -c 'a-z0-9\n' '_' | sed 's/^_*//')
+  log "cold run with XLA_FLAGS=$flags"
+  NST_JAX_CACHE=$(mktemp -d) XLA_FLAGS="$flags" timeout "$(limit "$compile_timeout")" $python -m nst_jax.run \
+    "$work/tubingen_$px.png" "$work/starry_night_$px.png" --weights "$work/vgg19_caffe_synthetic.npz" \
+    -o "/tmp/nst-compile-$name.png" --image-size "$px" --num-steps 100 --print-every 0 \
+    --preset neural-style --tv-weight 0 --init content --report "$out/compile-$name.json" > /dev/null 2>> "$out/compile.log"
+  status=$?
+  log "  exit $status: $($python -c "
+import json, sys
+r = json.load(open(sys.argv[1])); v = r['visits']
+print(f\"compile {r.get('compile_seconds', 0):.1f} s, {1000 * (v[-1]['seconds'] - v[0]['seconds']) / (v[-1]['step'] - v[0]['step']):.2f} ms/step, loss {sum(v[-1]['losses']) / len(v[-1]['losses']):.6g}\")
+" "$out/compile-$name.json" 2>/dev/null)"
+done
+if [[ "$step_sizes" != none ]]; then
+  log "the step (diagnosis): $step_sizes px, Adam and L-BFGS, against PyTorch's"
+  timeout "$(limit "$step_timeout")" $python -m bench --sizes "$step_sizes" --optimizers adam,lbfgs \
+    --dtypes float32 --steps 5 --warmup 2 --long-chunk-steps 10 --batch-sizes none --long-run none \
+    --out "$out" --markdown "$out/step.md" > "$out/step.log" 2>&1
+  log "step: exit $?"
+fi
 log "largest image on one device: $largest_sizes"
 timeout "$(limit "$largest_timeout")" $python -m bench largest --sizes "$largest_sizes" --steps 2 --out "$out" \
   > "$out/largest.md" 2> "$out/largest.log"
 log "largest: exit $?"
-log "tests"
-timeout "$(limit "$test_timeout")" $python -m pytest -q -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
-log "tests: exit $? ($(tail -1 "$out/tests.log"))"
 log "done in $(( $(date +%s) - started )) s; files in $out"
 ls -la "$out" >> "$out/device_check.log"

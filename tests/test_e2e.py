@@ -106,18 +106,20 @@ def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
                                capture_output=True, text=True, env=env, timeout=900)
     log = (files / "device_check.log").read_text()
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
-    assert "tests: exit 0" in log and "end to end: exit 0" in log and "step: exit 0" in log, log
+    assert "tests: exit 0" in log and "end to end 64: exit 0" in log and "step: exit 0" in log, log
+    assert "XLA_FLAGS=--xla_cpu_enable_fast_math=false" in log and "  exit 0: compile" in log, log
     # What the device tool brings back: at most 8 files, the archive holding the rest.
     brought = sorted(path.name for path in (tmp_path / "out").iterdir())
-    assert "device_check.tgz" in brought and "e2e-device.md" in brought and len(brought) <= 8, brought
+    assert "device_check.tgz" in brought and "e2e-device-64.md" in brought and len(brought) <= 8, brought
     with tarfile.open(tmp_path / "out" / "device_check.tgz") as archive:
-        assert {"./e2e.json", "./largest.json", "./full.json", "./tests.log"} <= set(archive.getnames())
-    results = json.loads((files / "e2e.json").read_text())
+        assert {"./e2e-64/e2e.json", "./largest.json", "./full.json", "./tests.log", "./lbfgs.json"} <= set(archive.getnames())
+    assert "lbfgs: exit 0" in log and "| 32 |" in (files / "lbfgs.md").read_text()
+    results = json.loads((files / "e2e-64" / "e2e.json").read_text())
     (comparison,) = results["comparisons"]
     assert comparison["size"] == 64 and "bfloat16" in comparison["dtypes"]
     assert set(comparison["runs"]) == {"nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2",
                                        "nst_jax_warm_bfloat16"}
-    assert "| 64 | lbfgs | 20 |" in (files / "e2e-device.md").read_text()
+    assert "| 64 | lbfgs | 20 |" in (files / "e2e-device-64.md").read_text()
     assert "largest: exit 0" in log, log
     largest = json.loads((files / "largest.json").read_text())
     assert [row["size"] for row in largest["rows"]] == [32, 48] and largest["remat"] == "tiles"

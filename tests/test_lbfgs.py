@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from nst_jax.engine.lbfgs import fixed_step_lbfgs
+from nst_jax.engine import lbfgs
+from nst_jax.engine.lbfgs import fixed_step_lbfgs, resolve_form
 
 torch = pytest.importorskip("torch")
 
@@ -25,8 +26,8 @@ def _problem(seed):
     target = rng.standard_normal(SIZE)
     start = rng.standard_normal(SIZE) * 0.5
 
-    def jax_loss(x):
-        r = matrix @ x - target
+    def jax_loss(x):  # HIGHEST: a GPU's default float32 product rounds to TF32
+        r = jnp.matmul(matrix, x, precision=jax.lax.Precision.HIGHEST) - target
         return jnp.sum(r ** 2) + jnp.sum(0.25 * x ** 4 - 0.6 * x ** 2)
 
     def torch_loss(x):
@@ -55,8 +56,8 @@ def _torch_iterates(torch_loss, start, iterations, memory):
     return np.array(iterates[1:])  # after each iteration (the first evaluation is the start)
 
 
-def _our_iterates(jax_loss, start, iterations, memory):
-    optimizer = fixed_step_lbfgs(learning_rate=1.0, memory_size=memory)
+def _our_iterates(jax_loss, start, iterations, memory, form="auto"):
+    optimizer = fixed_step_lbfgs(learning_rate=1.0, memory_size=memory, form=form)
 
     @jax.jit
     def step(x, state):
@@ -72,20 +73,22 @@ def _our_iterates(jax_loss, start, iterations, memory):
     return np.array(iterates), kept
 
 
+@pytest.mark.parametrize("form", ["two-loop", "compact"])
 @pytest.mark.parametrize("memory", [3, 100])  # 3: the ring buffer wraps; 100: never fills
 @pytest.mark.parametrize("seed", [0, 1])
-def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed):
+def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed, form):
     jax_loss, torch_loss, start = _problem(seed)
     iterations = 25
     with jax.enable_x64(True):
-        ours, kept = _our_iterates(jax_loss, start, iterations, memory)
+        ours, kept = _our_iterates(jax_loss, start, iterations, memory, form)
     theirs = _torch_iterates(torch_loss, start, iterations, memory)
     assert theirs.shape == ours.shape == (iterations, SIZE)
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
     assert max(kept) == min(memory, iterations - 1) or memory == 100
 
 
-def test_pairs_without_curvature_are_skipped_as_torch_does():
+@pytest.mark.parametrize("form", ["two-loop", "compact"])
+def test_pairs_without_curvature_are_skipped_as_torch_does(form):
     """Fixed steps across a rippled function: pairs with y·s ≤ 1e-10 are refused (12 of 29 here),
     and the iterates still match torch's."""
     start = np.random.default_rng(2).standard_normal(SIZE) * 1.5
@@ -97,22 +100,24 @@ def test_pairs_without_curvature_are_skipped_as_torch_does():
         return torch.sum(0.05 * x ** 2 - torch.cos(2 * x))
 
     with jax.enable_x64(True):
-        ours, kept = _our_iterates(jax_loss, start, 30, 100)
+        ours, kept = _our_iterates(jax_loss, start, 30, 100, form)
     theirs = _torch_iterates(torch_loss, start, 30, 100)
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
     assert kept[-1] < 29, "no pair was skipped: the test does not exercise the skip"
 
 
-def test_first_step_is_capped_by_the_gradient_l1_norm():
-    optimizer = fixed_step_lbfgs(memory_size=4)
+@pytest.mark.parametrize("form", ["two-loop", "compact"])
+def test_first_step_is_capped_by_the_gradient_l1_norm(form):
+    optimizer = fixed_step_lbfgs(memory_size=4, form=form)
     gradient = jnp.asarray([3.0, -4.0, 1.0])
     updates, _ = optimizer.update(gradient, optimizer.init(jnp.zeros(3)))
     np.testing.assert_allclose(np.asarray(updates), -np.asarray(gradient) / 8.0, rtol=1e-6)
 
 
-def test_batched_under_vmap_equals_one_by_one():
+@pytest.mark.parametrize("form", ["two-loop", "compact"])
+def test_batched_under_vmap_equals_one_by_one(form):
     jax_loss, _, start = _problem(4)
-    optimizer = fixed_step_lbfgs(memory_size=5)
+    optimizer = fixed_step_lbfgs(memory_size=5, form=form)
     starts = jnp.stack([jnp.asarray(start, jnp.float32), jnp.asarray(start[::-1], jnp.float32)])
 
     def run(x):
@@ -126,3 +131,39 @@ def test_batched_under_vmap_equals_one_by_one():
     for member, single_start in zip(batched, starts):
         np.testing.assert_allclose(np.asarray(member), np.asarray(jax.jit(run)(single_start)),
                                    rtol=2e-4, atol=1e-5)  # float32 reduction order
+
+
+def test_auto_is_the_two_loop_recursion_on_a_cpu_and_the_compact_form_elsewhere(monkeypatch):
+    assert resolve_form("two-loop") == "two-loop" and resolve_form("compact") == "compact"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert resolve_form("auto") == "two-loop"
+    assert fixed_step_lbfgs(memory_size=3).init(jnp.zeros(4)).pair_products.shape == (2, 0, 0)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_form("auto") == "compact"
+    assert fixed_step_lbfgs(memory_size=3).init(jnp.zeros(4)).pair_products.shape == (2, 3, 3)
+    with pytest.raises(ValueError, match="form"):
+        fixed_step_lbfgs(form="three-loop")
+
+
+def test_the_compact_form_reads_a_bfloat16_history_with_float32_vectors():
+    """bfloat16 pairs (--storage-dtype bfloat16): the compact form's matrix products split each
+    float32 vector into two bfloat16 parts, so they keep ~16 bits of it where one bfloat16 copy
+    keeps 8. Against float64 products of the same (bfloat16-valued) history."""
+    rng = np.random.default_rng(6)
+    history = jnp.asarray(rng.standard_normal((5, 7, 9, 3)), jnp.bfloat16)
+    vectors = jnp.asarray(rng.standard_normal((3, 7, 9, 3)), jnp.float32)
+    coefficients = jnp.asarray(rng.standard_normal(5), jnp.float32)
+    exact_history = np.asarray(history.astype(jnp.float32), np.float64).reshape(5, -1)
+    exact_vectors = np.asarray(vectors, np.float64).reshape(3, -1)
+    products = np.asarray(lbfgs._history_products(history, vectors))
+    expected = exact_history @ exact_vectors.T
+    combination = np.asarray(lbfgs._history_combination(history, coefficients, jnp.float32)).ravel()
+    expected_combination = np.asarray(coefficients, np.float64) @ exact_history
+    assert products.dtype == combination.dtype == np.float32
+    scale = np.abs(exact_history) @ np.abs(exact_vectors.T)  # the sums' magnitudes without cancellation
+    assert np.max(np.abs(products - expected) / scale) < 3e-5
+    assert np.max(np.abs(combination - expected_combination)
+                  / (np.abs(np.asarray(coefficients, np.float64)) @ np.abs(exact_history))) < 3e-5
+    # One bfloat16 copy of the vectors would be ~100x further off: the split is what holds it.
+    rounded = np.asarray(vectors.astype(jnp.bfloat16).astype(jnp.float32), np.float64).reshape(3, -1)
+    assert np.max(np.abs(exact_history @ rounded.T - expected) / scale) > 3e-4

@@ -238,8 +238,11 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     if settings.optimizer.storage_dtype == "bfloat16" and settings.optimizer.lbfgs_linesearch == "none":
         history //= 2  # bfloat16 pairs: half the bytes of float32 ones
     grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
+    # The compact L-BFGS form's SᵀY and YᵀY (accelerators; the CPU's two-loop keeps none).
+    fixed_step = settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "none"
+    pair_products = 2 * settings.optimizer.lbfgs_memory ** 2 * FLOAT_BYTES if fixed_step else 0
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
-    state = per_device * ((IMAGE_BUFFERS + history) * image + grams) + content
+    state = per_device * ((IMAGE_BUFFERS + history) * image + grams + pair_products) + content
     activations = _pass_floats(height, width, objective, objective.content_layers) * FLOAT_BYTES
     if objective.remat == "blocks":
         loop_floats = _remat_loop_floats(own_height, width, objective)

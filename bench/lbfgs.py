@@ -1,0 +1,104 @@
+"""python -m bench lbfgs: what one fixed-step L-BFGS update costs in each form (diagnosis).
+
+The optimizer alone, without the network: a chunk of 10 updates (lax.fori_loop, as the CLI's
+chunk runs them) of an image-sized array against a cheap smooth gradient, from a state whose
+history is full (`--memory` pairs held), for each of nst_jax.engine.lbfgs's forms. The
+whole step is `python -m bench`'s; this separates what the two-loop recursion and the compact
+form cost on this backend (on a GPU the two-loop's iterations are launches and host round trips).
+"""
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import machine
+from bench.flags import int_list
+from bench.timing import stopwatch, summarize
+from nst_jax.engine.lbfgs import fixed_step_lbfgs
+from nst_jax.errors import UserInputError
+
+CHUNK = 10  # updates per timed call: the CLI's progress interval
+
+
+def _gradient(x):
+    return x + 0.1 * x ** 3  # a cheap stand-in for the network's
+
+
+def full_state(state, x, memory):
+    """`state` (just initialized at x) with every slot holding a pair: s random, y = 1.1·s (so
+    every curvature is positive), and the compact form's products to match."""
+    rng = np.random.default_rng(1)
+    steps = rng.standard_normal((memory,) + x.shape).astype(np.float32) * 0.01
+    changes = 1.1 * steps
+    flat_s, flat_y = steps.reshape(memory, -1).astype(np.float64), changes.reshape(memory, -1).astype(np.float64)
+    products = state.pair_products
+    if products.shape[1]:
+        products = np.stack([flat_s @ flat_y.T, flat_y @ flat_y.T]).astype(np.float32)
+    return state._replace(
+        iteration=jnp.asarray(memory + 1, jnp.int32), previous_gradient=_gradient(x),
+        previous_step=jnp.asarray(steps[-1]), steps=jnp.asarray(steps, state.steps.dtype),
+        gradient_changes=jnp.asarray(changes, state.steps.dtype),
+        curvatures=jnp.asarray(np.sum(flat_s * flat_y, axis=1), jnp.float32),
+        pair_products=jnp.asarray(products), newest=jnp.asarray(memory - 1, jnp.int32),
+        kept=jnp.asarray(memory, jnp.int32), initial_scale=jnp.asarray(1 / 1.1, jnp.float32))
+
+
+def time_form(size: int, memory: int, form: str, timed: int = 5) -> Dict[str, Any]:
+    """ms per update of `form` at a size×size×3 image with `memory` pairs held."""
+    optimizer = fixed_step_lbfgs(memory_size=memory, form=form)
+
+    @jax.jit
+    def chunk(x, state):
+        def body(_, carry):
+            x, state = carry
+            update, state = optimizer.update(_gradient(x), state, x)
+            return x + update, state
+        return jax.lax.fori_loop(0, CHUNK, body, (x, state))
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((size, size, 3)), jnp.float32)
+    state = full_state(optimizer.init(x), x, memory)
+    _, compile_s = stopwatch(lambda: chunk.lower(x, state).compile())
+    x, state = jax.block_until_ready(chunk(x, state))  # warm up
+    seconds = []
+    for _ in range(timed):
+        (x, state), elapsed = stopwatch(lambda: jax.block_until_ready(chunk(x, state)))
+        seconds.append(elapsed / CHUNK)
+    return {"size": size, "memory": memory, "form": form, "kept": int(state.kept), "compile_s": compile_s,
+            "update_ms": summarize(seconds)["median"] * 1000, "min_ms": min(seconds) * 1000}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench lbfgs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="128,256,512", help="square sizes in px")
+    parser.add_argument("--memory", type=int, default=100, help="pairs held (default 100, neural-style's)")
+    parser.add_argument("--out", default=None, help="file for the JSON (default: print only)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = int_list("--sizes", args.sizes, 8)
+        if args.memory < 1:
+            raise UserInputError(f"--memory: must be at least 1, got {args.memory}")
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows: List[Dict[str, Any]] = []
+    print(f"{jax.default_backend()}: ms per update, {args.memory} pairs held\n")
+    print("| size | two-loop ms | compact ms | compact ÷ two-loop |\n|---|---|---|---|", flush=True)
+    for size in sizes:
+        pair = [time_form(size, args.memory, form) for form in ("two-loop", "compact")]
+        rows.extend(pair)
+        print(f"| {size} | {pair[0]['update_ms']:.3f} | {pair[1]['update_ms']:.3f} "
+              f"| {pair[1]['update_ms'] / pair[0]['update_ms']:.2f} |", flush=True)
+        if args.out:
+            with open(args.out, "w") as file:
+                json.dump({"machine": machine.describe_machine(), "backend": jax.default_backend(),
+                           "rows": rows}, file, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
