@@ -300,3 +300,29 @@ def test_largest_bench_stops_at_the_first_size_that_does_not_run(tmp_path, capsy
     with pytest.raises(ValueError, match="a bug"):
         largest.main(["--sizes", "32", "--steps", "1"])
     assert largest.main(["--sizes", "32", "--steps", "0"]) == 2
+
+
+def test_lbfgs_bench_times_both_forms_with_a_full_history(tmp_path, capsys):
+    out = tmp_path / "lbfgs.json"
+    assert main(["lbfgs", "--sizes", "16", "--memory", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["form"], row["size"], row["kept"]) for row in rows] == [("two-loop", 16, 4), ("compact", 16, 4)]
+    assert all(row["update_ms"] > 0 for row in rows)
+    assert "| 16 |" in capsys.readouterr().out
+    assert main(["lbfgs", "--memory", "0"]) == 2
+    assert "--memory" in capsys.readouterr().err
+
+
+def test_lbfgs_bench_full_state_is_one_the_forms_agree_on():
+    """The bench's full history is a consistent state: both forms give the same next update
+    from it (to float32 rounding), so the timed work is the real work."""
+    from bench.lbfgs import _gradient, full_state
+    from nst_jax.engine.lbfgs import fixed_step_lbfgs
+
+    x = jax.random.normal(jax.random.PRNGKey(3), (8, 8, 3))
+    updates = []
+    for form in ("two-loop", "compact"):
+        optimizer = fixed_step_lbfgs(memory_size=5, form=form)
+        state = full_state(optimizer.init(x), x, 5)
+        updates.append(np.asarray(optimizer.update(_gradient(x + 0.01), state, x)[0]))
+    np.testing.assert_allclose(updates[1], updates[0], rtol=1e-4, atol=1e-6)
