@@ -19,8 +19,9 @@ Two forms of d = −H·g, equal in exact arithmetic (`FORMS`; "auto" picks by ba
   update of one image-sized vector. On a CPU it is the cheaper one: it reads only the kept pairs.
 - "compact" (Byrd, Nocedal & Schnabel 1994): a few matrix products over all slots. On a GPU each
   of the two-loop's iterations is a kernel launch and, as the loop's count is data-dependent, a
-  host round trip: 3 ms of a 5.4 ms step at 512 px on an H200. With S and Y the kept pairs
-  oldest first, γ = H₀, R the upper triangle of SᵀY and D its diagonal:
+  host round trip: with 100 pairs at 512 × 512 px on an H200 an update took 5.9 ms that way and
+  0.63 ms this way (`python -m bench lbfgs`). With S and Y the kept pairs oldest first, γ = H₀,
+  R the upper triangle of SᵀY and D its diagonal:
 
       a = R⁻¹ Sᵀg,   p = R⁻ᵀ ((D + γ YᵀY) a − γ Yᵀg),   H·g = γ g + S p − γ Y a
 
