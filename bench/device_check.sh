@@ -48,7 +48,7 @@ log() { echo "[device_check $(( $(date +%s) - started ))s] $*" | tee -a "$out/de
 # ends in time whatever one step takes (each step writes what it finished as it goes).
 if (( dry )); then
   export JAX_PLATFORMS=cpu
-  budget=900 sizes="64:20" tests=(tests/test_lbfgs.py) test_timeout=300 e2e_timeout=300
+  budget=900 sizes="64:20,48:20" tests=(tests/test_lbfgs.py) test_timeout=300 e2e_timeout=300
   step_sizes=32 step_timeout=200 largest_sizes="32,48" largest_timeout=120 lbfgs_sizes=32 lbfgs_timeout=120
   compile_flags=("--xla_cpu_enable_fast_math=false") compile_timeout=120 first_timeout=300
 else
@@ -57,7 +57,7 @@ else
   # Seen on an H200 (BENCHMARKS.md): a cold nst-jax run ~40 s (XLA's autotuning), warm 7 s,
   # PyTorch's 13-17 s; the bfloat16 run compiles anew (~40 s). So bfloat16 at the first size only.
   sizes=${DEVICE_CHECK_SIZES:-512:500,1024:200} first_timeout=150 e2e_timeout=100
-  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_timeout=60 lbfgs_sizes=512,1024 lbfgs_timeout=30
+  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_timeout=60 lbfgs_sizes=512,1024 lbfgs_timeout=45
   largest_sizes="8192,12288,16384" largest_timeout=90 test_timeout=${DEVICE_CHECK_TEST_TIMEOUT:-40}
   tests=(tests/test_lbfgs.py tests/test_losses.py tests/test_vgg_numerics.py tests/test_batch.py)
   # Cold runs under other XLA flags (compile time against step time), e.g.
@@ -95,9 +95,9 @@ EOF
 dtypes=(--extra-dtypes bfloat16) limit_s=$first_timeout
 for pair in ${sizes//,/ }; do
   px=${pair%%:*}
-  log "end to end: $pair ${dtypes[*]}"
+  log "end to end: $pair ${dtypes[*]:-}"
   timeout "$(limit "$limit_s")" $python -m bench e2e --sizes "$pair" --adam-sizes none --no-batch \
-    "${dtypes[@]}" --out "$out/e2e-$px" --markdown "$out/e2e-device-$px.md" \
+    --no-second-call ${dtypes[@]:+"${dtypes[@]}"} --out "$out/e2e-$px" --markdown "$out/e2e-device-$px.md" \
     --keep "/tmp/nst-e2e-work-$px" > "$out/e2e-$px.log" 2>&1
   log "end to end $px: exit $?"
   cp /tmp/nst-e2e-work-"$px"/*.json "$out/e2e-$px/" 2>/dev/null  # every run's --report
@@ -110,7 +110,7 @@ log "lbfgs: exit $?"
 # Compile time (diagnosis): a cold CLI run at the first size under each XLA flag in $compile_flags,
 # against the e2e's cold run (XLA's autotuning is most of a GPU compile).
 first=${sizes%%,*} px=${first%%:*} work="/tmp/nst-e2e-work-${first%%:*}"
-for flags in "${compile_flags[@]:+${compile_flags[@]}}"; do
+for flags in ${compile_flags[@]:+"${compile_flags[@]}"}; do
   name=$(echo "$flags" | tr -c 'a-z0-9\n' '_' | sed 's/^_*//')
   log "cold run with XLA_FLAGS=$flags"
   NST_JAX_CACHE=$(mktemp -d) XLA_FLAGS="$flags" timeout "$(limit "$compile_timeout")" $python -m nst_jax.run \

@@ -53,7 +53,7 @@ class Plan:
     batch_size_px: int = 128
     batch_iterations: int = 50
     second_call_size: int = 96
-    second_call_steps: int = 10
+    second_call_steps: int = 10  # 0: no second-call check
     torch_threads: Optional[int] = None
     # One more warm nst-jax run per size in each of these compute dtypes (bfloat16 on an
     # accelerator): its wall time and objective against the float32 run's.
@@ -359,7 +359,8 @@ def run(plan, keep=None, source=DEFAULT_IMAGES, on_progress=None):
                     record()
         if plan.batch_members > 1:
             record(batch=batch_against_singles(plan, folder, npz, images))
-        record(second_call=second_call(plan, npz, images, folder))
+        if plan.second_call_steps:
+            record(second_call=second_call(plan, npz, images, folder))
     return results
 
 
@@ -436,6 +437,7 @@ def build_parser():
     parser.add_argument("--adam-sizes", metavar="PX,...", help="sizes also compared with Adam ('none': none)")
     parser.add_argument("--torch-threads", type=int, metavar="N", help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch-against-singles comparison")
+    parser.add_argument("--no-second-call", action="store_true", help="skip the second stylize() call check")
     parser.add_argument("--extra-dtypes", metavar="NAMES", help="one more warm nst-jax run per size in "
                         "these compute dtypes, e.g. bfloat16")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", metavar="DIR")
@@ -468,6 +470,8 @@ def plan_from_args(args):
         changes["adam_sizes"] = () if args.adam_sizes == "none" else tuple(int(s) for s in args.adam_sizes.split(","))
     if args.torch_threads:
         changes["torch_threads"] = args.torch_threads
+    if args.no_second_call:
+        changes["second_call_steps"] = 0
     if args.no_batch:
         changes["batch_members"] = 0
     if args.extra_dtypes:
@@ -494,11 +498,13 @@ def main(argv=None):
     stem = "e2e-quick" if args.quick else "e2e"
     markdown_path = args.markdown or (args.out / f"{stem}.md" if args.quick else REPO_ROOT / "BENCHMARKS.md")
 
-    def write(results):
+    def write(results, final=False):
         write_json(results, args.out / f"{stem}.json")
-        update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
+        # A file named by the caller gets partial results too; BENCHMARKS.md only a finished run's.
+        if final or args.markdown or args.quick:
+            update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
 
-    run(plan, keep=args.keep, source=args.images, on_progress=write)
+    write(run(plan, keep=args.keep, source=args.images, on_progress=write), final=True)
     print(f"wrote {args.out / f'{stem}.json'} and {markdown_path}")
     return 0
 

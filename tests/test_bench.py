@@ -304,18 +304,22 @@ def test_largest_bench_stops_at_the_first_size_that_does_not_run(tmp_path, capsy
 
 def test_lbfgs_bench_times_both_forms_with_a_full_history(tmp_path, capsys):
     out = tmp_path / "lbfgs.json"
-    assert main(["lbfgs", "--sizes", "16", "--memory", "4", "--out", str(out)]) == 0
+    assert main(["lbfgs", "--sizes", "16,24", "--memory", "4", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(row["form"], row["size"], row["kept"]) for row in rows] == [("two-loop", 16, 4), ("compact", 16, 4)]
-    assert all(row["update_ms"] > 0 for row in rows)
-    assert "| 16 |" in capsys.readouterr().out
+    assert [(row["form"], row["size"]) for row in rows] == [("two-loop", 16), ("compact", 16),
+                                                            ("two-loop", 24), ("compact", 24)]
+    printed = capsys.readouterr().out
+    for size in (16, 24):
+        two_loop, compact = (row["update_ms"] for row in rows if row["size"] == size)
+        assert f"| {size} | {two_loop:.3f} | {compact:.3f} | {compact / two_loop:.2f} |" in printed
     assert main(["lbfgs", "--memory", "0"]) == 2
     assert "--memory" in capsys.readouterr().err
 
 
 def test_lbfgs_bench_full_state_is_one_the_forms_agree_on():
-    """The bench's full history is a consistent state: both forms give the same next update
-    from it (to float32 rounding), so the timed work is the real work."""
+    """The bench's full history is a consistent state: from it both forms keep the next pair
+    (the incremental SᵀY and YᵀY update runs) and give the same update to float32 rounding, so
+    the timed work is the real work."""
     from bench.lbfgs import _gradient, full_state
     from nst_jax.engine.lbfgs import fixed_step_lbfgs
 
@@ -324,5 +328,8 @@ def test_lbfgs_bench_full_state_is_one_the_forms_agree_on():
     for form in ("two-loop", "compact"):
         optimizer = fixed_step_lbfgs(memory_size=5, form=form)
         state = full_state(optimizer.init(x), x, 5)
-        updates.append(np.asarray(optimizer.update(_gradient(x + 0.01), state, x)[0]))
+        # The gradient one stored step further on: y·s > 0, so the pair is kept.
+        update, after = optimizer.update(_gradient(x + state.previous_step), state, x)
+        assert int(after.newest) == 0 and int(after.kept) == 5  # slot 0, the oldest, replaced
+        updates.append(np.asarray(update))
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-4, atol=1e-6)

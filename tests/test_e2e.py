@@ -98,6 +98,43 @@ def test_time_to_an_objective_is_interpolated_between_visits_from_launch():
     assert breakdown["exit_other"] == pytest.approx(12.0 - 0.8 - 10.0)
 
 
+def test_a_run_cut_during_an_extra_dtype_keeps_the_comparisons_done(tmp_path, monkeypatch):
+    """e2e records each comparison before its extra-dtype run, so a time limit that cuts that
+    run (here: it raises) leaves e2e.json and the named markdown file with the comparison; the
+    repo's BENCHMARKS.md is only rewritten by a finished run. The processes are faked."""
+    def fake_compare(plan, folder, pth, npz, images, size, steps, optimizer):
+        run = {"wall_s": 2.0, "peak_rss_mb": 1.0, "final_objective": 5.0, "seconds_per_step": 0.1,
+               "first_step_at_s": 1.0, "compiled_programs": [], "visits": [],
+               "breakdown": dict.fromkeys(("startup_imports", "images", "weights", "compile", "steps",
+                                           "write", "exit_other"), 0.1)}
+        pair = {"wall_ratio": 1.0, "objective_ratio": 1.0, "target_objective": 5.0,
+                "time_to_target_s": {"nst_jax": 1.0, "pytorch": 1.0}, "time_to_target_ratio": 1.0}
+        return {"size": size, "optimizer": optimizer, "iterations": steps, "content_hw": [size, size],
+                "conv_flops_per_step": 1e9, "dtypes": {}, "cold": pair, "warm": pair,
+                "runs": dict.fromkeys(("nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2"), run)}
+
+    def cut(*args):
+        raise KeyboardInterrupt("the time limit")
+
+    monkeypatch.setattr(e2e, "_prepare", lambda folder, sizes, source: (None, None, {}))
+    monkeypatch.setattr(e2e, "compare", fake_compare)
+    monkeypatch.setattr(e2e, "extra_dtype_run", cut)
+    benchmarks = ROOT / "BENCHMARKS.md"
+    before = benchmarks.read_text()
+    markdown = tmp_path / "device.md"
+    with pytest.raises(KeyboardInterrupt):
+        e2e.main(["--sizes", "64:20", "--adam-sizes", "none", "--no-batch", "--no-second-call",
+                  "--extra-dtypes", "bfloat16", "--out", str(tmp_path), "--markdown", str(markdown)])
+    (comparison,) = json.loads((tmp_path / "e2e.json").read_text())["comparisons"]
+    assert comparison["size"] == 64 and comparison["dtypes"] == {}
+    assert "| 64 | lbfgs | 20 |" in markdown.read_text()
+    with pytest.raises(KeyboardInterrupt):  # no --markdown: BENCHMARKS.md is the default target
+        e2e.main(["--sizes", "64:20", "--adam-sizes", "none", "--no-batch", "--extra-dtypes", "bfloat16",
+                  "--out", str(tmp_path / "default")])
+    assert json.loads((tmp_path / "default" / "e2e.json").read_text())["comparisons"]
+    assert benchmarks.read_text() == before
+
+
 def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
     files = tmp_path / "files"
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE_CHECK_FILES": str(files), "PYTHON": sys.executable,
@@ -120,6 +157,9 @@ def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
     assert set(comparison["runs"]) == {"nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2",
                                        "nst_jax_warm_bfloat16"}
     assert "| 64 | lbfgs | 20 |" in (files / "e2e-device-64.md").read_text()
+    # Sizes after the first run without the extra dtype (an empty array under `set -u`).
+    (later,) = json.loads((files / "e2e-48" / "e2e.json").read_text())["comparisons"]
+    assert later["size"] == 48 and later["dtypes"] == {} and "end to end 48: exit 0" in log
     assert "largest: exit 0" in log, log
     largest = json.loads((files / "largest.json").read_text())
     assert [row["size"] for row in largest["rows"]] == [32, 48] and largest["remat"] == "tiles"

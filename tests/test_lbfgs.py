@@ -167,3 +167,65 @@ def test_the_compact_form_reads_a_bfloat16_history_with_float32_vectors():
     # One bfloat16 copy of the vectors would be ~100x further off: the split is what holds it.
     rounded = np.asarray(vectors.astype(jnp.bfloat16).astype(jnp.float32), np.float64).reshape(3, -1)
     assert np.max(np.abs(exact_history @ rounded.T - expected) / scale) > 3e-4
+
+
+@pytest.mark.parametrize("storage", [None, jnp.bfloat16])
+def test_the_two_forms_agree_step_by_step_in_float32(storage):
+    """Lockstep in float32: both forms get the same gradients and the same previous step each
+    iteration (the ring buffer wraps: memory 5, 30 iterations), so every update compares the
+    compact form's incrementally kept SᵀY and YᵀY against the two-loop's direct dot products."""
+    jax_loss, _, start = _problem(7)
+    optimizers = {form: fixed_step_lbfgs(memory_size=5, storage_dtype=storage, form=form)
+                  for form in ("two-loop", "compact")}
+    updates = {form: jax.jit(optimizer.update) for form, optimizer in optimizers.items()}
+    x = jnp.asarray(start, jnp.float32)
+    states = {form: optimizer.init(x) for form, optimizer in optimizers.items()}
+    gradient_of = jax.jit(jax.grad(jax_loss))
+    worst = 0.0
+    for _ in range(30):
+        gradient = gradient_of(x)
+        steps = {}
+        for form in optimizers:
+            steps[form], states[form] = updates[form](gradient, states[form])
+        assert int(states["compact"].kept) == int(states["two-loop"].kept)
+        reference = np.asarray(steps["two-loop"])
+        worst = max(worst, float(np.max(np.abs(np.asarray(steps["compact"]) - reference)) / np.max(np.abs(reference))))
+        states["compact"] = states["compact"]._replace(previous_step=states["two-loop"].previous_step)
+        x = x + steps["two-loop"]
+    assert int(states["two-loop"].kept) == 5 and int(states["two-loop"].iteration) == 30
+    assert worst < (1e-3 if storage else 1e-4), worst
+
+
+SHARDED_COMPACT = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from nst_jax.engine.lbfgs import fixed_step_lbfgs
+optimizer = fixed_step_lbfgs(memory_size=4, form="compact")
+target = np.random.default_rng(0).standard_normal((32, 24, 3)).astype(np.float32)
+def loss(x):
+    return jnp.sum((x - target) ** 2 * (1 + 0.1 * x ** 2))
+@jax.jit
+def run(x):
+    def body(_, carry):
+        x, state = carry
+        update, state = optimizer.update(jax.grad(loss)(x), state, x)
+        return x + update, state
+    return jax.lax.fori_loop(0, 12, body, (x, optimizer.init(x)))[0]
+start = jnp.full((32, 24, 3), 0.5, jnp.float32)
+one = np.asarray(run(start))
+rows = NamedSharding(Mesh(np.array(jax.devices()), ("rows",)), PartitionSpec("rows"))
+four = run(jax.device_put(start, rows))
+print(json.dumps({"devices": len(four.sharding.device_set), "scale": float(np.abs(one).max()),
+                  "difference": float(np.abs(np.asarray(four) - one).max())}))
+"""
+
+
+def test_the_compact_form_split_by_rows_over_devices_equals_one_device():
+    """The compact form's matrix products over (memory, H·W·C) when H is split over 4 devices
+    (the CPU runs the two-loop, so the simulated-device runs of tests/test_print_size never do)."""
+    from simulated import json_report, run_script
+
+    report = json_report(run_script(SHARDED_COMPACT, devices=4))
+    assert report["devices"] == 4
+    assert report["difference"] <= 1e-5 * report["scale"], report

@@ -238,7 +238,8 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     if settings.optimizer.storage_dtype == "bfloat16" and settings.optimizer.lbfgs_linesearch == "none":
         history //= 2  # bfloat16 pairs: half the bytes of float32 ones
     grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
-    # The compact L-BFGS form's SᵀY and YᵀY (accelerators; the CPU's two-loop keeps none).
+    # The compact L-BFGS form's SᵀY and YᵀY (2·memory² floats, kept on accelerators), counted on
+    # every backend: the estimate does not depend on where it runs, and they are small.
     fixed_step = settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "none"
     pair_products = 2 * settings.optimizer.lbfgs_memory ** 2 * FLOAT_BYTES if fixed_step else 0
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
