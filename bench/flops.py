@@ -6,16 +6,9 @@ size of convolution again); the first convolution needs its input gradient too, 
 image is what is optimized. No weight gradient is ever computed, so none is counted.
 """
 
-import re
-
-from nst_jax.model.layers import BLOCK_CHANNELS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv
+from nst_jax.model.layers import BLOCK_CHANNELS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv, layer_block
 
 KERNEL_TAPS = 9  # 3×3
-
-
-def _block(layer):
-    """Block number of a Caffe-style layer name: conv4_2 -> 4, relu5_1 -> 5, pool3 -> 3."""
-    return int(re.search(r"\d", layer).group())
 
 
 def spatial_size(height, width, block):
@@ -28,7 +21,7 @@ def conv_table(height, width, last_conv):
     rows = []
     for name in CONV_LAYERS[: CONV_LAYERS.index(last_conv) + 1]:
         _, _, in_channels, out_channels = conv_shape(name)
-        h, w = spatial_size(height, width, _block(name))
+        h, w = spatial_size(height, width, layer_block(name))
         rows.append((name, h, w, in_channels, out_channels))
     return rows
 
@@ -47,8 +40,8 @@ def gram_flops(height, width, style_layers):
     """
     total = 0
     for layer in style_layers:
-        h, w = spatial_size(height, width, _block(canonical_layer(layer)))
-        channels = BLOCK_CHANNELS[_block(canonical_layer(layer))]
+        h, w = spatial_size(height, width, layer_block(canonical_layer(layer)))
+        channels = BLOCK_CHANNELS[layer_block(canonical_layer(layer))]
         total += 2 * (2 * h * w * channels * channels)
     return total
 

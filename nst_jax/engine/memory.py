@@ -18,7 +18,8 @@ from jax.stages import Compiled
 
 from nst_jax.config.settings import Settings
 from nst_jax.errors import UserInputError
-from nst_jax.model.layers import BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv
+from nst_jax.model.layers import (BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv,
+                                  layer_block)
 from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.devices import place_chunk_args
 from nst_jax.engine.stages import SEPARATE_PASSES_FROM
@@ -66,7 +67,7 @@ def abstract_chunk_args(settings: Settings, height: int, width: int, preprocessi
     state = jax.eval_shape(jax.vmap(init) if batched else init, pixels)
     content = jax.eval_shape(lambda p, x: content_targets(objective, p, x), params,
                              jax.ShapeDtypeStruct((height, width, channels), jnp.float32))
-    grams = {layer: jax.ShapeDtypeStruct(members + (BLOCK_CHANNELS[int(layer[4])],) * 2, jnp.float32)
+    grams = {layer: jax.ShapeDtypeStruct(members + (BLOCK_CHANNELS[layer_block(layer)],) * 2, jnp.float32)
              for layer in objective.style_layers}
     weight = jax.ShapeDtypeStruct(members, jnp.float32)
     objective, (pixels, state, params, targets, weights) = place_chunk_args(
@@ -150,7 +151,7 @@ def _layer_floats(height, width, layer):
     size, rounded up (pool1 has block 1's channels at half size)."""
     name = canonical_layer(layer)
     scale = 2 ** (layer_level(name) - 1)
-    return -(-height // scale) * -(-width // scale) * BLOCK_CHANNELS[int(name[4])]
+    return -(-height // scale) * -(-width // scale) * BLOCK_CHANNELS[layer_block(name)]
 
 
 def _tiled_front(height, width, objective):
@@ -237,7 +238,7 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     history = 2 * settings.optimizer.lbfgs_memory if settings.optimizer.name == "lbfgs" else 0
     if settings.optimizer.storage_dtype == "bfloat16" and settings.optimizer.lbfgs_linesearch == "none":
         history //= 2  # bfloat16 pairs: half the bytes of float32 ones
-    grams = sum(BLOCK_CHANNELS[int(layer[4])] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
+    grams = sum(BLOCK_CHANNELS[layer_block(layer)] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
     # The compact L-BFGS form's SᵀY and YᵀY (2·memory² floats, kept on accelerators), counted on
     # every backend: the estimate does not depend on where it runs, and they are small.
     fixed_step = settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "none"

@@ -30,6 +30,11 @@ KERAS_ALIASES = {
 }
 
 
+def layer_block(name: str) -> int:
+    """The block a canonical layer belongs to: conv1_1, relu1_1 and pool1 are block 1."""
+    return int(name[4])
+
+
 def conv_shape(name: str) -> Tuple[int, int, int, int]:
     """Kernel shape (HWIO) of a convolution, e.g. conv1_1 -> (3, 3, 3, 64)."""
     block, index = (int(part) for part in name[len("conv"):].split("_"))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nst_jax.model.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer
+from nst_jax.model.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer, layer_block
 
 POOLINGS = ("max", "avg")
 
@@ -260,7 +260,7 @@ class VGG19(nn.Module):
         names, wanted = _layers_to_run(self.outputs, self.pooling)
 
         def conv_layer(name, x):
-            block = int(name[4])
+            block = layer_block(name)
             return Conv3x3(BLOCK_CHANNELS[block], dtype=self.dtype, conv=self.conv, name=name)(x)
 
         return _run_layers(names, wanted, self.pooling, conv_layer, x.astype(self.dtype))[1]
@@ -309,8 +309,8 @@ def features_by_block(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
     """
     names, wanted = _layers_to_run(layers, pooling)
     x, activations = image.astype(dtype), {}
-    for block in sorted({int(name[4]) for name in names}):  # conv1_1, relu1_1, pool1: block 1
-        block_names = tuple(name for name in names if int(name[4]) == block)
+    for block in sorted({layer_block(name) for name in names}):  # conv1_1, relu1_1, pool1: block 1
+        block_names = tuple(name for name in names if layer_block(name) == block)
         run = recomputed_in_backward(functools.partial(_pure_block, block_names,
                                                        wanted.intersection(block_names), pooling, dtype, conv))
         x, kept = run({name: params[name] for name in block_names if name in params}, x)
@@ -353,7 +353,7 @@ MIN_TILES = 4  # ... and at least this many tiles: a tile's working set stays a 
 
 def layer_level(name: str) -> int:
     """The resolution level of a canonical layer's output: 1 full size, 2 half, ... (pool1 is 2)."""
-    return int(name[4]) + (1 if name.startswith("pool") else 0)
+    return layer_block(name) + (1 if name.startswith("pool") else 0)
 
 
 def layer_size(height: int, width: int, layer: str) -> Tuple[int, int]:
@@ -420,7 +420,7 @@ def front_layers(layers: Sequence[str], pooling: str = "max") -> Tuple[str, ...]
     """The layers `features_in_tiles` computes in tiles: those of the first FRONT_BLOCKS blocks
     (their pooling included) that the network runs for `layers`."""
     names, _ = _layers_to_run(layers, pooling)
-    return tuple(name for name in names if int(name[4]) <= FRONT_BLOCKS)
+    return tuple(name for name in names if layer_block(name) <= FRONT_BLOCKS)
 
 
 def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str],
