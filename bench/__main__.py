@@ -10,6 +10,7 @@ Parses flags into a bench.suite.Plan, runs it, writes the outputs. Progress goes
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
 DEFAULT_MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 
+# `python -m bench NAME ...` runs bench/NAME.py: e2e (the whole command against the PyTorch
+# way), remat (what --remat blocks / tiles save and cost), largest (the largest image one device
+# runs), lbfgs (one L-BFGS update in each form).
+SUBCOMMANDS = ("e2e", "remat", "largest", "lbfgs")
 OPTIMIZERS = ("adam", "lbfgs")
 DTYPES = ("float32", "bfloat16")
 MIN_SIZE = 16  # VGG's four 2×2 pools must leave at least one pixel for conv5_1
@@ -146,18 +151,8 @@ def _output_paths(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["e2e"]:  # the whole command against the PyTorch way: bench/e2e.py
-        from bench import e2e
-        return e2e.main(argv[1:])
-    if argv[:1] == ["remat"]:  # what --remat blocks / tiles save and cost: bench/remat.py
-        from bench import remat
-        return remat.main(argv[1:])
-    if argv[:1] == ["largest"]:  # the largest image one device runs: bench/largest.py
-        from bench import largest
-        return largest.main(argv[1:])
-    if argv[:1] == ["lbfgs"]:  # one L-BFGS update in each form: bench/lbfgs.py
-        from bench import lbfgs
-        return lbfgs.main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # bench/<name>.py, with its own flags
+        return importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         from bench.machine import accelerator

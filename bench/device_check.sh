@@ -25,17 +25,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
 [[ "${1:-}" == "--dry-run" ]] && dry=1
-# The device tool brings back at most 8 files: every file goes to $files, and on exit one archive
-# of them plus the summaries go to $OUT.
+# The device tool brings back at most 8 files: every file goes to $out, and on exit one archive
+# of them plus the summaries go to $dest ($OUT there).
 dest="${OUT:-bench/results/device}"
-files="${DEVICE_CHECK_FILES:-/tmp/nst-device-check}"
-out=$files
+out="${DEVICE_CHECK_FILES:-/tmp/nst-device-check}"
+work=/tmp/nst-e2e-work  # the e2e's weights and images (GBs), shared by its runs and the compile runs
 mkdir -p "$out" "$dest"
 pack() {
-  rm -rf /tmp/nst-e2e-work-* /tmp/nst-compile-*.png  # the e2e's weights and images (GBs), kept for the compile runs
-  tar czf "$dest/device_check.tgz" -C "$files" . 2>/dev/null
-  for path in "$files"/{device_check.log,e2e-device-*.md,largest.md,step.md,lbfgs.md}; do
-    [[ -f "$path" && "$files" != "$dest" ]] && cp "$path" "$dest/"
+  rm -rf "$work" /tmp/nst-compile.png
+  tar czf "$dest/device_check.tgz" -C "$out" . 2>/dev/null
+  [[ "$out" == "$dest" ]] && return
+  for path in "$out"/{device_check.log,e2e-device-*.md,largest.md,step.md,lbfgs.md}; do
+    [[ -f "$path" ]] && cp "$path" "$dest/"
   done
 }
 trap pack EXIT
@@ -64,8 +65,6 @@ else
   # DEVICE_CHECK_COMPILE_FLAGS="--xla_gpu_autotune_level=0;--xla_gpu_enable_triton_gemm=false"
   IFS=';' read -r -a compile_flags <<< "${DEVICE_CHECK_COMPILE_FLAGS:-}"
   compile_timeout=60
-  # The whole chip for the largest image (JAX takes 75 % of it by default).
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
   if ! $python -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
     if compgen -G ".whl/*.whl" >/dev/null; then
       log "installing the carried wheels into /tmp/site"
@@ -91,53 +90,64 @@ except ImportError:
     print("torch missing: the PyTorch side of the comparison is skipped")
 EOF
 
+# step NAME LIMIT_S STDOUT STDERR COMMAND...: one step under its time limit, logged with its exit.
+step() {
+  local name=$1 limit_s=$2 stdout=$3 stderr=$4 status
+  shift 4
+  timeout "$(limit "$limit_s")" "$@" > "$stdout" 2> "$stderr"
+  status=$?
+  log "$name: exit $status"
+}
+
 # One e2e run per size, each with its own limit: a slow size cannot take the others' time.
 dtypes=(--extra-dtypes bfloat16) limit_s=$first_timeout
 for pair in ${sizes//,/ }; do
   px=${pair%%:*}
   log "end to end: $pair ${dtypes[*]:-}"
-  timeout "$(limit "$limit_s")" $python -m bench e2e --sizes "$pair" --adam-sizes none --no-batch \
-    --no-second-call ${dtypes[@]:+"${dtypes[@]}"} --out "$out/e2e-$px" --markdown "$out/e2e-device-$px.md" \
-    --keep "/tmp/nst-e2e-work-$px" > "$out/e2e-$px.log" 2>&1
-  log "end to end $px: exit $?"
-  cp /tmp/nst-e2e-work-"$px"/*.json "$out/e2e-$px/" 2>/dev/null  # every run's --report
+  step "end to end $px" "$limit_s" "$out/e2e-$px.log" "$out/e2e-$px.err" \
+    $python -m bench e2e --sizes "$pair" --adam-sizes none --no-batch --no-second-call \
+    ${dtypes[@]:+"${dtypes[@]}"} --out "$out/e2e-$px" --markdown "$out/e2e-device-$px.md" --keep "$work"
+  cp "$work"/*_"$px"_*.json "$out/e2e-$px/" 2>/dev/null  # every run's --report
   dtypes=() limit_s=$e2e_timeout
 done
 log "one L-BFGS update in each form (diagnosis): $lbfgs_sizes px"
-timeout "$(limit "$lbfgs_timeout")" $python -m bench lbfgs --sizes "$lbfgs_sizes" --out "$out/lbfgs.json" \
-  > "$out/lbfgs.md" 2> "$out/lbfgs.log"
-log "lbfgs: exit $?"
-# Compile time (diagnosis): a cold CLI run at the first size under each XLA flag in $compile_flags,
-# against the e2e's cold run (XLA's autotuning is most of a GPU compile).
-first=${sizes%%,*} px=${first%%:*} work="/tmp/nst-e2e-work-${first%%:*}"
+step lbfgs "$lbfgs_timeout" "$out/lbfgs.md" "$out/lbfgs.log" \
+  $python -m bench lbfgs --sizes "$lbfgs_sizes" --out "$out/lbfgs.json"
+# Compile time (diagnosis): a cold CLI run (e2e's command, 100 iterations) at the first size
+# under each XLA flag in $compile_flags, against the e2e's cold run.
+first=${sizes%%,*}
 for flags in ${compile_flags[@]:+"${compile_flags[@]}"}; do
-  name=$(echo "$flags" | tr -c 'a-z0-9\n' '_' | sed 's/^_*//')
   log "cold run with XLA_FLAGS=$flags"
-  NST_JAX_CACHE=$(mktemp -d) XLA_FLAGS="$flags" timeout "$(limit "$compile_timeout")" $python -m nst_jax.run \
-    "$work/tubingen_$px.png" "$work/starry_night_$px.png" --weights "$work/vgg19_caffe_synthetic.npz" \
-    -o "/tmp/nst-compile-$name.png" --image-size "$px" --num-steps 100 --print-every 0 \
-    --preset neural-style --tv-weight 0 --init content --report "$out/compile-$name.json" > /dev/null 2>> "$out/compile.log"
-  status=$?
-  log "  exit $status: $($python -c "
-import json, sys
-r = json.load(open(sys.argv[1])); v = r['visits']
-print(f\"compile {r.get('compile_seconds', 0):.1f} s, {1000 * (v[-1]['seconds'] - v[0]['seconds']) / (v[-1]['step'] - v[0]['step']):.2f} ms/step, loss {sum(v[-1]['losses']) / len(v[-1]['losses']):.6g}\")
-" "$out/compile-$name.json" 2>/dev/null)"
+  XLA_FLAGS="$flags" timeout "$(limit "$compile_timeout")" $python - "$work" "${first%%:*}" "$out" \
+    >> "$out/device_check.log" 2>> "$out/compile.log" <<'EOF'
+import os, sys, tempfile
+from pathlib import Path
+from bench import e2e
+work, size, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+content, style = (work / f"{Path(name).stem}_{size}.png" for name in e2e.PICTURES)
+report = out / ("compile-" + "".join(c if c.isalnum() else "_" for c in os.environ["XLA_FLAGS"]).strip("_") + ".json")
+env = {**os.environ, "NST_JAX_CACHE": tempfile.mkdtemp()}
+run = e2e.run_process(e2e._ours(content, style, work / "vgg19_caffe_synthetic.npz", size, 100, "lbfgs",
+                                "/tmp/nst-compile.png", report), env, report)
+print(f"  compile {run.breakdown()['compile']:.1f} s, {1000 * run.seconds_per_step():.2f} ms/step, "
+      f"objective {run.final_loss:.6g}, wall {run.wall_s:.1f} s")
+EOF
+  log "  exit $?"
 done
 if [[ "$step_sizes" != none ]]; then
   log "the step (diagnosis): $step_sizes px, Adam and L-BFGS, against PyTorch's"
-  timeout "$(limit "$step_timeout")" $python -m bench --sizes "$step_sizes" --optimizers adam,lbfgs \
-    --dtypes float32 --steps 5 --warmup 2 --long-chunk-steps 10 --batch-sizes none --long-run none \
-    --out "$out" --markdown "$out/step.md" > "$out/step.log" 2>&1
-  log "step: exit $?"
+  step step "$step_timeout" "$out/step.log" "$out/step.err" \
+    $python -m bench --sizes "$step_sizes" --optimizers adam,lbfgs --dtypes float32 --steps 5 --warmup 2 \
+    --long-chunk-steps 10 --batch-sizes none --long-run none --out "$out" --markdown "$out/step.md"
 fi
 log "tests"
-timeout "$(limit "$test_timeout")" $python -m pytest -q -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
-log "tests: exit $? ($(tail -1 "$out/tests.log"))"
-# Last: at 8192 px it needs ~90 s more than the default budget leaves (DEVICE_CHECK_BUDGET=450).
+step tests "$test_timeout" "$out/tests.log" "$out/tests.err" \
+  $python -m pytest -q -p no:cacheprovider "${tests[@]}"
+log "  $(tail -1 "$out/tests.log")"
+# Last: at 8192 px it needs ~90 s more than the default budget leaves (DEVICE_CHECK_BUDGET=450),
+# and the whole chip (JAX takes 75 % of it by default).
 log "largest image on one device: $largest_sizes"
-timeout "$(limit "$largest_timeout")" $python -m bench largest --sizes "$largest_sizes" --steps 2 --out "$out" \
-  > "$out/largest.md" 2> "$out/largest.log"
-log "largest: exit $?"
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step largest "$largest_timeout" "$out/largest.md" "$out/largest.log" \
+  $python -m bench largest --sizes "$largest_sizes" --steps 2 --out "$out"
 log "done in $(( $(date +%s) - started )) s; files in $out"
 ls -la "$out" >> "$out/device_check.log"

@@ -75,8 +75,9 @@ def _prepare(folder, sizes, source, seed=0):
     from weights_tools.synthetic import write_synthetic
 
     pth, npz = folder / "vgg19_caffe_synthetic.pth", folder / "vgg19_caffe_synthetic.npz"
-    write_synthetic("caffe-pth", pth, seed=seed)
-    convert(pth, npz, preprocessing="caffe")
+    if not (pth.is_file() and npz.is_file()):  # a --keep folder shared by several runs has them
+        write_synthetic("caffe-pth", pth, seed=seed)
+        convert(pth, npz, preprocessing="caffe")
     return pth, npz, {size: resized_pair(source, size, folder) for size in sizes}
 
 
@@ -345,7 +346,8 @@ def run(plan, keep=None, source=DEFAULT_IMAGES, on_progress=None):
     with tempfile.TemporaryDirectory(prefix="nst-e2e-") as scratch:
         folder = Path(keep) if keep else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        sizes = sorted(set(plan.sizes) | {plan.batch_size_px, plan.second_call_size} | set(plan.adam_sizes))
+        sizes = sorted(set(plan.sizes) | set(plan.adam_sizes) | ({plan.batch_size_px} if plan.batch_members > 1 else set())
+                       | ({plan.second_call_size} if plan.second_call_steps else set()))
         pth, npz, images = _prepare(folder, sizes, source)
         for size, steps in zip(plan.sizes, plan.iterations):
             optimizers = plan.optimizers + (("adam",) if "adam" not in plan.optimizers
@@ -498,13 +500,16 @@ def main(argv=None):
     stem = "e2e-quick" if args.quick else "e2e"
     markdown_path = args.markdown or (args.out / f"{stem}.md" if args.quick else REPO_ROOT / "BENCHMARKS.md")
 
-    def write(results, final=False):
+    partial_markdown = bool(args.markdown or args.quick)
+
+    def write(results):  # after each comparison: e2e.json, and a markdown file the caller named
         write_json(results, args.out / f"{stem}.json")
-        # A file named by the caller gets partial results too; BENCHMARKS.md only a finished run's.
-        if final or args.markdown or args.quick:
+        if partial_markdown:
             update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
 
-    write(run(plan, keep=args.keep, source=args.images, on_progress=write), final=True)
+    results = run(plan, keep=args.keep, source=args.images, on_progress=write)
+    if not partial_markdown:  # BENCHMARKS.md gets only a finished run
+        update_markdown(markdown_path, markdown(results), (BEGIN_MARKER, END_MARKER))
     print(f"wrote {args.out / f'{stem}.json'} and {markdown_path}")
     return 0
 

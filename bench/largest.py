@@ -9,7 +9,6 @@ done, and writes JSON to --out after each size.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ import jax
 from bench import machine
 from bench.flags import int_list
 from bench.jax_step import build_problem, time_step
+from bench.report import write_json
 from nst_jax.errors import UserInputError
 
 
@@ -43,7 +43,7 @@ def probe(size: int, steps: int, remat: str, compute_dtype: str) -> Dict[str, An
         return {"size": size, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
                 "seconds": time.perf_counter() - started}
     return {"size": size, "megapixels": size * size / 1e6, "step_s": timed["step_s"]["median"],
-            "compile_s": timed["compile"]["compile_s"], "device_memory": machine.device_memory(),
+            "compile_s": timed["compile"]["compile_s"], "device_memory": timed["memory"]["device"],
             "xla": timed["memory"]["xla"], "loss": timed["loss"], "seconds": time.perf_counter() - started}
 
 
@@ -79,24 +79,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --steps: must be at least 1, got {args.steps}", file=sys.stderr)
         return 2
     rows: List[Dict[str, Any]] = []
+    report = {"machine": machine.describe_machine(), "backend": jax.default_backend(), "remat": args.remat,
+              "compute_dtype": args.compute_dtype, "rows": rows}
     print(HEADER, flush=True)
     for size in sizes:
         print(f"[bench largest] {size} px, remat {args.remat}, {args.compute_dtype}", file=sys.stderr, flush=True)
         rows.append(probe(size, args.steps, args.remat, args.compute_dtype))
         print(table_row(rows[-1]), flush=True)
         if args.out:  # after each size: a time limit that cuts the next one keeps this one's
-            write_json(args.out, {"machine": machine.describe_machine(), "backend": jax.default_backend(),
-                                  "remat": args.remat, "compute_dtype": args.compute_dtype, "rows": rows})
+            write_json(report, os.path.join(args.out, "largest.json"))
         if "error" in rows[-1]:
             break
         jax.clear_caches()  # the next size's buffers and programs, not this one's
     return 0
-
-
-def write_json(folder: str, report: Dict[str, Any]) -> None:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "largest.json"), "w") as file:
-        json.dump(report, file, indent=1)
 
 
 if __name__ == "__main__":

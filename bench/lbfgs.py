@@ -8,7 +8,6 @@ form cost on this backend (on a GPU the two-loop's iterations are launches and h
 """
 
 import argparse
-import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -18,8 +17,9 @@ import numpy as np
 
 from bench import machine
 from bench.flags import int_list
+from bench.report import write_json
 from bench.timing import stopwatch, summarize
-from nst_jax.engine.lbfgs import fixed_step_lbfgs
+from nst_jax.engine.lbfgs import _history_products, fixed_step_lbfgs
 from nst_jax.errors import UserInputError
 
 CHUNK = 10  # updates per timed call: the CLI's progress interval
@@ -37,9 +37,8 @@ def full_state(state, x, memory):
     changes = 1.1 * steps
     flat_s, flat_y = steps.reshape(memory, -1), changes.reshape(memory, -1)
     products = state.pair_products
-    if products.shape[1]:
-        gram = jax.jit(lambda a, b: jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
-        products = jnp.stack([gram(flat_s, flat_y), gram(flat_y, flat_y)])
+    if products.shape[1]:  # SᵀY and YᵀY by slot, as the compact form keeps them
+        products = jnp.stack([_history_products(steps, changes), _history_products(changes, changes)])
     return state._replace(
         iteration=jnp.asarray(memory + 1, jnp.int32), previous_gradient=_gradient(x),
         previous_step=steps[-1], steps=steps.astype(state.steps.dtype),
@@ -69,8 +68,9 @@ def time_form(size: int, memory: int, form: str, timed: int = 5) -> Dict[str, An
     for _ in range(timed):
         (x, state), elapsed = stopwatch(lambda: jax.block_until_ready(chunk(x, state)))
         seconds.append(elapsed / CHUNK)
+    summary = summarize(seconds)
     return {"size": size, "memory": memory, "form": form, "kept": int(state.kept), "compile_s": compile_s,
-            "update_ms": summarize(seconds)["median"] * 1000, "min_ms": min(seconds) * 1000}
+            "update_ms": summary["median"] * 1000, "min_ms": summary["min"] * 1000}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -87,6 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     rows: List[Dict[str, Any]] = []
+    report = {"machine": machine.describe_machine(), "backend": jax.default_backend(), "rows": rows}
     print(f"{jax.default_backend()}: ms per update, {args.memory} pairs held\n")
     print("| size | two-loop ms | compact ms | compact ÷ two-loop |\n|---|---|---|---|", flush=True)
     for size in sizes:
@@ -94,10 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.extend(pair)
         print(f"| {size} | {pair[0]['update_ms']:.3f} | {pair[1]['update_ms']:.3f} "
               f"| {pair[1]['update_ms'] / pair[0]['update_ms']:.2f} |", flush=True)
-        if args.out:
-            with open(args.out, "w") as file:
-                json.dump({"machine": machine.describe_machine(), "backend": jax.default_backend(),
-                           "rows": rows}, file, indent=1)
+        if args.out:  # after each size: a time limit that cuts the next one keeps this one's
+            write_json(report, args.out)
     return 0
 
 

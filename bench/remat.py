@@ -9,14 +9,13 @@ Prints a Markdown table; nothing is written.
 
 import argparse
 import dataclasses
-import statistics
 import sys
 from typing import Dict, List, Optional, Sequence
 
 from bench.flags import int_list
 from bench.jax_step import build_problem, time_step
+from bench.timing import summarize
 from nst_jax.errors import UserInputError
-from nst_jax.engine.memory import compiled_chunk
 from nst_jax.engine.optimize import OptimizerSpec, make_chunk
 
 REMATS = ("none", "blocks", "tiles")
@@ -31,17 +30,18 @@ def measure(size: int, rounds: int, chunk_steps: int, timed_chunks: int) -> Dict
         objective = dataclasses.replace(base.objective, remat=remat)
         problems[remat] = dataclasses.replace(base, objective=objective, chunk=make_chunk(objective, spec))
     steps: Dict[str, List[float]] = {remat: [] for remat in REMATS}
+    analyses = {}  # XLA's memory analysis of each chunk, from the compile time_step does
     for _ in range(rounds):
         for remat, problem in problems.items():
             timed = time_step(problem, chunk_steps=chunk_steps, warmup_chunks=1, timed_chunks=timed_chunks)
             steps[remat].append(timed["step_s"]["median"])
+            analyses[remat] = timed["memory"]["xla"]
     figures = {}
     for remat in REMATS:
-        analysis = compiled_chunk(base.settings.replace(remat=remat), size, size).memory_analysis()
-        figures[remat] = {"temp_mib": analysis.temp_size_in_bytes / 2**20,
-                          "args_mib": analysis.argument_size_in_bytes / 2**20,
-                          "gib_per_mp": analysis.temp_size_in_bytes / 2**30 / (size * size / 1e6),
-                          "step_ms": statistics.median(steps[remat]) * 1000}
+        temp, args = analyses[remat]["temp_size_in_bytes"], analyses[remat]["argument_size_in_bytes"]
+        figures[remat] = {"temp_mib": temp / 2**20, "args_mib": args / 2**20,
+                          "gib_per_mp": temp / 2**30 / (size * size / 1e6),
+                          "step_ms": summarize(steps[remat])["median"] * 1000}
     return figures
 
 

@@ -276,7 +276,6 @@ def test_remat_bench_measures_every_choice(capsys):
 
 
 def test_largest_bench_stops_at_the_first_size_that_does_not_run(tmp_path, capsys, monkeypatch):
-    import json
     from bench import largest
     real_build = largest.build_problem
 
