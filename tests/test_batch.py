@@ -44,8 +44,12 @@ def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, 
 
     with CompileCounter() as compiled:
         batched = stylize_batch(content, [starry, scream], settings, params, "caffe", members, intervals=(3,))
-    # Four chunks (3+3+3+1 steps), one compilation of the loop for all eight members.
+    # Four chunks (3+3+3+1 steps), one compilation of the loop for all eight members, and no
+    # program a single image would not compile (stacking the members' Grams and images compiled
+    # one per shape, outside jit).
     assert compiled.programs.count("jit(chunk)") == 1
+    assert set(compiled.programs) <= {"jit(targets)", "jit(_noise_start)", "jit(init)", "jit(<lambda>)",
+                                      "jit(chunk)"}, compiled.programs
 
     for member, result in zip(members[::3], batched[::3]):  # a sample: each style, weight and seed
         single = stylize(content, [[starry, scream][member.style_index]],

@@ -126,11 +126,11 @@ def make_members(settings: Settings, style_names: Sequence[str], *, per_style: b
     return members
 
 
-def _stack(trees):
-    """Member trees -> one tree with a leading member axis (host leaves stay on the host)."""
-    def stack(*leaves):
-        return np.stack(leaves) if isinstance(leaves[0], np.ndarray) else jnp.stack(leaves)
-    return jax.tree_util.tree_map(stack, *trees)
+def _stack_members(trees):
+    """Member trees -> one tree of host arrays with a leading member axis. Stacked by numpy:
+    jnp.stack would compile a program per leaf shape (five Gram sizes and the image), one
+    program for all of them still takes longer to compile than these few megabytes take to copy."""
+    return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
 
 
 # With `should_stop`, a chunk runs in pieces of about this many seconds, checking it between them.
@@ -324,11 +324,11 @@ def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]]
                     for i in padded]
     spec = OptimizerSpec.from_settings(settings)
     if batched:
-        style_targets, weights = _stack([member_grams[i] for i in padded]), _stack(member_weights)
-        pixels = jnp.stack(start_pixels)
+        style_targets, pixels, weights = _stack_members(
+            [(member_grams[i], start, weights) for i, start, weights in zip(padded, start_pixels, member_weights)])
     else:
         (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
-    weights = jax.device_put(weights)
+    style_targets, pixels, weights = jax.device_put((style_targets, pixels, weights))
     opt_state = state_program(spec, batched)(pixels)
     objective, (pixels, opt_state, params, loss_targets, weights) = place_chunk_args(
         objective, (pixels, opt_state, params, Targets(content_targets, style_targets), weights), plan.mesh,
