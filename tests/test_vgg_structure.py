@@ -246,3 +246,33 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_gives_it(shape):
     shared = jax.vjp(lambda v: v[:, : shape[1] // 2 * 2, : shape[2] // 2 * 2].reshape(
         shape[0], shape[1] // 2, 2, shape[2] // 2, 2, shape[3]).max(axis=(2, 4)), jax.numpy.asarray(x))[1]
     assert not np.array_equal(np.asarray(shared(jax.numpy.asarray(cotangent))[0]), np.asarray(gradient))
+
+
+def test_prepared_params_are_reused_only_for_arrays_nobody_can_change(synthetic_params_path):
+    """A second run in one process reuses the prepared kernels when its arrays are the same
+    read-only ones (load_params's); writable numpy arrays are prepared anew, so changing one in
+    place between runs is seen."""
+    from nst_jax.config.presets import preset
+    from nst_jax.engine.stylize import prepare_params
+    from nst_jax.loss.objective import Objective
+    from nst_jax.model.vgg import ADJOINT
+
+    loaded, _ = load_params(synthetic_params_path)
+    with pytest.raises(ValueError, match="read-only"):
+        loaded["conv1_1"]["kernel"][0, 0, 0, 0] = 1.0
+    deep = Objective.from_settings(preset("neural-style"), "caffe")
+    shallow = Objective.from_settings(preset("neural-style").replace(
+        content_layers=("relu2_1",), style_layers=("relu1_1",)), "caffe")
+    first = prepare_params(loaded, deep)
+    assert prepare_params(loaded, deep) is first
+    assert set(prepare_params(loaded, shallow)) == {"conv1_1", "conv1_2", "conv2_1"}  # other layers: made anew
+
+    writable = jax.tree_util.tree_map(np.array, loaded)
+    again = prepare_params(writable, deep)
+    assert again is not first
+    writable["conv1_1"]["kernel"] *= 2.0
+    changed = prepare_params(writable, deep)
+    np.testing.assert_array_equal(np.asarray(changed["conv1_1"]["kernel"]), 2.0 * loaded["conv1_1"]["kernel"])
+    # The adjoint kernel is the kernel flipped in space with its channels swapped, of the new values.
+    np.testing.assert_array_equal(np.asarray(changed["conv1_1"][ADJOINT]),
+                                  np.swapaxes(writable["conv1_1"]["kernel"][::-1, ::-1], 2, 3))

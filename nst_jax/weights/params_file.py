@@ -65,7 +65,11 @@ def save_params(path: Union[str, os.PathLike], params: Dict[str, Dict[str, Any]]
 
 
 def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.ndarray]], ParamsMetadata]:
-    """Read a params file. Returns (params, ParamsMetadata); raises WeightsFileError naming the file."""
+    """Read a params file. Returns (params, ParamsMetadata); raises WeightsFileError naming the file.
+
+    The arrays are read-only: runs in one process then reuse the kernels they prepared from them
+    (`nst_jax.engine.stylize.prepare_params`). Copy one to change it.
+    """
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {key: archive[key] for key in archive.files}
@@ -96,6 +100,7 @@ def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.n
             problems.append(f"{layer} kernel {kernel.shape} bias {bias.shape}, expected "
                             f"{expected} and {expected[-1:]}")
         else:
+            kernel.flags.writeable = bias.flags.writeable = False
             params[layer] = {"kernel": kernel, "bias": bias}
     if problems:
         raise WeightsFileError(f"{path}: damaged params file: {'; '.join(problems)}")
