@@ -248,10 +248,10 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_gives_it(shape):
     assert not np.array_equal(np.asarray(shared(jax.numpy.asarray(cotangent))[0]), np.asarray(gradient))
 
 
-def test_prepared_params_are_reused_only_for_arrays_nobody_can_change(synthetic_params_path):
+def test_prepared_params_are_reused_only_for_arrays_nobody_can_change(synthetic_params_path, params):
     """A second run in one process reuses the prepared kernels when its arrays are the same
-    read-only ones (load_params's); writable numpy arrays are prepared anew, so changing one in
-    place between runs is seen."""
+    read-only ones (load_params's) or jax.Arrays; writable numpy arrays are prepared anew, so
+    changing one in place between runs is seen."""
     from nst_jax.config.presets import preset
     from nst_jax.engine.stylize import prepare_params
     from nst_jax.loss.objective import Objective
@@ -264,12 +264,16 @@ def test_prepared_params_are_reused_only_for_arrays_nobody_can_change(synthetic_
     shallow = Objective.from_settings(preset("neural-style").replace(
         content_layers=("relu2_1",), style_layers=("relu1_1",)), "caffe")
     first = prepare_params(loaded, deep)
-    assert prepare_params(loaded, deep) is first
-    assert set(prepare_params(loaded, shallow)) == {"conv1_1", "conv1_2", "conv2_1"}  # other layers: made anew
+    second = prepare_params(loaded, deep)
+    assert second["conv4_1"][ADJOINT] is first["conv4_1"][ADJOINT]  # reused, not rotated again
+    second["conv1_1"] = None  # the dict handed out is the caller's: changing it changes nothing later
+    assert prepare_params(loaded, deep)["conv1_1"][ADJOINT] is first["conv1_1"][ADJOINT]
+    assert set(prepare_params(loaded, shallow)) == {"conv1_1", "conv1_2", "conv2_1"}
+    from_jax = prepare_params(params, deep)
+    assert prepare_params(params, deep)["conv4_1"][ADJOINT] is from_jax["conv4_1"][ADJOINT]
 
     writable = jax.tree_util.tree_map(np.array, loaded)
-    again = prepare_params(writable, deep)
-    assert again is not first
+    prepare_params(writable, deep)
     writable["conv1_1"]["kernel"] *= 2.0
     changed = prepare_params(writable, deep)
     np.testing.assert_array_equal(np.asarray(changed["conv1_1"]["kernel"]), 2.0 * loaded["conv1_1"]["kernel"])

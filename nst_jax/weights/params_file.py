@@ -68,7 +68,7 @@ def load_params(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Dict[str, np.n
     """Read a params file. Returns (params, ParamsMetadata); raises WeightsFileError naming the file.
 
     The arrays are read-only: runs in one process then reuse the kernels they prepared from them
-    (`nst_jax.engine.stylize.prepare_params`). Copy one to change it.
+    (`nst_jax.engine.stylize.prepare_params`). To change one, copy it; do not make it writable.
     """
     try:
         with np.load(path, allow_pickle=False) as archive:
