@@ -248,7 +248,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_gives_it(shape):
     assert not np.array_equal(np.asarray(shared(jax.numpy.asarray(cotangent))[0]), np.asarray(gradient))
 
 
-def test_prepared_params_are_reused_only_for_arrays_nobody_can_change(synthetic_params_path, params):
+def test_prepared_params_are_reused_only_for_read_only_or_jax_arrays(synthetic_params_path, params):
     """A second run in one process reuses the prepared kernels when its arrays are the same
     read-only ones (load_params's) or jax.Arrays; writable numpy arrays are prepared anew, so
     changing one in place between runs is seen."""

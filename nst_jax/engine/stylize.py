@@ -239,13 +239,14 @@ def prepare_params(params: Params, objective: Objective) -> Params:
                    for leaf in sources)
     key = (used, tuple(id(leaf) for leaf in sources))
     last = _last_prepared
-    if not (reusable and last is not None and last[0] == key):
+    if reusable and last is not None and last[0] == key:
+        prepared = last[2]
+    else:
         _last_prepared = last = None  # let the previous set go before shipping a new one
         prepared = jax.device_put(jax.tree_util.tree_map(np.asarray, with_adjoint_kernels(needed)))
-        last = (key, sources, prepared)
         if reusable:
-            _last_prepared = last
-    return {layer: dict(entries) for layer, entries in last[2].items()}
+            _last_prepared = (key, sources, prepared)
+    return {layer: dict(entries) for layer, entries in prepared.items()}
 
 
 # prepare_params's last result for read-only arrays: (key, the source arrays (held), prepared).
