@@ -216,6 +216,25 @@ def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(optimizer):
     assert backends(ConvImpl(convolve=stock)).get("loops", 0) >= 13
 
 
+
+def test_the_target_passes_run_the_loops_convolutions():
+    """The targets (content features and Grams, before the loop) are compiled with the loop's
+    compiler options: on a CPU, Eigen's convolutions, 11 % faster than XLA's default YNNPACK
+    fusions for the forward passes at 512 px (BENCHMARKS.md)."""
+    from bench import hlo, jax_step
+    from nst_jax.engine import stages
+    from nst_jax.engine.optimize import compiler_options
+
+    problem = jax_step.build_problem(48, "adam")
+    arguments = (problem.objective, problem.params, problem.pixels, [problem.pixels])
+    ours = hlo.convolution_backends(stages.targets.lower(*arguments).compile().as_text())
+    assert sum(ours.values()) >= 13, ours
+    if compiler_options():  # this jaxlib has the option: nothing left in XLA's default library
+        assert set(ours) == {"eigen"}, ours
+        # The check can fail: plain jax.jit gives XLA's default.
+        default = jax.jit(stages.targets.__wrapped__, static_argnums=0).lower(*arguments).compile()
+        assert set(hlo.convolution_backends(default.as_text())) != {"eigen"}
+
 def test_torch_reference_computes_our_loss_and_gradient():
     """The PyTorch step (plain torch.nn.functional, torch 2.x) against nst_jax's loss at 32 px."""
     pytest.importorskip("torch")
