@@ -61,7 +61,6 @@ def prepare_images(content: np.ndarray, styles: Sequence[np.ndarray],
             [np.asarray(s, np.float32) * pixel_range for s in style_views])
 
 
-
 class _JitWithChunkOptions:
     """jax.jit(fn) with the Objective static, compiled with the loop's compiler options
     (optimize.compiler_options): on a CPU the target passes then run on the loop's faster
