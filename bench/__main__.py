@@ -14,7 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from bench.flags import int_list
+from bench.flags import at_least, bad_input_exits_2, int_list, name_list
 from nst_jax.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,20 +72,6 @@ def build_parser():
     return parser
 
 
-def _name_list(flag, text, choices):
-    names = tuple(part.strip() for part in text.split(","))
-    unknown = [name for name in names if name not in choices]
-    if unknown:
-        raise UserInputError(f"{flag}: {', '.join(unknown)} is not one of {', '.join(choices)}")
-    return names
-
-
-def _positive(flag, value, minimum=1):
-    if value < minimum:
-        raise UserInputError(f"{flag}: must be at least {minimum}, got {value}")
-    return value
-
-
 def plan_from_args(args, on_accelerator):
     """The quick or full Plan with every flag the user gave applied."""
     from bench.suite import full_plan, quick_plan
@@ -95,22 +81,22 @@ def plan_from_args(args, on_accelerator):
     if args.sizes:
         changes["sizes"] = int_list("--sizes", args.sizes, MIN_SIZE)
     if args.optimizers:
-        changes["optimizers"] = _name_list("--optimizers", args.optimizers, OPTIMIZERS)
+        changes["optimizers"] = name_list("--optimizers", args.optimizers, OPTIMIZERS)
     if args.dtypes:
-        changes["dtypes"] = _name_list("--dtypes", args.dtypes, DTYPES)
+        changes["dtypes"] = name_list("--dtypes", args.dtypes, DTYPES)
     if args.steps is not None:
-        changes["timed_chunks"] = _positive("--steps", args.steps)
+        changes["timed_chunks"] = at_least("--steps", args.steps)
     if args.chunk_steps is not None:
-        changes["chunk_steps"] = _positive("--chunk-steps", args.chunk_steps)
+        changes["chunk_steps"] = at_least("--chunk-steps", args.chunk_steps)
     if args.warmup is not None:
-        changes["warmup_chunks"] = _positive("--warmup", args.warmup)
+        changes["warmup_chunks"] = at_least("--warmup", args.warmup)
     if args.long_chunk_steps is not None:
-        changes["long_chunk_steps"] = _positive("--long-chunk-steps", args.long_chunk_steps, 0)
+        changes["long_chunk_steps"] = at_least("--long-chunk-steps", args.long_chunk_steps, 0)
     if args.batch_sizes:
         changes["batch_sizes"] = (() if args.batch_sizes == "none"
                                   else int_list("--batch-sizes", args.batch_sizes))
     if args.batch_image_size is not None:
-        changes["batch_image_size"] = _positive("--batch-image-size", args.batch_image_size, MIN_SIZE)
+        changes["batch_image_size"] = at_least("--batch-image-size", args.batch_image_size, MIN_SIZE)
     if args.long_run:
         changes.update(_long_run(args.long_run))
     if args.matmul_sizes:
@@ -130,8 +116,8 @@ def _long_run(text):
     size, _, steps = text.partition(":")
     if not (size.isdigit() and steps.isdigit()):
         raise UserInputError(f"--long-run: expected PX:STEPS such as 512:500, or none; got {text!r}")
-    return {"long_run_size": _positive("--long-run", int(size), MIN_SIZE),
-            "long_run_steps": _positive("--long-run", int(steps))}
+    return {"long_run_size": at_least("--long-run", int(size), MIN_SIZE),
+            "long_run_steps": at_least("--long-run", int(steps))}
 
 
 def _output_paths(args):
@@ -153,15 +139,16 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in SUBCOMMANDS:  # bench/<name>.py, with its own flags
         return importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        from bench.machine import accelerator
+    return _run_suite(argv)
 
-        plan = plan_from_args(args, accelerator() is not None)
-        json_path, png_path, markdown_path = _output_paths(args)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+@bad_input_exits_2
+def _run_suite(argv):
+    args = build_parser().parse_args(argv)
+    from bench.machine import accelerator
+
+    plan = plan_from_args(args, accelerator() is not None)
+    json_path, png_path, markdown_path = _output_paths(args)
     from bench import plot, report, suite
 
     results = suite.run(plan)

@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from bench.flags import at_least, bad_input_exits_2, int_list, name_list
 from nst_jax.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -464,37 +465,31 @@ def plan_from_args(args):
         if min(changes["sizes"]) < 32 or min(changes["iterations"]) < 2 * PROGRESS_STEPS:
             raise UserInputError("--sizes: sizes of at least 32 px and at least 20 iterations")
     if args.optimizers:
-        names = tuple(args.optimizers.split(","))
-        if not set(names) <= {"lbfgs", "adam"}:
-            raise UserInputError(f"--optimizers: lbfgs and/or adam, got {args.optimizers!r}")
-        changes["optimizers"] = names
+        changes["optimizers"] = name_list("--optimizers", args.optimizers, ("lbfgs", "adam"))
     if args.adam_sizes:
-        changes["adam_sizes"] = () if args.adam_sizes == "none" else tuple(int(s) for s in args.adam_sizes.split(","))
-    if args.torch_threads:
-        changes["torch_threads"] = args.torch_threads
+        changes["adam_sizes"] = () if args.adam_sizes == "none" else int_list("--adam-sizes", args.adam_sizes, 32)
+    if args.torch_threads is not None:
+        changes["torch_threads"] = at_least("--torch-threads", args.torch_threads)
     if args.no_second_call:
         changes["second_call_steps"] = 0
     if args.no_batch:
         changes["batch_members"] = 0
     if args.extra_dtypes:
-        names = tuple(args.extra_dtypes.split(","))
-        if not set(names) <= {"float32", "bfloat16"}:
-            raise UserInputError(f"--extra-dtypes: float32 and/or bfloat16, got {args.extra_dtypes!r}")
-        changes["extra_dtypes"] = names
+        changes["extra_dtypes"] = name_list("--extra-dtypes", args.extra_dtypes, ("float32", "bfloat16"))
     return dataclasses.replace(plan, **changes)
 
 
+@bad_input_exits_2
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    plan = plan_from_args(args)
+    missing = [name for name in PICTURES if not (args.images / name).is_file()]
+    if missing:
+        raise UserInputError(f"--images {args.images}: no {', '.join(missing)} there")
     try:
-        plan = plan_from_args(args)
-        missing = [name for name in PICTURES if not (args.images / name).is_file()]
-        if missing:
-            raise UserInputError(f"--images {args.images}: no {', '.join(missing)} there")
         args.out.mkdir(parents=True, exist_ok=True)
-    except (UserInputError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except OSError as error:
+        raise UserInputError(f"--out {args.out}: cannot create the folder ({error.strerror})") from None
     from bench.report import update_markdown, write_json
 
     stem = "e2e-quick" if args.quick else "e2e"

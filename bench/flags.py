@@ -1,6 +1,8 @@
-"""Flag values the benchmark command lines share."""
+"""Flag values the benchmark command lines share, and their one way of refusing a bad one."""
 
-from typing import Tuple
+import functools
+import sys
+from typing import Callable, Optional, Sequence, Tuple
 
 from nst_jax.errors import UserInputError
 
@@ -14,3 +16,37 @@ def int_list(flag: str, text: str, minimum: int = 1) -> Tuple[int, ...]:
     if any(value < minimum for value in values):
         raise UserInputError(f"{flag}: every value must be at least {minimum}, got {text!r}")
     return values
+
+
+def name_list(flag: str, text: str, choices: Sequence[str]) -> Tuple[str, ...]:
+    """A comma-separated list of names out of `choices`; else UserInputError naming `flag`."""
+    names = tuple(part.strip() for part in text.split(","))
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise UserInputError(f"{flag}: {', '.join(unknown)} is not one of {', '.join(choices)}")
+    return names
+
+
+def at_least(flag: str, value: int, minimum: int = 1) -> int:
+    """`value` if it is at least `minimum`; else UserInputError naming `flag`."""
+    if value < minimum:
+        raise UserInputError(f"{flag}: must be at least {minimum}, got {value}")
+    return value
+
+
+MainFn = Callable[[Optional[Sequence[str]]], int]
+
+
+def bad_input_exits_2(main: MainFn) -> MainFn:
+    """A command's main that turns UserInputError into one line on stderr and exit status 2
+    (argparse's own errors already exit 2), as the project's commands do."""
+
+    @functools.wraps(main)
+    def checked(argv: Optional[Sequence[str]] = None) -> int:
+        try:
+            return main(argv)
+        except UserInputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return checked

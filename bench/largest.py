@@ -17,10 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 
 from bench import machine
-from bench.flags import int_list
+from bench.flags import at_least, bad_input_exits_2, int_list
 from bench.jax_step import build_problem, time_step
 from bench.report import write_json
-from nst_jax.errors import UserInputError
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -62,6 +61,7 @@ def table_row(row: Dict[str, Any]) -> str:
             f"| {gib(xla.get('argument_size_in_bytes', 0) + xla.get('temp_size_in_bytes', 0))} |")
 
 
+@bad_input_exits_2
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench largest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="4096,8192,12288,16384", help="square sizes in px, tried in order")
@@ -70,14 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", default=None, help="folder for largest.json (default: print only)")
     args = parser.parse_args(argv)
-    try:
-        sizes = sorted(int_list("--sizes", args.sizes, 16))
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.steps < 1:
-        print(f"error: --steps: must be at least 1, got {args.steps}", file=sys.stderr)
-        return 2
+    sizes = sorted(int_list("--sizes", args.sizes, 16))
+    at_least("--steps", args.steps)
     rows: List[Dict[str, Any]] = []
     report = {"machine": machine.describe_machine(), "backend": jax.default_backend(), "remat": args.remat,
               "compute_dtype": args.compute_dtype, "rows": rows}

@@ -16,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import machine
-from bench.flags import int_list
+from bench.flags import at_least, bad_input_exits_2, int_list
 from bench.report import write_json
 from bench.timing import stopwatch, summarize
 from nst_jax.engine.lbfgs import _history_products, fixed_step_lbfgs
-from nst_jax.errors import UserInputError
 
 CHUNK = 10  # updates per timed call: the CLI's progress interval
 
@@ -73,19 +72,15 @@ def time_form(size: int, memory: int, form: str, timed: int = 5) -> Dict[str, An
             "update_ms": summary["median"] * 1000, "min_ms": summary["min"] * 1000}
 
 
+@bad_input_exits_2
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench lbfgs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="128,256,512", help="square sizes in px")
     parser.add_argument("--memory", type=int, default=100, help="pairs held (default 100, neural-style's)")
     parser.add_argument("--out", default=None, help="file for the JSON (default: print only)")
     args = parser.parse_args(argv)
-    try:
-        sizes = int_list("--sizes", args.sizes, 8)
-        if args.memory < 1:
-            raise UserInputError(f"--memory: must be at least 1, got {args.memory}")
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    sizes = int_list("--sizes", args.sizes, 8)
+    at_least("--memory", args.memory)
     rows: List[Dict[str, Any]] = []
     report = {"machine": machine.describe_machine(), "backend": jax.default_backend(), "rows": rows}
     print(f"{jax.default_backend()}: ms per update, {args.memory} pairs held\n")

@@ -12,10 +12,9 @@ import dataclasses
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from bench.flags import int_list
+from bench.flags import at_least, bad_input_exits_2, int_list
 from bench.jax_step import build_problem, time_step
 from bench.timing import summarize
-from nst_jax.errors import UserInputError
 from nst_jax.engine.optimize import OptimizerSpec, make_chunk
 
 REMATS = ("none", "blocks", "tiles")
@@ -57,6 +56,7 @@ def table(results: Dict[int, Dict[str, Dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+@bad_input_exits_2
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench remat", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="256,512", help="square sizes in px (default: 256,512)")
@@ -64,11 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--chunk-steps", type=int, default=4, help="steps per timed chunk (default 4)")
     parser.add_argument("--chunks", type=int, default=3, help="timed chunks per round (default 3)")
     args = parser.parse_args(argv)
-    try:
-        sizes = int_list("--sizes", args.sizes, 16)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    sizes = int_list("--sizes", args.sizes, 16)
+    for flag, value in (("--rounds", args.rounds), ("--chunk-steps", args.chunk_steps), ("--chunks", args.chunks)):
+        at_least(flag, value)
     results = {}
     for size in sizes:
         print(f"[bench remat] {size} px", file=sys.stderr, flush=True)
