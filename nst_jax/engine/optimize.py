@@ -177,16 +177,21 @@ def compiler_options() -> Optional[Dict[str, str]]:
     return _CPU_COMPILER_OPTIONS
 
 
+def jit_with_loop_options(fn: Callable, options: Optional[Dict[str, Any]] = None, **jit_kwargs: Any) -> Wrapped:
+    """jax.jit(fn, **jit_kwargs) compiled with the loop's compiler options: `options`, or None for
+    `compiler_options()`, the shipped ones (the benchmarks pass others to compare). Every program
+    that runs VGG (the chunk, the target passes) is jitted here, so all run the same convolutions."""
+    return jax.jit(fn, compiler_options=compiler_options() if options is None else options, **jit_kwargs)
+
+
 def jit_chunk(chunk: Callable, options: Optional[Dict[str, Any]] = None) -> Wrapped:
     """Jit a chunk function (single or vmapped), donating the optimizer state it replaces.
 
     The optimizer state is the big buffer (L-BFGS keeps 2·memory copies of the image), so it is
     donated; the image is not, so that Ctrl-C during a chunk still finds the last finished image
-    intact (it costs one image-sized buffer). `options`: XLA compiler options; None gives
-    `compiler_options()`, the shipped ones (the benchmarks pass others to compare).
+    intact (it costs one image-sized buffer). `options`: as in jit_with_loop_options.
     """
-    return jax.jit(chunk, donate_argnums=(1,),
-                   compiler_options=compiler_options() if options is None else options)
+    return jit_with_loop_options(chunk, options, donate_argnums=(1,))
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from jax.sharding import Mesh
 
 from nst_jax.config.settings import Settings
-from nst_jax.engine.optimize import compiler_options
+from nst_jax.engine.optimize import jit_with_loop_options
 from nst_jax.imaging import color, images
 from nst_jax.loss.objective import Objective, Targets, blend_grams, content_targets, style_grams
 from nst_jax.model.preprocess import mean_rgb
@@ -62,10 +62,10 @@ def prepare_images(content: np.ndarray, styles: Sequence[np.ndarray],
 
 
 class _JitWithChunkOptions:
-    """jax.jit(fn) with the Objective static, compiled with the loop's compiler options
-    (optimize.compiler_options): on a CPU the target passes then run on the loop's faster
-    convolutions (11 % faster at 512 px). Jitted on first use, as the options depend on the
-    backend, known only once JAX has started."""
+    """optimize.jit_with_loop_options(fn) with the Objective static: on a CPU the target passes
+    then run on the loop's faster convolutions (11 % faster at 512 px). Jitted on first use, not
+    at import, as the options depend on the backend, which must not start before JAX is set up
+    (jax.distributed)."""
 
     def __init__(self, fn: Callable) -> None:
         self._fn = fn
@@ -73,7 +73,7 @@ class _JitWithChunkOptions:
 
     @functools.cached_property
     def _jitted(self) -> Any:
-        return jax.jit(self._fn, static_argnums=0, compiler_options=compiler_options())
+        return jit_with_loop_options(self._fn, static_argnums=0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._jitted(*args, **kwargs)
