@@ -2,6 +2,7 @@
 
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -42,6 +43,7 @@ def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, 
     members = make_members(settings, ["starry", "scream"], style_weights=[100.0, 1000.0], seeds=[0, 5])
     assert len(members) == 8
 
+    jax.clear_caches()  # each parametrization sees every program the batch compiles, not only the first
     with CompileCounter() as compiled:
         batched = stylize_batch(content, [starry, scream], settings, params, "caffe", members, intervals=(3,))
     # Four chunks (3+3+3+1 steps), one compilation of the loop for all eight members, and no
