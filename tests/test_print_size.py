@@ -1,6 +1,7 @@
 """Print-size images: rematerialization, one image split over devices, bfloat16 storage, runs
 that choose what fits (issue 12)."""
 
+import dataclasses
 import re
 import textwrap
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from nst_jax.engine.memory import estimate_memory
+from nst_jax.engine.stages import compute_targets
 from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams, total_loss
 from nst_jax.config.presets import preset
 from nst_jax import stylize
@@ -27,6 +29,14 @@ def photos(photo):
     return photo("tubingen.jpg", 48), photo("starry_night.jpg", 48)
 
 
+def losses_and_gradients(objectives, params, pixels, targets):
+    """[(loss, gradient)] of each objective at one noisy copy of `pixels`, jitted as the loop is."""
+    weights = loss_weights(5.0, 100.0, 1e-3)
+    noisy = pixels + 20.0 * jax.random.normal(jax.random.PRNGKey(0), pixels.shape)
+    return [jax.jit(jax.value_and_grad(lambda x, o=o: total_loss(o, params, x, targets, weights)))(noisy)
+            for o in objectives]
+
+
 # --- rematerialization -----------------------------------------------------------------------
 
 def test_remat_gives_the_same_loss_and_gradient(params, photo):
@@ -37,12 +47,9 @@ def test_remat_gives_the_same_loss_and_gradient(params, photo):
     assert remat.remat == "blocks" and plain.remat == "none" and hash(remat) != hash(plain)
     pixels = jnp.asarray(content[:32, :40] * 255.0)
     targets = Targets(content_targets(plain, params, pixels), style_grams(plain, params, jnp.asarray(style * 255.0)))
-    weights = loss_weights(5.0, 100.0, 1e-3)
-    noisy = pixels + 20.0 * jax.random.normal(jax.random.PRNGKey(0), pixels.shape)
-    values = [jax.value_and_grad(lambda x, o=o: total_loss(o, params, x, targets, weights))(noisy)
-              for o in (plain, remat)]
-    np.testing.assert_allclose(values[1][0], values[0][0], rtol=1e-6)
-    np.testing.assert_allclose(values[1][1], values[0][1], rtol=1e-5, atol=1e-6 * np.abs(values[0][1]).max())
+    (loss, gradient), (remat_loss, remat_gradient) = losses_and_gradients((plain, remat), params, pixels, targets)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    np.testing.assert_allclose(remat_gradient, gradient, rtol=1e-5, atol=1e-6 * np.abs(gradient).max())
 
 
 @pytest.mark.parametrize("remat", ["blocks", "tiles"])
@@ -79,8 +86,6 @@ TILED_CASES = [
 
 @pytest.mark.parametrize("name, changes, size", TILED_CASES)
 def test_tiles_give_the_same_targets_loss_and_gradient(name, changes, size, params, photo):
-    import dataclasses
-    from nst_jax.engine.stages import compute_targets
     content, style = photos(photo)
     plain = Objective.from_settings(preset(name).replace(**changes), "caffe")
     tiled = dataclasses.replace(plain, remat="tiles")
@@ -92,27 +97,19 @@ def test_tiles_give_the_same_targets_loss_and_gradient(name, changes, size, para
         for layer, expected in getattr(targets, part).items():
             np.testing.assert_allclose(getattr(tiled_targets, part)[layer], expected, rtol=2e-5,
                                        atol=1e-6 * float(jnp.abs(expected).max()), err_msg=f"{part} {layer}")
-    weights = loss_weights(5.0, 100.0, 1e-3)
-    noisy = content_pixels + 20.0 * jax.random.normal(jax.random.PRNGKey(0), content_pixels.shape)
-    (loss, gradient), (tiled_loss, tiled_gradient) = (
-        jax.jit(jax.value_and_grad(lambda x, o=o: total_loss(o, params, x, targets, weights)))(noisy)
-        for o in (plain, tiled))
+    (loss, gradient), (tiled_loss, tiled_gradient) = losses_and_gradients((plain, tiled), params, content_pixels,
+                                                                          targets)
     np.testing.assert_allclose(tiled_loss, loss, rtol=1e-6)
     np.testing.assert_allclose(tiled_gradient, gradient, rtol=1e-4, atol=1e-5 * np.abs(gradient).max())
 
 
 def test_tiles_in_bfloat16_agree_with_the_whole_network_in_bfloat16(params, photo):
-    import dataclasses
-    from nst_jax.engine.stages import compute_targets
     content, style = photos(photo)
     plain = Objective.from_settings(preset("neural-style").replace(compute_dtype="bfloat16"), "caffe")
     tiled = dataclasses.replace(plain, remat="tiles")
     pixels = jnp.asarray(content[:40, :46] * 255.0)
     targets = compute_targets(plain, params, pixels, [jnp.asarray(style * 255.0)])
-    noisy = pixels + 20.0 * jax.random.normal(jax.random.PRNGKey(0), pixels.shape)
-    (loss, gradient), (tiled_loss, tiled_gradient) = (
-        jax.jit(jax.value_and_grad(lambda x, o=o: total_loss(o, params, x, targets, loss_weights(5.0, 100.0, 1e-3))))(noisy)
-        for o in (plain, tiled))
+    (loss, gradient), (tiled_loss, tiled_gradient) = losses_and_gradients((plain, tiled), params, pixels, targets)
     # bfloat16's 8-bit mantissa: the two orders of summation differ by its rounding (7e-3 of the
     # largest gradient entry measured), far below a wrong tile (the float32 test: 1e-5).
     np.testing.assert_allclose(tiled_loss, loss, rtol=1e-2)
