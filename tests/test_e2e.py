@@ -50,6 +50,10 @@ def test_a_repeat_run_loads_every_program_from_the_compile_cache(pictures, synth
     assert set(second["phases"]) == {"images", "weights", "run", "write"}
     assert 0 < second["compile_seconds"] < second["phases"]["run"]
     assert [v["step"] for v in second["visits"]] == [3] and second["peak_rss_bytes"] > 0
+    # The benchmark's tests fake reports (_report): only with fields a real one has.
+    fake = _report([(1.0, 3, 5.0)])
+    assert set(fake) <= set(second) and set(fake["phases"]) == set(second["phases"])
+    assert set(fake["visits"][0]) <= set(second["visits"][0])
     # Opting out: nothing read or written.
     third = _cli((*args, "--no-compile-cache"), tmp_path / "other", tmp_path / "third.json")
     assert third["compile_cache_hits"] == 0 and not (tmp_path / "other" / "xla").exists()
@@ -78,11 +82,16 @@ def test_the_pytorch_reference_computes_our_objective(pictures, tmp_path):
     assert Image.open(tmp_path / "theirs.png").size == Image.open(tmp_path / "ours.png").size
 
 
+def _report(visits, started_at=100.0):
+    """A --report as the CLI writes it (test_a_repeat_run_... holds its fields to a real one's):
+    visits are (seconds after main started, step, loss)."""
+    return {"started_at": started_at, "main_seconds": 10.0, "compile_seconds": 2.0, "startup_seconds": 0.8,
+            "phases": {"images": 0.1, "weights": 0.2, "run": 9.0, "write": 0.1},
+            "visits": [{"seconds": t, "step": s, "losses": [loss]} for t, s, loss in visits]}
+
+
 def _run(visits, started_at=100.0, launched_at=99.0):
-    report = {"started_at": started_at, "main_seconds": 10.0, "compile_seconds": 2.0, "startup_seconds": 0.8,
-              "phases": {"images": 0.1, "weights": 0.2, "run": 9.0, "write": 0.1},
-              "visits": [{"seconds": t, "step": s, "losses": [loss]} for t, s, loss in visits]}
-    return e2e.ProcessRun(launched_at, 12.0, 100.0, 0, report, "")
+    return e2e.ProcessRun(launched_at, 12.0, 100.0, 0, _report(visits, started_at), "")
 
 
 def test_time_to_an_objective_is_interpolated_between_visits_from_launch():
@@ -101,23 +110,20 @@ def test_time_to_an_objective_is_interpolated_between_visits_from_launch():
 def test_a_run_cut_during_an_extra_dtype_keeps_the_comparisons_done(tmp_path, monkeypatch):
     """e2e records each comparison before its extra-dtype run, so a time limit that cuts that
     run (here: it raises) leaves e2e.json and the named markdown file with the comparison; the
-    repo's BENCHMARKS.md is only rewritten by a finished run. The processes are faked."""
-    def fake_compare(plan, folder, pth, npz, images, size, steps, optimizer):
-        run = {"wall_s": 2.0, "peak_rss_mb": 1.0, "final_objective": 5.0, "seconds_per_step": 0.1,
-               "first_step_at_s": 1.0, "compiled_programs": [], "visits": [],
-               "breakdown": dict.fromkeys(("startup_imports", "images", "weights", "compile", "steps",
-                                           "write", "exit_other"), 0.1)}
-        pair = {"wall_ratio": 1.0, "objective_ratio": 1.0, "target_objective": 5.0,
-                "time_to_target_s": {"nst_jax": 1.0, "pytorch": 1.0}, "time_to_target_ratio": 1.0}
-        return {"size": size, "optimizer": optimizer, "iterations": steps, "content_hw": [size, size],
-                "conv_flops_per_step": 1e9, "dtypes": {}, "cold": pair, "warm": pair,
-                "runs": dict.fromkeys(("nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2"), run)}
+    repo's BENCHMARKS.md is only rewritten by a finished run. The processes are faked: each
+    returns a --report whose one visit is its last step, so e2e's own code builds the comparison."""
+    images = {64: e2e.resized_pair(IMAGES, 64, tmp_path)}
+
+    def fake_run_process(command, env, report_path):
+        flag = "--num-steps" if "--num-steps" in command else "--num-iterations"
+        steps = int(command[command.index(flag) + 1])
+        return e2e.ProcessRun(99.0, 2.0, 1.0, 0, _report([(1.0, steps, 5.0)]), "")
 
     def cut(*args):
         raise KeyboardInterrupt("the time limit")
 
-    monkeypatch.setattr(e2e, "_prepare", lambda folder, sizes, source: (None, None, {}))
-    monkeypatch.setattr(e2e, "compare", fake_compare)
+    monkeypatch.setattr(e2e, "_prepare", lambda folder, sizes, source: (None, None, images))
+    monkeypatch.setattr(e2e, "run_process", fake_run_process)
     monkeypatch.setattr(e2e, "extra_dtype_run", cut)
     benchmarks = ROOT / "BENCHMARKS.md"
     before = benchmarks.read_text()
