@@ -8,26 +8,22 @@ Prints a Markdown table; nothing is written.
 """
 
 import argparse
-import dataclasses
 import sys
 from typing import Dict, List, Optional, Sequence
 
 from bench.flags import at_least, bad_input_exits_2, int_list
 from bench.jax_step import build_problem, time_step
 from bench.timing import summarize
-from nst_jax.engine.optimize import OptimizerSpec, make_chunk
+from weights_tools.synthetic import synthetic_params
 
 REMATS = ("none", "blocks", "tiles")
 
 
 def measure(size: int, rounds: int, chunk_steps: int, timed_chunks: int) -> Dict[str, Dict[str, float]]:
     """{remat: {"temp_mib", "args_mib", "gib_per_mp", "step_ms"}} at size × size px."""
-    base = build_problem(size, "adam", preset_name="neural-style")
-    spec = OptimizerSpec.from_settings(base.settings)
-    problems = {}
-    for remat in REMATS:
-        objective = dataclasses.replace(base.objective, remat=remat)
-        problems[remat] = dataclasses.replace(base, objective=objective, chunk=make_chunk(objective, spec))
+    params = synthetic_params(0)
+    problems = {remat: build_problem(size, "adam", preset_name="neural-style", params=params, remat=remat)
+                for remat in REMATS}
     steps: Dict[str, List[float]] = {remat: [] for remat in REMATS}
     analyses = {}  # XLA's memory analysis of each chunk, from the compile time_step does
     for _ in range(rounds):
