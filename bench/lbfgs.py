@@ -19,7 +19,7 @@ from bench import machine
 from bench.flags import at_least, bad_input_exits_2, int_list
 from bench.report import write_json
 from bench.timing import stopwatch, summarize
-from nst_jax.engine.lbfgs import _history_products, fixed_step_lbfgs
+from nst_jax.engine.lbfgs import _history_products, fixed_step_lbfgs, to_storage
 
 CHUNK = 10  # updates per timed call: the CLI's progress interval
 
@@ -40,8 +40,8 @@ def full_state(state, x, memory):
         products = jnp.stack([_history_products(steps, changes), _history_products(changes, changes)])
     return state._replace(
         iteration=jnp.asarray(memory + 1, jnp.int32), previous_gradient=_gradient(x),
-        previous_step=steps[-1], steps=steps.astype(state.steps.dtype),
-        gradient_changes=changes.astype(state.steps.dtype),
+        previous_step=steps[-1], steps=to_storage(steps, state.steps.dtype),
+        gradient_changes=to_storage(changes, state.steps.dtype),
         curvatures=jnp.sum(flat_s * flat_y, axis=1), pair_products=products,
         newest=jnp.asarray(memory - 1, jnp.int32), kept=jnp.asarray(memory, jnp.int32),
         initial_scale=jnp.asarray(1 / 1.1, jnp.float32))

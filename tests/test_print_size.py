@@ -337,9 +337,19 @@ STORAGE_TOLERANCE = 5e-3  # measured: 0.8e-3 (Adam), 2.3e-3 (L-BFGS, memory 100,
 def test_bfloat16_storage_keeps_the_history_in_bfloat16():
     from nst_jax.engine.optimize import OptimizerSpec, make_optimizer
     pixels = jnp.zeros((8, 8, 3), jnp.float32)
-    lbfgs = make_optimizer(OptimizerSpec(name="lbfgs", lbfgs_memory=3, storage_dtype="bfloat16")).init(pixels)
-    assert lbfgs.steps.dtype == lbfgs.gradient_changes.dtype == jnp.bfloat16
+    optimizer = make_optimizer(OptimizerSpec(name="lbfgs", lbfgs_memory=3, storage_dtype="bfloat16"))
+    lbfgs = optimizer.init(pixels)
+    assert lbfgs.steps.dtype.itemsize == lbfgs.gradient_changes.dtype.itemsize == 2
     assert lbfgs.previous_gradient.dtype == jnp.float32
+    # What a slot holds is the step rounded to bfloat16 (the CPU's two-loop form keeps its bits).
+    gradient = jnp.linspace(-3.0, 5.0, 8 * 8 * 3, dtype=jnp.float32).reshape(8, 8, 3) ** 3
+    step, state = optimizer.update(gradient, lbfgs, pixels)
+    _, state = optimizer.update(gradient * 0.63, state, pixels)  # y·s > 0: the pair is kept
+    held = state.steps[0]
+    if held.dtype != jnp.bfloat16:
+        held = jax.lax.bitcast_convert_type(held, jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(held, np.float32), np.asarray(step.astype(jnp.bfloat16), np.float32))
+    assert np.abs(np.asarray(held, np.float32)).max() > 0
     adam = make_optimizer(OptimizerSpec(name="adam", storage_dtype="bfloat16")).init(pixels)
     assert adam[0].mu.dtype == jnp.bfloat16 and adam[0].nu.dtype == jnp.float32
     plain = make_optimizer(OptimizerSpec(name="lbfgs", lbfgs_memory=3)).init(pixels)

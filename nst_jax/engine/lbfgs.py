@@ -41,6 +41,10 @@ from jax.typing import DTypeLike
 
 # torch.optim.LBFGS keeps a pair only when y·s exceeds this.
 CURVATURE_THRESHOLD = 1e-10
+# The two-loop form keeps a bfloat16 history as the values' bits. XLA's CPU backend computes
+# bfloat16 in float32: reading pairs of a bfloat16 array in a loop, or writing one slot, made it
+# convert the whole history (temporaries 2.5 × the history's bytes, each step); bits it only moves.
+BFLOAT16_BITS = jnp.uint16
 FORMS = ("auto", "two-loop", "compact")
 
 
@@ -57,7 +61,7 @@ class FixedStepLBFGSState(NamedTuple):
     iteration: jax.Array  # int32: iterations done
     previous_gradient: jax.Array
     previous_step: jax.Array  # t·d of the last iteration
-    steps: jax.Array  # (memory, *shape): s pairs, ring buffer
+    steps: jax.Array  # (memory, *shape): s pairs, ring buffer (bfloat16 as bits: BFLOAT16_BITS)
     gradient_changes: jax.Array  # (memory, *shape): y pairs
     curvatures: jax.Array  # (memory,): s_i·y_i by slot; 0 in unused slots
     # (2, memory, memory): SᵀY and YᵀY by slot for the compact form; (2, 0, 0) for the two-loop.
@@ -65,6 +69,21 @@ class FixedStepLBFGSState(NamedTuple):
     newest: jax.Array  # int32: slot of the newest pair (−1 before the first)
     kept: jax.Array  # int32: pairs held, ≤ memory
     initial_scale: jax.Array  # H₀ = y·s / y·y of the newest pair
+
+
+def to_storage(vectors: jax.Array, history_dtype: DTypeLike) -> jax.Array:
+    """Float vectors as a history of `history_dtype` holds them: rounded to its dtype, or for a
+    bfloat16 history kept as bits (uint16), rounded to bfloat16 and reinterpreted."""
+    if jnp.dtype(history_dtype) == BFLOAT16_BITS:
+        return lax.bitcast_convert_type(vectors.astype(jnp.bfloat16), BFLOAT16_BITS)
+    return vectors.astype(history_dtype)
+
+
+def _from_storage(pair, dtype):
+    """One stored pair as `dtype` (float32): bfloat16 bits are a float32's upper half."""
+    if pair.dtype == BFLOAT16_BITS:
+        return lax.bitcast_convert_type(pair.astype(jnp.uint32) << 16, jnp.float32).astype(dtype)
+    return pair.astype(dtype)
 
 
 def _dot(a, b):  # HIGHEST: a GPU's default float32 product rounds to TF32
@@ -115,16 +134,16 @@ def _two_loop_product(gradient, steps, changes, curvatures, newest, kept, initia
     def backward(k, carry):
         q, alphas = carry
         i = slot_of(k)
-        alpha = inverse_curvatures[i] * _dot(steps[i].astype(q.dtype), q)
-        return q - alpha * changes[i].astype(q.dtype), alphas.at[i].set(alpha)
+        alpha = inverse_curvatures[i] * _dot(_from_storage(steps[i], q.dtype), q)
+        return q - alpha * _from_storage(changes[i], q.dtype), alphas.at[i].set(alpha)
 
     q, alphas = lax.fori_loop(0, kept, backward, (gradient, jnp.zeros((memory,), gradient.dtype)))
     r = q * initial_scale
 
     def forward(k, r):
         i = slot_of(kept - 1 - k)
-        beta = inverse_curvatures[i] * _dot(changes[i].astype(r.dtype), r)
-        return r + (alphas[i] - beta) * steps[i].astype(r.dtype)
+        beta = inverse_curvatures[i] * _dot(_from_storage(changes[i], r.dtype), r)
+        return r + (alphas[i] - beta) * _from_storage(steps[i], r.dtype)
 
     return lax.fori_loop(0, kept, forward, r)
 
@@ -165,7 +184,7 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
     `update(gradient, state, params)` returns the step t·d to add to the image (optax's sign
     convention: `optax.apply_updates(x, updates)`); one gradient evaluation per iteration.
     `storage_dtype` (e.g. bfloat16) stores the (s, y) ring buffers, the 2·memory image-sized
-    arrays, in that dtype; products with them are accumulated in the gradient's dtype, and the
+    arrays, in that dtype (the two-loop form keeps bfloat16 as its bits, `to_storage`); products with them are accumulated in the gradient's dtype, and the
     curvature products, H₀ and the last pair (previous step and gradient) stay in full precision.
     `form`: how H·g is computed (`FORMS`, module docstring); the iterates are the same.
     """
@@ -173,10 +192,13 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
         raise ValueError(f"memory_size must be at least 1, got {memory_size}")
     compact = resolve_form(form) == "compact"
     products_size = memory_size if compact else 0
+    # The compact form's matrix products take bfloat16 itself (accelerators run them natively).
+    bits = not compact and storage_dtype is not None and jnp.dtype(storage_dtype) == jnp.bfloat16
+    history_dtype = BFLOAT16_BITS if bits else storage_dtype
 
     def init(params):
         zeros = jnp.zeros_like(params)
-        history = jnp.zeros((memory_size,) + params.shape, storage_dtype or params.dtype)
+        history = jnp.zeros((memory_size,) + params.shape, history_dtype or params.dtype)
         return FixedStepLBFGSState(
             iteration=jnp.zeros((), jnp.int32), previous_gradient=zeros, previous_step=zeros,
             steps=history, gradient_changes=jnp.zeros_like(history),
@@ -195,10 +217,10 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
         # rewrites that slot with what it holds, so nothing else changes and nothing is copied.
         slot = (state.newest + 1) % memory_size
         stored = state.steps.dtype
-        steps = state.steps.at[slot].set(
-            jnp.where(keep, state.previous_step.astype(stored), state.steps[slot]))
-        changes = state.gradient_changes.at[slot].set(
-            jnp.where(keep, change.astype(stored), state.gradient_changes[slot]))
+        s_stored = jnp.where(keep, to_storage(state.previous_step, stored), state.steps[slot])
+        y_stored = jnp.where(keep, to_storage(change, stored), state.gradient_changes[slot])
+        steps = state.steps.at[slot].set(s_stored)
+        changes = state.gradient_changes.at[slot].set(y_stored)
         curvatures = state.curvatures.at[slot].set(jnp.where(keep, curvature, state.curvatures[slot]))
         newest = jnp.where(keep, slot, state.newest)
         kept = jnp.minimum(state.kept + keep.astype(jnp.int32), memory_size)
@@ -208,7 +230,7 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
         if compact:
             # One pass over each history: the new pair's row and column of SᵀY and YᵀY (from the
             # pair as stored) and every pair's product with g.
-            s_new, y_new = steps[slot].astype(gradient.dtype), changes[slot].astype(gradient.dtype)
+            s_new, y_new = _from_storage(s_stored, gradient.dtype), _from_storage(y_stored, gradient.dtype)
             with_y = _history_products(changes, jnp.stack([s_new, y_new, gradient]))  # y_j·(s, y, g)
             with_s = _history_products(steps, jnp.stack([y_new, gradient]))  # s_j·(y, g)
             step_change, change_change = pair_products
