@@ -344,6 +344,7 @@ def test_lbfgs_bench_times_both_forms_with_a_full_history(tmp_path, capsys):
     for size in (16, 24):
         two_loop, compact = (row["update_ms"] for row in rows if row["size"] == size)
         assert f"| {size} | {two_loop:.3f} | {compact:.3f} | {compact / two_loop:.2f} |" in printed
+    assert all(row["temporaries_per_history"] >= 0 for row in rows)  # XLA's analysis, per form
 
 
 def test_lbfgs_bench_full_state_is_one_the_forms_agree_on():
