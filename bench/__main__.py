@@ -125,7 +125,7 @@ def _output_paths(args):
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserInputError(f"--out {args.out}: cannot create the folder ({error.strerror})") from None
+        raise UserInputError(f"--out {args.out}: cannot create the folder ({error.strerror or error})") from None
     stem = "quick" if args.quick else "full"
     markdown = None
     if not args.no_markdown:

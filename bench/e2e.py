@@ -489,7 +489,7 @@ def main(argv=None):
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserInputError(f"--out {args.out}: cannot create the folder ({error.strerror})") from None
+        raise UserInputError(f"--out {args.out}: cannot create the folder ({error.strerror or error})") from None
     from bench.report import update_markdown, write_json
 
     stem = "e2e-quick" if args.quick else "e2e"

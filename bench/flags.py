@@ -39,7 +39,8 @@ MainFn = Callable[[Optional[Sequence[str]]], int]
 
 def bad_input_exits_2(main: MainFn) -> MainFn:
     """A command's main that turns UserInputError into one line on stderr and exit status 2
-    (argparse's own errors already exit 2), as the project's commands do."""
+    (argparse's own errors already exit 2), as the project's commands do. The commands check
+    their flags before they write anything, so a refused flag leaves nothing behind."""
 
     @functools.wraps(main)
     def checked(argv: Optional[Sequence[str]] = None) -> int:

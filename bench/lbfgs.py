@@ -48,9 +48,10 @@ def full_state(state, x, memory):
         initial_scale=jnp.asarray(1 / 1.1, jnp.float32))
 
 
-def time_form(size: int, memory: int, form: str, timed: int = 5) -> Dict[str, Any]:
-    """ms per update of `form` at a size×size×3 image with `memory` pairs held."""
-    optimizer = fixed_step_lbfgs(memory_size=memory, form=form)
+def time_form(size: int, memory: int, form: str, timed: int = 5, storage: str = "float32") -> Dict[str, Any]:
+    """ms per update of `form` at a size×size×3 image with `memory` pairs held in `storage`."""
+    optimizer = fixed_step_lbfgs(memory_size=memory, form=form,
+                                 storage_dtype=jnp.bfloat16 if storage == "bfloat16" else None)
 
     @functools.partial(jax.jit, donate_argnums=1)  # the state donated, as the CLI's chunk does
     def chunk(x, state):
@@ -73,7 +74,8 @@ def time_form(size: int, memory: int, form: str, timed: int = 5) -> Dict[str, An
     summary = summarize(seconds)
     # XLA's temporaries against the history's bytes: what a form costs in memory beyond its state.
     temporaries = analysis.temp_size_in_bytes / history_bytes if analysis is not None else None
-    return {"size": size, "memory": memory, "form": form, "kept": int(state.kept), "compile_s": compile_s,
+    return {"size": size, "memory": memory, "form": form, "storage": storage, "kept": int(state.kept),
+            "compile_s": compile_s,
             "update_ms": summary["median"] * 1000, "min_ms": summary["min"] * 1000,
             "temporaries_per_history": temporaries}
 
@@ -87,17 +89,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench lbfgs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="128,256,512", help="square sizes in px")
     parser.add_argument("--memory", type=int, default=100, help="pairs held (default 100, neural-style's)")
+    parser.add_argument("--storage-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="dtype of the history, as --storage-dtype of the CLI (default float32)")
     parser.add_argument("--out", default=None, help="file for the JSON (default: print only)")
     args = parser.parse_args(argv)
     sizes = int_list("--sizes", args.sizes, 8)
     at_least("--memory", args.memory)
     rows: List[Dict[str, Any]] = []
     report = {"machine": machine.describe_machine(), "backend": jax.default_backend(), "rows": rows}
-    print(f"{jax.default_backend()}: ms per update, {args.memory} pairs held\n")
+    print(f"{jax.default_backend()}: ms per update, {args.memory} pairs held in {args.storage_dtype}\n")
     print("| size | two-loop ms | compact ms | compact ÷ two-loop | temporaries ÷ history (two-loop, compact) |\n"
           "|---|---|---|---|---|", flush=True)
     for size in sizes:
-        pair = [time_form(size, args.memory, form) for form in ("two-loop", "compact")]
+        pair = [time_form(size, args.memory, form, storage=args.storage_dtype) for form in ("two-loop", "compact")]
         rows.extend(pair)
         print(f"| {size} | {pair[0]['update_ms']:.3f} | {pair[1]['update_ms']:.3f} "
               f"| {pair[1]['update_ms'] / pair[0]['update_ms']:.2f} "

@@ -343,8 +343,12 @@ def test_lbfgs_bench_times_both_forms_with_a_full_history(tmp_path, capsys):
     printed = capsys.readouterr().out
     for size in (16, 24):
         two_loop, compact = (row["update_ms"] for row in rows if row["size"] == size)
-        assert f"| {size} | {two_loop:.3f} | {compact:.3f} | {compact / two_loop:.2f} |" in printed
-    assert all(row["temporaries_per_history"] >= 0 for row in rows)  # XLA's analysis, per form
+        ratios = [row["temporaries_per_history"] for row in rows if row["size"] == size]
+        assert (f"| {size} | {two_loop:.3f} | {compact:.3f} | {compact / two_loop:.2f} "
+                f"| {ratios[0]:.2f}, {ratios[1]:.2f} |") in printed  # XLA's temporaries per form
+    assert main(["lbfgs", "--sizes", "16", "--memory", "4", "--storage-dtype", "bfloat16", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["form"], row["storage"]) for row in rows] == [("two-loop", "bfloat16"), ("compact", "bfloat16")]
 
 
 def test_lbfgs_bench_full_state_is_one_the_forms_agree_on():

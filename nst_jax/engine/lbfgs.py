@@ -184,8 +184,9 @@ def fixed_step_lbfgs(learning_rate: float = 1.0, memory_size: int = 100,
     `update(gradient, state, params)` returns the step t·d to add to the image (optax's sign
     convention: `optax.apply_updates(x, updates)`); one gradient evaluation per iteration.
     `storage_dtype` (e.g. bfloat16) stores the (s, y) ring buffers, the 2·memory image-sized
-    arrays, in that dtype (the two-loop form keeps bfloat16 as its bits, `to_storage`); products with them are accumulated in the gradient's dtype, and the
-    curvature products, H₀ and the last pair (previous step and gradient) stay in full precision.
+    arrays, in that dtype (the two-loop form keeps bfloat16 as its bits, `to_storage`); products
+    with them are accumulated in the gradient's dtype, and the curvature products, H₀ and the last
+    pair (previous step and gradient) stay in full precision.
     `form`: how H·g is computed (`FORMS`, module docstring); the iterates are the same.
     """
     if memory_size < 1:

@@ -111,7 +111,8 @@ SEPARATE_PASSES_FROM = 2048 * 2048
 
 
 @_JitWithChunkOptions
-def _content_pass(objective: Objective, params: Params, pixels: jax.Array) -> Dict[str, jax.Array]:
+def content_pass(objective: Objective, params: Params, pixels: jax.Array) -> Dict[str, jax.Array]:
+    """The content targets of one image as a program of its own (print sizes; a video's frames)."""
     return content_targets(objective, params, pixels)
 
 
@@ -131,7 +132,7 @@ def run_targets(objective: Objective, params: Params, content_pixels: jax.Array,
         assert blended is not None  # blend_weights given
         return content, grams, blended
     split = dataclasses.replace(objective, rows=rows)
-    content = _content_pass(split, params, content_pixels)
+    content = content_pass(split, params, content_pixels)
     grams = [_style_pass(split, params, pixels) for pixels in style_pixels]
     return content, grams, _blend(grams, blend_weights)
 

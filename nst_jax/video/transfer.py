@@ -10,7 +10,6 @@ The command line (`python -m nst_jax.video`, frames folder, resume, encoding) is
 
 import concurrent.futures
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -77,13 +76,6 @@ class FrameResult:
     temporal: float = 0.0
 
 
-@functools.lru_cache(maxsize=None)
-def _content_program(objective):
-    """The content targets of one frame, as one compiled program for the whole clip."""
-    from nst_jax.loss.objective import content_targets
-    return jax.jit(functools.partial(content_targets, objective))
-
-
 def output_warping_error(frames: Sequence[np.ndarray], motions: Sequence[Optional[flow.Motion]]) -> float:
     """Mean over consecutive frame pairs of Σ c·(out_t − ω(out_{t−1}))² / Σ c (c from the input's flow).
 
@@ -123,13 +115,12 @@ def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], s
     from nst_jax.engine.stylize import prepare_params
     from nst_jax.loss.objective import Objective, Targets, TemporalTarget, loss_weights
     from nst_jax.engine.optimize import OptimizerSpec, chunk_program, run_loop, state_program
-    from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, targets
+    from nst_jax.engine.stages import content_pass, finish_image, initial_pixels, prepare_images, targets
 
     objective = Objective.from_settings(settings, preprocessing)
     params = prepare_params(params, objective)
     spec = OptimizerSpec.from_settings(settings)
     chunk_fn, new_state = chunk_program(objective, spec, False), state_program(spec, False)
-    content_program = _content_program(objective)
     # The style target once for the clip (luminance mode matches it to the first frame).
     _, first_pixels, style_pixels = prepare_images(frames[0], styles, settings)
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
@@ -171,7 +162,7 @@ def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], s
                     start = flow.warped_start(history[0], motions[0], own_start)
             if index + 1 < len(frames):
                 upcoming = motions_of(index + 1)  # computed while this frame optimizes
-            frame_targets = Targets(content_program(params, jax.device_put(content_pixels)), style_target,
+            frame_targets = Targets(content_pass(objective, params, jax.device_put(content_pixels)), style_target,
                                     TemporalTarget(jax.device_put(previous), jax.device_put(masks)))
             pixels = jax.device_put(start.astype(np.float32))
             steps = video.steps(settings, index)
