@@ -20,12 +20,7 @@ from bench import machine
 from bench.flags import at_least, bad_input_exits_2, int_list
 from bench.jax_step import build_problem, time_step
 from bench.report import write_json
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """An allocator's refusal: XLA's RESOURCE_EXHAUSTED (or its "Out of memory"), or the host's MemoryError."""
-    text = str(error)
-    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+from nst_jax.errors import memory_refusal
 
 
 def probe(size: int, steps: int, remat: str, compute_dtype: str) -> Dict[str, Any]:
@@ -37,7 +32,7 @@ def probe(size: int, steps: int, remat: str, compute_dtype: str) -> Dict[str, An
                                 compute_dtype=compute_dtype)
         timed = time_step(problem, chunk_steps=steps, warmup_chunks=1, timed_chunks=1)
     except Exception as error:
-        if not _out_of_memory(error):
+        if memory_refusal(error) is None:
             raise
         return {"size": size, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}",
                 "seconds": time.perf_counter() - started}

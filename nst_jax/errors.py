@@ -1,5 +1,7 @@
 """The one exception type a user sees as a one-line message (exit status 2), never a traceback."""
 
+from typing import Optional
+
 
 class UserInputError(ValueError):
     """Bad input from the user: a file, a flag or a value. The message names it and says what is wrong."""
@@ -22,3 +24,19 @@ def reason(error: object, *, first_line: bool = False) -> str:
     if first_line:
         text = next(iter(str(text).strip().splitlines()), "")
     return " ".join(str(text).split()) or type(error).__name__
+
+
+# What a run that does not fit can change (the flags --estimate-memory tabulates).
+FIT_HINT = ("--estimate-memory shows what fits: --remat tiles, --storage-dtype bfloat16, a smaller "
+            "--lbfgs-memory or --image-size, or more devices")
+
+
+def memory_refusal(error: BaseException) -> Optional[UserInputError]:
+    """The one-line error for an allocation that failed (XLA's RESOURCE_EXHAUSTED on a device or
+    the host, or Python's MemoryError), or None for any other error. The fit check refuses runs
+    it counts as too large before they compile; this is for what it cannot see (memory another
+    process took, a compiler's temporaries beyond the estimate)."""
+    text = str(error)
+    if not (isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()):
+        return None
+    return UserInputError(f"the run does not fit in memory ({reason(error, first_line=True)}): {FIT_HINT}")

@@ -858,6 +858,44 @@ def test_a_diverging_run_stops_keeps_the_last_finite_image_and_says_so(tmp_path,
     assert _png_description(output)["steps"] == 10  # the last visit with a finite loss
 
 
+@pytest.mark.parametrize("failure", ["device", "host", "bug"])
+def test_a_run_out_of_memory_is_one_line_and_writes_nothing(tmp_path, synthetic_params_path, monkeypatch,
+                                                               failure):
+    """What the fit check cannot see (memory another process took, a compiler's temporaries
+    beyond the estimate) ends as a run that does not fit; any other error stays a traceback."""
+    import jax
+
+    def runs_out(*args, **kwargs):
+        if failure == "device":
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                                             "4294967296 bytes.\nBufferAssignment OOM Debugging.")
+        raise MemoryError() if failure == "host" else RuntimeError("a bug")
+
+    monkeypatch.setattr(files, "stylize_batch", runs_out)
+    output = tmp_path / "out.png"
+    args = [CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS, "--num-steps", "2"]
+    if failure == "bug":
+        with pytest.raises(RuntimeError, match="a bug"):
+            run.main([str(arg) for arg in args])
+        return
+    status, stderr = _main(args)
+    assert status == 2 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and stderr.endswith(errors[0] + "\n"), stderr
+    assert errors[0].startswith("error: the run does not fit in memory") and "--remat tiles" in errors[0]
+    assert ("4294967296 bytes" in errors[0]) == (failure == "device")
+    assert _files_under(tmp_path) == []
+
+
+def test_every_command_ends_a_run_out_of_memory_in_one_line(capsys):
+    """exit_status, which the image and video commands share, refuses what files.py did not."""
+    def runs_out():
+        raise MemoryError()
+
+    assert interrupt.exit_status(runs_out, "interrupted") == 2
+    assert capsys.readouterr().err.startswith("error: the run does not fit in memory (MemoryError)")
+
+
 def test_a_run_diverging_at_once_writes_nothing(tmp_path, synthetic_params_path):
     status, stderr, output = _run_or_refuse(tmp_path, "--style-weight", "1e38", weights=synthetic_params_path)
     assert status == 2 and "diverged" in stderr and "nothing written" in stderr

@@ -19,7 +19,7 @@ from nst_jax.engine.optimize import StopRun
 from nst_jax.atomic import PathLike
 from nst_jax.config.settings import Settings
 from nst_jax.engine.stylize import Member, StylizeResult, make_members, stylize_batch
-from nst_jax.errors import UserInputError
+from nst_jax.errors import UserInputError, memory_refusal
 from nst_jax.imaging import images
 from nst_jax.engine.memory import check_fits, resolve_remat
 from nst_jax.cli.interrupt import ctrl_c_at_visits
@@ -215,11 +215,18 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                                       describe(steps=visit.step, **extra))
 
         with timings.phase("run"), timings.compile:
-            results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
-                                    members, init_image=init_image, mesh=mesh, on_visit=on_visit,
-                                    intervals=(settings.output.print_every, settings.output.save_every,
-                                               PROGRESS_INTERVAL),
-                                    should_stop=lambda: ctrl_c.requested)
+            try:
+                results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
+                                        members, init_image=init_image, mesh=mesh, on_visit=on_visit,
+                                        intervals=(settings.output.print_every, settings.output.save_every,
+                                                   PROGRESS_INTERVAL),
+                                        should_stop=lambda: ctrl_c.requested)
+            except Exception as error:
+                refusal = memory_refusal(error)
+                if refusal is None:
+                    raise
+                bar.close()  # the error's line starts a line of its own
+                raise refusal from None
         if seen["diverged_at"] is not None:
             bar.close()
             _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes)

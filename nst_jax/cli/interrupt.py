@@ -10,7 +10,7 @@ import types
 from typing import Callable, Iterator, Optional, Protocol, TextIO
 
 from nst_jax.cli.progress import write_line
-from nst_jax.errors import UserInputError
+from nst_jax.errors import UserInputError, memory_refusal
 
 
 # Ctrl-C presses that quit at once, without waiting for the run's next safe point.
@@ -95,7 +95,8 @@ class Interruptible(Protocol):
 
 def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line: str) -> int:
     """A command line's exit status: run `command`, 0 when it is done (or returns None), 130 when
-    its result was interrupted, 2 after one `error: ...` line for bad input. A Ctrl-C that lands
+    its result was interrupted, 2 after one `error: ...` line for bad input or a run that ran out
+    of memory (errors.memory_refusal; any other error propagates). A Ctrl-C that lands
     before the run's own watcher is up (while importing or loading) prints `interrupted_line`, 130."""
     try:
         result = command()
@@ -105,4 +106,10 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
     except KeyboardInterrupt:
         print(interrupted_line, file=sys.stderr)
         return 130
+    except Exception as error:  # an allocation that failed is a run that does not fit: one line
+        refusal = memory_refusal(error)
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     return 130 if result is not None and result.interrupted else 0
