@@ -60,10 +60,15 @@ class Plan:
     # accelerator): its wall time and objective against the float32 run's.
     extra_dtypes: Tuple[str, ...] = ()
 
+    def __post_init__(self):
+        # The batch comparison reads per-step times off the progress visits: it needs two.
+        if self.batch_members and self.batch_iterations < 2 * PROGRESS_STEPS:
+            raise ValueError(f"batch_iterations must be at least {2 * PROGRESS_STEPS}, got {self.batch_iterations}")
+
 
 def quick_plan():
     return Plan(sizes=(64,), iterations=(10,), adam_sizes=(64,), batch_members=2, batch_size_px=64,
-                batch_iterations=10, second_call_size=48, second_call_steps=4)
+                batch_iterations=2 * PROGRESS_STEPS, second_call_size=48, second_call_steps=4)
 
 
 def _log(message):

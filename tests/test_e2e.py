@@ -107,6 +107,16 @@ def test_time_to_an_objective_is_interpolated_between_visits_from_launch():
     assert breakdown["exit_other"] == pytest.approx(12.0 - 0.8 - 10.0)
 
 
+def test_plans_give_the_batch_comparison_two_visits():
+    """Per-step times come from the progress visits (every PROGRESS_STEPS steps): a batch run
+    with one visit had none, and `bench e2e --quick` failed at its end."""
+    assert e2e.quick_plan().batch_iterations >= 2 * e2e.PROGRESS_STEPS
+    with pytest.raises(ValueError, match="batch_iterations"):
+        e2e.Plan(batch_iterations=e2e.PROGRESS_STEPS)
+    run = _run([(3.0, 10, 5.0)])
+    assert run.seconds_per_step() is None  # why: one visit gives no per-step time
+
+
 def test_a_run_cut_during_an_extra_dtype_keeps_the_comparisons_done(tmp_path, monkeypatch):
     """e2e records each comparison before its extra-dtype run, so a time limit that cuts that
     run (here: it raises) leaves e2e.json and the named markdown file with the comparison; the
