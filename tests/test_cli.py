@@ -181,6 +181,13 @@ def _one_pixel_png(folder):
     return path
 
 
+def _strip(folder):
+    """800 × 20 px: a valid file that --image-size 32 makes 32 × 1, under relu2_1's 2 px a side."""
+    path = folder / "strip.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 800, 3), np.uint8)).save(path)
+    return path
+
+
 def _inside_regular_file(folder):
     """An output path whose folder is a regular file (permissions can't block root, this can)."""
     (folder / "somefile.txt").write_text("not a folder\n")
@@ -208,6 +215,9 @@ BAD_INPUTS = {
     "random bytes named .bmp": lambda d: {"style": _random_bytes_bmp(d), "named": "noise.bmp"},
     "svg": lambda d: {"content": _svg(d), "named": "drawing.svg"},
     "1x1 image": lambda d: {"content": _one_pixel_png(d), "named": "dot.png"},
+    "content the network shrinks to nothing": lambda d: {"content": _strip(d), "named": "strip.png: 1x32 px"},
+    "style the network shrinks to nothing": lambda d: {"flags": ["--style-layers", "relu5_1", "--style-scale", "0.5"],
+                                                       "named": f"{STYLE.name}: 10x16 px as a style"},
     "output inside a regular file": lambda d: {"output": _inside_regular_file(d),
                                                "named": "somefile.txt"},
     "output folder missing": lambda d: {"output": d / "no-such-folder" / "out.png",

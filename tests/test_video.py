@@ -294,6 +294,8 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
         for packet in [*sound.encode(frame), *sound.encode()]:
             container.mux(packet)
     (tmp_path / "no_frames").mkdir()
+    strip = tmp_path / "strip.mp4"  # 96 × 12 frames: VGG's layers to relu5_1 need 16 px a side
+    write_mp4(strip, [np.tile(frame, (1, 2, 1))[:12] for frame in translating(2)], fps=10)
     out = tmp_path / "out.mp4"
     cases = [
         ([tmp_path / "missing.mp4"], "missing.mp4: no such file"),
@@ -306,6 +308,7 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
         ([good, "--every", "0"], "--every: must be"),
         ([good, "--batch"], "--batch: not available for videos"),
         ([good, "--temporal-wieght", "1"], "--temporal-wieght: unknown flag (did you mean --temporal-weight?)"),
+        ([strip, "--image-size", "96"], "strip.mp4: 12x96 px at --image-size 96 is too small"),
     ]
     for arguments, expected in cases:
         assert main([arguments[0], style_path, "-o", out, *arguments[1:], "--no-compile-cache"]) == 2
@@ -322,7 +325,7 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
     assert main([good, tmp_path / "missing_style.png", "-o", out]) == 2
     assert "missing_style.png" in _error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["good.mp4", "garbage.mp4", "empty.mp4", "audio.m4a", "no_frames"])
+        ["good.mp4", "garbage.mp4", "empty.mp4", "audio.m4a", "no_frames", "strip.mp4"])
 
 
 def test_a_bad_video_is_one_stderr_line_from_a_real_process(tmp_path):

@@ -22,10 +22,10 @@ from nst_jax.engine.stylize import Member, StylizeResult, make_members, stylize_
 from nst_jax.errors import UserInputError, memory_refusal
 from nst_jax.imaging import images
 from nst_jax.engine.memory import check_fits, resolve_remat
+from nst_jax.engine.stages import scale_sizes, undersized
 from nst_jax.cli.interrupt import ctrl_c_at_visits
 from nst_jax.cli.progress import ProgressBar, write_line
 from nst_jax.cli.watch import LossWatch, check_finite
-from nst_jax.engine.stages import scale_sizes
 from nst_jax.engine.timings import RunTimings
 from nst_jax.weights.params_file import Params, ParamsMetadata
 
@@ -80,6 +80,26 @@ def intermediate_path(output_path: str, step: int, num_steps: int) -> str:
     return f"{stem}_{step:0{len(str(num_steps))}d}{extension}"
 
 
+def refuse_undersized(settings: Settings, content_path: PathLike, content_shape: Tuple[int, int],
+                      style_paths: Sequence[PathLike], style_shapes: Sequence[Tuple[int, int]],
+                      long_side: Optional[int] = None) -> None:
+    """UserInputError naming the image the network would shrink to nothing (stages.undersized),
+    before anything compiles: its loss would be NaN at the first step."""
+    problem = undersized(settings, content_shape, style_shapes, long_side)
+    if problem is None:
+        return
+    height, width = problem.shape
+    if problem.style_index is None:
+        where = (f"at --image-size {settings.image.image_size}" if settings.image.scales == 1 or long_side
+                 else f"at the coarsest of --scales {settings.image.scales}")
+        path, fix = content_path, "raise --image-size or crop it"
+    else:
+        where = f"as a style at --style-scale {settings.image.style_scale:g}"
+        path, fix = style_paths[problem.style_index], "raise --style-scale or --image-size"
+    raise UserInputError(f"{path}: {height}x{width} px {where} is too small for the layers the loss reads "
+                         f"(each side needs at least {problem.needed} px); {fix}")
+
+
 def load_inputs(content_path: PathLike, style_paths: Sequence[PathLike], output_path: PathLike, settings: Settings,
                 load_weights: LoadWeights, timings: Optional[RunTimings] = None
                 ) -> Tuple[np.ndarray, List[np.ndarray], Optional[np.ndarray], Params, ParamsMetadata]:
@@ -95,6 +115,7 @@ def load_inputs(content_path: PathLike, style_paths: Sequence[PathLike], output_
         # Settings: init "image" comes with an init_image.
         init_image = (images.load_image(cast(str, settings.image.init_image)) if settings.image.init == "image"
                       else None)
+        refuse_undersized(settings, content_path, content.shape[:2], style_paths, [s.shape[:2] for s in styles])
     with timings.phase("weights"):
         params, params_metadata = load_weights()
     return content, styles, init_image, params, params_metadata

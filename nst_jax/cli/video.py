@@ -154,7 +154,7 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     inputs or outputs. Ctrl-C stops at the next host visit: finished frames stay on disk.
     """
     from nst_jax.imaging import images
-    from nst_jax.cli.files import run_description
+    from nst_jax.cli.files import refuse_undersized, run_description
     from nst_jax.cli.interrupt import ctrl_c_at_visits
     stream = stream or sys.stderr
     output = args.output
@@ -163,6 +163,9 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     clip = video_io.read_clip(args.content, settings.image.image_size, video.start, video.duration,
                               video.every, video.fps)
     styles = [images.load_image(path) for path in args.styles]
+    # Frames are read at the working size already; the content's check is on that size.
+    refuse_undersized(settings, args.content, clip.frames[0].shape[:2], args.styles,
+                      [style.shape[:2] for style in styles], long_side=settings.image.image_size)
     params, params_metadata = load_weights()
     store = video_io.FrameStore(video_io.frames_folder(output), len(clip.frames),
                                 _manifest(args, clip, settings, video, params_metadata),

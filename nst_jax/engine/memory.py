@@ -22,7 +22,7 @@ from nst_jax.model.layers import (BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical
                                   layer_block)
 from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
 from nst_jax.engine.devices import place_chunk_args
-from nst_jax.engine.stages import SEPARATE_PASSES_FROM
+from nst_jax.engine.stages import SEPARATE_PASSES_FROM, style_side
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
 from nst_jax.model.vgg import ADJOINT, TileGrid, front_layers, layer_level
 
@@ -253,8 +253,7 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
     loop = per_device * loop_floats * FLOAT_BYTES
-    style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
-    styles = [_pass_floats(*long_side_shape(*shape, style_side), objective) for shape in style_shapes]
+    styles = [_pass_floats(*long_side_shape(*shape, style_side(settings)), objective) for shape in style_shapes]
     if height * width < SEPARATE_PASSES_FROM:  # one program: XLA overlaps the passes
         targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
     else:  # a program per image, each split by rows like the loop

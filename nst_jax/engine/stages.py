@@ -18,7 +18,9 @@ from nst_jax.config.settings import Settings
 from nst_jax.engine.optimize import jit_with_loop_options
 from nst_jax.imaging import color, images
 from nst_jax.loss.objective import Objective, Targets, blend_grams, content_targets, style_grams
+from nst_jax.model.layers import canonical_layer
 from nst_jax.model.preprocess import mean_rgb
+from nst_jax.model.vgg import layer_level
 from nst_jax.weights.params_file import Params
 
 
@@ -36,6 +38,39 @@ def scale_sizes(settings: Settings) -> List[int]:
             for k in range(settings.image.scales - 1, -1, -1)]
 
 
+def style_side(settings: Settings) -> int:
+    """The long side style images are resized to: style_scale of the output's (at least 16 px)."""
+    return max(16, round(settings.image.style_scale * settings.image.image_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Undersized:
+    """An image that the network would shrink to nothing (`undersized`): which one, its size
+    where the network sees it, and the fewest pixels each side needs."""
+
+    style_index: Optional[int]  # None: the content image
+    shape: Tuple[int, int]
+    needed: int
+
+
+def undersized(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+               long_side: Optional[int] = None) -> Optional[Undersized]:
+    """The first image too small for the deepest layer the loss reads at the run's smallest
+    working size, or None. Each 2×2 pooling halves a side (dropping an odd row), so a layer after
+    k poolings needs 2^k pixels; below that it has none, and the loss is NaN. `long_side`: the
+    content's long side there (default: the coarsest scale's, scale_sizes(settings)[0])."""
+    long_side = scale_sizes(settings)[0] if long_side is None else long_side
+    layers = settings.loss.content_layers + settings.loss.style_layers
+    needed = 2 ** (max(layer_level(canonical_layer(layer)) for layer in layers) - 1)
+    at_size = settings.replace(image_size=long_side)
+    shapes = [images.long_side_shape(*content_shape, long_side)]
+    shapes += [images.long_side_shape(*shape, style_side(at_size)) for shape in style_shapes]
+    for index, shape in enumerate(shapes):
+        if min(shape) < needed:
+            return Undersized(None if index == 0 else index - 1, shape, needed)
+    return None
+
+
 def prepare_images(content: np.ndarray, styles: Sequence[np.ndarray],
                    settings: Settings) -> Tuple[np.ndarray, np.ndarray, List[np.ndarray]]:
     """Resize content to the output size and styles to style_scale of it; gray them for luminance mode.
@@ -44,8 +79,7 @@ def prepare_images(content: np.ndarray, styles: Sequence[np.ndarray],
     content (for recombining colors), the others are what the network sees, in [0, pixel_range].
     """
     content_rgb = images.resize_long_side(content, settings.image.image_size)
-    style_side = max(16, round(settings.image.style_scale * settings.image.image_size))
-    style_rgbs = [images.resize_long_side(style, style_side) for style in styles]
+    style_rgbs = [images.resize_long_side(style, style_side(settings)) for style in styles]
     content_view: Union[np.ndarray, jax.Array]  # what the network sees: RGB, or luminance (jax)
     style_views: Sequence[Union[np.ndarray, jax.Array]]
     if settings.image.original_colors == "luminance":
