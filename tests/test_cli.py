@@ -188,6 +188,12 @@ def _strip(folder):
     return path
 
 
+def _copy_of_content(folder):
+    path = folder / "photo.jpg"
+    path.write_bytes(CONTENT.read_bytes())
+    return path
+
+
 def _inside_regular_file(folder):
     """An output path whose folder is a regular file (permissions can't block root, this can)."""
     (folder / "somefile.txt").write_text("not a folder\n")
@@ -223,6 +229,11 @@ BAD_INPUTS = {
     "output folder missing": lambda d: {"output": d / "no-such-folder" / "out.png",
                                         "named": "no-such-folder"},
     "output is a folder": lambda d: {"output": d, "named": str(d)},
+    "output over the content": lambda d: {"content": _copy_of_content(d), "output": d / "photo.jpg",
+                                          "named": "-o " + str(d / "photo.jpg") + ": is an input"},
+    "report over the output": lambda d: {"output": d / "same.png", "flags": ["--report", d / "same.png"],
+                                         "named": "--report " + str(d / "same.png") + ": is also the -o output"},
+    "empty weights path": lambda d: {"weights": "", "named": "--weights: an empty path"},
     "unsupported output extension": lambda d: {"output": d / "out" / "result.gif",
                                                "named": "result.gif"},
     "text file as weights": lambda d: {"weights": _text_as_weights(d), "named": "vgg19.h5",

@@ -339,7 +339,10 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     if args.num_processes is not None and args.process_id is not None and args.process_id >= args.num_processes:
         raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
                              f"got {args.process_id}")
+    if args.weights is not None and not str(args.weights).strip():
+        raise UserInputError("--weights: an empty path (leave the flag out for the default weights)")
     settings = settings_from_args(args)
+    _refuse_outputs_over_inputs(args, settings)
     # The engine makes the same check (stylize_batch); here it fails before any file is read.
     settings.image.check_style_count(len(args.styles))
     sweeps = {}
@@ -365,6 +368,27 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
             raise UserInputError(f"--sweep-{_flag(swept)}: 0 with the other weights 0 leaves nothing "
                                  f"to optimize")
     return args, settings, sweeps
+
+
+def _refuse_outputs_over_inputs(args: argparse.Namespace, settings: Settings) -> None:
+    """An output written over an input of the run (or over the other output) would destroy it:
+    `-o content.jpg`, or `--report` naming the image, is refused before anything is read."""
+    inputs = [args.content, *args.styles, settings.image.init_image, args.weights]
+    outputs = [("-o", args.output), ("--report", args.report)]
+    for index, (flag, output) in enumerate(outputs):
+        if output is None:
+            continue
+        for earlier_flag, earlier in outputs[:index]:
+            if earlier is not None and _same_path(output, earlier):
+                raise UserInputError(f"{flag} {output}: is also the {earlier_flag} output; name another file")
+        clash = next((path for path in inputs if path is not None and _same_path(output, path)), None)
+        if clash is not None:
+            raise UserInputError(f"{flag} {output}: is an input of this run ({clash}); writing it would "
+                                 f"destroy it, name another file")
+
+
+def _same_path(first: Any, second: Any) -> bool:
+    return os.path.realpath(os.path.expanduser(str(first))) == os.path.realpath(os.path.expanduser(str(second)))
 
 
 def stretch_warning(content_path: str, init_path: str) -> Optional[str]:
