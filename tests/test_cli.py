@@ -322,6 +322,21 @@ def test_error_from_the_command_line_has_no_traceback(tmp_path, synthetic_params
     assert not (tmp_path / "out.png").exists()
 
 
+def test_a_cluster_that_cannot_be_joined_is_one_line(tmp_path, synthetic_params_path):
+    """--distributed with no cluster in the environment: jax.distributed's own error, as one line
+    naming the flag (a process of its own: joining changes JAX's global state)."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_"))}
+    completed = subprocess.run(
+        [sys.executable, "-m", "nst_jax.run", str(CONTENT), str(STYLE), "-o", str(tmp_path / "out.png"),
+         "--weights", str(synthetic_params_path), *CHEAP_FLAGS, "--distributed"],
+        capture_output=True, text=True, timeout=120, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.splitlines() == [completed.stderr.strip()], completed.stderr
+    assert completed.stderr.startswith("error: --distributed: cannot join the cluster")
+    assert not (tmp_path / "out.png").exists()
+
+
 # --- flag values: one line naming the flag, decided before any file is read ---------------------
 
 # (flags, the flag the line must name, what it must say). Each is refused by parse_and_validate.
@@ -346,6 +361,8 @@ FLAG_EDGES = [
     (["--num-processes", "0"], "--num-processes", "must be in [1, "),
     (["--num-processes", "2", "--process-id", "2"], "--process-id", "must be below --num-processes 2"),
     (["--process-id", "-1"], "--process-id", "must be in [0, "),
+    (["--coordinator", "foo"], "--coordinator", "expected HOST:PORT"),
+    (["--num-processes", "2"], "--num-processes", "only for a multi-host run"),
     (["--init-noise-std", "-0.1"], "--init-noise-std", "must be >= 0"),
     (["--image-size", "16385"], "--image-size", "must be in [16, 16384]"),
     (["--style-scale", "64"], "--style-scale", "must be in (0, 16]"),

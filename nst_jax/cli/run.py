@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence,
 
 from nst_jax.cache import enable_compile_cache
 from nst_jax.cli.interrupt import exit_status
-from nst_jax.errors import UserInputError
+from nst_jax.errors import UserInputError, reason
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import CHOICES, FIELDS, INT32_MAX, RANGES, Range, Settings
@@ -339,6 +339,13 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     if args.num_processes is not None and args.process_id is not None and args.process_id >= args.num_processes:
         raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
                              f"got {args.process_id}")
+    if args.coordinator is not None and not re.fullmatch(r"\[?[^\s\[\]]+\]?:\d{1,5}", args.coordinator):
+        raise UserInputError(f"--coordinator: expected HOST:PORT such as 10.0.0.1:1234, got {args.coordinator!r}")
+    joins = args.distributed or args.coordinator is not None
+    cluster_flag = next((flag for flag, value in (("--num-processes", args.num_processes),
+                                                  ("--process-id", args.process_id)) if value is not None), None)
+    if cluster_flag is not None and not joins:
+        raise UserInputError(f"{cluster_flag}: only for a multi-host run (--coordinator HOST:PORT or --distributed)")
     if args.weights is not None and not str(args.weights).strip():
         raise UserInputError("--weights: an empty path (leave the flag out for the default weights)")
     settings = settings_from_args(args)
@@ -536,7 +543,11 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["Styliz
     distributed = args.distributed or args.coordinator is not None
     if distributed:
         from nst_jax.engine.devices import join_cluster
-        join_cluster(args.coordinator, args.num_processes, args.process_id)
+        flag = f"--coordinator {args.coordinator}" if args.coordinator is not None else "--distributed"
+        try:
+            join_cluster(args.coordinator, args.num_processes, args.process_id)
+        except (ValueError, IndexError, RuntimeError) as error:  # jax.distributed's own checks
+            raise UserInputError(f"{flag}: cannot join the cluster ({reason(error, first_line=True)})") from None
     settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
     from nst_jax.cli.files import stylize_files
     outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
