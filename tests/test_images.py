@@ -405,10 +405,22 @@ def test_too_small_after_resizing(tmp_path):
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch, side):
     path = tmp_path / "huge.png"
     Image.new("RGB", (side, side)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(images, "MAX_LOAD_PIXELS", 1000)
     with pytest.raises(UserInputError, match="too large") as raised:
         images.load_image(path)
     assert str(path) in str(raised.value)
+    assert Image.MAX_IMAGE_PIXELS != 1000  # Pillow's own limit is left as it was
+
+
+def test_a_photo_over_pillows_limit_but_within_the_largest_output_loads(tmp_path, monkeypatch):
+    """Pillow refuses images over 2 × its MAX_IMAGE_PIXELS (89 MP) as decompression bombs; a
+    100 MP photo is an ordinary input for a tool that writes up to 16384² px. Scaled down here:
+    Pillow's limit at 1000 px, ours at the default, a 64 × 64 (4096 px) image loads."""
+    path = tmp_path / "large.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert images.load_image(path).shape == (64, 64, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 def test_read_png_metadata_of_other_files(tmp_path):

@@ -20,6 +20,9 @@ from nst_jax.errors import UserInputError, reason
 
 # Smaller images carry no usable content or style, and VGG's pooling leaves nothing of them.
 MIN_SIDE = 8
+# Images up to the largest output (16384², config.settings.MAX_IMAGE_SIDE) load: Pillow's own
+# decompression-bomb limit (89 MP) would refuse a 100 MP photo. Beyond it: refused, one line.
+MAX_LOAD_PIXELS = 16384 * 16384
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                   ".tif": "TIFF", ".tiff": "TIFF"}
@@ -159,10 +162,12 @@ def read_png_metadata(path: PathLike) -> Dict[str, Any]:
 @contextlib.contextmanager
 def _reading(path):
     """Turn every way opening or decoding `path` can fail into a one-line UserInputError."""
+    pillows_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_LOAD_PIXELS
             yield
     except UserInputError:  # already says what is wrong (and is a ValueError, caught below)
         raise
@@ -182,6 +187,8 @@ def _reading(path):
     # What Pillow's decoders raise on damaged data (a truncated JPEG is an OSError).
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error) as error:
         raise UserInputError(f"{path}: damaged or unreadable image ({reason(error)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillows_limit
 
 
 def _decoded(path, rawmode=None):
