@@ -353,6 +353,31 @@ def test_cli_error_is_one_line_and_status_2(tmp_path, capsys):
     assert leftovers(tmp_path, {public.name}) == []
 
 
+@pytest.mark.parametrize("case", ["no -o", "bad choice", "-o a folder", "unwritable -o"])
+def test_cli_flag_and_output_errors_are_one_line(tmp_path, capsys, monkeypatch, case):
+    public = tmp_path / "model.safetensors"
+    write_synthetic("safetensors", public)
+    (tmp_path / "folder.npz").mkdir()
+    argv, named = {
+        "no -o": ([str(public)], "error: -o/--out: missing; usage: python -m weights_tools.convert"),
+        "bad choice": ([str(public), "-o", str(tmp_path / "p.npz"), "--preprocessing", "bgr"],
+                       "error: --preprocessing: invalid choice"),
+        "-o a folder": ([str(public), "-o", str(tmp_path / "folder.npz")], "is a directory"),
+        "unwritable -o": ([str(public), "-o", str(tmp_path / "p.npz")], "cannot write it (read-only file system)"),
+    }[case]
+    if case == "unwritable -o":  # what a read-only folder or a full disk gives (root writes anywhere)
+        def refuse(*args, **kwargs):
+            raise OSError(30, "Read-only file system")
+        monkeypatch.setattr("nst_jax.weights.convert.save_params", refuse)
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert named in (err.lower() if case == "unwritable -o" else err), err
+    assert leftovers(tmp_path, {public.name, "folder.npz"}) == []
+
+
 def test_cli_as_a_process_needs_preprocessing_for_unknown_pth(tmp_path):
     public = tmp_path / "my_vgg19.pth"
     write_synthetic("caffe-pth", public)

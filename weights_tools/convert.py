@@ -4,13 +4,13 @@
 
 SRC is a Keras .h5/.hdf5, a PyTorch .pth/.pt or a timm .safetensors file (see docs/WEIGHTS.md),
 recognised by its content whatever its name. The conversion itself is the library's
-(`nst_jax.weights.convert`); this is its command line.
+(`nst_jax.weights.convert`, the library function); this is its command line.
 """
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
+from nst_jax.cli.run import OneLineParser
 from nst_jax.errors import UserInputError
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.convert import convert, summary
@@ -18,15 +18,15 @@ from nst_jax.weights.convert import convert, summary
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line; errors print `error: ...` and exit with status 2."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m weights_tools.convert",
         description="Convert public VGG-19 weights to an nst-jax params file.")
     parser.add_argument("src", help="Keras .h5, PyTorch .pth or timm .safetensors file")
     parser.add_argument("-o", "--out", required=True, help="params file to write")
     parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights (needed for unknown .pth files)")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         metadata = convert(args.src, args.out, args.preprocessing)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -114,14 +114,18 @@ class OneLineParser(argparse.ArgumentParser):
         if unknown:
             first = unknown.group(1).split()[0]
             if not first.startswith("-"):
-                return f"{first}: unexpected argument; usage: {self.usage}"
+                return f"{first}: unexpected argument; {self._usage_line()}"
             flag = first.split("=", 1)[0]
             close = difflib.get_close_matches(flag, list(self._option_string_actions), n=1)
             return f"{flag}: unknown flag" + (f" (did you mean {close[0]}?)" if close else "; --help lists them")
         missing = re.fullmatch(r"the following arguments are required: (.*)", message)
         if missing:
-            return f"{missing.group(1)}: missing; usage: {self.usage}"
+            return f"{missing.group(1)}: missing; {self._usage_line()}"
         return message
+
+    def _usage_line(self) -> str:
+        """'usage: …' on one line (the usage given, or argparse's own)."""
+        return " ".join(self.format_usage().split())
 
 
 def _number(kind):
@@ -220,7 +224,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help=f"named settings reproducing a reference system (see README); default: {DEFAULT_PRESET}")
     parser.add_argument("--weights", default=None,
-                        help="params file (.npz from nst_jax.weights.convert) or a public VGG-19 file; "
+                        help="params file (.npz from python -m weights_tools.convert) or a public VGG-19 file; "
                              "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
     parser.add_argument("--report", metavar="FILE.json",
                         help="also write where the time went (start-up, weights, compiling, steps, "
@@ -553,7 +557,11 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["Styliz
     outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
                             batch=batch_request(args, sweeps), timings=timings)
     if args.report:
-        timings.write(args.report)
+        try:
+            timings.write(args.report)
+        except OSError as error:  # checked at the start; the file can still refuse (a full disk)
+            raise UserInputError(f"--report {args.report}: cannot write it ({reason(error)}); the images "
+                                 f"were written") from None
     return outputs[0][1]
 
 

@@ -11,7 +11,7 @@ import os
 from typing import Optional
 
 from nst_jax.atomic import PathLike
-from nst_jax.errors import UserInputError, WeightsFileError
+from nst_jax.errors import UserInputError, WeightsFileError, reason
 from nst_jax.model.layers import CONV_LAYERS
 from nst_jax.weights.params_file import ParamsMetadata, save_params
 from nst_jax.model.preprocess import PREPROCESSINGS
@@ -41,6 +41,9 @@ def convert(src: PathLike, out: PathLike, preprocessing: Optional[str] = None) -
     out_directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_directory):
         raise UserInputError(f"-o {out}: directory {out_directory} does not exist")
+    if os.path.isdir(out):
+        raise UserInputError(f"-o {out}: is a directory; name the params file, such as "
+                             f"{os.path.join(out, 'vgg19.npz')}")
     if os.path.abspath(out) == os.path.abspath(src):
         raise UserInputError(f"-o {out}: would overwrite the source file")
 
@@ -65,7 +68,10 @@ def convert(src: PathLike, out: PathLike, preprocessing: Optional[str] = None) -
     metadata = ParamsMetadata(preprocessing=preprocessing, source_format=source_format,
                               source_file=os.path.basename(src), source_hash=f"{algorithm}:{digest}",
                               layers=CONV_LAYERS, synthetic=source.synthetic)
-    save_params(out, source.params, metadata)
+    try:
+        save_params(out, source.params, metadata)
+    except OSError as error:  # a read-only folder, a full disk: the atomic write left nothing
+        raise UserInputError(f"-o {out}: cannot write it ({reason(error)})") from None
     return metadata
 
 

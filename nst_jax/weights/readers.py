@@ -28,7 +28,7 @@ _CLAIMED_BY_EXTENSION = {".h5": "not an HDF5 file", ".hdf5": "not an HDF5 file",
                          ".pth": "not a readable PyTorch file", ".pt": "not a readable PyTorch file",
                          ".safetensors": "not a readable safetensors file",
                          ".npz": "not an nst-jax params file"}
-ACCEPTED_FORMATS = ("an nst-jax params file (nst_jax.weights.convert's output), Keras .h5 weights "
+ACCEPTED_FORMATS = ("an nst-jax params file (the output of python -m weights_tools.convert), Keras .h5 weights "
                     "(HDF5), a PyTorch .pth state dict (zip or legacy pickle) or timm .safetensors")
 
 
