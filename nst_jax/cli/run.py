@@ -354,6 +354,9 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
         raise UserInputError("--weights: an empty path (leave the flag out for the default weights)")
     settings = settings_from_args(args)
     _refuse_outputs_over_inputs(args, settings)
+    if args.batch and args.style_blend_weights is not None:
+        raise UserInputError("--style-blend-weights: does not apply with --batch (each style image is an "
+                             "output of its own)")
     # The engine makes the same check (stylize_batch); here it fails before any file is read.
     settings.image.check_style_count(len(args.styles))
     sweeps = {}

@@ -219,12 +219,18 @@ class LossSettings:
         _check_choices(self)
         if not self.content_layers:
             raise UserInputError("--content-layers: at least one layer is needed")
+        if not self.style_layers:
+            raise UserInputError("--style-layers: at least one layer is needed (--style-weight 0 turns "
+                                 "the style loss off)")
         for field in ("content_layers", "style_layers"):
+            seen = []
             for name in getattr(self, field):
                 try:
-                    canonical_layer(name)
+                    seen.append(canonical_layer(name))
                 except ValueError as error:
                     raise UserInputError(f"--{_flag(field)}: {error}") from None
+                if seen[-1] in seen[:-1]:  # a layer twice would count its loss twice
+                    raise UserInputError(f"--{_flag(field)}: {name} is listed twice")
         for layers, weights in (("content_layers", "content_layer_weights"),
                                 ("style_layers", "style_layer_weights")):
             given = getattr(self, weights)
