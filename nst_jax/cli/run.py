@@ -237,8 +237,9 @@ def build_parser() -> OneLineParser:
                              "(RGB, mean/std); needed to convert a .pth of unknown origin, overrides what "
                              "a file says; default: from the file")
     parser.add_argument("--estimate-memory", action="store_true",
-                        help="print how much device memory the run needs (XLA's analysis of the "
-                             "compiled step, per device) and exit without running")
+                        help="print how much memory the run needs per device (counted from the "
+                             "shapes, nothing compiled) against what is available, with a table of "
+                             "remat, storage and L-BFGS memory choices, and exit without running")
     batch = parser.add_argument_group(
         "many images in one compiled run (any of these makes the run batched; outputs are "
         "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
@@ -370,9 +371,14 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
             RANGES[name].check(flag, value, whole=kind is int)
         # Outputs are named by value (batch labels weights with :g), so a repeat would overwrite one.
         labels = [f"{value:g}" if kind is float else str(value) for value in values]
-        repeated = next((label for index, label in enumerate(labels) if label in labels[:index]), None)
+        repeated = next((index for index, label in enumerate(labels) if label in labels[:index]), None)
         if repeated is not None:
-            raise UserInputError(f"--{flag}: {repeated} is listed twice (both outputs would have one name)")
+            first = labels.index(labels[repeated])
+            if values[first] == values[repeated]:
+                raise UserInputError(f"--{flag}: {labels[repeated]} is listed twice (both outputs would have "
+                                     f"one name)")
+            raise UserInputError(f"--{flag}: {values[first]!r} and {values[repeated]!r} would both be named "
+                                 f"{labels[repeated]} (outputs are named to 6 significant digits)")
         sweeps[name] = values
     if settings.loss.tv_weight == 0:
         zero_in = [name for name in ("style_weight", "content_weight")

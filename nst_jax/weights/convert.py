@@ -36,6 +36,8 @@ def convert(src: PathLike, out: PathLike, preprocessing: Optional[str] = None) -
     if preprocessing is not None and preprocessing not in PREPROCESSINGS:
         raise UserInputError(
             f"--preprocessing {preprocessing!r}: choose one of {', '.join(PREPROCESSINGS)}")
+    if os.path.isdir(src):
+        raise WeightsFileError(f"{src}: is a directory, not a weights file")
     if not os.path.isfile(src):
         raise WeightsFileError(f"{src}: no such file")
     out_directory = os.path.dirname(os.path.abspath(out))

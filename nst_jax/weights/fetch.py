@@ -61,6 +61,8 @@ def params_for_file(path: Path, origin: str = "NST_JAX_WEIGHTS", preprocessing: 
     """
     from nst_jax.weights.readers import sniff_format
 
+    if path.is_dir():
+        raise WeightsFileError(f"{origin}={path}: is a directory, not a weights file")
     if not path.is_file():
         raise WeightsFileError(f"{origin}={path}: no such file")
     if sniff_format(path) == "params":
