@@ -108,6 +108,21 @@ def test_print_size_targets_count_one_pass_at_a_time_split_like_the_loop():
     assert split == one // 4
 
 
+def test_a_cpu_run_keeps_a_margin_of_the_hosts_memory(monkeypatch):
+    """XLA aborts the process when the host runs out, so the check compares with MemAvailable
+    less 10 % (at least 1 GiB); $NST_JAX_MEMORY_LIMIT_BYTES is taken as it is."""
+    import jax
+    from nst_jax.engine import memory
+    monkeypatch.delenv(LIMIT_ENV, raising=False)
+    cpu = jax.devices("cpu")[0]
+    monkeypatch.setattr(memory, "_host_available_bytes", lambda: 20 * 2**30)
+    assert memory.available_bytes(cpu) == 18 * 2**30
+    monkeypatch.setattr(memory, "_host_available_bytes", lambda: 4 * 2**30)
+    assert memory.available_bytes(cpu) == 3 * 2**30
+    monkeypatch.setenv(LIMIT_ENV, str(5 * 2**30))
+    assert memory.available_bytes(cpu) == 5 * 2**30
+
+
 def test_near_the_limit_xlas_own_analysis_decides(monkeypatch):
     from nst_jax.engine.memory import ANALYTIC_MARGIN, check_fits, measured_run
     from nst_jax.errors import UserInputError

@@ -123,6 +123,11 @@ TILE_ACTIVATIONS = 2
 IMAGE_BUFFERS = 6
 # For tests and for sharing a device: the bytes the run may use, overriding what is detected.
 LIMIT_ENV = "NST_JAX_MEMORY_LIMIT_BYTES"
+# On a CPU the run may use the host's available memory less this margin (10 %, at least 1 GiB):
+# a 4096 × 3072 px Adam run that the check let through with no margin died in the allocator
+# (C++ bad_alloc, which ends the process) once it ran.
+HOST_MARGIN_SHARE = 0.1
+HOST_MARGIN_BYTES = 2**30
 FLOAT_BYTES = 4  # float32 everywhere: bfloat16 compute only lowers the real figure
 
 
@@ -264,7 +269,8 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
 
 def available_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
     """Bytes a run may use on `device`: $NST_JAX_MEMORY_LIMIT_BYTES, else the accelerator's free
-    memory (memory_stats), else on CPU the host's MemAvailable; None when unknown."""
+    memory (memory_stats), else on CPU the host's MemAvailable less a margin (HOST_MARGIN_*);
+    None when unknown."""
     if os.environ.get(LIMIT_ENV):
         return int(os.environ[LIMIT_ENV])
     device = device or jax.devices()[0]
@@ -275,12 +281,21 @@ def available_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
     if device.platform == "cpu":
-        try:
-            for line in open("/proc/meminfo"):
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
+        host = _host_available_bytes()
+        # XLA aborts the process when the host runs out (no error to catch), and nothing counts
+        # the process's own arrays or the runtime's buffers: keep a margin of the host's memory.
+        return None if host is None else host - max(HOST_MARGIN_BYTES, int(HOST_MARGIN_SHARE * host))
+    return None
+
+
+def _host_available_bytes() -> Optional[int]:
+    """The host's MemAvailable (Linux), or None."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
     return None
 
 
