@@ -19,7 +19,7 @@ from nst_jax.engine.optimize import StopRun
 from nst_jax.atomic import PathLike
 from nst_jax.config.settings import Settings
 from nst_jax.engine.stylize import Member, StylizeResult, make_members, stylize_batch
-from nst_jax.errors import UserInputError, memory_refusal
+from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
 from nst_jax.engine.memory import check_fits, resolve_remat
 from nst_jax.engine.stages import scale_sizes, undersized
@@ -242,12 +242,9 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                                         intervals=(settings.output.print_every, settings.output.save_every,
                                                    PROGRESS_INTERVAL),
                                         should_stop=lambda: ctrl_c.requested)
-            except Exception as error:
-                refusal = memory_refusal(error)
-                if refusal is None:
-                    raise
-                bar.close()  # the error's line starts a line of its own
-                raise refusal from None
+            except Exception:
+                bar.close()  # the error's line (cli.interrupt.exit_status) starts a line of its own
+                raise
         if seen["diverged_at"] is not None:
             bar.close()
             _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes)

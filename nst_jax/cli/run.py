@@ -393,14 +393,12 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
 def _refuse_outputs_over_inputs(args: argparse.Namespace, settings: Settings) -> None:
     """An output written over an input of the run (or over the other output) would destroy it:
     `-o content.jpg`, or `--report` naming the image, is refused before anything is read."""
+    if args.report is not None and _same_path(args.report, args.output):
+        raise UserInputError(f"--report {args.report}: is also the -o output; name another file")
     inputs = [args.content, *args.styles, settings.image.init_image, args.weights]
-    outputs = [("-o", args.output), ("--report", args.report)]
-    for index, (flag, output) in enumerate(outputs):
+    for flag, output in (("-o", args.output), ("--report", args.report)):
         if output is None:
             continue
-        for earlier_flag, earlier in outputs[:index]:
-            if earlier is not None and _same_path(output, earlier):
-                raise UserInputError(f"{flag} {output}: is also the {earlier_flag} output; name another file")
         clash = next((path for path in inputs if path is not None and _same_path(output, path)), None)
         if clash is not None:
             raise UserInputError(f"{flag} {output}: is an input of this run ({clash}); writing it would "
