@@ -176,6 +176,28 @@ def test_grayscale_becomes_three_equal_channels(tmp_path, mode, suffix, to_unit)
     np.testing.assert_allclose(loaded, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("stored, expected", [
+    (lambda g: g, lambda g: g / 255),  # 8-bit data saved as float: whole numbers up to 255
+    (lambda g: g * 257, lambda g: g / 255),  # 16-bit data saved as float
+    (lambda g: g / 200, lambda g: np.minimum(g / 200, 1)),  # past 1, not whole (HDR): clipped
+])
+def test_float_images_in_other_ranges(tmp_path, stored, expected):
+    gradient = np.arange(12 * 20, dtype=np.float64).reshape(12, 20) + 15  # 15 .. 254
+    path = tmp_path / "float.tif"
+    Image.fromarray(stored(gradient).astype(np.float32)).save(path)
+    loaded = images.load_image(path)
+    np.testing.assert_allclose(loaded, np.repeat(expected(gradient)[..., None], 3, axis=-1), rtol=0, atol=1e-6)
+
+
+def test_float_image_with_nan_is_refused(tmp_path):
+    samples = np.full((8, 8), 0.5, np.float32)
+    samples[3, 4] = np.nan
+    path = tmp_path / "nan.tif"
+    Image.fromarray(samples).save(path)
+    with pytest.raises(UserInputError, match="nan.tif: float samples include NaN"):
+        images.load_image(path)
+
+
 @pytest.mark.parametrize("channels, tagged_srgb", [(3, False), (4, False), (3, True)])
 def test_16_bit_colour_png_keeps_16_bit_precision(tmp_path, channels, tagged_srgb):
     samples = np.random.default_rng(1).integers(0, 65536, (11, 13, channels), dtype=np.uint16)

@@ -242,7 +242,7 @@ def _to_rgb(path, image, foreign_profile):
         # Pillow reads 16-bit grayscale as I;16 or I, with samples 0..65535.
         return _gray_to_rgb(np.asarray(image).astype(np.float32) / 65535.0)
     if mode == "F":
-        return _gray_to_rgb(np.asarray(image, np.float32))  # float files store [0, 1]
+        return _gray_to_rgb(_float_samples_to_unit(path, np.asarray(image, np.float32)))
     if foreign_profile is not None:
         converted = _to_srgb(image, foreign_profile)
         if converted is not None:
@@ -255,6 +255,20 @@ def _to_rgb(path, image, foreign_profile):
         return np.asarray(image.convert("RGB"), np.float32) / 255.0
     except ValueError:
         raise UserInputError(f"{path}: unsupported pixel format {mode!r}") from None
+
+
+def _float_samples_to_unit(path, samples):
+    """Float samples -> [0, 1]. Float files mostly hold [0, 1], but tools that save 8- or 16-bit
+    data as float keep its whole numbers (0..255, 0..65535): those are scaled back. Anything else
+    past 1 (high dynamic range) is clipped, as an integer file's range would be."""
+    if not np.isfinite(samples).all():
+        raise UserInputError(f"{path}: float samples include NaN or infinity")
+    largest = float(samples.max(initial=0.0))
+    if largest > 1.0 and np.array_equal(samples, np.round(samples)):
+        for full_scale in (255.0, 65535.0):
+            if largest <= full_scale:
+                return samples / np.float32(full_scale)
+    return samples
 
 
 def _gray_to_rgb(gray):
