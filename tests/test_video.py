@@ -16,6 +16,7 @@ import pytest
 av = pytest.importorskip("av")
 pytest.importorskip("cv2")
 
+from nst_jax.errors import UserInputError  # noqa: E402
 from nst_jax.video import flow, files as video_io  # noqa: E402
 from nst_jax.imaging.images import load_image, save_image  # noqa: E402
 from nst_jax.config.presets import preset  # noqa: E402
@@ -279,6 +280,20 @@ def _error_line(capsys):
     return err[0]
 
 
+def test_a_frames_folder_resizes_other_resolutions_and_refuses_other_shapes(tmp_path):
+    frames = translating(3, height=30, width=40)
+    folder = write_folder(tmp_path / "frames", frames)
+    save_image(folder / "f001.png", texture(60, 80, dx=2, dy=1))  # the same shape, twice the pixels
+    clip = video_io.read_clip(folder, long_side=40)
+    assert [frame.shape for frame in clip.frames] == [(30, 40, 3)] * 3
+    np.testing.assert_allclose(clip.frames[0], load_image(folder / "f000.png"), atol=1e-6)
+
+    save_image(folder / "f002.png", texture(40, 40))  # a stray square image among 4:3 frames
+    with pytest.raises(UserInputError, match=r"f002.png: 40 x 40 px, another shape than the first "
+                                             r"frame f000.png \(40 x 30 px\)"):
+        video_io.read_clip(folder, long_side=40)
+
+
 def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style_path, capsys):
     good = tmp_path / "good.mp4"
     write_mp4(good, translating(3), fps=10)
@@ -307,6 +322,7 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
         ([good, "--start", "-1"], "--start: must be >= 0"),
         ([good, "--every", "0"], "--every: must be"),
         ([good, "--batch"], "--batch: not available for videos"),
+        ([good, "--shard", "image"], "--shard: not available for videos"),
         ([good, "--temporal-wieght", "1"], "--temporal-wieght: unknown flag (did you mean --temporal-weight?)"),
         ([strip, "--image-size", "96"], "strip.mp4: 12x96 px at --image-size 96 is too small"),
     ]
@@ -326,6 +342,18 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
     assert "missing_style.png" in _error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["good.mp4", "garbage.mp4", "empty.mp4", "audio.m4a", "no_frames", "strip.mp4"])
+
+
+def test_help_leaves_out_the_image_flags_videos_refuse(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--batch", "--sweep-seed", "--shard", "--coordinator", "--report", "--init-image",
+                 "--scales", "--save-every", "--estimate-memory"):
+        assert flag not in help_text, flag
+    for flag in ("--temporal-weight", "--style-weight", "--image-size", "--preset", "--keep-frames"):
+        assert flag in help_text, flag
 
 
 def test_a_bad_video_is_one_stderr_line_from_a_real_process(tmp_path):

@@ -27,9 +27,11 @@ from nst_jax.weights.params_file import Params, ParamsMetadata
 USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--preset NAME] "
          "[flags] [--temporal-weight X] [--frame-steps N] [--start S] [--duration S] [--every N]")
 # Image flags that make no sense per frame of a clip (batches, sweeps, intermediate saves...).
-REFUSED_FLAGS = ("batch", "sweep_style_weight", "sweep_content_weight", "sweep_seed", "devices",
+REFUSED_FLAGS = ("batch", "sweep_style_weight", "sweep_content_weight", "sweep_seed", "devices", "shard",
                  "distributed", "coordinator", "num_processes", "process_id", "estimate_memory",
                  "report", "init_image")
+# Refused after parsing, by the settings they make (`parse_and_validate`); kept out of --help too.
+REFUSED_SETTINGS = ("scales", "save_every")
 
 
 @dataclasses.dataclass
@@ -47,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = build_image_parser()
     parser.prog, parser.usage = "python -m nst_jax.video", USAGE
     for action in parser._actions:  # the positionals and -o mean other things here
-        if action.dest == "content":
+        if action.dest in REFUSED_FLAGS + REFUSED_SETTINGS:
+            action.help = argparse.SUPPRESS  # still parsed, so that using one gets its one-line refusal
+        elif action.dest == "init":  # a start image file is an image's, not a clip's
+            action.choices = tuple(choice for choice in action.choices if choice != "image")
+            action.help = action.help.replace(", flat gray, or --init-image", " or flat gray")
+        elif action.dest == "content":
             action.metavar, action.help = "IN", "input video file, or a folder of frames (sorted by name)"
         elif action.dest == "output":
             action.default = "out.mp4"
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "or, for any other name, a folder of PNG frames; default: out.mp4")
     parser.description = ("Neural style transfer for videos with temporal consistency (Ruder et al. "
                           "2016). IN is a video file or a folder of frames; OUT a video (.mp4, .mov, "
-                          ".mkv) or a folder of PNG frames. Image flags as in nst_jax.cli.run.")
+                          ".mkv) or a folder of PNG frames. Image flags as in python -m nst_jax.run.")
     group = parser.add_argument_group("video")
     group.add_argument("--temporal-weight", type=_number(float), metavar="X",
                        help=f"weight of the short-term temporal loss, 0: none "
