@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from nst_jax.config.settings import Settings
+from nst_jax.config.settings import INITS, Settings
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.engine.optimize import StopRun
 from nst_jax.errors import UserInputError
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in REFUSED_FLAGS + REFUSED_SETTINGS:
             action.help = argparse.SUPPRESS  # still parsed, so that using one gets its one-line refusal
         elif action.dest == "init":  # a start image file is an image's, not a clip's
-            action.choices = tuple(choice for choice in action.choices if choice != "image")
-            action.help = action.help.replace(", flat gray, or --init-image", " or flat gray")
+            action.choices = tuple(choice for choice in INITS if choice != "image")
+            action.help = str(action.help).replace(", flat gray, or --init-image", " or flat gray")
         elif action.dest == "content":
             action.metavar, action.help = "IN", "input video file, or a folder of frames (sorted by name)"
         elif action.dest == "output":
