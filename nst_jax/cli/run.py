@@ -158,14 +158,27 @@ def _number_or_auto(kind):
 AUTO_FIELDS = ("lbfgs_memory",)
 
 
+def _items(text):
+    """The comma-separated items of a list flag, stripped: "a, b,c" -> ["a", "b", "c"]; "" -> []
+    (the settings' checks then say what an empty list means for that flag). An empty item
+    ("1,,2", "1,2,") is refused: a value was most likely left out."""
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item (two commas, or one at an end)")
+    return items
+
+
 def _comma_list(kind):
-    """argparse type for a comma-separated list flag: "1, 2,3" -> (1.0, 2.0, 3.0); empty items skipped."""
+    """argparse type for a comma-separated list flag: "1, 2,3" -> (1.0, 2.0, 3.0)."""
     def parse(text):
+        items = _items(text)
         try:
-            return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+            return tuple(kind(item) for item in items)
         except ValueError:
-            items = {int: "integers", float: "numbers"}[kind]
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {items}") from None
+            kinds = {int: "integers", float: "numbers"}[kind]
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kinds}") from None
     parse.__name__ = f"list of {kind.__name__}"
     vars(parse).update(kind=kind, is_list=True)
     return parse
@@ -173,7 +186,7 @@ def _comma_list(kind):
 
 def _names(text):
     """argparse type for a list of layer names: "relu1_1, relu2_1" -> ("relu1_1", "relu2_1")."""
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+    return tuple(_items(text))
 
 
 # Values argparse would take for flags: -1,2 and -1e3 and -inf (it only knows -1 and -1.5).
