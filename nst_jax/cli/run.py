@@ -222,6 +222,11 @@ def _field_type(field):
     return annotation, False
 
 
+def _shown(value):
+    """A default as --help shows it: floats in 6 digits (1/255000, not 3.92156862745098e-06)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="python -m nst_jax.run", usage=USAGE,
@@ -287,7 +292,7 @@ def build_parser() -> OneLineParser:
                 f"settings: {GROUP_TITLES[where.group]} (default: the preset's value)")
         scalar, is_list = _field_type(where.field)
         default = defaults.value(name)
-        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        shown = ",".join(map(_shown, default)) if isinstance(default, tuple) else _shown(default)
         text = FIELD_HELP.get(name, name.replace("_", " "))
         if name in RANGES:
             text += f" ({'each ' if is_list else ''}{RANGES[name]})"
