@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from nst_jax.engine.memory import LIMIT_ENV, estimate_memory, estimate_run
+from nst_jax.engine.memory import LIMIT_ENV, estimate_memory, estimate_run, limit_from_env
 from nst_jax.config.presets import preset
 from nst_jax.cli.run import main
 from nst_jax.engine.timings import CompileCounter
@@ -91,6 +91,22 @@ def test_cli_estimate_reports_the_whole_run(capsys, monkeypatch):
     assert status == 0 and "style passes" in printed and "3.00 GiB available" in printed
     total = float(re.search(r"about ([0-9.]+) GiB", printed).group(1))
     assert total > 100  # 8000 px of VGG-19 activations, no int32 overflow
+
+
+@pytest.mark.parametrize("value, bytes_", [("8589934592", 2**33), ("8e9", 8 * 10**9), ("8G", 2**33),
+                                            ("1.5GiB", 3 * 2**29), ("512m", 2**29)])
+def test_the_memory_limit_variable_takes_bytes_exponents_and_binary_units(value, bytes_):
+    assert limit_from_env(value) == bytes_
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "8X", "G", "1e"])
+def test_a_bad_memory_limit_variable_is_one_line_naming_it(value, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(LIMIT_ENV, value)
+    status = main([str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"), "--estimate-memory",
+                   "--image-size", "64"])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (f"error: ${LIMIT_ENV}: expected a positive number of bytes "
+                                               f"such as 8000000000, 8e9 or 8G, got {value!r}")
 
 
 def test_print_size_targets_count_one_pass_at_a_time_split_like_the_loop():

@@ -9,6 +9,7 @@ temporaries. Compiling takes seconds; running the estimate costs no optimization
 import dataclasses
 import math
 import os
+import re
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
@@ -267,12 +268,26 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     return RunEstimate(params, state, loop, targets)
 
 
+_BINARY_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_BYTES = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+def limit_from_env(text: str) -> int:
+    """$NST_JAX_MEMORY_LIMIT_BYTES's value in bytes: 8589934592, 8.5e9, 8G or 8GiB (K, M, G, T are
+    powers of 1024). Anything else is a UserInputError naming the variable."""
+    match = _BYTES.fullmatch(text)
+    if match is None or float(match.group(1)) * _BINARY_UNITS[match.group(2).upper()] < 1:
+        raise UserInputError(f"${LIMIT_ENV}: expected a positive number of bytes such as 8000000000, "
+                             f"8e9 or 8G, got {text!r}")
+    return int(float(match.group(1)) * _BINARY_UNITS[match.group(2).upper()])
+
+
 def available_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
     """Bytes a run may use on `device`: $NST_JAX_MEMORY_LIMIT_BYTES, else the accelerator's free
     memory (memory_stats), else on CPU the host's MemAvailable less a margin (HOST_MARGIN_*);
     None when unknown."""
     if os.environ.get(LIMIT_ENV):
-        return int(os.environ[LIMIT_ENV])
+        return limit_from_env(os.environ[LIMIT_ENV])
     device = device or jax.devices()[0]
     try:
         stats = device.memory_stats()
