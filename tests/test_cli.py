@@ -883,8 +883,10 @@ def test_a_stalled_run_warns_once_and_finishes(tmp_path, synthetic_params_path):
     assert output.exists()
 
 
+@pytest.mark.parametrize("optimizer, advice", [("adam", "lower --learning-rate / --style-weight"),
+                                               ("lbfgs", "or try --lbfgs-linesearch zoom")])
 def test_a_diverging_run_stops_keeps_the_last_finite_image_and_says_so(tmp_path, synthetic_params_path,
-                                                                       monkeypatch):
+                                                                       monkeypatch, optimizer, advice):
     real = files.stylize_batch
 
     def nan_from_step_20(*args, on_visit, **kwargs):
@@ -897,11 +899,12 @@ def test_a_diverging_run_stops_keeps_the_last_finite_image_and_says_so(tmp_path,
     monkeypatch.setattr(files, "stylize_batch", nan_from_step_20)
     output = tmp_path / "out.png"
     status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS,
-                            "--num-steps", "100", "--print-every", "0"])
+                            "--num-steps", "100", "--print-every", "0", "--optimizer", optimizer])
     assert status == 2 and "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and stderr.endswith(errors[0] + "\n"), stderr
-    assert "diverged" in errors[0] and "step 20" in errors[0] and "--learning-rate" in errors[0]
+    assert "diverged" in errors[0] and "step 20" in errors[0] and errors[0].endswith(advice)
+    assert ("--learning-rate" in errors[0]) == (optimizer == "adam")  # L-BFGS has no learning rate
     assert _png_description(output)["steps"] == 10  # the last visit with a finite loss
 
 

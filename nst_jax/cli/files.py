@@ -25,7 +25,7 @@ from nst_jax.engine.memory import check_fits, resolve_remat
 from nst_jax.engine.stages import scale_sizes, undersized
 from nst_jax.cli.interrupt import ctrl_c_at_visits
 from nst_jax.cli.progress import ProgressBar, write_line
-from nst_jax.cli.watch import LossWatch, check_finite
+from nst_jax.cli.watch import LossWatch, check_finite, divergence_advice
 from nst_jax.engine.timings import RunTimings
 from nst_jax.weights.params_file import Params, ParamsMetadata
 
@@ -247,14 +247,14 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                 raise
         if seen["diverged_at"] is not None:
             bar.close()
-            _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes)
+            _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes, settings)
         first = results[0]
         if first.interrupted and first.steps_done == 0:  # the start image is no result
             bar.close("interrupted before the first step; nothing written")
             return list(zip(paths, results))
         with timings.phase("write"):
             for path, extra, result in zip(paths, member_metadata, results if writes else ()):
-                check_finite(result.image, result.steps_done)
+                check_finite(result.image, result.steps_done, settings)
                 images.save_image(path, result.image, describe(steps=result.steps_done, **extra))
         state = "interrupted" if first.interrupted else "done"
         bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
@@ -275,7 +275,7 @@ def member_description(settings: Settings, member: Member, batched: bool) -> Dic
     return {"member": dataclasses.asdict(member), "settings": own.to_dict()}
 
 
-def _diverged(step, finite_visit, paths, member_metadata, describe, writes):
+def _diverged(step, finite_visit, paths, member_metadata, describe, writes, settings):
     """Write the last finite visit's images (if any), then end with one line: UserInputError."""
     kept = "nothing written"
     snapshots = finite_visit.images() if finite_visit is not None and finite_visit.step > 0 else []
@@ -284,4 +284,4 @@ def _diverged(step, finite_visit, paths, member_metadata, describe, writes):
             images.save_image(path, image, describe(steps=finite_visit.step, **extra))
         kept = f"wrote the image of step {finite_visit.step}: {_written(paths)}"
     raise UserInputError(f"the optimization diverged (the loss is NaN or infinite at step {step}; "
-                         f"{kept}): lower --learning-rate / --style-weight")
+                         f"{kept}): {divergence_advice(settings)}")

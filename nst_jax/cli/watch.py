@@ -10,11 +10,20 @@ from nst_jax.engine.stylize import Visit
 from nst_jax.errors import UserInputError
 
 
-def check_finite(image: npt.ArrayLike, steps_done: int) -> None:
+def divergence_advice(settings: Settings) -> str:
+    """What to change after a run diverged: L-BFGS has no learning rate to lower."""
+    if settings.optimizer.name != "lbfgs":
+        return "lower --learning-rate / --style-weight"
+    if settings.optimizer.lbfgs_linesearch == "none":
+        return "lower --style-weight / --content-weight, or try --lbfgs-linesearch zoom"
+    return "lower --style-weight / --content-weight"
+
+
+def check_finite(image: npt.ArrayLike, steps_done: int, settings: Settings) -> None:
     """A diverged run is the user's settings' doing: say so in one line instead of saving NaNs."""
     if not np.isfinite(image).all():
-        raise UserInputError(f"the optimization diverged (NaN pixels) by step {steps_done}; "
-                             f"lower --learning-rate or the loss weights")
+        raise UserInputError(f"the optimization diverged (NaN pixels) by step {steps_done}: "
+                             f"{divergence_advice(settings)}")
 
 
 # A loss that moves less than this (relative) over STALL_VISITS visits spanning at least
