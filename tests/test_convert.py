@@ -257,7 +257,7 @@ def test_keras_missing_layer_and_wrong_shape_reported_together(tmp_path):
         file["block1_conv1"].create_dataset("block1_conv1/kernel", data=np.zeros((3, 3, 4, 64), "f4"))
     message = refuse(public, match="not the VGG-19 layout")
     assert "- conv3_4 (block3_conv4)" in message
-    assert "block1_conv1 has (3,3,4,64) (64), expected kernel (3,3,3,64) and bias (64)" in message
+    assert "; block1_conv1: kernel is (3,3,4,64), not (3,3,3,64)" in message
 
 
 def test_torch_missing_unexpected_and_wrong_shape_reported_together(tmp_path):
@@ -269,12 +269,14 @@ def test_torch_missing_unexpected_and_wrong_shape_reported_together(tmp_path):
     del state["features.16.weight"], state["features.16.bias"]
     state["features.99.weight"] = torch.zeros(3)
     state["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    del state["features.2.bias"], state["features.5.weight"]
     public = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save(state, public)
     message = refuse(public, match="not the VGG-19 layout")
     assert "- conv3_4 (features.16)" in message
     assert "+ features.99" in message
-    assert "features.0 has (64,3,5,5) (64), expected kernel (64,3,3,3) and bias (64)" in message
+    assert "; features.0: kernel is (64,3,5,5), not (64,3,3,3)" in message
+    assert "; features.2: no bias (64)" in message and "; features.5: no kernel (128,64,3,3)" in message
 
 
 @pytest.mark.parametrize("layout, name", [

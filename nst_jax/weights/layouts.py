@@ -129,6 +129,19 @@ def _shape_text(shape):
     return "(" + ",".join(str(size) for size in shape) + ")"
 
 
+def _shape_problems(shapes, expected):
+    """What differs between a layer's weight shapes (file order) and its (kernel, bias) shapes:
+    "kernel is (64,3,5,5), not (64,3,3,3)", "no bias (64)", "an extra array (3)"."""
+    roles = ("kernel", "bias")
+    if len(shapes) == 1 and shapes[0] == expected[1]:  # the bias alone
+        return f"no kernel {_shape_text(expected[0])}"
+    found = [f"{role} is {_shape_text(got)}, not {_shape_text(want)}"
+             for role, want, got in zip(roles, expected, shapes) if got != want]
+    found += [f"no {role} {_shape_text(want)}" for role, want in zip(roles, expected)][len(shapes):]
+    found += [f"an extra array {_shape_text(extra)}" for extra in shapes[len(expected):]]
+    return " and ".join(found)
+
+
 def match_layers(path: PathLike, found: Mapping[str, Sequence[Sequence[int]]], naming: str) -> Dict[str, str]:
     """Map our conv names to a file's layer names, or refuse with every problem in one line.
 
@@ -154,9 +167,7 @@ def match_layers(path: PathLike, found: Mapping[str, Sequence[Sequence[int]]], n
         expected = expected_shapes(ours, naming)
         shapes = tuple(tuple(shape) for shape in body[public])
         if shapes != expected:
-            problems.append(f"{public} has {' '.join(map(_shape_text, shapes)) or 'no weights'}, "
-                            f"expected kernel {_shape_text(expected[0])} "
-                            f"and bias {_shape_text(expected[1])}")
+            problems.append(f"{public}: {_shape_problems(shapes, expected)}")
     if problems:
         raise WeightsFileError(f"{path}: not the VGG-19 layout nst-jax reads: {'; '.join(problems)}")
     return {ours: public for public, ours in public_to_ours.items()}  # table is in network order
