@@ -89,7 +89,8 @@ FIELD_HELP = {
                        "or recombine YCbCr chroma after the run",
     "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
     "print_every": "print the loss terms every N steps (0: never)",
-    "save_every": "also save the image every N steps as OUT_<step>.png (0: only at the end)",
+    "save_every": "also save the image every N steps before the last, as OUT_<step> in OUT's format "
+                  "(0: only at the end)",
 }
 
 
@@ -153,6 +154,9 @@ def _number_or_auto(kind):
     vars(parse).update(kind=kind, is_list=False)
     return parse
 
+
+# Settings that name a file (their metavar).
+FILE_FIELDS = ("init_image",)
 
 # Number flags that also take "auto".
 AUTO_FIELDS = ("lbfgs_memory",)
@@ -245,8 +249,9 @@ def build_parser() -> OneLineParser:
                         help="params file (.npz from python -m weights_tools.convert) or a public VGG-19 file; "
                              "default: $NST_JAX_WEIGHTS, else the Keras weights, downloaded once")
     parser.add_argument("--report", metavar="FILE.json",
-                        help="also write where the time went (start-up, weights, compiling, steps, "
-                             "writing) and the loss at each progress visit, as JSON")
+                        help="also write where the time went (start-up, images, weights, compiling, steps, "
+                             "writing), the compiled programs, peak memory and the loss at each progress "
+                             "visit, as JSON")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="compile every program afresh instead of keeping compiled programs "
                              "in the cache folder ($NST_JAX_CACHE/xla) for later runs")
@@ -306,7 +311,8 @@ def build_parser() -> OneLineParser:
         elif scalar in (int, float):
             kwargs["type"] = (_number_or_auto if name in AUTO_FIELDS else _number)(scalar)
         if "choices" not in kwargs and scalar is not bool:
-            kwargs["metavar"] = "LIST" if is_list else {int: "N", float: "X"}.get(scalar, "VALUE")
+            kwargs["metavar"] = ("LIST" if is_list else "FILE" if name in FILE_FIELDS
+                                 else {int: "N", float: "X"}.get(scalar, "VALUE"))
         groups[where.group].add_argument("--" + _flag(name), **kwargs)
     return parser
 
