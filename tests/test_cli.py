@@ -983,6 +983,23 @@ class _Terminal(io.StringIO):
         return True
 
 
+def test_progress_rates_of_a_new_scale_exclude_its_compiling():
+    from nst_jax.cli.progress import ProgressBar
+    stream = io.StringIO()
+    bar = ProgressBar(40, stream=stream)
+    bar.update(10, force_line=True, scale="scale 1/2 (45 px)")
+    time.sleep(0.05)
+    bar.update(20, force_line=True, scale="scale 1/2 (45 px)")
+    time.sleep(0.3)  # the next scale compiling, before its first visit
+    bar.update(30, force_line=True, scale="scale 2/2 (64 px)")
+    time.sleep(0.05)
+    bar.update(40, force_line=True, scale="scale 2/2 (64 px)")
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["scale 1/2 (45 px)"] * 2 + ["scale 2/2 (64 px)"] * 2
+    assert "? it/s" in lines[2]  # a new scale's first visit: no rate yet
+    assert float(re.search(r"([0-9.]+) it/s", lines[3]).group(1)) > 50  # 10 steps in ~0.05 s, not 0.35
+
+
 def test_progress_bar_on_a_terminal_keeps_lines_off_the_bar_and_rates_exclude_compiling():
     from nst_jax.cli.progress import ProgressBar, write_line
     stream = _Terminal()

@@ -2,7 +2,8 @@
 
 Lines meant to stay (the --print-every lines, warnings) go through `write_line`, which tqdm
 prints above the bar, so they never land on it. The rate and time left count from the first
-host visit: the first chunk includes XLA's compilation, which says nothing about the steps.
+host visit (of each scale, in multi-scale runs): the first chunk includes XLA's compilation,
+which says nothing about the steps.
 """
 
 import sys
@@ -43,12 +44,19 @@ class ProgressBar:
         # The first visit's step and time (perf_counter), set together: rates count from there.
         self.first_step: Optional[int] = None
         self.first_time: Optional[float] = None
+        self.scale = ""  # the scale of the latest visit (multi-scale runs)
 
     def update(self, step: int, terms: Optional[Mapping[str, float]] = None, force_line: bool = False,
                scale: str = "") -> None:
         """Show progress at `step`; terms is {name: value}; scale e.g. "scale 2/3 (362 px)"."""
         now = time.perf_counter()
-        # The first chunk includes compilation: rate from later ones.
+        # The first chunk includes compilation: rate from later ones. A new scale compiles anew
+        # and runs at another speed: its rate counts from its own first visit, on a new bar.
+        if scale != self.scale:
+            self.scale, self.first_step, self.first_time = scale, None, None
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
         if self.first_step is None or self.first_time is None:
             self.first_step, self.first_time = step, now
         elapsed = now - self.first_time
