@@ -35,7 +35,7 @@ def test_cli_estimate_prints_one_line_and_runs_nothing(tmp_path, capsys):
                    "--style-layers", "relu1_1,relu2_1", "--sweep-seed", "0,1", "--devices", "1"])
     printed = capsys.readouterr().out.strip()
     assert status == 0
-    assert printed.startswith("48x64 px, 2 image(s) on 1 device(s)") and "GiB" in printed
+    assert printed.startswith("64x48 px, 2 image(s) on 1 device(s)") and "GiB" in printed
     assert not output.exists() and list(tmp_path.iterdir()) == []
 
 

@@ -289,8 +289,8 @@ def test_a_frames_folder_resizes_other_resolutions_and_refuses_other_shapes(tmp_
     np.testing.assert_allclose(clip.frames[0], load_image(folder / "f000.png"), atol=1e-6)
 
     save_image(folder / "f002.png", texture(40, 40))  # a stray square image among 4:3 frames
-    with pytest.raises(UserInputError, match=r"f002.png: 40 x 40 px, another shape than the first "
-                                             r"frame f000.png \(40 x 30 px\)"):
+    with pytest.raises(UserInputError, match=r"f002.png: 40x40 px, another shape than the first "
+                                             r"frame f000.png \(40x30 px\)"):
         video_io.read_clip(folder, long_side=40)
 
 
@@ -324,7 +324,7 @@ def test_bad_inputs_give_one_line_and_status_2_and_leave_nothing(tmp_path, style
         ([good, "--batch"], "--batch: not available for videos"),
         ([good, "--shard", "image"], "--shard: not available for videos"),
         ([good, "--temporal-wieght", "1"], "--temporal-wieght: unknown flag (did you mean --temporal-weight?)"),
-        ([strip, "--image-size", "96"], "strip.mp4: 12x96 px at --image-size 96 is too small"),
+        ([strip, "--image-size", "96"], "strip.mp4: 96x12 px at --image-size 96 is too small"),
     ]
     for arguments, expected in cases:
         assert main([arguments[0], style_path, "-o", out, *arguments[1:], "--no-compile-cache"]) == 2

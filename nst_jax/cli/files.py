@@ -96,7 +96,7 @@ def refuse_undersized(settings: Settings, content_path: PathLike, content_shape:
     else:
         where = f"as a style at --style-scale {settings.image.style_scale:g}"
         path, fix = style_paths[problem.style_index], "raise --style-scale or --image-size"
-    raise UserInputError(f"{path}: {height}x{width} px {where} is too small for the layers the loss reads "
+    raise UserInputError(f"{path}: {width}x{height} px {where} is too small for the layers the loss reads "
                          f"(each side needs at least {problem.needed} px); {fix}")
 
 

@@ -518,7 +518,7 @@ def memory_report(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) 
     gib = lambda size: f"{size / 2**30:.2f} GiB"  # noqa: E731
     split = ", each image split by rows" if shard == "image" and devices > 1 else ""
     lbfgs = settings.optimizer.name == "lbfgs"
-    line = (f"{out_height}x{out_width} px, {members} image(s) on {devices} device(s) ({per_device} per "
+    line = (f"{out_width}x{out_height} px, {members} image(s) on {devices} device(s) ({per_device} per "
             f"device{split}), {settings.optimizer.name}"
             f"{f' (memory {settings.optimizer.lbfgs_memory})' if lbfgs else ''}: about {gib(estimate.total)} per device (params "
             f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "

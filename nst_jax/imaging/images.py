@@ -69,7 +69,7 @@ def resize_to(rgb: npt.ArrayLike, height: int, width: int) -> np.ndarray:
     8 bits; the result is clipped to [0, 1] because Lanczos overshoots at sharp edges.
     """
     if height < 1 or width < 1:
-        raise ValueError(f"cannot resize to {height}x{width} pixels")
+        raise ValueError(f"cannot resize to {width}x{height} pixels")
     pixels = np.asarray(rgb, np.float32)
     if pixels.ndim != 3:
         raise ValueError(f"image must have shape (H, W, C), got {pixels.shape}")

@@ -148,8 +148,8 @@ def _same_shape_frame(path, first_path, first_shape, long_side):
     if (images.long_side_shape(frame.shape[0], frame.shape[1], long_side)
             != images.long_side_shape(first_shape[0], first_shape[1], long_side)):
         raise UserInputError(
-            f"{path}: {frame.shape[1]} x {frame.shape[0]} px, another shape than the first frame "
-            f"{first_path.name} ({first_shape[1]} x {first_shape[0]} px): a folder's frames must share one shape")
+            f"{path}: {frame.shape[1]}x{frame.shape[0]} px, another shape than the first frame "
+            f"{first_path.name} ({first_shape[1]}x{first_shape[0]} px): a folder's frames must share one shape")
     return frame
 
 
