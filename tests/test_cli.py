@@ -946,6 +946,21 @@ def test_every_command_ends_a_run_out_of_memory_in_one_line(capsys):
     assert capsys.readouterr().err.startswith("error: the run does not fit in memory (MemoryError)")
 
 
+def test_a_reader_closing_stdout_ends_the_command_quietly():
+    """`--estimate-memory | head -1`: once the reader has gone, writing fails with EPIPE; that ends
+    the command with the status of a closed pipe (141), without a traceback."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from nst_jax.cli import interrupt\n"
+                               "def floods():\n"
+                               "    while True:\n"
+                               "        print('x' * 1000, flush=True)\n"
+                               "raise SystemExit(interrupt.exit_status(floods, 'interrupted'))"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader leaves before the first line
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141 and stderr == "", stderr
+
+
 def test_a_run_diverging_at_once_writes_nothing(tmp_path, synthetic_params_path):
     status, stderr, output = _run_or_refuse(tmp_path, "--style-weight", "1e38", weights=synthetic_params_path)
     assert status == 2 and "diverged" in stderr and "nothing written" in stderr

@@ -106,6 +106,9 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
     except KeyboardInterrupt:
         print(interrupted_line, file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader left (`--estimate-memory | head -1`): nothing to say
+        _silence_stdout()
+        return 128 + signal.SIGPIPE  # what a shell shows for a command a closed pipe ended
     except Exception as error:  # an allocation that failed is a run that does not fit: one line
         refusal = memory_refusal(error)
         if refusal is None:
@@ -113,3 +116,13 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     return 130 if result is not None and result.interrupted else 0
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe
+    again (the recipe of Python's signal module documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout (embedded)
+        pass
