@@ -998,6 +998,29 @@ class _Terminal(io.StringIO):
         return True
 
 
+def test_progress_bar_shows_on_a_terminal_that_reports_no_size():
+    """Some pseudo-terminals report 0 x 0: tqdm then drew nothing at all."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    from nst_jax.cli.progress import ProgressBar
+    main_fd, terminal_fd = pty.openpty()
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    with open(terminal_fd, "w", closefd=True) as terminal:
+        bar = ProgressBar(100, stream=terminal)
+        bar.update(10, {"total": 3.0})
+        terminal.flush()
+        os.set_blocking(main_fd, False)
+        try:
+            shown = os.read(main_fd, 65536).decode(errors="replace")
+        except BlockingIOError:  # nothing drawn
+            shown = ""
+        bar.close()
+    os.close(main_fd)
+    assert "10/100" in shown and "loss 3" in shown, shown
+
+
 def test_progress_rates_of_a_new_scale_exclude_its_compiling():
     from nst_jax.cli.progress import ProgressBar
     stream = io.StringIO()

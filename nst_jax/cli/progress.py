@@ -6,11 +6,22 @@ host visit (of each scale, in multi-scale runs): the first chunk includes XLA's 
 which says nothing about the steps.
 """
 
+import os
 import sys
 import time
 from typing import Mapping, Optional, TextIO
 
 from tqdm import tqdm
+
+
+FALLBACK_COLUMNS, FALLBACK_ROWS = 100, 24
+
+
+def _reports_no_width(stream):
+    try:
+        return os.get_terminal_size(stream.fileno()).columns == 0
+    except (OSError, ValueError, AttributeError):  # not a terminal's file descriptor
+        return False
 
 
 def _format_seconds(seconds):
@@ -65,8 +76,11 @@ class ProgressBar:
         label = f"{scale}, {self.label}" if scale else self.label
         if self.interactive:
             if self.bar is None:
+                # A terminal that reports 0 columns (some pseudo-terminals) would get an empty bar.
+                width = ({"ncols": FALLBACK_COLUMNS, "nrows": FALLBACK_ROWS} if _reports_no_width(self.stream)
+                         else {"dynamic_ncols": True})
                 self.bar = tqdm(total=self.total, initial=step, file=self.stream, desc=label,
-                                postfix=loss, dynamic_ncols=True, unit="step", leave=False)
+                                postfix=loss, unit="step", leave=False, **width)
             else:
                 self.bar.set_description(label, refresh=False)
                 self.bar.set_postfix_str(loss, refresh=False)
