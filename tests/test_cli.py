@@ -946,19 +946,29 @@ def test_every_command_ends_a_run_out_of_memory_in_one_line(capsys):
     assert capsys.readouterr().err.startswith("error: the run does not fit in memory (MemoryError)")
 
 
-def test_a_reader_closing_stdout_ends_the_command_quietly():
+@pytest.mark.parametrize("writes", ["a flood of lines", "one buffered line"])
+def test_a_reader_closing_stdout_ends_the_command_quietly(writes):
     """`--estimate-memory | head -1`: once the reader has gone, writing fails with EPIPE; that ends
-    the command with the status of a closed pipe (141), without a traceback."""
+    the command with the status of a closed pipe (141), without a traceback, also when the
+    output waited in Python's buffer (stdout to a pipe, PYTHONUNBUFFERED unset)."""
+    command = {"a flood of lines": "    while True:\n        print('x' * 1000, flush=True)\n",
+               "one buffered line": "    time.sleep(1)\n    print('x' * 100)\n"}[writes]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
     child = subprocess.Popen(
-        [sys.executable, "-c", "from nst_jax.cli import interrupt\n"
-                               "def floods():\n"
-                               "    while True:\n"
-                               "        print('x' * 1000, flush=True)\n"
-                               "raise SystemExit(interrupt.exit_status(floods, 'interrupted'))"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [sys.executable, "-c", "import time\nfrom nst_jax.cli import interrupt\ndef command():\n" + command +
+         "raise SystemExit(interrupt.exit_status(command, 'interrupted'))"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     child.stdout.close()  # the reader leaves before the first line
-    stderr = child.stderr.read().decode()
-    assert child.wait(timeout=60) == 141 and stderr == "", stderr
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 141 and stderr.decode() == "", stderr
+
+
+def test_another_broken_pipe_is_not_taken_for_the_reader_leaving():
+    def breaks():
+        raise BrokenPipeError("a peer host went away")
+
+    with pytest.raises(BrokenPipeError):
+        interrupt.exit_status(breaks, "interrupted")
 
 
 def test_a_run_diverging_at_once_writes_nothing(tmp_path, synthetic_params_path):

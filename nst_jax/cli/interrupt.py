@@ -3,6 +3,7 @@ command lines' exit statuses (0 done, 2 bad input, 130 interrupted)."""
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -100,13 +101,17 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
     before the run's own watcher is up (while importing or loading) prints `interrupted_line`, 130."""
     try:
         result = command()
+        sys.stdout.flush()  # a pipe's buffered output: written here, where a closed pipe is caught
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted_line, file=sys.stderr)
         return 130
-    except BrokenPipeError:  # stdout's reader left (`--estimate-memory | head -1`): nothing to say
+    except BrokenPipeError:
+        if not _stdout_reader_left():
+            raise  # another pipe (a download, a peer host) broke: not the reader's doing
+        # stdout's reader left (`--estimate-memory | head -1`): nothing more to say to it.
         _silence_stdout()
         return 128 + signal.SIGPIPE  # what a shell shows for a command a closed pipe ended
     except Exception as error:  # an allocation that failed is a run that does not fit: one line
@@ -116,6 +121,16 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     return 130 if result is not None and result.interrupted else 0
+
+
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout
+        return False
 
 
 def _silence_stdout():
