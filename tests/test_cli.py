@@ -1031,32 +1031,58 @@ def test_progress_bar_shows_on_a_terminal_that_reports_no_size():
     assert "10/100" in shown and "loss 3" in shown, shown
 
 
-def test_progress_rates_of_a_new_scale_exclude_its_compiling():
+class _Clock:
+    """A clock the test moves: rates without sleeping, exact on a loaded machine."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _rate_and_eta(line):
+    match = re.search(r"(\S+) it/s  eta (\S+)$", line)
+    return match.group(1), match.group(2)
+
+
+def test_progress_rates_of_a_new_scale_exclude_its_compiling_and_time_left_weighs_later_scales():
     from nst_jax.cli.progress import ProgressBar
-    stream = io.StringIO()
-    bar = ProgressBar(40, stream=stream)
-    bar.update(10, force_line=True, scale="scale 1/2 (45 px)")
-    time.sleep(0.05)
-    bar.update(20, force_line=True, scale="scale 1/2 (45 px)")
-    time.sleep(0.3)  # the next scale compiling, before its first visit
-    bar.update(30, force_line=True, scale="scale 2/2 (64 px)")
-    time.sleep(0.05)
-    bar.update(40, force_line=True, scale="scale 2/2 (64 px)")
+    stream, clock = io.StringIO(), _Clock()
+    bar = ProgressBar(40, stream=stream, clock=clock)
+    first, second = "scale 1/2 (45 px)", "scale 2/2 (64 px)"
+    bar.update(10, scale=first, work_left=30)  # not printed: no --print-every visit
+    clock.now += 1.0
+    bar.update(15, force_line=True, scale=first, work_left=25)
+    clock.now += 1.0
+    bar.update(20, force_line=True, scale=first, work_left=20)
+    clock.now += 6.0  # the next scale compiling, before its first visit
+    bar.update(30, force_line=True, scale=second, work_left=10)
+    clock.now += 4.0
+    bar.update(40, force_line=True, scale=second, work_left=0)
     lines = stream.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines] == ["scale 1/2 (45 px)"] * 2 + ["scale 2/2 (64 px)"] * 2
-    assert "? it/s" in lines[2]  # a new scale's first visit: no rate yet
-    assert float(re.search(r"([0-9.]+) it/s", lines[3]).group(1)) > 50  # 10 steps in ~0.05 s, not 0.35
+    assert [line.split(",")[0] for line in lines] == [first, first, second, second]
+    # 5 steps a second from the first (unprinted) visit; work_left at that rate is the time left.
+    assert [_rate_and_eta(line) for line in lines] == [("5.00", "0:05"), ("5.00", "0:04"), ("?", "?"),
+                                                      ("2.50", "0:00")]
+
+
+def test_time_left_counts_a_later_scales_steps_by_its_pixels():
+    visit = types.SimpleNamespace(step=4, scale=0)
+    assert files._work_left(visit, 8, [45, 90]) == pytest.approx(4 + 8 * 4)  # twice the side: 4x per step
+    assert files._work_left(types.SimpleNamespace(step=12, scale=1), 8, [45, 90]) == 4
 
 
 def test_progress_bar_on_a_terminal_keeps_lines_off_the_bar_and_rates_exclude_compiling():
     from nst_jax.cli.progress import ProgressBar, write_line
-    stream = _Terminal()
-    bar = ProgressBar(100, stream=stream)
-    time.sleep(0.3)  # "compiling": before the first visit, not counted in the rate
+    stream, clock = _Terminal(), _Clock()
+    bar = ProgressBar(100, stream=stream, clock=clock)
+    clock.now += 3.0  # "compiling": before the first visit, not counted in the rate
     bar.update(10, {"total": 3.0, "content": 1.0, "style": 2.0, "tv": 0.0}, force_line=True)
     write_line("warning: something", stream)
-    time.sleep(0.05)
+    clock.now += 0.5
     bar.update(20, {"total": 2.0}, force_line=True)
+    assert bar.bar.postfix.endswith("loss 2, eta 0:04")  # the bar shows the line's time left
     bar.close("done")
     text = stream.getvalue()
     lines = text.replace("\r", "\n").split("\n")
@@ -1064,5 +1090,4 @@ def test_progress_bar_on_a_terminal_keeps_lines_off_the_bar_and_rates_exclude_co
     assert "warning: something" in lines and "done" in lines
     kept = [line for line in lines if line.startswith("step ")]
     assert "? it/s" in kept[0]
-    rate = float(re.search(r"([0-9.]+) it/s", kept[1]).group(1))
-    assert rate > 50  # 10 steps in ~0.05 s; counting the 0.3 s before the first visit gives < 30
+    assert _rate_and_eta(kept[1]) == ("20.00", "0:04")  # 10 steps in 0.5 s, not in 3.5 s

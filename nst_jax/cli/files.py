@@ -225,10 +225,11 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                 write_line(stall, out)
             at_print = settings.output.print_every and (visit.step % settings.output.print_every == 0
                                                  or visit.step == total_steps)
-            if writes and (bar.interactive or at_print):
+            if writes:
                 scale = (f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)"
                          if visit.scales > 1 else "")
-                bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale)
+                bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale,
+                           work_left=_work_left(visit, settings.optimizer.num_steps, sizes))
             if settings.output.save_every and visit.step % settings.output.save_every == 0 and visit.step < total_steps:
                 snapshots = visit.images()  # a collective across hosts: every host takes part
                 for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
@@ -273,6 +274,14 @@ def member_description(settings: Settings, member: Member, batched: bool) -> Dic
     own = settings.replace(style_weight=member.style_weight, content_weight=member.content_weight,
                            tv_weight=member.tv_weight, seed=member.seed)
     return {"member": dataclasses.asdict(member), "settings": own.to_dict()}
+
+
+def _work_left(visit, steps_per_scale, sizes):
+    """Steps left, counted at the current scale's cost: a later scale's step costs about its
+    pixel count's share more ((its side / this side)²)."""
+    done_here = visit.step - visit.scale * steps_per_scale
+    later = sum((side / sizes[visit.scale]) ** 2 for side in sizes[visit.scale + 1:])
+    return steps_per_scale - done_here + steps_per_scale * later
 
 
 def _diverged(step, finite_visit, paths, member_metadata, describe, writes, settings):

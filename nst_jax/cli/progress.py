@@ -9,12 +9,15 @@ which says nothing about the steps.
 import os
 import sys
 import time
-from typing import Mapping, Optional, TextIO
+from typing import Callable, Mapping, Optional, TextIO
 
 from tqdm import tqdm
 
 
 FALLBACK_COLUMNS, FALLBACK_ROWS = 100, 24
+# tqdm's own bar without its time left, which counts all steps at the current scale's rate: ours
+# is in the postfix.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 def _reports_no_width(stream):
@@ -45,22 +48,29 @@ def format_terms(terms: Optional[Mapping[str, float]]) -> str:
 
 
 class ProgressBar:
-    """A tqdm bar on a terminal (made at the first visit); a plain line per forced update elsewhere."""
+    """A tqdm bar on a terminal (made at the first visit); plain lines (forced updates) elsewhere.
 
-    def __init__(self, total: int, stream: Optional[TextIO] = None, label: str = "step") -> None:
-        self.total, self.label = total, label
+    Call `update` at every host visit: the rate counts from the first visit (of each scale), and
+    a line is printed only when forced (the --print-every visits).
+    """
+
+    def __init__(self, total: int, stream: Optional[TextIO] = None, label: str = "step",
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.total, self.label, self.clock = total, label, clock
         self.stream = stream if stream is not None else sys.stderr
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
-        # The first visit's step and time (perf_counter), set together: rates count from there.
+        # The first visit's step and time (clock), set together: rates count from there.
         self.first_step: Optional[int] = None
         self.first_time: Optional[float] = None
         self.scale = ""  # the scale of the latest visit (multi-scale runs)
 
     def update(self, step: int, terms: Optional[Mapping[str, float]] = None, force_line: bool = False,
-               scale: str = "") -> None:
-        """Show progress at `step`; terms is {name: value}; scale e.g. "scale 2/3 (362 px)"."""
-        now = time.perf_counter()
+               scale: str = "", work_left: Optional[float] = None) -> None:
+        """Progress at `step`; terms is {name: value}; scale e.g. "scale 2/3 (362 px)"; work_left:
+        what is left in steps of the current scale's cost (default: the steps left), for the
+        time left of a multi-scale run, whose later scales' steps cost more."""
+        now = self.clock()
         # The first chunk includes compilation: rate from later ones. A new scale compiles anew
         # and runs at another speed: its rate counts from its own first visit, on a new bar.
         if scale != self.scale:
@@ -72,21 +82,23 @@ class ProgressBar:
             self.first_step, self.first_time = step, now
         elapsed = now - self.first_time
         rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
+        left = self.total - step if work_left is None else work_left
+        eta = _format_seconds(left / rate) if rate else "?"
         loss = format_terms(terms)
         label = f"{scale}, {self.label}" if scale else self.label
         if self.interactive:
+            postfix = f"{loss}, eta {eta}" if loss else f"eta {eta}"
             if self.bar is None:
                 # A terminal that reports 0 columns (some pseudo-terminals) would get an empty bar.
                 width = ({"ncols": FALLBACK_COLUMNS, "nrows": FALLBACK_ROWS} if _reports_no_width(self.stream)
                          else {"dynamic_ncols": True})
-                self.bar = tqdm(total=self.total, initial=step, file=self.stream, desc=label,
-                                postfix=loss, unit="step", leave=False, **width)
+                self.bar = tqdm(total=self.total, initial=step, file=self.stream, desc=label, postfix=postfix,
+                                unit="step", leave=False, bar_format=BAR_FORMAT, **width)
             else:
                 self.bar.set_description(label, refresh=False)
-                self.bar.set_postfix_str(loss, refresh=False)
+                self.bar.set_postfix_str(postfix, refresh=False)
                 self.bar.update(step - self.bar.n)
-        if force_line or not self.interactive:
-            eta = _format_seconds((self.total - step) / rate) if rate else "?"
+        if force_line:
             shown = f"{rate:.2f}" if rate else "?"
             line = (f"{label} {step:>{len(str(self.total))}}/{self.total} {loss}  "
                     f"{shown} it/s  eta {eta}")
