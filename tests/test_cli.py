@@ -1012,6 +1012,7 @@ def test_progress_bar_shows_on_a_terminal_that_reports_no_size():
     """Some pseudo-terminals report 0 x 0: tqdm then drew nothing at all."""
     import fcntl
     import pty
+    import select
     import struct
     import termios
     from nst_jax.cli.progress import ProgressBar
@@ -1021,11 +1022,10 @@ def test_progress_bar_shows_on_a_terminal_that_reports_no_size():
         bar = ProgressBar(100, stream=terminal)
         bar.update(10, {"total": 3.0})
         terminal.flush()
-        os.set_blocking(main_fd, False)
-        try:
-            shown = os.read(main_fd, 65536).decode(errors="replace")
-        except BlockingIOError:  # nothing drawn
-            shown = ""
+        shown, deadline = "", time.monotonic() + 10
+        while "10/100" not in shown and time.monotonic() < deadline:  # the pty passes data on asynchronously
+            if select.select([main_fd], [], [], 0.5)[0]:
+                shown += os.read(main_fd, 65536).decode(errors="replace")
         bar.close()
     os.close(main_fd)
     assert "10/100" in shown and "loss 3" in shown, shown

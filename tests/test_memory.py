@@ -94,12 +94,13 @@ def test_cli_estimate_reports_the_whole_run(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("value, bytes_", [("8589934592", 2**33), ("8e9", 8 * 10**9), ("8G", 2**33),
-                                            ("1.5GiB", 3 * 2**29), ("512m", 2**29)])
+                                            ("1.5GiB", 3 * 2**29), ("512m", 2**29), ("8e+9", 8 * 10**9),
+                                            ("100B", 100)])
 def test_the_memory_limit_variable_takes_bytes_exponents_and_binary_units(value, bytes_):
     assert limit_from_env(value) == bytes_
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "0", "8X", "G", "1e"])
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "8X", "G", "1e", "8e400", "8b8", "8iB"])
 def test_a_bad_memory_limit_variable_is_one_line_naming_it(value, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv(LIMIT_ENV, value)
     status = main([str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"), "--estimate-memory",

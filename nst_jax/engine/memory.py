@@ -269,17 +269,18 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
 
 
 _BINARY_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_BYTES = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+_BYTES = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\+?\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*", re.IGNORECASE)
 
 
 def limit_from_env(text: str) -> int:
     """$NST_JAX_MEMORY_LIMIT_BYTES's value in bytes: 8589934592, 8.5e9, 8G or 8GiB (K, M, G, T are
     powers of 1024). Anything else is a UserInputError naming the variable."""
     match = _BYTES.fullmatch(text)
-    if match is None or float(match.group(1)) * _BINARY_UNITS[match.group(2).upper()] < 1:
+    size = float(match.group(1)) * _BINARY_UNITS[(match.group(2) or "").upper()] if match else math.nan
+    if not 1 <= size < math.inf:
         raise UserInputError(f"${LIMIT_ENV}: expected a positive number of bytes such as 8000000000, "
                              f"8e9 or 8G, got {text!r}")
-    return int(float(match.group(1)) * _BINARY_UNITS[match.group(2).upper()])
+    return int(size)
 
 
 def available_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
