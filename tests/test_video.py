@@ -52,11 +52,14 @@ def translating(count, height=48, width=48, step=(2.0, 1.0)):
     return [texture(height, width, step[0] * i, step[1] * i) for i in range(count)]
 
 
-def write_mp4(path, frames, fps=10, audio=False):
-    """An H.264 clip of `frames`, with a mono AAC tone as long as the video when `audio`."""
+def write_mp4(path, frames, fps=10, audio=False, rotation=0):
+    """An H.264 clip of `frames`, with a mono AAC tone as long as the video when `audio`, tagged
+    to be shown turned `rotation` degrees counter-clockwise (a phone's portrait video)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         if audio:
             sound = container.add_stream("aac", rate=44100)
             sound.layout = "mono"
@@ -278,6 +281,20 @@ def _error_line(capsys):
     assert len(err) == 1, err
     assert err[0].startswith("error: ")
     return err[0]
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_a_video_tagged_to_be_turned_is_read_as_players_show_it(tmp_path, rotation):
+    stored = np.zeros((32, 48, 3))
+    stored[:, :24] = 1.0  # left half white: after a quarter turn it is the top or bottom half
+    path = tmp_path / "phone.mp4"
+    write_mp4(path, [stored] * 2, rotation=rotation)
+    assert next(av.open(str(path)).decode(video=0)).rotation % 360 == rotation  # the tag reads back
+    clip = video_io.read_clip(path, long_side=48)
+    shown = np.rot90(stored, rotation // 90)  # counter-clockwise, as the tag says
+    assert clip.source_size == (shown.shape[1], shown.shape[0])  # a video output keeps it
+    assert clip.frames[0].shape == shown.shape
+    np.testing.assert_allclose(clip.frames[0], shown, atol=0.1)  # H.264's rounding
 
 
 def test_a_frames_folder_resizes_other_resolutions_and_refuses_other_shapes(tmp_path):

@@ -108,9 +108,9 @@ def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Opti
                     continue
                 times.append(seconds)
                 if (len(times) - 1) % every == 0:  # decode all, keep every Nth of the selection
-                    frames.append(images.resize_long_side(frame.to_ndarray(format="rgb24") / 255.0,
-                                                          long_side))
-                    size = (frame.width, frame.height)
+                    rgb = _upright(frame)
+                    frames.append(images.resize_long_side(rgb / 255.0, long_side))
+                    size = (rgb.shape[1], rgb.shape[0])
         except (av.FFmpegError, OSError, ValueError) as error:
             raise UserInputError(f"{path}: cannot decode the video ({reason(error)})") from None
         if count == 0:
@@ -120,6 +120,14 @@ def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Opti
             raise _range_error(path, length, start, duration)
         return Clip(os.fspath(path), frames, rate / every, size, audio=bool(container.streams.audio),
                     start=start, end=end)
+
+
+def _upright(frame) -> np.ndarray:
+    """A decoded frame's RGB pixels as players show them: turned by the stream's display matrix
+    (a phone's portrait video is stored landscape, tagged to be turned 90°)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4  # counter-clockwise degrees (PyAV >= 14)
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def _read_folder(path, long_side, start, duration, every, rate):
