@@ -373,6 +373,26 @@ def test_help_leaves_out_the_image_flags_videos_refuse(capsys):
         assert flag in help_text, flag
 
 
+def test_more_bad_video_inputs_and_outputs_are_one_line(tmp_path, style_path, capsys):
+    mkv = tmp_path / "clip.mkv"  # an mkv stream records no duration: its length is counted
+    write_mp4(mkv, translating(2))
+    folder = write_folder(tmp_path / "clip_frames", translating(2))
+    cases = [
+        ([mkv, "-o", tmp_path / "out.mp4", "--start", "5"], "--start: " + str(mkv) + " is 0.2 s long"),
+        ([folder, "-o", tmp_path / "out.mp4", "--start", "100"], "--start: " + str(folder) + " is 0.08 s long"),
+        ([mkv, "-o", tmp_path / "out.webm"], "out.webm: nst-jax writes videos as .mp4, .mov, .mkv"),
+        ([mkv, "-o", tmp_path / "out.png"], "out.png: nst-jax writes videos as"),
+        # a video output's frames go to OUT_frames: here, the input folder
+        ([folder, "-o", tmp_path / "clip.mp4"], "its frames folder " + str(folder) + " is the input folder"),
+    ]
+    for arguments, expected in cases:
+        assert main([arguments[0], style_path, *arguments[1:], "--no-compile-cache"]) == 2
+        line = _error_line(capsys)
+        assert expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "clip_frames"]
+    assert len(list(folder.iterdir())) == 2
+
+
 def test_a_bad_video_is_one_stderr_line_from_a_real_process(tmp_path):
     garbage = tmp_path / "clip.mp4"
     garbage.write_bytes(b"\0" * 1000)

@@ -122,6 +122,9 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
                                      whole=name in ("frame_steps", "every", "long_term"))
     video_flags = {"--" + name.replace("_", "-") for name in list(VIDEO_RANGES) + ["frame_init"]}
     _, settings, _ = run.parse_and_validate(_strip_flags(argv, video_flags, {"--keep-frames"}))
+    if video_io.is_video_path(args.output) and run._same_path(video_io.frames_folder(args.output), args.content):
+        raise UserInputError(f"-o {args.output}: its frames folder {video_io.frames_folder(args.output)} is the "
+                             f"input folder; name the output otherwise")
     if settings.image.scales > 1:
         raise UserInputError("--scales: not available for videos (each frame runs at --image-size)")
     if settings.output.save_every:

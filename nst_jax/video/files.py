@@ -24,6 +24,10 @@ from nst_jax.errors import UserInputError, reason
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+# Output names that ask for a video or an image nst-jax does not write: refused, where any other
+# name is a folder of PNG frames (`-o out.webm` made a folder named out.webm).
+REFUSED_OUTPUT_EXTENSIONS = (".webm", ".avi", ".m4v", ".wmv", ".flv", ".gif", ".mpg", ".mpeg", ".ts", ".m2ts",
+                             ".3gp", ".ogv", *FRAME_EXTENSIONS)
 MANIFEST = "nst-jax-video.json"
 RESUME = "resume.npz"  # the last finished frame's optimized pixels (the next frame warps them)
 
@@ -71,7 +75,7 @@ def _select(times, start, duration, every):
 def _range_error(path, length, start, duration):
     flag = "--start" if start >= length or duration is None else "--duration"
     span = f"from {start:g} s" + ("" if duration is None else f" for {duration:g} s")
-    return UserInputError(f"{flag}: {path} is {length:.3g} s long: no frames {span}")
+    return UserInputError(f"{flag}: {path} is {float(length):.3g} s long: no frames {span}")
 
 
 def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Optional[float] = None, every: int = 1,
@@ -165,6 +169,10 @@ def check_video_output(path: PathLike) -> None:
     """Fail before any work if `path` cannot receive a video (or, without a video extension, a
     folder of PNG frames)."""
     directory = os.path.dirname(os.path.abspath(path))
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension in REFUSED_OUTPUT_EXTENSIONS:
+        raise UserInputError(f"{path}: nst-jax writes videos as {', '.join(VIDEO_EXTENSIONS)}, or a folder of PNG "
+                             f"frames for a name without a format's extension; not {extension}")
     if is_video_path(path):
         if os.path.isdir(path):
             raise UserInputError(f"{path}: is a directory; name a video file such as "
