@@ -126,7 +126,7 @@ def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Opti
                     start=start, end=end)
 
 
-def _upright(frame) -> np.ndarray:
+def _upright(frame: Any) -> np.ndarray:
     """A decoded frame's RGB pixels as players show them: turned by the stream's display matrix
     (a phone's portrait video is stored landscape, tagged to be turned 90°)."""
     rgb = frame.to_ndarray(format="rgb24")
