@@ -145,6 +145,17 @@ def test_a_batched_lbfgs_member_costs_what_a_single_image_costs(linesearch):
         assert ratio > 1.1, ratio
 
 
+def test_the_api_takes_uint8_arrays_and_one_style_not_in_a_list(params, photo):
+    """What PIL and OpenCV hand out: uint8 pixels; before, they were clipped to 1 (a white image)."""
+    content, starry, _ = (np.round(photo(*entry) * 255).astype(np.uint8) for entry in PHOTOS)
+    settings = preset("neural-style").replace(num_steps=2, **CHEAP)
+    as_bytes = stylize(content, starry, settings, params, "caffe")
+    as_floats = stylize(content.astype(np.float32) / np.float32(255), [starry.astype(np.float32) / np.float32(255)],
+                        settings, params, "caffe")
+    np.testing.assert_array_equal(as_bytes.image, as_floats.image)
+    assert 0.2 < as_bytes.image.mean() < 0.8  # a picture, not white
+
+
 def test_a_single_image_runs_the_plain_chunk_and_a_second_run_compiles_nothing(params, photo, monkeypatch):
     content, starry, _ = (photo(*entry) for entry in PHOTOS)
     settings = preset("neural-style").replace(num_steps=4, **CHEAP)

@@ -8,6 +8,7 @@ downscale factor, pixel centres at (i + 0.5)·scale).
 
 import json
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -196,6 +197,40 @@ def test_float_image_with_nan_is_refused(tmp_path):
     Image.fromarray(samples).save(path)
     with pytest.raises(UserInputError, match="nan.tif: float samples include NaN"):
         images.load_image(path)
+
+
+# --- arrays from API callers (images.as_rgb) -------------------------------------------------
+
+_PIXELS = np.random.default_rng(5).integers(0, 256, (6, 7, 4)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("given, expected", [
+    (lambda: _PIXELS[..., :3], lambda: _PIXELS[..., :3] / 255),  # uint8, as PIL and OpenCV give
+    (lambda: _PIXELS[..., :3].astype(np.uint16) * 257, lambda: _PIXELS[..., :3] / 255),  # uint16
+    (lambda: _PIXELS[..., :3] / 255.0, lambda: _PIXELS[..., :3] / 255),  # float64 in [0, 1]
+    (lambda: _PIXELS[..., 0], lambda: np.repeat(_PIXELS[..., :1] / 255, 3, axis=-1)),  # (H, W) gray
+    (lambda: _PIXELS[..., :1], lambda: np.repeat(_PIXELS[..., :1] / 255, 3, axis=-1)),  # (H, W, 1)
+    (lambda: _PIXELS, lambda: _PIXELS[..., :3] / 255 * (_PIXELS[..., 3:] / 255) + 1 - _PIXELS[..., 3:] / 255),
+    (lambda: (_PIXELS[..., :3] / 255.0 * 1.2 - 0.1).tolist(),  # a filter's overshoot, as nested lists
+     lambda: np.clip(_PIXELS[..., :3] / 255 * 1.2 - 0.1, 0, 1)),
+    (lambda: _PIXELS[::-1, ::2, :3], lambda: _PIXELS[::-1, ::2, :3] / 255),  # not contiguous
+])
+def test_api_arrays_become_float_rgb_in_the_unit_range(given, expected):
+    rgb = images.as_rgb(given(), "content")
+    assert rgb.dtype == np.float32 and rgb.flags.c_contiguous
+    np.testing.assert_allclose(rgb, expected(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("given, says", [
+    (np.linspace(0, 255, 48, dtype=np.float32).reshape(4, 4, 3), "float pixels run from 0 to 255; they must be in [0, 1]"),
+    (np.transpose(_PIXELS[..., :3] / 255.0, (2, 0, 1)), "not (3, 6, 7): channels first?"),
+    (np.full((4, 4, 3), np.nan), "holds NaN or infinite values"),
+    (_PIXELS[..., :3].astype(np.int64), "int64 pixels; pass uint8, uint16 or floats in [0, 1]"),
+    (np.zeros((2, 4, 4, 3)), "an image array is (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"),
+])
+def test_api_arrays_that_would_give_a_wrong_picture_are_refused(given, says):
+    with pytest.raises(UserInputError, match="^style 2: .*" + re.escape(says)):
+        images.as_rgb(given, "style 2")
 
 
 @pytest.mark.parametrize("channels, tagged_srgb", [(3, False), (4, False), (3, True)])

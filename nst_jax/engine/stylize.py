@@ -26,11 +26,12 @@ and the Gram matrices' all-reduces (one image too large for one device's memory)
 import dataclasses
 import itertools
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jax.sharding import Mesh
 
 from nst_jax.imaging import images
@@ -137,7 +138,18 @@ def _stack_members(trees):
 PIECE_SECONDS = 0.5
 
 
-def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
+# One style image, or a list of them (arrays as `images.as_rgb` takes them).
+StyleImages = Union[npt.ArrayLike, Sequence[npt.ArrayLike]]
+
+
+def _style_list(styles: StyleImages) -> List[npt.ArrayLike]:
+    """A list of style images: one array (not a list of arrays) is one style."""
+    if isinstance(styles, np.ndarray) or hasattr(styles, "__array__"):
+        return [styles]
+    return list(cast(Sequence[npt.ArrayLike], styles))
+
+
+def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Settings, params: Params,
                   preprocessing: str, members: Sequence[Member], *, init_image: Optional[np.ndarray] = None,
                   mesh: Optional[Mesh] = None, on_visit: Optional[Callable[["Visit"], None]] = None,
                   intervals: Sequence[int] = (),
@@ -148,7 +160,8 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
     starting from the previous one's images, upsampled; each scale compiles once.
 
     Args:
-      content: (H, W, 3) RGB in [0, 1]; styles: list of RGB arrays.
+      content: (H, W, 3) RGB in [0, 1] (or what `images.as_rgb` takes: uint8, grayscale, RGBA);
+        styles: a list of such arrays, or one.
       params: VGG-19 params as loaded by nst_jax.load_params.
       preprocessing: their input convention, "caffe" or "torch" (the params file's metadata).
       members: from `make_members`.
@@ -164,8 +177,12 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
     """
     if not members:
         raise ValueError("a batch needs at least one member")
+    styles = _style_list(styles)
     if not styles:
         raise ValueError("at least one style image is needed")
+    content = images.as_rgb(content, "content")
+    styles = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
+    init_image = None if init_image is None else images.as_rgb(init_image, "init_image")
     settings.image.check_style_count(len(styles))  # a UserInputError (a ValueError)
     if settings.network.remat == "auto":
         from nst_jax.engine.memory import resolve_remat
@@ -196,7 +213,7 @@ def stylize_batch(content: np.ndarray, styles: Sequence[np.ndarray], settings: S
             for image, loss in zip(finished, losses)]
 
 
-def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, params: Params,
+def stylize(content: npt.ArrayLike, styles: StyleImages, settings: Settings, params: Params,
             preprocessing: str, *, init_image: Optional[np.ndarray] = None,
             on_visit: Optional[Callable[[Visit], None]] = None, intervals: Sequence[int] = (),
             mesh: Optional[Mesh] = None) -> StylizeResult:
@@ -210,7 +227,7 @@ def stylize(content: np.ndarray, styles: Sequence[np.ndarray], settings: Setting
       intervals: step intervals at which to visit the host.
       mesh: `nst_jax.engine.stylize.image_mesh(n)` splits the image by rows over n devices; None: one device.
     """
-    (member,) = make_members(settings, ["style"] * len(styles), per_style=False)
+    (member,) = make_members(settings, ["style"] * len(_style_list(styles)), per_style=False)
     (result,) = stylize_batch(content, styles, settings, params, preprocessing, [member],
                               init_image=init_image, on_visit=on_visit, intervals=intervals, mesh=mesh)
     return result

@@ -6,6 +6,7 @@ Everything between loading and saving works on those arrays; this module owns th
 import contextlib
 import io
 import json
+import math
 import os
 import struct
 import warnings
@@ -60,6 +61,51 @@ def load_image(path: PathLike, long_side: Optional[int] = None) -> np.ndarray:
         rgb = resize_long_side(rgb, long_side)
         _check_size(path, rgb.shape, f"resized to a long side of {long_side} px is")
     return rgb
+
+
+# Float arrays a little past [0, 1] (a resampling filter's overshoot) are clipped; further out,
+# they are most likely 0..255 data, which would turn white: refused.
+UNIT_RANGE_SLACK = 0.5
+
+
+def as_rgb(array: npt.ArrayLike, what: str) -> np.ndarray:
+    """An image array from an API caller -> float32 (H, W, 3) in [0, 1], or a UserInputError
+    naming `what` ("content", "style 2", ...).
+
+    Takes what image libraries hand out: uint8 (÷ 255) and uint16 (÷ 65535) arrays, floats in
+    [0, 1], grayscale (H, W) or (H, W, 1), RGBA (composited over white, as files are).
+    Refuses what would silently give a wrong picture: floats far outside [0, 1] (0..255 data),
+    NaN or infinity, other integer types, channels first.
+    """
+    try:
+        pixels = np.asarray(array)
+    except ValueError as error:
+        raise UserInputError(f"{what}: not an image array ({error})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3, 4):
+        hint = (": channels first? transpose it to (H, W, C)" if pixels.ndim == 3 and pixels.shape[0] in (1, 3, 4)
+                else "")
+        raise UserInputError(f"{what}: an image array is (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                             f"not {pixels.shape}{hint}")
+    if pixels.dtype in (np.uint8, np.uint16):
+        pixels = pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
+    elif pixels.dtype == np.bool_:
+        pixels = pixels.astype(np.float32)
+    elif not np.issubdtype(pixels.dtype, np.floating):
+        raise UserInputError(f"{what}: {pixels.dtype} pixels; pass uint8, uint16 or floats in [0, 1]")
+    pixels = pixels.astype(np.float32, copy=False)  # a print-size float32 image is not copied
+    low, high = float(pixels.min(initial=0.0)), float(pixels.max(initial=0.0))  # NaN and inf show here
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UserInputError(f"{what}: holds NaN or infinite values")
+    if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
+        raise UserInputError(f"{what}: float pixels run from {low:g} to {high:g}; they must be in [0, 1] "
+                             f"(0..255 data: divide by 255)")
+    if low < 0 or high > 1:
+        pixels = np.clip(pixels, 0.0, 1.0)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return np.ascontiguousarray(_over_white(pixels))
 
 
 def resize_to(rgb: npt.ArrayLike, height: int, width: int) -> np.ndarray:
