@@ -297,6 +297,24 @@ def test_a_video_tagged_to_be_turned_is_read_as_players_show_it(tmp_path, rotati
     np.testing.assert_allclose(clip.frames[0], shown, atol=0.1)  # H.264's rounding
 
 
+def test_start_and_duration_count_from_a_streams_first_frame(tmp_path):
+    """A capture or a cut clip whose timestamps start at 10 s: --start 0.08 is its third frame."""
+    path = tmp_path / "capture.ts"
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+        for index, rgb in enumerate(translating(5)):
+            frame = av.VideoFrame.from_ndarray((rgb * 255 + 0.5).astype(np.uint8), format="rgb24")
+            frame.pts = 250 + index  # 10 s at 1/25 s a tick
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    clip = video_io.read_clip(path, long_side=48, start=0.08)
+    assert len(clip.frames) == 3 and clip.origin == pytest.approx(10.0, abs=0.05)
+    assert len(video_io.read_clip(path, long_side=48, duration=0.1).frames) == 3  # 0, 0.04, 0.08 s
+
+
 def test_a_frames_folder_resizes_other_resolutions_and_refuses_other_shapes(tmp_path):
     frames = translating(3, height=30, width=40)
     folder = write_folder(tmp_path / "frames", frames)

@@ -244,7 +244,7 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     if video_io.is_video_path(output):
         video_io.encode_video(output, store.frames(), clip.fps, clip.source_size,
                               audio_source=clip.source if clip.audio else None,
-                              start=clip.start, end=clip.end)
+                              start=clip.origin + clip.start, end=None if clip.end is None else clip.origin + clip.end)
         store.finish()
         if not args.keep_frames:
             _remove_frames(store)

@@ -53,7 +53,9 @@ class Clip:
     fps: frames per second of the selection (the source's rate ÷ --every).
     source_size: (width, height) of the source frames (a video output keeps it).
     audio: whether the source has an audio stream (remuxed into a video output).
-    start, end: the selection's time span in the source, seconds (for trimming the audio).
+    start, end: the selection's time span, seconds from the source's first frame.
+    origin: the source's time of its first frame (a capture or a cut clip may start at 10 s):
+      the audio is trimmed from origin + start to origin + end.
     """
 
     source: str
@@ -63,6 +65,7 @@ class Clip:
     audio: bool = False
     start: float = 0.0
     end: Optional[float] = None
+    origin: float = 0.0
 
 
 def _select(times, start, duration, every):
@@ -101,10 +104,13 @@ def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Opti
         stream.thread_type = "AUTO"
         rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         end = None if duration is None else start + duration
-        frames, times, count = [], [], 0
+        frames, times, count, origin = [], [], 0, None
         try:
             for frame in container.decode(stream):
-                seconds = float(frame.time) if frame.time is not None else count / rate
+                seconds = float(frame.time) if frame.time is not None else float(count / rate)
+                if origin is None:  # --start and --duration count from the first frame
+                    origin = seconds
+                seconds -= origin
                 count += 1
                 if end is not None and seconds >= end - 1e-6:
                     break
@@ -123,7 +129,7 @@ def read_clip(path: PathLike, long_side: int, start: float = 0.0, duration: Opti
             length = float(stream.duration * stream.time_base) if stream.duration else count / rate
             raise _range_error(path, length, start, duration)
         return Clip(os.fspath(path), frames, rate / every, size, audio=bool(container.streams.audio),
-                    start=start, end=end)
+                    start=start, end=end, origin=origin or 0.0)
 
 
 def _upright(frame: Any) -> np.ndarray:
