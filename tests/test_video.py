@@ -297,6 +297,13 @@ def test_a_video_tagged_to_be_turned_is_read_as_players_show_it(tmp_path, rotati
     np.testing.assert_allclose(clip.frames[0], shown, atol=0.1)  # H.264's rounding
 
 
+def test_the_video_api_refuses_frames_that_would_give_a_wrong_picture(params):
+    frames = [frame * 255 for frame in translating(2)]  # 0..255 floats: they would turn white
+    with pytest.raises(UserInputError, match=r"^frame 0: float pixels run from"):
+        stylize_frames(frames, [texture(40, 40)], preset("neural-style").replace(**CHEAP), VideoSettings(),
+                       params, "caffe")
+
+
 def test_start_and_duration_count_from_a_streams_first_frame(tmp_path):
     """A capture or a cut clip whose timestamps start at 10 s: --start 0.08 is its third frame."""
     path = tmp_path / "capture.ts"

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from nst_jax.imaging import images
 from nst_jax.video import flow
 from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range, Settings
 from nst_jax.weights.params_file import Params
@@ -101,7 +102,8 @@ def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], s
     """Stylize frames[first_index:] in order, calling on_frame(FrameResult) as each one finishes.
 
     Args:
-      frames: RGB frames in [0, 1], all of one size (the working size).
+      frames: RGB frames in [0, 1] (or as `images.as_rgb` takes them: uint8...), all of one size (the
+        working size).
       styles: RGB style images (blended with settings.image.style_blend_weights).
       recent_pixels: when resuming, the optimized pixels of frames first_index − 1, − 2, …
         (nearest first, video.long_term of them or as many as there are).
@@ -117,6 +119,9 @@ def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], s
     from nst_jax.engine.optimize import OptimizerSpec, chunk_program, run_loop, state_program
     from nst_jax.engine.stages import content_pass, finish_image, initial_pixels, prepare_images, targets
 
+    # Arrays as image libraries give them (uint8, grayscale...), checked before anything compiles.
+    frames = [images.as_rgb(frame, f"frame {index}") for index, frame in enumerate(frames)]
+    styles = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
     objective = Objective.from_settings(settings, preprocessing)
     params = prepare_params(params, objective)
     spec = OptimizerSpec.from_settings(settings)
