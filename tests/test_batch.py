@@ -148,7 +148,8 @@ def test_a_batched_lbfgs_member_costs_what_a_single_image_costs(linesearch):
 def test_the_api_takes_uint8_arrays_and_one_style_not_in_a_list(params, photo):
     """What PIL and OpenCV hand out: uint8 pixels; before, they were clipped to 1 (a white image)."""
     content, starry, _ = (np.round(photo(*entry) * 255).astype(np.uint8) for entry in PHOTOS)
-    settings = preset("neural-style").replace(num_steps=2, **CHEAP)
+    # Another size than the other tests here: their compile counts must not find these programs.
+    settings = preset("neural-style").replace(num_steps=2, **{**CHEAP, "image_size": 36})
     as_bytes = stylize(content, starry, settings, params, "caffe")
     as_floats = stylize(content.astype(np.float32) / np.float32(255), [starry.astype(np.float32) / np.float32(255)],
                         settings, params, "caffe")
