@@ -101,10 +101,10 @@ def as_rgb(array: npt.ArrayLike, what: str) -> np.ndarray:
     if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
         raise UserInputError(f"{what}: float pixels run from {low:g} to {high:g}; they must be in [0, 1] "
                              f"(0..255 data: divide by 255)")
+    if pixels.shape[-1] == 1:
+        return _gray_to_rgb(pixels[..., 0])  # clipped there
     if low < 0 or high > 1:
         pixels = np.clip(pixels, 0.0, 1.0)
-    if pixels.shape[-1] == 1:
-        pixels = np.repeat(pixels, 3, axis=-1)
     return np.ascontiguousarray(_over_white(pixels))
 
 

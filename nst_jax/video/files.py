@@ -152,19 +152,19 @@ def _read_folder(path, long_side, start, duration, every, rate):
     height, width = images.long_side_shape(first.shape[0], first.shape[1], long_side)
     # One at a time: a folder's full-size frames may not fit in memory together.
     frames = [images.resize_to(first, height, width)] + [
-        images.resize_to(_same_shape_frame(files[i], files[chosen[0]], first.shape, long_side), height, width)
+        images.resize_to(_same_shape_frame(files[i], files[chosen[0]], first.shape, (height, width), long_side),
+                         height, width)
         for i in chosen[1:]]
     return Clip(os.fspath(path), frames, rate / every, (first.shape[1], first.shape[0]),
                 start=start, end=None if duration is None else start + duration)
 
 
-def _same_shape_frame(path, first_path, first_shape, long_side):
+def _same_shape_frame(path, first_path, first_shape, working_shape, long_side):
     """The frame at `path`, refused if it has another shape than the first (resized to the first's
     working size it would be stretched: most likely a stray image in the folder). Another
     resolution of the same shape is fine: every frame is resized to one working size."""
     frame = images.load_image(path)
-    if (images.long_side_shape(frame.shape[0], frame.shape[1], long_side)
-            != images.long_side_shape(first_shape[0], first_shape[1], long_side)):
+    if images.long_side_shape(frame.shape[0], frame.shape[1], long_side) != working_shape:
         raise UserInputError(
             f"{path}: {frame.shape[1]}x{frame.shape[0]} px, another shape than the first frame "
             f"{first_path.name} ({first_shape[1]}x{first_shape[0]} px): a folder's frames must share one shape")
