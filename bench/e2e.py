@@ -304,7 +304,7 @@ import numpy as np
 from nst_jax.imaging.images import load_image
 from nst_jax.weights.params_file import load_params
 from nst_jax.config.presets import preset
-from nst_jax import stylize
+from nst_jax import Model, stylize
 content, style, params_path, size, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 params, metadata = load_params(params_path)
 settings = preset("neural-style").replace(image_size=size, num_steps=steps, init="content", tv_weight=0.0)
@@ -312,7 +312,7 @@ pictures = load_image(content), [load_image(style)]
 seconds = []
 for _ in range(2):
     began = time.perf_counter()
-    stylize(pictures[0], pictures[1], settings, params, metadata.preprocessing)
+    stylize(pictures[0], pictures[1], settings, Model(params, metadata.preprocessing))
     seconds.append(time.perf_counter() - began)
 print(json.dumps(seconds))
 """

@@ -1,7 +1,8 @@
 """The project's own jitted step, timed as the CLI runs it: a chunk of steps per host visit.
 
-Everything is built from nst_jax (preset, Objective, prepare_params, targets, optimizer,
-make_chunk / jit_chunk, init_state) so the benchmark measures the shipped code, not a copy. Weights are random
+Everything is built from nst_jax (preset, Objective, prepare_params, the targets' passes, the run's
+one builder of the chunk's inputs, make_chunk / jit_chunk) so the benchmark measures the shipped
+code, not a copy. Weights are random
 (weights_tools.synthetic) and images synthetic: timing depends on shapes, not on values,
 except that L-BFGS's line search may evaluate the loss a different number of times.
 """
@@ -17,14 +18,14 @@ import optax
 from bench import machine
 from bench.timing import scaled, stopwatch, summarize
 from nst_jax.imaging import images
+from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
 from nst_jax.engine.stylize import prepare_params
 from nst_jax.loss.objective import Objective, loss_weights, total_loss
 from nst_jax.engine.optimize import (BATCH_AXES, OptimizerSpec, init_state, jit_chunk, make_chunk, make_optimizer,
                                      run_loop)
 from nst_jax.config.presets import preset
-from nst_jax.engine.stages import compute_targets, initial_pixels, prepare_images
+from nst_jax.engine.stages import initial_pixels, prepare_images, run_targets
 from nst_jax.cli.files import PROGRESS_INTERVAL
-from nst_jax.model.vgg import with_adjoint_kernels
 from weights_tools.synthetic import synthetic_params
 
 # The synthetic params stand for the Keras (Caffe-derived) release: BGR, 0..255, mean-subtracted.
@@ -73,15 +74,22 @@ def build_problem(size, optimizer, *, compute_dtype="float32", preset_name="gaty
     params = prepare_params(params if params is not None else synthetic_params(seed), objective)
     content, style = synthetic_images(size, size, seed)
     _, content_pixels, style_pixels = prepare_images(content, [style], settings)
-    targets = compute_targets(objective, params, jnp.asarray(content_pixels),
-                              [jnp.asarray(style_pixels[0])])
-    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, settings.loss.tv_weight)
     spec = OptimizerSpec.from_settings(settings)
-    transformation = make_optimizer(spec)
-    chunk = make_chunk(objective, spec)
-    pixels = initial_pixels(settings, CONVENTION, content_pixels)
-    return Problem(settings, objective, transformation, chunk, params, targets, weights,
-                   content_pixels, style_pixels[0], pixels)
+    inputs = _chunk_inputs(settings, objective, spec, params, content_pixels, style_pixels, seeds=[seed])
+    return Problem(settings, objective, make_optimizer(spec), make_chunk(objective, spec), inputs.params,
+                   inputs.targets, inputs.weights, content_pixels, style_pixels[0], inputs.pixels)
+
+
+def _chunk_inputs(settings, objective, spec, params, content_pixels, style_pixels, seeds, batched=False):
+    """The chunk's inputs as a run builds them (nst_jax.engine.chunk_inputs): one member per seed
+    (its noise start), every member with the same targets and loss weights."""
+    content_targets, grams, blended = run_targets(
+        objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
+        jax.device_put(np.ones(len(style_pixels), np.float32) / len(style_pixels)))
+    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, settings.loss.tv_weight)
+    members = [MemberInputs(initial_pixels(settings, CONVENTION, content_pixels, seed=seed), blended, weights)
+               for seed in seeds]
+    return build_chunk_inputs(objective, spec, params, content_targets, members, batched=batched)
 
 
 def _linesearch_evaluations(opt_state):
@@ -182,17 +190,12 @@ def time_batch(problem, batch, *, chunk_steps, warmup_chunks, timed_chunks):
     Members differ in their start noise (seed); all share the content and style targets, which
     changes nothing in the cost.
     """
-    settings = problem.settings
-    pixels = jnp.stack([initial_pixels(settings, CONVENTION, problem.content_pixels, seed=seed)
-                        for seed in range(batch)])
-    styles = jax.tree_util.tree_map(lambda gram: jnp.stack([gram] * batch), problem.targets.style)
-    targets = dataclasses.replace(problem.targets, style=styles)
-    weights = jax.tree_util.tree_map(lambda w: jnp.stack([w] * batch), problem.weights)
+    inputs = _chunk_inputs(problem.settings, problem.objective, OptimizerSpec.from_settings(problem.settings),
+                           problem.params, problem.content_pixels, [problem.style_pixels], seeds=range(batch),
+                           batched=True)
     batched = jax.vmap(problem.chunk, in_axes=BATCH_AXES)
-    opt_state = jax.vmap(lambda x: init_state(problem.optimizer, x))(pixels)
-    return time_chunks(jit_chunk(batched), pixels, opt_state,
-                       (problem.params, targets, weights), chunk_steps=chunk_steps,
-                       warmup_chunks=warmup_chunks, timed_chunks=timed_chunks)
+    return time_chunks(jit_chunk(batched), inputs.pixels, inputs.opt_state, inputs.loss_args,
+                       chunk_steps=chunk_steps, warmup_chunks=warmup_chunks, timed_chunks=timed_chunks)
 
 
 def full_run(problem, num_steps):

@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-import nst_jax.engine.stylize as batch_module
+import nst_jax.engine.chunk_inputs as chunk_inputs
 from nst_jax.engine.timings import CompileCounter
 from nst_jax.engine.stylize import make_members, stylize_batch
 from nst_jax.imaging.images import load_image, read_png_metadata
 from nst_jax.config.presets import preset
 from nst_jax.cli.run import main
-from nst_jax import stylize
+from nst_jax import Model, RunOptions, stylize
 from nst_jax.cli.files import member_path
 from datafiles import IMAGES
 from simulated import json_report, run_script
@@ -45,7 +45,7 @@ def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, 
 
     jax.clear_caches()  # each parametrization sees every program the batch compiles, not only the first
     with CompileCounter() as compiled:
-        batched = stylize_batch(content, [starry, scream], settings, params, "caffe", members, intervals=(3,))
+        batched = stylize_batch(content, [starry, scream], settings, Model(params, "caffe"), members, RunOptions(intervals=(3,)))
     # Four chunks (3+3+3+1 steps), one compilation of the loop for all eight members, and no
     # program a single image would not compile (stacking the members' Grams and images compiled
     # one per shape, outside jit).
@@ -55,7 +55,7 @@ def test_batched_members_equal_their_single_runs(optimizer, linesearch, params, 
 
     for member, result in zip(members[::3], batched[::3]):  # a sample: each style, weight and seed
         single = stylize(content, [[starry, scream][member.style_index]],
-                         settings.replace(style_weight=member.style_weight, seed=member.seed), params, "caffe")
+                         settings.replace(style_weight=member.style_weight, seed=member.seed), Model(params, "caffe"))
         # The zoom line search branches on float32 values, and a vmapped program rounds
         # differently from the plain one a single image runs: one of eight members here takes
         # another branch and ends 0.4 % apart (the others agree to 2e-6).
@@ -69,6 +69,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from nst_jax.engine.devices import batch_mesh
+    from nst_jax import Model, RunOptions
     from nst_jax.engine.stylize import make_members, stylize_batch
     from nst_jax.imaging.images import load_image
     from nst_jax.config.presets import preset
@@ -89,8 +90,8 @@ SHARDED_SCRIPT = textwrap.dedent("""
         spread.append(len(pixels.sharding.device_set))
         return real_run_loop(chunk_fn, pixels, *args, **kwargs)
     engine.run_loop = recording_run_loop
-    one = stylize_batch(content, styles, settings, params, "caffe", members)
-    four = stylize_batch(content, styles, settings, params, "caffe", members, mesh=batch_mesh(4))
+    one = stylize_batch(content, styles, settings, Model(params, "caffe"), members)
+    four = stylize_batch(content, styles, settings, Model(params, "caffe"), members, RunOptions(mesh=batch_mesh(4)))
     print(json.dumps({"devices": jax.device_count(), "count": len(four), "spread": spread,
                       "loss_one": [r.loss for r in one], "loss_four": [r.loss for r in four],
                       "pixels": max(float(np.abs(a.image - b.image).max()) for a, b in zip(one, four))}))
@@ -150,9 +151,9 @@ def test_the_api_takes_uint8_arrays_and_one_style_not_in_a_list(params, photo):
     content, starry, _ = (np.round(photo(*entry) * 255).astype(np.uint8) for entry in PHOTOS)
     # Another size than the other tests here: their compile counts must not find these programs.
     settings = preset("neural-style").replace(num_steps=2, **{**CHEAP, "image_size": 36})
-    as_bytes = stylize(content, starry, settings, params, "caffe")
+    as_bytes = stylize(content, starry, settings, Model(params, "caffe"))
     as_floats = stylize(content.astype(np.float32) / np.float32(255), [starry.astype(np.float32) / np.float32(255)],
-                        settings, params, "caffe")
+                        settings, Model(params, "caffe"))
     np.testing.assert_array_equal(as_bytes.image, as_floats.image)
     assert 0.2 < as_bytes.image.mean() < 0.8  # a picture, not white
 
@@ -161,22 +162,22 @@ def test_a_single_image_runs_the_plain_chunk_and_a_second_run_compiles_nothing(p
     content, starry, _ = (photo(*entry) for entry in PHOTOS)
     settings = preset("neural-style").replace(num_steps=4, **CHEAP)
     programs = []
-    real_chunk_program = batch_module.chunk_program
+    real_chunk_program = chunk_inputs.chunk_program
 
     def recording(objective, spec, batched):
         programs.append(batched)
         return real_chunk_program(objective, spec, batched)
 
-    monkeypatch.setattr(batch_module, "chunk_program", recording)
+    monkeypatch.setattr(chunk_inputs, "chunk_program", recording)
     with CompileCounter() as first:
-        one = stylize(content, [starry], settings, params, "caffe", intervals=(2,))
+        one = stylize(content, [starry], settings, Model(params, "caffe"), RunOptions(intervals=(2,)))
     with CompileCounter() as second:
-        again = stylize(content, [starry], settings, params, "caffe", intervals=(2,))
+        again = stylize(content, [starry], settings, Model(params, "caffe"), RunOptions(intervals=(2,)))
     assert programs == [False, False]  # never vmapped for one image on one device
     assert first.compiles >= 2 and "jit(chunk)" in first.programs  # the check can see compiles
     assert second.compiles == 0, second.programs
     np.testing.assert_array_equal(one.image, again.image)
     # Other settings of the same static shape make a new program; the same sizes again do not.
     with CompileCounter() as other:
-        stylize(content, [starry], settings.replace(optimizer="adam"), params, "caffe")
+        stylize(content, [starry], settings.replace(optimizer="adam"), Model(params, "caffe"))
     assert "jit(chunk)" in other.programs

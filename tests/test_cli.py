@@ -269,7 +269,7 @@ def weight_loads(monkeypatch):
         raise AssertionError("bad input reached the optimization")
 
     monkeypatch.setattr(run, "load_weights", load_weights)
-    monkeypatch.setattr(files, "stylize_batch", stylize_must_not_run)
+    monkeypatch.setattr(files, "run_plan", stylize_must_not_run)
     return loads
 
 
@@ -887,16 +887,17 @@ def test_a_stalled_run_warns_once_and_finishes(tmp_path, synthetic_params_path):
                                                ("lbfgs", "or try --lbfgs-linesearch zoom")])
 def test_a_diverging_run_stops_keeps_the_last_finite_image_and_says_so(tmp_path, synthetic_params_path,
                                                                        monkeypatch, optimizer, advice):
-    real = files.stylize_batch
+    real = files.run_plan
 
-    def nan_from_step_20(*args, on_visit, **kwargs):
+    def nan_from_step_20(*args):
+        *args, options = args
         def visit(v):
             if v.step >= 20:
                 v = dataclasses.replace(v, terms={k: np.full_like(x, np.nan) for k, x in v.terms.items()})
-            on_visit(v)
-        return real(*args, on_visit=visit, **kwargs)
+            options.on_visit(v)
+        return real(*args, dataclasses.replace(options, on_visit=visit))
 
-    monkeypatch.setattr(files, "stylize_batch", nan_from_step_20)
+    monkeypatch.setattr(files, "run_plan", nan_from_step_20)
     output = tmp_path / "out.png"
     status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS,
                             "--num-steps", "100", "--print-every", "0", "--optimizer", optimizer])
@@ -921,7 +922,7 @@ def test_a_run_out_of_memory_is_one_line_and_writes_nothing(tmp_path, synthetic_
                                              "4294967296 bytes.\nBufferAssignment OOM Debugging.")
         raise MemoryError() if failure == "host" else RuntimeError("a bug")
 
-    monkeypatch.setattr(files, "stylize_batch", runs_out)
+    monkeypatch.setattr(files, "run_plan", runs_out)
     output = tmp_path / "out.png"
     args = [CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS, "--num-steps", "2"]
     if failure == "bug":

@@ -4,7 +4,9 @@ import re
 
 import pytest
 
+from nst_jax.engine.devices import Layout
 from nst_jax.engine.memory import LIMIT_ENV, estimate_memory, estimate_run, limit_from_env
+from nst_jax.engine.stages import InputShapes
 from nst_jax.config.presets import preset
 from nst_jax.cli.run import main
 from nst_jax.engine.timings import CompileCounter
@@ -12,6 +14,11 @@ from datafiles import IMAGES
 
 
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+
+
+def shapes(content, *styles):
+    """InputShapes of a content and styles, each (height, width); one style like the content by default."""
+    return InputShapes(content, tuple(styles) or (content,))
 
 
 def test_estimate_covers_what_must_be_stored_and_grows_with_batch_and_area():
@@ -45,18 +52,18 @@ def test_analytic_estimate_covers_xlas_analysis_of_the_loop():
     for optimizer in ("adam", "lbfgs"):
         settings = preset("neural-style").replace(optimizer=optimizer, lbfgs_memory=7, **CHEAP)
         xla = estimate_memory(settings, 32, 48)
-        ours = estimate_run(settings.replace(image_size=48), (32, 48), [(32, 48)])
+        ours = estimate_run(settings.replace(image_size=48), shapes((32, 48)))
         assert ours.params + ours.state + ours.loop >= xla.total, optimizer
 
 
 def test_estimate_counts_the_style_passes_and_never_overflows():
     settings = preset("neural-style").replace(image_size=512)
-    small, large = (estimate_run(settings.replace(style_scale=scale), (600, 800), [(900, 1200)])
+    small, large = (estimate_run(settings.replace(style_scale=scale), shapes((600, 800), (900, 1200)))
                     for scale in (1.0, 4.0))
     assert large.targets > 5 * small.targets and large.total > small.total
     assert large.loop == small.loop
     huge = settings.replace(image_size=16384, style_scale=1.0)
-    one, many = (estimate_run(huge, (16384, 16384), [(16384, 16384)], members=members)
+    one, many = (estimate_run(huge, shapes((16384, 16384)), Layout(members))
                  for members in (1, 4096))
     assert isinstance(many.total, int) and many.total > 2**52  # Python ints: no wrap-around
     assert many.loop == 4096 * one.loop
@@ -66,7 +73,7 @@ def test_a_run_that_cannot_fit_is_refused_before_the_loop_compiles(tmp_path, cap
                                                                    synthetic_params_path):
     settings = preset("neural-style").replace(optimizer="adam", image_size=32, **CHEAP)
     # Room for a 32 px run, not for the 64 px one asked for.
-    fits = estimate_run(settings, (480, 640), [(1014, 1280)]).total
+    fits = estimate_run(settings, shapes((480, 640), (1014, 1280))).total
     monkeypatch.setenv(LIMIT_ENV, str(fits + 1000))
     output = tmp_path / "out.png"
     with CompileCounter() as counter:
@@ -115,13 +122,13 @@ def test_print_size_targets_count_one_pass_at_a_time_split_like_the_loop():
     # image counts); from it on, one program per image, each split by rows like the loop.
     from nst_jax.engine.stages import SEPARATE_PASSES_FROM
     small = preset("neural-style").replace(image_size=1024)
-    one, three = (estimate_run(small, (1024, 1024), [(1024, 1024)] * n).targets for n in (1, 3))
+    one, three = (estimate_run(small, shapes((1024, 1024), *[(1024, 1024)] * n)).targets for n in (1, 3))
     assert three > 1.9 * one
     side = int(SEPARATE_PASSES_FROM ** 0.5)
     large = preset("neural-style").replace(image_size=side)
-    one, three = (estimate_run(large, (side, side), [(side, side)] * n).targets for n in (1, 3))
+    one, three = (estimate_run(large, shapes((side, side), *[(side, side)] * n)).targets for n in (1, 3))
     assert three == one
-    split = estimate_run(large, (side, side), [(side, side)], devices=4, shard="image").targets
+    split = estimate_run(large, shapes((side, side)), Layout(1, 4, "image")).targets
     assert split == one // 4
 
 
@@ -141,15 +148,17 @@ def test_a_cpu_run_keeps_a_margin_of_the_hosts_memory(monkeypatch):
 
 
 def test_near_the_limit_xlas_own_analysis_decides(monkeypatch):
-    from nst_jax.engine.memory import ANALYTIC_MARGIN, check_fits, measured_run
+    from nst_jax.engine.memory import measured_run
+    from nst_jax.engine.plan import ANALYTIC_MARGIN, check_fits, plan_run
     from nst_jax.errors import UserInputError
     settings = preset("neural-style").replace(optimizer="adam", image_size=64, **CHEAP)
-    shapes = ((48, 64), [(48, 64)])
-    analytic, measured = estimate_run(settings, *shapes).total, measured_run(settings, *shapes).total
+    inputs = shapes((48, 64))
+    analytic, measured = estimate_run(settings, inputs).total, measured_run(settings, inputs).total
     assert measured < analytic <= ANALYTIC_MARGIN * measured
     # Between XLA's figure and the analytic count: the analytic one alone would refuse the run.
     monkeypatch.setenv(LIMIT_ENV, str((measured + analytic) // 2))
-    assert check_fits(settings, *shapes).total == measured
+    assert check_fits(plan_run(settings, inputs)).total == measured
     monkeypatch.setenv(LIMIT_ENV, str(measured - 1))
-    with pytest.raises(UserInputError, match="needs about"):
-        check_fits(settings, *shapes)
+    with pytest.raises(UserInputError, match="needs about [0-9.]+ GiB per device \\(XLA's analysis of the "
+                                             "compiled loop: [0-9.]+ GiB\\)"):
+        check_fits(plan_run(settings, inputs))

@@ -11,7 +11,7 @@ from nst_jax.engine.optimize import (OptimizerSpec, init_state, jit_chunk, make_
                               run_loop, visit_steps)
 from nst_jax.config.presets import preset
 from nst_jax.engine.stages import compute_targets
-from nst_jax import stylize
+from nst_jax import Model, RunOptions, stylize
 from nst_jax.imaging.images import resize_long_side
 
 # Block-2 layers: the whole loop machinery at a fraction of the compile and step time.
@@ -82,8 +82,8 @@ def test_optimizers_cut_the_loss_on_real_images(optimizer, steps, extra, params,
     settings = preset("neural-style").replace(optimizer=optimizer, num_steps=steps, image_size=64,
                                               init="gray", **extra)
     losses = []
-    result = stylize(content, [style], settings, params, "caffe",
-                     on_visit=lambda visit: losses.append(float(visit.losses[0])), intervals=(1,))
+    result = stylize(content, [style], settings, Model(params, "caffe"),
+                     RunOptions(on_visit=lambda visit: losses.append(float(visit.losses[0])), intervals=(1,)))
     assert len(losses) == steps
     assert losses[0] / losses[-1] > 10, (losses[0], losses[-1])
     assert result.image.shape == (48, 64, 3)  # 96×72 content: aspect ratio kept at long side 64
@@ -127,7 +127,7 @@ def test_original_colors_keep_the_content_chroma(mode, params, photo):
     content, style = photos(photo)
     settings = preset("neural-style").replace(optimizer="adam", num_steps=4, image_size=48,
                                               original_colors=mode, init="content", **CHEAP)
-    result = stylize(content, [style], settings, params, "caffe")
+    result = stylize(content, [style], settings, Model(params, "caffe"))
     small = resize_long_side(content, 48)
     out_yiq, content_yiq = np.asarray(color.rgb_to_yiq(result.image)), np.asarray(color.rgb_to_yiq(small))
     inside = (result.image > 0.01).all(-1) & (result.image < 0.99).all(-1)  # clipping changes chroma
@@ -140,9 +140,9 @@ def test_multiscale_runs_coarse_to_fine_with_continuous_steps(params, photo):
     settings = preset("neural-style").replace(optimizer="adam", num_steps=3, image_size=64, scales=3,
                                               init="content", **CHEAP)
     seen = []
-    result = stylize(content, [style], settings, params, "caffe", intervals=(1,),
-                     on_visit=lambda visit: seen.append((visit.step, visit.total_steps,
-                                                         visit.images()[0].shape)))
+    result = stylize(content, [style], settings, Model(params, "caffe"),
+                     RunOptions(intervals=(1,), on_visit=lambda visit: seen.append(
+                         (visit.step, visit.total_steps, visit.images()[0].shape))))
     # Sizes 64/√2² = 32, 64/√2 ≈ 45, 64 (long side), each from the last one's result.
     assert [step for step, _, _ in seen] == list(range(1, 10))
     assert {total for _, total, _ in seen} == {9}

@@ -22,7 +22,8 @@ from nst_jax.imaging.images import load_image, save_image  # noqa: E402
 from nst_jax.config.presets import preset  # noqa: E402
 from nst_jax.engine.timings import CompileCounter  # noqa: E402
 from nst_jax.cli.video import main  # noqa: E402
-from nst_jax.video.transfer import VideoSettings, output_warping_error, stylize_frames  # noqa: E402
+from nst_jax.video.transfer import FrameOptions, VideoSettings, output_warping_error, stylize_frames  # noqa: E402
+from nst_jax import Model  # noqa: E402
 from datafiles import ROOT  # noqa: E402
 
 CHEAP = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), image_size=48,
@@ -146,8 +147,8 @@ def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compi
 
     def run(video):
         outputs = []
-        stylize_frames(frames, [style], settings, video, params, "caffe",
-                       on_frame=lambda result: outputs.append(result.image))
+        stylize_frames(frames, [style], settings, video, Model(params, "caffe"),
+                       FrameOptions(on_frame=lambda result: outputs.append(result.image)))
         return outputs
 
     flow_threads = []
@@ -197,7 +198,7 @@ def test_luminance_transfer_with_long_term_frames(params, remat):
                                               **{**CHEAP, "image_size": 40})
     results = []
     stylize_frames(frames, [texture(40, 40, seed=4)], settings,
-                   VideoSettings(frame_steps=3, long_term=2), params, "caffe", on_frame=results.append)
+                   VideoSettings(frame_steps=3, long_term=2), Model(params, "caffe"), FrameOptions(on_frame=results.append))
     assert [r.image.shape for r in results] == [(32, 40, 3)] * 4
     assert [r.pixels.shape for r in results] == [(32, 40, 1)] * 4
     assert results[0].temporal == 0 and all(np.isfinite(r.temporal) for r in results)
@@ -301,7 +302,7 @@ def test_the_video_api_refuses_frames_that_would_give_a_wrong_picture(params):
     frames = [frame * 255 for frame in translating(2)]  # 0..255 floats: they would turn white
     with pytest.raises(UserInputError, match=r"^frame 0: float pixels run from"):
         stylize_frames(frames, [texture(40, 40)], preset("neural-style").replace(**CHEAP), VideoSettings(),
-                       params, "caffe")
+                       Model(params, "caffe"))
 
 
 def test_start_and_duration_count_from_a_streams_first_frame(tmp_path):

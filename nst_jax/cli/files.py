@@ -14,20 +14,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple,
 import jax
 import numpy as np
 
-from nst_jax.engine.devices import batch_mesh, choose_shard, image_mesh, splits_rows
+from nst_jax.engine.devices import Layout
 from nst_jax.engine.optimize import StopRun
 from nst_jax.atomic import PathLike
 from nst_jax.config.settings import Settings
-from nst_jax.engine.stylize import Member, StylizeResult, make_members, stylize_batch
+from nst_jax.engine.plan import check_fits, plan_run
+from nst_jax.engine.stylize import Member, RunOptions, StylizeResult, make_members, run_plan
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
-from nst_jax.engine.memory import check_fits, resolve_remat
-from nst_jax.engine.stages import scale_sizes, undersized
+from nst_jax.engine.stages import InputShapes, undersized
 from nst_jax.cli.interrupt import ctrl_c_at_visits
 from nst_jax.cli.progress import ProgressBar, write_line
 from nst_jax.cli.watch import LossWatch, check_finite, divergence_advice
 from nst_jax.engine.timings import RunTimings
-from nst_jax.weights.params_file import Params, ParamsMetadata
+from nst_jax.weights.params_file import Model, Params, ParamsMetadata
 
 # Steps between host visits even when nothing is printed: how soon Ctrl-C is noticed and how
 # often a terminal's progress bar is redrawn. Print and save intervals add visits.
@@ -62,6 +62,18 @@ def request_members(settings: Settings, style_paths: Sequence[PathLike],
                         content_weights=batch.content_weights, seeds=batch.seeds)
 
 
+def request_layout(batch: Optional[BatchRequest], members: int) -> Layout:
+    """Where the members go: one device without a BatchRequest, else the devices it asks for (all
+    visible ones by default), split as it says (by default: by member while they fill the devices)."""
+    if batch is None:
+        return Layout(members)
+    visible = jax.device_count()
+    devices = batch.num_devices or visible
+    if devices > visible:
+        raise UserInputError(f"--devices: asked for {devices} devices, {visible} visible")
+    return Layout.requested(members, devices, batch.shard, devices_asked=bool(batch.num_devices))
+
+
 def member_path(output_path: str, label: str) -> str:
     """out.png + "starry_night_sw1000" -> out_starry_night_sw1000.png"""
     stem, extension = os.path.splitext(output_path)
@@ -80,12 +92,11 @@ def intermediate_path(output_path: str, step: int, num_steps: int) -> str:
     return f"{stem}_{step:0{len(str(num_steps))}d}{extension}"
 
 
-def refuse_undersized(settings: Settings, content_path: PathLike, content_shape: Tuple[int, int],
-                      style_paths: Sequence[PathLike], style_shapes: Sequence[Tuple[int, int]],
-                      long_side: Optional[int] = None) -> None:
+def refuse_undersized(settings: Settings, inputs: InputShapes, content_path: PathLike,
+                      style_paths: Sequence[PathLike], long_side: Optional[int] = None) -> None:
     """UserInputError naming the image the network would shrink to nothing (stages.undersized),
     before anything compiles: its loss would be NaN at the first step."""
-    problem = undersized(settings, content_shape, style_shapes, long_side)
+    problem = undersized(settings, inputs, long_side)
     if problem is None:
         return
     height, width = problem.shape
@@ -100,14 +111,9 @@ def refuse_undersized(settings: Settings, content_path: PathLike, content_shape:
                          f"(each side needs at least {problem.needed} px); {fix}")
 
 
-def load_inputs(content_path: PathLike, style_paths: Sequence[PathLike], output_path: PathLike, settings: Settings,
-                load_weights: LoadWeights, timings: Optional[RunTimings] = None
-                ) -> Tuple[np.ndarray, List[np.ndarray], Optional[np.ndarray], Params, ParamsMetadata]:
-    """Check the output path, load the images, then the weights: cheapest failure first.
-
-    Returns (content, styles, init_image or None, params, params_metadata).
-    """
-    timings = timings or RunTimings()
+def load_images(content_path: PathLike, style_paths: Sequence[PathLike], output_path: PathLike, settings: Settings,
+                timings: RunTimings) -> Tuple[np.ndarray, List[np.ndarray], Optional[np.ndarray]]:
+    """Check the output path, then load the images: (content, styles, init_image or None)."""
     with timings.phase("images"):
         images.check_output_path(output_path)
         content = images.load_image(content_path)
@@ -115,10 +121,7 @@ def load_inputs(content_path: PathLike, style_paths: Sequence[PathLike], output_
         # Settings: init "image" comes with an init_image.
         init_image = (images.load_image(cast(str, settings.image.init_image)) if settings.image.init == "image"
                       else None)
-        refuse_undersized(settings, content_path, content.shape[:2], style_paths, [s.shape[:2] for s in styles])
-    with timings.phase("weights"):
-        params, params_metadata = load_weights()
-    return content, styles, init_image, params, params_metadata
+    return content, styles, init_image
 
 
 def run_description(content_path: PathLike, style_paths: Sequence[PathLike], settings: Settings,
@@ -162,27 +165,20 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
     (jax.distributed) the first one writes.
     """
     timings = timings or RunTimings()
-    content, styles, init_image, params, params_metadata = load_inputs(
-        content_path, style_paths, output_path, settings, load_weights, timings)
+    content, styles, init_image = load_images(content_path, style_paths, output_path, settings, timings)
     out = stream or sys.stderr
-    members, mesh = request_members(settings, style_paths, batch), None
-    if batch is not None:
-        try:
-            devices = batch.num_devices or jax.device_count()
-            shard = choose_shard(batch.shard, len(members), devices, bool(batch.num_devices))
-            mesh = None if devices == 1 else image_mesh(devices) if shard == "image" else batch_mesh(devices)
-        except ValueError as error:
-            raise UserInputError(f"--devices: {error}") from None
+    members = request_members(settings, style_paths, batch)
+    inputs = InputShapes.of(content, styles)
+    refuse_undersized(settings, inputs, content_path, style_paths)
+    # Refuse a run that cannot fit before the weights load and anything compiles (one line,
+    # nothing written); the plan resolves "auto", so the check and the PNG metadata say which.
+    plan = plan_run(settings, inputs, request_layout(batch, len(members)))
+    check_fits(plan)
+    settings = plan.settings
+    with timings.phase("weights"):
+        params, params_metadata = load_weights()
     # A batch of one is named like a single run: OUT, not OUT_0.
     paths = [output_path] if len(members) == 1 else [member_path(output_path, m.label) for m in members]
-    # Refuse a run that cannot fit before anything is compiled (one line, nothing written);
-    # --remat auto becomes none or blocks first, so the check and the PNG metadata say which.
-    fit = (content.shape[:2], [style.shape[:2] for style in styles], len(members),
-           mesh.size if mesh is not None else 1)
-    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
-    shard = "image" if splits_rows(mesh) else "batch"
-    settings = resolve_remat(settings, *fit, shard, device)
-    check_fits(settings, *fit, device, shard)
     # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
     # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
     with ctrl_c_at_visits(out) as ctrl_c:
@@ -192,8 +188,7 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
         describe = run_description(content_path, style_paths, settings, params_metadata)
         member_metadata = [member_description(settings, m, batch is not None) for m in members]
         writes = jax.process_index() == 0
-        total_steps = settings.optimizer.num_steps * settings.image.scales
-        sizes = scale_sizes(settings)
+        total_steps, sizes = plan.total_steps, plan.sizes
         bar = ProgressBar(total_steps, stream=stream,
                           label="step" if len(members) == 1 else f"{len(members)} images, step")
         watch = LossWatch(settings)
@@ -238,11 +233,11 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
 
         with timings.phase("run"), timings.compile:
             try:
-                results = stylize_batch(content, styles, settings, params, params_metadata.preprocessing,
-                                        members, init_image=init_image, mesh=mesh, on_visit=on_visit,
-                                        intervals=(settings.output.print_every, settings.output.save_every,
-                                                   PROGRESS_INTERVAL),
-                                        should_stop=lambda: ctrl_c.requested)
+                results = run_plan(plan, content, styles, Model(params, params_metadata.preprocessing), members,
+                                   RunOptions(init_image=init_image, on_visit=on_visit,
+                                              intervals=(settings.output.print_every, settings.output.save_every,
+                                                         PROGRESS_INTERVAL),
+                                              should_stop=lambda: ctrl_c.requested))
             except Exception:
                 bar.close()  # the error's line (cli.interrupt.exit_status) starts a line of its own
                 raise

@@ -7,25 +7,25 @@ exit status 2; bad flag values are caught here, before any file is read or anyth
 
 import argparse
 import dataclasses
-import difflib
 import os
 import re
 import sys
-import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, cast
 
 from nst_jax.cache import enable_compile_cache
+from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, flag, keep_negative_values, number, same_path
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.errors import UserInputError, reason
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.config.settings import CHOICES, FIELDS, INT32_MAX, RANGES, Range, Settings
+from nst_jax.config.settings import AUTO_NUMBERS, CHOICES, FIELDS, INT32_MAX, RANGES, Range, Settings
 from nst_jax.engine.timings import RunTimings
 from nst_jax.weights.params_file import Params, ParamsMetadata
 
-if TYPE_CHECKING:  # imported where used: parsing flags does not load the engine
+if TYPE_CHECKING:
     from nst_jax.cli.files import BatchRequest
+    from nst_jax.engine.plan import RunPlan
     from nst_jax.engine.stylize import StylizeResult
 
 USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
@@ -42,6 +42,8 @@ STRETCH_TOLERANCE = 0.01
 # The help's heading of each Settings group.
 GROUP_TITLES = {"image": "sizes, styles, start image and colours", "loss": "loss", "network": "network",
                 "optimizer": "optimizer", "output": "progress and output"}
+# Settings that name a file (their metavar).
+FILE_FIELDS = ("init_image",)
 # Help for each Settings field (by flat name); the flag is the flat name with dashes.
 FIELD_HELP = {
     "image_size": "long side of the output in pixels (aspect ratio kept)",
@@ -94,155 +96,30 @@ FIELD_HELP = {
 }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse without abbreviations, whose errors are one line naming the flag, not a usage dump.
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """What distinguishes a command line built on the image command's flags (the video command's)."""
 
-    Errors raise UserInputError, which main prints as `error: ...` with exit status 2.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(allow_abbrev=False, **kwargs)  # --num-step must not pass for --num-steps
-
-    def error(self, message: str) -> NoReturn:
-        raise UserInputError(self._one_line(message))
-
-    def _one_line(self, message):
-        message = " ".join(message.split())
-        argument = re.fullmatch(r"argument (\S+): (.*)", message)
-        if argument:
-            return f"{argument.group(1)}: {argument.group(2)}"
-        unknown = re.fullmatch(r"unrecognized arguments: (.*)", message)
-        if unknown:
-            first = unknown.group(1).split()[0]
-            if not first.startswith("-"):
-                return f"{first}: unexpected argument; {self._usage_line()}"
-            flag = first.split("=", 1)[0]
-            close = difflib.get_close_matches(flag, list(self._option_string_actions), n=1)
-            return f"{flag}: unknown flag" + (f" (did you mean {close[0]}?)" if close else "; --help lists them")
-        missing = re.fullmatch(r"the following arguments are required: (.*)", message)
-        if missing:
-            return f"{missing.group(1)}: missing; {self._usage_line()}"
-        return message
-
-    def _usage_line(self) -> str:
-        """'usage: …' on one line (the usage given, or argparse's own)."""
-        return " ".join(self.format_usage().split())
+    prog: str = "python -m nst_jax.run"
+    usage: str = USAGE
+    description: str = ("Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
+                        "style of STYLE (several styles are blended). Every flag overrides the preset.")
+    content: Tuple[str, str] = ("content", "content image (photo)")  # metavar, help
+    output: Tuple[str, str] = ("out.png", "output image (.png with the settings in its metadata, .jpg, "
+                                          ".webp, .tif); default: out.png")  # default, help
+    hidden: Tuple[str, ...] = ()  # flags (by dest) parsed, so that the command can refuse them, but not shown
+    field_help: Tuple[Tuple[str, str], ...] = ()  # FIELD_HELP entries this command words otherwise
+    choices: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # CHOICES this command narrows
 
 
-def _number(kind):
-    """argparse type for an int or float flag (ranges are checked after parsing)."""
-    def parse(text):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-    parse.__name__ = kind.__name__
-    vars(parse).update(kind=kind, is_list=False)  # lets tests find every numeric flag in the parser
-    return parse
-
-
-AUTO = "auto"
-
-
-def _number_or_auto(kind):
-    """argparse type for a number flag that also takes "auto" (resolved once the images are known)."""
-    number = _number(kind)
-
-    def parse(text):
-        return AUTO if text.strip().lower() == AUTO else number(text)
-    parse.__name__ = number.__name__
-    vars(parse).update(kind=kind, is_list=False)
-    return parse
-
-
-# Settings that name a file (their metavar).
-FILE_FIELDS = ("init_image",)
-
-# Number flags that also take "auto".
-AUTO_FIELDS = ("lbfgs_memory",)
-
-
-def _items(text):
-    """The comma-separated items of a list flag, stripped: "a, b,c" -> ["a", "b", "c"]; "" -> []
-    (the settings' checks then say what an empty list means for that flag). An empty item
-    ("1,,2", "1,2,") is refused: a value was most likely left out."""
-    if not text.strip():
-        return []
-    items = [item.strip() for item in text.split(",")]
-    if "" in items:
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty item (two commas, or one at an end)")
-    return items
-
-
-def _comma_list(kind):
-    """argparse type for a comma-separated list flag: "1, 2,3" -> (1.0, 2.0, 3.0)."""
-    def parse(text):
-        items = _items(text)
-        try:
-            return tuple(kind(item) for item in items)
-        except ValueError:
-            kinds = {int: "integers", float: "numbers"}[kind]
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kinds}") from None
-    parse.__name__ = f"list of {kind.__name__}"
-    vars(parse).update(kind=kind, is_list=True)
-    return parse
-
-
-def _names(text):
-    """argparse type for a list of layer names: "relu1_1, relu2_1" -> ("relu1_1", "relu2_1")."""
-    return tuple(_items(text))
-
-
-# Values argparse would take for flags: -1,2 and -1e3 and -inf (it only knows -1 and -1.5).
-_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
-
-
-def _keep_negative_values(parser, argv):
-    """`--flag -1,2` -> `--flag=-1,2`, so a negative value reaches our checks (and their message)."""
-    takes_value = {option for action in parser._actions if action.option_strings and action.nargs is None
-                   for option in action.option_strings}
-    kept: List[str] = []
-    for index, arg in enumerate(argv):
-        if arg == "--":
-            return kept + list(argv[index:])
-        if kept and kept[-1] in takes_value and _NEGATIVE_NUMBER.match(arg):
-            kept[-1] = f"{kept[-1]}={arg}"
-        else:
-            kept.append(arg)
-    return kept
-
-
-def _flag(name):
-    return name.replace("_", "-")
-
-
-def _field_type(field):
-    """(scalar type, is_list) of a Settings group's field: Optional[...] unwrapped, Tuple[X, ...] -> (X, True)."""
-    annotation = field.type
-    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        return typing.get_args(annotation)[0], True
-    return annotation, False
-
-
-def _shown(value):
-    """A default as --help shows it: floats in 6 digits (1/255000, not 3.92156862745098e-06)."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def build_parser() -> OneLineParser:
+def build_parser(command: Command = Command()) -> OneLineParser:
     parser = OneLineParser(
-        prog="python -m nst_jax.run", usage=USAGE,
-        description="Neural style transfer (Gatys et al.) with VGG-19 in JAX. Paints CONTENT in the "
-                    "style of STYLE (several styles are blended). Every flag overrides the preset.",
+        prog=command.prog, usage=command.usage, description=command.description,
         epilog="Settings flags default to the chosen preset's values; the values in brackets are the "
                f"default preset's ({DEFAULT_PRESET}).")
-    parser.add_argument("content", help="content image (photo)")
+    parser.add_argument("content", metavar=command.content[0], help=command.content[1])
     parser.add_argument("styles", nargs="+", metavar="style", help="style image(s) (painting)")
-    parser.add_argument("-o", "--output", default="out.png",
-                        help="output image (.png with the settings in its metadata, .jpg, .webp, .tif); "
-                             "default: out.png")
+    parser.add_argument("-o", "--output", default=command.output[0], help=command.output[1])
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help=f"named settings reproducing a reference system (see README); default: {DEFAULT_PRESET}")
     parser.add_argument("--weights", default=None,
@@ -268,13 +145,13 @@ def build_parser() -> OneLineParser:
         "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
     batch.add_argument("--batch", action="store_true",
                        help="one output per style image instead of one blended output")
-    batch.add_argument("--sweep-style-weight", metavar="LIST", type=_comma_list(float),
+    batch.add_argument("--sweep-style-weight", metavar="LIST", type=comma_list(float),
                        help=f"one output per style weight, e.g. 1e2,1e3,1e4 (each {RANGES['style_weight']})")
-    batch.add_argument("--sweep-content-weight", metavar="LIST", type=_comma_list(float),
+    batch.add_argument("--sweep-content-weight", metavar="LIST", type=comma_list(float),
                        help=f"one output per content weight (each {RANGES['content_weight']})")
-    batch.add_argument("--sweep-seed", metavar="LIST", type=_comma_list(int),
+    batch.add_argument("--sweep-seed", metavar="LIST", type=comma_list(int),
                        help=f"one output per seed, e.g. 0,1,2,3 (each {RANGES['seed']})")
-    batch.add_argument("--devices", type=_number(int), metavar="N",
+    batch.add_argument("--devices", type=number(int), metavar="N",
                        help=f"shard the batch over N devices ({CLI_RANGES['devices']}; default: all visible)")
     batch.add_argument("--shard", choices=("batch", "image"),
                        help="split the members over the devices (batch) or each image's rows (image: "
@@ -285,35 +162,23 @@ def build_parser() -> OneLineParser:
                             "environment: Slurm, MPI, TPU, JAX_COORDINATOR_ADDRESS); run the same "
                             "command on every host; the first host writes the outputs")
     batch.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host coordinator (implies --distributed)")
-    batch.add_argument("--num-processes", type=_number(int), metavar="N",
+    batch.add_argument("--num-processes", type=number(int), metavar="N",
                        help=f"number of hosts (with --coordinator; {CLI_RANGES['num_processes']})")
-    batch.add_argument("--process-id", type=_number(int), metavar="I",
+    batch.add_argument("--process-id", type=number(int), metavar="I",
                        help=f"this host's index (with --coordinator; {CLI_RANGES['process_id']}, below N)")
     defaults = preset(DEFAULT_PRESET)
-    groups = {}
+    help_texts, choices = {**FIELD_HELP, **dict(command.field_help)}, {**CHOICES, **dict(command.choices)}
+    groups: Dict[str, Any] = {}
     for name, where in FIELDS.items():  # one flag per field, group by group
         if where.group not in groups:
             groups[where.group] = parser.add_argument_group(
                 f"settings: {GROUP_TITLES[where.group]} (default: the preset's value)")
-        scalar, is_list = _field_type(where.field)
-        default = defaults.value(name)
-        shown = ",".join(map(_shown, default)) if isinstance(default, tuple) else _shown(default)
-        text = FIELD_HELP.get(name, name.replace("_", " "))
-        if name in RANGES:
-            text += f" ({'each ' if is_list else ''}{RANGES[name]})"
-        kwargs: Dict[str, Any] = {"default": None, "help": text if default is None else f"{text} [{shown}]"}
-        if name in CHOICES and not is_list:
-            kwargs["choices"] = CHOICES[name]
-        elif scalar is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif is_list:
-            kwargs["type"] = _comma_list(scalar) if scalar in (int, float) else _names
-        elif scalar in (int, float):
-            kwargs["type"] = (_number_or_auto if name in AUTO_FIELDS else _number)(scalar)
-        if "choices" not in kwargs and scalar is not bool:
-            kwargs["metavar"] = ("LIST" if is_list else "FILE" if name in FILE_FIELDS
-                                 else {int: "N", float: "X"}.get(scalar, "VALUE"))
-        groups[where.group].add_argument("--" + _flag(name), **kwargs)
+        add_field_flag(groups[where.group], name, where.field, defaults.value(name), help_texts.get(name),
+                       RANGES.get(name), choices.get(name), takes_auto=name in AUTO_NUMBERS,
+                       metavar="FILE" if name in FILE_FIELDS else None)
+    for action in parser._actions:
+        if action.dest in command.hidden:
+            action.help = argparse.SUPPRESS
     return parser
 
 
@@ -323,7 +188,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     changes = {}
     for name in FIELDS:
         value = getattr(args, name)
-        if value is not None and value != AUTO:  # "auto" numbers: see resolve_auto
+        if value is not None:
             changes[name] = value
     if "init_image" in changes and "init" not in changes:
         changes["init"] = "image"
@@ -361,10 +226,10 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
-    args = parser.parse_args(_keep_negative_values(parser, argv))
+    args = parser.parse_args(keep_negative_values(parser, argv))
     for name, allowed in CLI_RANGES.items():
         if getattr(args, name) is not None:
-            allowed.check(_flag(name), getattr(args, name))
+            allowed.check(flag(name), getattr(args, name))
     if args.num_processes is not None and args.process_id is not None and args.process_id >= args.num_processes:
         raise UserInputError(f"--process-id: must be below --num-processes {args.num_processes}, "
                              f"got {args.process_id}")
@@ -386,22 +251,22 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     settings.image.check_style_count(len(args.styles))
     sweeps = {}
     for name, kind in SWEEPS.items():
-        values, flag = getattr(args, "sweep_" + name), "sweep-" + _flag(name)
+        values, sweep = getattr(args, "sweep_" + name), "sweep-" + flag(name)
         if values is None:
             continue
         if not values:
-            raise UserInputError(f"--{flag}: no values")
+            raise UserInputError(f"--{sweep}: no values")
         for value in values:
-            RANGES[name].check(flag, value, whole=kind is int)
+            RANGES[name].check(sweep, value, whole=kind is int)
         # Outputs are named by value (batch labels weights with :g), so a repeat would overwrite one.
         labels = [f"{value:g}" if kind is float else str(value) for value in values]
         repeated = next((index for index, label in enumerate(labels) if label in labels[:index]), None)
         if repeated is not None:
             first = labels.index(labels[repeated])
             if values[first] == values[repeated]:
-                raise UserInputError(f"--{flag}: {labels[repeated]} is listed twice (both outputs would have "
+                raise UserInputError(f"--{sweep}: {labels[repeated]} is listed twice (both outputs would have "
                                      f"one name)")
-            raise UserInputError(f"--{flag}: {values[first]!r} and {values[repeated]!r} would both be named "
+            raise UserInputError(f"--{sweep}: {values[first]!r} and {values[repeated]!r} would both be named "
                                  f"{labels[repeated]} (outputs are named to 6 significant digits)")
         sweeps[name] = values
     if settings.loss.tv_weight == 0:
@@ -409,7 +274,7 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
                    if 0 in sweeps.get(name, (settings.value(name),))]
         if len(zero_in) == 2:  # Settings caught the case without sweeps
             swept = next(name for name in zero_in if name in sweeps)
-            raise UserInputError(f"--sweep-{_flag(swept)}: 0 with the other weights 0 leaves nothing "
+            raise UserInputError(f"--sweep-{flag(swept)}: 0 with the other weights 0 leaves nothing "
                                  f"to optimize")
     return args, settings, sweeps
 
@@ -417,20 +282,16 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
 def _refuse_outputs_over_inputs(args: argparse.Namespace, settings: Settings) -> None:
     """An output written over an input of the run (or over the other output) would destroy it:
     `-o content.jpg`, or `--report` naming the image, is refused before anything is read."""
-    if args.report is not None and _same_path(args.report, args.output):
+    if args.report is not None and same_path(args.report, args.output):
         raise UserInputError(f"--report {args.report}: is also the -o output; name another file")
     inputs = [args.content, *args.styles, settings.image.init_image, args.weights]
-    for flag, output in (("-o", args.output), ("--report", args.report)):
+    for option, output in (("-o", args.output), ("--report", args.report)):
         if output is None:
             continue
-        clash = next((path for path in inputs if path is not None and _same_path(output, path)), None)
+        clash = next((path for path in inputs if path is not None and same_path(output, path)), None)
         if clash is not None:
-            raise UserInputError(f"{flag} {output}: is an input of this run ({clash}); writing it would "
+            raise UserInputError(f"{option} {output}: is an input of this run ({clash}); writing it would "
                                  f"destroy it, name another file")
-
-
-def _same_path(first: Any, second: Any) -> bool:
-    return os.path.realpath(os.path.expanduser(str(first))) == os.path.realpath(os.path.expanduser(str(second)))
 
 
 def stretch_warning(content_path: str, init_path: str) -> Optional[str]:
@@ -458,18 +319,14 @@ def _displayed_size(path):
     return height, width
 
 
-def run_layout(args: argparse.Namespace, settings: Settings, sweeps: Sweeps
-               ) -> Tuple[Tuple[int, int], List[Tuple[int, int]], int, int, str]:
-    """What the fit check needs from the flags, without decoding an image: (content (height,
-    width), style shapes, members, devices, shard)."""
-    import jax
-    from nst_jax.cli.files import request_members
-    from nst_jax.engine.devices import choose_shard
+def header_plan(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> "RunPlan":
+    """The run's plan from the images' headers (nothing decoded): what --estimate-memory shows."""
+    from nst_jax.cli.files import request_layout, request_members
+    from nst_jax.engine.plan import plan_run
+    from nst_jax.engine.stages import InputShapes
     members = len(request_members(settings, args.styles, batch_request(args, sweeps)))
-    devices = args.devices or (jax.device_count() if members > 1 or args.shard else 1)
-    shard = choose_shard(args.shard, members, devices, bool(args.devices))
-    return (_displayed_size(args.content), [_displayed_size(path) for path in args.styles], members,
-            devices, shard)
+    inputs = InputShapes(_displayed_size(args.content), tuple(_displayed_size(path) for path in args.styles))
+    return plan_run(settings, inputs, request_layout(batch_request(args, sweeps), members))
 
 
 def batch_request(args: argparse.Namespace, sweeps: Sweeps) -> "Optional[BatchRequest]":
@@ -484,43 +341,20 @@ def batch_request(args: argparse.Namespace, sweeps: Sweeps) -> "Optional[BatchRe
                         num_devices=args.devices, shard=args.shard)
 
 
-def resolve_auto(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> Settings:
-    """`settings` with the "auto" number flags (--lbfgs-memory auto) chosen to fit the device."""
-    if getattr(args, "lbfgs_memory", None) == AUTO and settings.optimizer.name == "lbfgs":
-        from nst_jax.engine.memory import largest_lbfgs_memory
-        try:
-            layout = run_layout(args, settings, sweeps)
-        except Exception:  # unreadable images get their own one-line error when loaded
-            return settings
-        settings = settings.replace(lbfgs_memory=largest_lbfgs_memory(settings, *layout))
-    return settings
-
-
-def memory_report(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> str:
-    """The output size, the members per device, the memory they need and what is free (one
-    line), then a table of the total against each memory option (remat, storage, L-BFGS memory).
-
-    The same analytic estimate as the fit check every run makes (nst_jax.engine.memory.estimate_run).
-    """
-    import math
-    from nst_jax.imaging import images
-    from nst_jax.engine.memory import available_bytes, estimate_run, resolve_remat
+def memory_report(plan: "RunPlan") -> str:
+    """The planned run (output size, members per device, "auto" choices resolved) with the memory
+    it needs against what is free (one line), then a table of the total against each memory option
+    (remat, storage, L-BFGS memory): the fit check's own analytic estimate (engine.plan)."""
+    from nst_jax.engine.memory import estimate_run, gib
     from nst_jax.loss.objective import REMATS
-    height, width = images.load_image(args.content).shape[:2]
-    style_shapes = [images.load_image(path).shape[:2] for path in args.styles]
-    out_height, out_width = images.long_side_shape(height, width, settings.image.image_size)
-    _, _, members, devices, shard = run_layout(args, settings, sweeps)
-    fit = ((height, width), style_shapes, members, devices, shard)
-    settings = resolve_remat(settings, *fit)
-    per_device = members if shard == "image" else math.ceil(members / devices)
-    estimate = estimate_run(settings, *fit)
-    available = available_bytes()
-    gib = lambda size: f"{size / 2**30:.2f} GiB"  # noqa: E731
-    split = ", each image split by rows" if shard == "image" and devices > 1 else ""
+    settings, layout, estimate, available = plan.settings, plan.layout, plan.estimate, plan.available
+    out_height, out_width = plan.working_shape
+    split = ", each image split by rows" if layout.splits_rows else ""
     lbfgs = settings.optimizer.name == "lbfgs"
-    line = (f"{out_width}x{out_height} px, {members} image(s) on {devices} device(s) ({per_device} per "
-            f"device{split}), {settings.optimizer.name}"
-            f"{f' (memory {settings.optimizer.lbfgs_memory})' if lbfgs else ''}: about {gib(estimate.total)} per device (params "
+    line = (f"{out_width}x{out_height} px, {layout.members} image(s) on {layout.devices} device(s) "
+            f"({layout.per_device} per device{split}), {settings.optimizer.name}"
+            f"{f' (memory {settings.optimizer.lbfgs_memory})' if lbfgs else ''}, remat {settings.network.remat}: "
+            f"about {gib(estimate.total)} per device (params "
             f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "
             f"temporaries {gib(estimate.loop)}, content and style passes {gib(estimate.targets)})"
             + (f"; {gib(available)} available" if available is not None else ""))
@@ -532,7 +366,7 @@ def memory_report(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) 
             for memory in memories:
                 changed = settings.replace(remat=remat, storage_dtype=storage,
                                            lbfgs_memory=memory or settings.optimizer.lbfgs_memory)
-                total = estimate_run(changed, *fit).total
+                total = estimate_run(changed, plan.inputs, layout).total
                 fits = "" if available is None else "  fits" if total <= available else "  too large"
                 rows.append(f"{remat:<8}{storage:<10}{memory or '-'!s:<14}{gib(total)}{fits}")
     return "\n".join([line] + rows)
@@ -557,7 +391,7 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["Styliz
     if not args.no_compile_cache:
         enable_compile_cache()
     if args.estimate_memory:
-        print(memory_report(args, resolve_auto(args, settings, sweeps), sweeps))
+        print(memory_report(header_plan(args, settings, sweeps)))
         return None
     # Settings: init "image" comes with an init_image.
     warning = (stretch_warning(args.content, cast(str, settings.image.init_image))
@@ -578,12 +412,11 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["Styliz
     distributed = args.distributed or args.coordinator is not None
     if distributed:
         from nst_jax.engine.devices import join_cluster
-        flag = f"--coordinator {args.coordinator}" if args.coordinator is not None else "--distributed"
+        option = f"--coordinator {args.coordinator}" if args.coordinator is not None else "--distributed"
         try:
             join_cluster(args.coordinator, args.num_processes, args.process_id)
         except (ValueError, IndexError, RuntimeError) as error:  # jax.distributed's own checks
-            raise UserInputError(f"{flag}: cannot join the cluster ({reason(error, first_line=True)})") from None
-    settings = resolve_auto(args, settings, sweeps)  # after joining: it asks JAX for devices
+            raise UserInputError(f"{option}: cannot join the cluster ({reason(error, first_line=True)})") from None
     from nst_jax.cli.files import stylize_files
     outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
                             batch=batch_request(args, sweeps), timings=timings)

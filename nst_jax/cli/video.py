@@ -21,8 +21,11 @@ from nst_jax.engine.optimize import StopRun
 from nst_jax.errors import UserInputError
 from nst_jax.video import files as video_io
 from nst_jax.video import flow
-from nst_jax.video.transfer import DEFAULT_TEMPORAL_WEIGHT, VIDEO_RANGES, FrameResult, VideoSettings, stylize_frames
-from nst_jax.weights.params_file import Params, ParamsMetadata
+from nst_jax.cli.flags import add_field_flag, flag, keep_negative_values, same_path
+from nst_jax.cli.run import Command, build_parser as build_image_parser
+from nst_jax.video.transfer import (FRAME_INITS, VIDEO_HELP, VIDEO_METAVARS, VIDEO_RANGES, FrameOptions, FrameResult,
+                                    VideoSettings, stylize_frames)
+from nst_jax.weights.params_file import Model, Params, ParamsMetadata
 
 USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--preset NAME] "
          "[flags] [--temporal-weight X] [--frame-steps N] [--start S] [--duration S] [--every N]")
@@ -43,48 +46,30 @@ class ClipResult:
 
 
 
+VIDEO_COMMAND = Command(
+    prog="python -m nst_jax.video", usage=USAGE,
+    description=("Neural style transfer for videos with temporal consistency (Ruder et al. 2016). IN is a "
+                 "video file or a folder of frames; OUT a video (.mp4, .mov, .mkv) or a folder of PNG "
+                 "frames. Image flags as in python -m nst_jax.run."),
+    content=("IN", "input video file, or a folder of frames (sorted by name)"),
+    output=("out.mp4", "output video (.mp4, .mov, .mkv: H.264, the input's rate, size and audio) or, for "
+                       "any other name, a folder of PNG frames; default: out.mp4"),
+    hidden=REFUSED_FLAGS + REFUSED_SETTINGS,
+    # A start image file is an image's, not a clip's.
+    field_help=(("init", "start image: the content, noise around the mean color, or flat gray"),),
+    choices=(("init", tuple(choice for choice in INITS if choice != "image")),))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """nst_jax.cli.run's parser (every image flag, same checks) plus the video flags."""
-    from nst_jax.cli.run import _number, build_parser as build_image_parser
-    parser = build_image_parser()
-    parser.prog, parser.usage = "python -m nst_jax.video", USAGE
-    for action in parser._actions:  # the positionals and -o mean other things here
-        if action.dest in REFUSED_FLAGS + REFUSED_SETTINGS:
-            action.help = argparse.SUPPRESS  # still parsed, so that using one gets its one-line refusal
-        elif action.dest == "init":  # a start image file is an image's, not a clip's
-            action.choices = tuple(choice for choice in INITS if choice != "image")
-            action.help = str(action.help).replace(", flat gray, or --init-image", " or flat gray")
-        elif action.dest == "content":
-            action.metavar, action.help = "IN", "input video file, or a folder of frames (sorted by name)"
-        elif action.dest == "output":
-            action.default = "out.mp4"
-            action.help = ("output video (.mp4, .mov, .mkv: H.264, the input's rate, size and audio) "
-                           "or, for any other name, a folder of PNG frames; default: out.mp4")
-    parser.description = ("Neural style transfer for videos with temporal consistency (Ruder et al. "
-                          "2016). IN is a video file or a folder of frames; OUT a video (.mp4, .mov, "
-                          ".mkv) or a folder of PNG frames. Image flags as in python -m nst_jax.run.")
+    """The image command's parser (every image flag, same checks) plus the video flags, made from
+    VideoSettings' fields."""
+    parser = build_image_parser(VIDEO_COMMAND)
     group = parser.add_argument_group("video")
-    group.add_argument("--temporal-weight", type=_number(float), metavar="X",
-                       help=f"weight of the short-term temporal loss, 0: none "
-                            f"({VIDEO_RANGES['temporal_weight']}) [{DEFAULT_TEMPORAL_WEIGHT:g}]")
-    group.add_argument("--frame-steps", type=_number(int), metavar="N",
-                       help=f"steps for every frame after the first, which gets --num-steps "
-                            f"({VIDEO_RANGES['frame_steps']}) [half of --num-steps]")
-    group.add_argument("--frame-init", choices=("warped", "independent"),
-                       help="start each frame from the previous result warped along the flow, or "
-                            "from --init as a single image would [warped]")
-    group.add_argument("--long-term", type=_number(int), metavar="K",
-                       help=f"the temporal loss looks back at K earlier frames (Ruder et al.'s "
-                            f"long-term loss; 1: short-term only; {VIDEO_RANGES['long_term']}) [1]")
-    group.add_argument("--start", type=_number(float), metavar="SECONDS",
-                       help=f"first second of the input to stylize ({VIDEO_RANGES['start']}) [0]")
-    group.add_argument("--duration", type=_number(float), metavar="SECONDS",
-                       help=f"seconds of the input to stylize ({VIDEO_RANGES['duration']}) [to the end]")
-    group.add_argument("--every", type=_number(int), metavar="N",
-                       help=f"stylize every Nth frame; the output's rate is divided by N "
-                            f"({VIDEO_RANGES['every']}) [1]")
-    group.add_argument("--fps", type=_number(float), metavar="X",
-                       help=f"frame rate of a folder of frames ({VIDEO_RANGES['fps']}) [25]")
+    defaults = VideoSettings()
+    for field in dataclasses.fields(VideoSettings):
+        add_field_flag(group, field.name, field, getattr(defaults, field.name), VIDEO_HELP[field.name],
+                       VIDEO_RANGES.get(field.name), FRAME_INITS if field.name == "frame_init" else None,
+                       metavar=VIDEO_METAVARS.get(field.name))
     group.add_argument("--keep-frames", action="store_true",
                        help="keep the OUT_frames folder after encoding a video output")
     return parser
@@ -110,27 +95,23 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     from nst_jax.cli import run
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
-    argv = run._keep_negative_values(parser, argv)
+    argv = keep_negative_values(parser, argv)
     args = parser.parse_args(argv)  # unknown flags and bad values of any flag, with "did you mean"
     for name in REFUSED_FLAGS:
         if getattr(args, name) not in (None, False):
             raise UserInputError(f"--{name.replace('_', '-')}: not available for videos")
-    values = {name: getattr(args, name) for name in VIDEO_RANGES}
-    for name, value in values.items():
-        if value is not None:
-            VIDEO_RANGES[name].check(name.replace("_", "-"), value,
-                                     whole=name in ("frame_steps", "every", "long_term"))
-    video_flags = {"--" + name.replace("_", "-") for name in list(VIDEO_RANGES) + ["frame_init"]}
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(VideoSettings)
+             if getattr(args, field.name) is not None}
+    video = VideoSettings(**given)  # checks its values: one line naming the flag
+    video_flags = {"--" + flag(field.name) for field in dataclasses.fields(VideoSettings)}
     _, settings, _ = run.parse_and_validate(_strip_flags(argv, video_flags, {"--keep-frames"}))
-    if video_io.is_video_path(args.output) and run._same_path(video_io.frames_folder(args.output), args.content):
+    if video_io.is_video_path(args.output) and same_path(video_io.frames_folder(args.output), args.content):
         raise UserInputError(f"-o {args.output}: its frames folder {video_io.frames_folder(args.output)} is the "
                              f"input folder; name the output otherwise")
     if settings.image.scales > 1:
         raise UserInputError("--scales: not available for videos (each frame runs at --image-size)")
     if settings.output.save_every:
         raise UserInputError("--save-every: not available for videos (every frame is saved)")
-    video = VideoSettings(**{k: v for k, v in values.items() if v is not None},
-                          **({"frame_init": args.frame_init} if args.frame_init else {}))
     return args, settings, video
 
 
@@ -166,6 +147,8 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     from nst_jax.imaging import images
     from nst_jax.cli.files import refuse_undersized, run_description
     from nst_jax.cli.interrupt import ctrl_c_at_visits
+    from nst_jax.engine.plan import check_fits, plan_run
+    from nst_jax.engine.stages import InputShapes
     stream = stream or sys.stderr
     output = args.output
     video_io.check_video_output(output)
@@ -174,8 +157,10 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
                               video.every, video.fps)
     styles = [images.load_image(path) for path in args.styles]
     # Frames are read at the working size already; the content's check is on that size.
-    refuse_undersized(settings, args.content, clip.frames[0].shape[:2], args.styles,
-                      [style.shape[:2] for style in styles], long_side=settings.image.image_size)
+    inputs = InputShapes.of(clip.frames[0], styles)
+    refuse_undersized(settings, inputs, args.content, args.styles, long_side=settings.image.image_size)
+    plan = plan_run(settings, inputs)  # "auto" resolved for the clip; the manifest keeps the request
+    check_fits(plan)
     params, params_metadata = load_weights()
     store = video_io.FrameStore(video_io.frames_folder(output), len(clip.frames),
                                 _manifest(args, clip, settings, video, params_metadata),
@@ -230,9 +215,9 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
 
             try:
                 _, interrupted = stylize_frames(
-                    clip.frames, styles, settings, video, params, params_metadata.preprocessing,
-                    first_index=first, recent_pixels=recent, on_frame=write_then_check,
-                    on_visit=on_visit, intervals=(settings.output.print_every, 10))
+                    clip.frames, styles, plan.settings, video, Model(params, params_metadata.preprocessing),
+                    FrameOptions(first_index=first, recent_pixels=recent, on_frame=write_then_check,
+                                 on_visit=on_visit, intervals=(settings.output.print_every, 10)))
             except StopRun:
                 interrupted = True
             interrupted = interrupted or ctrl_c.requested

@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 import math
 import numbers
-from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union, cast
 
 from nst_jax.errors import UserInputError
 from nst_jax.loss.objective import COMPUTE_DTYPES, REMATS
@@ -33,7 +33,10 @@ LINESEARCHES = ("none", "zoom")  # L-BFGS: fixed step (engine.lbfgs) or optax's 
 STORAGE_DTYPES = ("float32", "bfloat16")  # the optimizer's image-sized history
 INITS = ("content", "noise", "gray", "image")  # engine.stages.initial_pixels
 ORIGINAL_COLORS = ("none", "luminance", "recombine")  # engine.stages.prepare_images, finish_image
-REMAT_CHOICES = REMATS + ("auto",)  # "auto": engine.memory.resolve_remat picks one per run
+# "auto" (--remat auto, --lbfgs-memory auto): chosen for each run by its plan (engine.plan.plan_run)
+# from the images' shapes and the free memory; Objective and OptimizerSpec refuse it unresolved.
+AUTO = "auto"
+REMAT_CHOICES = REMATS + (AUTO,)
 
 # Each field's options, declared once: those of the loss and the network beside the code that
 # implements them (loss/, model/), the engine's above.
@@ -94,6 +97,9 @@ class Range:
             raise UserInputError(f"--{flag}: must be {self}, got {value!r}")
 
 
+# Whole-number fields that also take AUTO.
+AUTO_NUMBERS = ("lbfgs_memory",)
+
 _POSITIVE = Range(0, low_open=True)
 _NON_NEGATIVE = Range(0)
 _FRACTION_BELOW_1 = Range(0, 1, high_open=True)
@@ -152,8 +158,10 @@ def _check_ranges(group: Any) -> None:
         if allowed is None:
             continue
         value = getattr(group, field.name)
+        if value == AUTO and _flat(field) in AUTO_NUMBERS:
+            continue
         for item in (value if isinstance(value, tuple) else () if value is None else (value,)):
-            allowed.check(_flag(_flat(field)), item, whole=field.type is int)
+            allowed.check(_flag(_flat(field)), item, whole=field.type is int or _flat(field) in AUTO_NUMBERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,8 +260,7 @@ class NetworkSettings:
     # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
     # more forward pass per step: vgg.recomputed_in_backward); "tiles": blocks 1-2 computed and
     # recomputed in column tiles, the rest keeping ReLU bits (least memory: vgg.features_in_tiles);
-    # "auto": none when the run fits, else tiles (blocks where tiles cannot go:
-    # engine.memory.resolve_remat).
+    # "auto": none when the run fits, else tiles (blocks where tiles cannot go: engine.plan).
     remat: str = "none"
 
     def __post_init__(self):
@@ -276,7 +283,8 @@ class OptimizerSettings:
     # True: the rate drops by lr_decay_rate at each multiple of lr_decay_steps; False: it decays
     # smoothly, rate × decay^(step / lr_decay_steps) (Keras' ExponentialDecay default).
     lr_decay_staircase: bool = True
-    lbfgs_memory: int = 100  # neural-style's default number of correction pairs
+    # neural-style's default number of correction pairs; "auto": the largest up to 100 that fits.
+    lbfgs_memory: Union[int, str] = 100
     # "none": torch.optim.LBFGS's fixed step 1, one evaluation per step (neural-style);
     # "zoom": optax's zoom line search (scipy-era tools), up to lbfgs_linesearch_steps evaluations.
     lbfgs_linesearch: str = "none"

@@ -51,12 +51,67 @@ def splits_rows(mesh: Optional[Mesh]) -> bool:
     return mesh is not None and tuple(mesh.axis_names) == ("rows",)
 
 
-def choose_shard(shard: Optional[str], members: int, devices: int, devices_asked: bool) -> str:
-    """"batch" or "image": `shard` when given, else image when fewer members than the devices
-    asked for (one image too large for one device), else batch."""
-    if shard is not None:
-        return shard
-    return "image" if devices_asked and members < devices else "batch"
+SHARDS = ("batch", "image")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a run's members meet its devices: how many of each, and what is split over them.
+
+    shard "batch" splits the members over the devices (each device runs whole images); "image"
+    splits each image by rows (one image too large for one device). One device splits nothing.
+    """
+
+    members: int = 1
+    devices: int = 1
+    shard: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.shard not in SHARDS:
+            raise ValueError(f"shard must be one of {', '.join(SHARDS)}, got {self.shard!r}")
+        if self.members < 1 or self.devices < 1:
+            raise ValueError(f"a layout needs at least one member and one device, got {self}")
+
+    @classmethod
+    def requested(cls, members: int, devices: int, shard: Optional[str] = None,
+                  devices_asked: bool = False) -> "Layout":
+        """The layout for flags: `shard` when given, else "image" when fewer members than the
+        devices asked for (one image too large for one device), else "batch"."""
+        if shard is None:
+            shard = "image" if devices_asked and members < devices else "batch"
+        return cls(members, devices, shard)
+
+    @classmethod
+    def of_mesh(cls, members: int, mesh: Optional[Mesh]) -> "Layout":
+        """The layout a run on `mesh` (an image_mesh, a batch_mesh or None) has."""
+        if mesh is None:
+            return cls(members)
+        return cls(members, mesh.size, "image" if splits_rows(mesh) else "batch")
+
+    @property
+    def splits_rows(self) -> bool:
+        return self.shard == "image" and self.devices > 1
+
+    @property
+    def splits_members(self) -> bool:
+        return self.shard == "batch" and self.devices > 1
+
+    @property
+    def per_device(self) -> int:
+        """Members each device holds."""
+        return self.members if self.shard == "image" else -(-self.members // self.devices)
+
+    @property
+    def batched(self) -> bool:
+        """The vmapped chunk: several members on a device, or members split over devices (even
+        one each)."""
+        return self.members > 1 or self.splits_members
+
+    def mesh(self) -> Optional[Mesh]:
+        """The mesh this layout runs on: None for one device."""
+        if self.devices == 1:
+            return None
+        return image_mesh(self.devices) if self.shard == "image" else batch_mesh(self.devices)
 
 
 def row_shardings(tree: Any, mesh: Mesh, image_shape: Sequence[int]) -> Any:

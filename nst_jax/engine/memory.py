@@ -1,5 +1,5 @@
 """How much device memory a run will take: XLA's analysis of the compiled step (no compute), and
-the fit check every CLI run makes before compiling (an analytic estimate of the whole run).
+the analytic estimate of the whole run that every plan makes before compiling (engine/plan.py).
 
 The chunk is lowered and compiled for the run's exact shapes with abstract inputs
 (jax.ShapeDtypeStruct), so nothing is allocated; XLA reports its arguments, outputs and
@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +19,14 @@ from jax.stages import Compiled
 
 from nst_jax.config.settings import Settings
 from nst_jax.errors import UserInputError
+from nst_jax.imaging import images
 from nst_jax.model.layers import (BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv,
                                   layer_block)
-from nst_jax.loss.objective import LossWeights, Objective, Targets, content_targets
-from nst_jax.engine.devices import place_chunk_args
-from nst_jax.engine.stages import SEPARATE_PASSES_FROM, style_side
-from nst_jax.engine.optimize import OptimizerSpec, chunk_program, make_optimizer
+from nst_jax.loss.objective import LossWeights, Objective, content_targets
+from nst_jax.engine.chunk_inputs import ChunkInputs, MemberInputs, build_chunk_inputs
+from nst_jax.engine.devices import Layout, image_mesh
+from nst_jax.engine.stages import SEPARATE_PASSES_FROM, InputShapes, style_side
+from nst_jax.engine.optimize import OptimizerSpec
 from nst_jax.model.vgg import ADJOINT, TileGrid, front_layers, layer_level
 
 
@@ -41,50 +43,41 @@ class MemoryEstimate:
         return self.arguments + self.temporaries + self.outputs_not_aliased
 
 
-def abstract_chunk_args(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
-                        batched: Optional[bool] = None,
-                        rows: Optional[Mesh] = None) -> Tuple[Objective, OptimizerSpec, Tuple[Any, ...]]:
-    """(objective, spec, args): the chunk's arguments as jax.ShapeDtypeStructs, as the engine
-    ships them (kernel, bias and the prepared adjoint kernel of each layer it runs), for
-    `chunk_program(objective, spec, batched).lower(*args)`: nothing is allocated.
+def abstract_chunk_inputs(settings: Settings, height: int, width: int, preprocessing: str = "caffe",
+                          batch_size: int = 1, batched: Optional[bool] = None,
+                          rows: Optional[Mesh] = None) -> ChunkInputs:
+    """The chunk's inputs as jax.ShapeDtypeStructs, as the engine builds them
+    (`build_chunk_inputs`: kernel, bias and the prepared adjoint kernel of each layer it runs),
+    for `inputs.program().lower(inputs.pixels, inputs.opt_state, steps, *inputs.loss_args)`:
+    nothing is allocated.
 
     `batched` (default: batch_size > 1) says whether the run uses the vmapped chunk, as sharded
     runs do even for one member per device. `rows`: a "rows" mesh (devices.image_mesh) to split
     the image over, as the engine does; XLA's analysis is then per device.
     """
-    if batched is None:
-        batched = batch_size > 1
     channels = 1 if settings.image.original_colors == "luminance" else 3
     objective = Objective.from_settings(settings, preprocessing)
-    spec = OptimizerSpec.from_settings(settings)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest_conv(objective.layers)) + 1]
     params = {layer: {"kernel": jax.ShapeDtypeStruct(conv_shape(layer), jnp.float32),
                       "bias": jax.ShapeDtypeStruct(conv_shape(layer)[-1:], jnp.float32),
                       ADJOINT: jax.ShapeDtypeStruct(adjoint_shape(conv_shape(layer)), jnp.float32)}
               for layer in used}
-    members = (batch_size,) if batched else ()
-    pixels = jax.ShapeDtypeStruct(members + (height, width, channels), jnp.float32)
-    init = make_optimizer(spec).init
-    state = jax.eval_shape(jax.vmap(init) if batched else init, pixels)
-    content = jax.eval_shape(lambda p, x: content_targets(objective, p, x), params,
-                             jax.ShapeDtypeStruct((height, width, channels), jnp.float32))
-    grams = {layer: jax.ShapeDtypeStruct(members + (BLOCK_CHANNELS[layer_block(layer)],) * 2, jnp.float32)
+    pixels = jax.ShapeDtypeStruct((height, width, channels), jnp.float32)
+    content = jax.eval_shape(lambda p, x: content_targets(objective, p, x), params, pixels)
+    grams = {layer: jax.ShapeDtypeStruct((BLOCK_CHANNELS[layer_block(layer)],) * 2, jnp.float32)
              for layer in objective.style_layers}
-    weight = jax.ShapeDtypeStruct(members, jnp.float32)
-    objective, (pixels, state, params, targets, weights) = place_chunk_args(
-        objective, (pixels, state, params, Targets(content, grams), LossWeights(weight, weight, weight)),
-        rows, (height, width, channels))
-    return objective, spec, (pixels, state, jax.ShapeDtypeStruct((), jnp.int32), params, targets, weights)
+    weight = jax.ShapeDtypeStruct((), jnp.float32)
+    member = MemberInputs(pixels, grams, LossWeights(weight, weight, weight))
+    return build_chunk_inputs(objective, OptimizerSpec.from_settings(settings), params, content,
+                              [member] * batch_size, rows, batched=batch_size > 1 if batched is None else batched)
 
 
 def compiled_chunk(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
                    batched: Optional[bool] = None, rows: Optional[Mesh] = None) -> Compiled:
     """The chunk the engine would run for these settings and sizes, compiled (nothing run)."""
-    if batched is None:
-        batched = batch_size > 1
-    objective, spec, args = abstract_chunk_args(settings, height, width, preprocessing, batch_size,
-                                                batched, rows)
-    return chunk_program(objective, spec, batched).lower(*args).compile()
+    inputs = abstract_chunk_inputs(settings, height, width, preprocessing, batch_size, batched, rows)
+    return inputs.program().lower(inputs.pixels, inputs.opt_state, jax.ShapeDtypeStruct((), jnp.int32),
+                                  *inputs.loss_args).compile()
 
 
 def estimate_memory(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
@@ -107,11 +100,10 @@ def adjoint_shape(kernel_shape: Sequence[int]) -> Tuple[int, int, int, int]:
 # --- the fit check: an analytic estimate of the whole run, made before anything compiles -------
 
 # XLA keeps 1.5–1.8 × one forward pass's conv outputs as the loop's temporaries with the paper's
-# layers (to relu5_1), 2.0 × for a net cut after block 2 (1.9–2.2 and 2.6 × before the Gram's
-# gradient became one product; forward activations for the backward pass and their gradients;
-# measured with `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS with and without the zoom
-# line search, whose evaluations run one after another): 3 covers them with room for another
-# compiler's choices. The targets' program (content features and each style's Grams, before the loop) keeps 1.8–1.9 × one image's conv outputs for a content and a
+# layers (to relu5_1), 2.0 × for a net cut after block 2 (forward activations for the backward
+# pass and their gradients; measured with `estimate_memory` on CPU, 96 to 2048 px, Adam, L-BFGS
+# with and without the zoom line search, whose evaluations run one after another): 3 covers them
+# with room for another compiler's choices. The targets' program (content features and each style's Grams, before the loop) keeps 1.8–1.9 × one image's conv outputs for a content and a
 # style image, 2.3 × for two styles (256 to 1024 px; XLA's CPU compiler overlaps the passes,
 # optimization barriers do not order them): 1 per image covers it.
 LOOP_ACTIVATIONS = 3
@@ -178,8 +170,7 @@ def _remat_loop_floats(height, width, objective):
     inputs = sum(_layer_floats(height, width, f"pool{block - 1}") for block, _ in blocks if block > 1)
     read = sum(_layer_floats(height, width, layer) for layer in objective.layers)
     recomputed = max(convs * _layer_floats(height, width, f"conv{block}_1") for block, convs in blocks)
-    # XLA's temporaries (CPU, 96 to 1024 px) are 0.56–0.62 of this (0.64–0.72 before the Gram's
-    # one-product gradient), the net cut after block 2 highest.
+    # XLA's temporaries (CPU, 96 to 1024 px) are 0.56–0.62 of this, the net cut after block 2 highest.
     return inputs + read + LOOP_ACTIVATIONS * recomputed
 
 
@@ -217,38 +208,36 @@ def _tiles_loop_floats(height, width, objective):
     return TILE_ACTIVATIONS * tile + LOOP_ACTIVATIONS * largest + read + bits + boundary + padded_targets
 
 
-def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                 members: int = 1, devices: int = 1, shard: str = "batch") -> RunEstimate:
-    """Analytic RunEstimate of a run at its largest scale; shapes are (height, width) as read.
+def estimate_run(settings: Settings, inputs: InputShapes, layout: Layout = Layout()) -> RunEstimate:
+    """Analytic RunEstimate of a run at its largest scale, per device.
 
     Analytic rather than XLA's analysis: that compiles the chunk (seconds to a minute), which
     every run would pay twice; this costs microseconds and tests/test_memory.py checks that it
-    covers XLA's figure. `shard`: "batch" splits the members over the devices, "image" splits
-    each image's rows (the images, their optimizer state and the loop's activations; the targets'
-    passes too from SEPARATE_PASSES_FROM pixels on, below it they run on one device).
+    covers XLA's figure. Split by rows (layout.shard "image"), a device holds its share of the
+    images, their optimizer state and the loop's activations, and of the targets' passes from
+    SEPARATE_PASSES_FROM pixels on (below it they run on one device).
     """
-    from nst_jax.imaging.images import long_side_shape
     objective = Objective.from_settings(settings, "caffe")
     deepest = deepest_conv(objective.layers)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]
     params = sum(2 * math.prod(conv_shape(layer)) + conv_shape(layer)[-1] for layer in used) * FLOAT_BYTES
-    height, width = long_side_shape(*content_shape, settings.image.image_size)
+    height, width = inputs.working_shape(settings.image.image_size)
     channels = 1 if settings.image.original_colors == "luminance" else 3
-    rows = shard == "image" and devices > 1
-    per_device = members if rows else -(-members // devices)
+    rows, devices, per_device = layout.splits_rows, layout.devices, layout.per_device
     # Split by rows, a device holds its share of every row-split array (heights the device count
     # does not divide keep the image and optimizer state whole: see devices.row_shardings).
     own_height = -(-height // devices) if rows else height
     state_height = own_height if not rows or height % devices == 0 else height
     image = state_height * width * channels * FLOAT_BYTES
-    history = 2 * settings.optimizer.lbfgs_memory if settings.optimizer.name == "lbfgs" else 0
-    if settings.optimizer.storage_dtype == "bfloat16" and settings.optimizer.lbfgs_linesearch == "none":
+    spec = OptimizerSpec.from_settings(settings)
+    history = 2 * spec.lbfgs_memory if spec.name == "lbfgs" else 0
+    if spec.storage_dtype == "bfloat16" and spec.lbfgs_linesearch == "none":
         history //= 2  # bfloat16 pairs: half the bytes of float32 ones
     grams = sum(BLOCK_CHANNELS[layer_block(layer)] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
     # The compact L-BFGS form's SᵀY and YᵀY (2·memory² floats, kept on accelerators), counted on
     # every backend: the estimate does not depend on where it runs, and they are small.
-    fixed_step = settings.optimizer.name == "lbfgs" and settings.optimizer.lbfgs_linesearch == "none"
-    pair_products = 2 * settings.optimizer.lbfgs_memory ** 2 * FLOAT_BYTES if fixed_step else 0
+    fixed_step = spec.name == "lbfgs" and spec.lbfgs_linesearch == "none"
+    pair_products = 2 * spec.lbfgs_memory ** 2 * FLOAT_BYTES if fixed_step else 0
     content = sum(_layer_floats(height, width, layer) for layer in objective.content_layers) * FLOAT_BYTES
     state = per_device * ((IMAGE_BUFFERS + history) * image + grams + pair_products) + content
     activations = _pass_floats(height, width, objective, objective.content_layers) * FLOAT_BYTES
@@ -259,7 +248,7 @@ def estimate_run(settings: Settings, content_shape: Tuple[int, int], style_shape
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
     loop = per_device * loop_floats * FLOAT_BYTES
-    styles = [_pass_floats(*long_side_shape(*shape, style_side(settings)), objective) for shape in style_shapes]
+    styles = [_pass_floats(*images.long_side_shape(*shape, style_side(settings)), objective) for shape in inputs.styles]
     if height * width < SEPARATE_PASSES_FROM:  # one program: XLA overlaps the passes
         targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
     else:  # a program per image, each split by rows like the loop
@@ -315,131 +304,19 @@ def _host_available_bytes() -> Optional[int]:
     return None
 
 
-def _gib(size):
-    return f"{size / 2**30:.2f} GiB"
-
-
-def resolve_remat(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                  members: int = 1, devices: int = 1, shard: str = "batch",
-                  device: Optional[jax.Device] = None) -> Settings:
-    """`settings` with remat "auto" made "none" when the run fits without it (or the free memory
-    is unknown), else the remat that needs least memory (`least_memory_remat`); other values
-    unchanged."""
-    if settings.network.remat != "auto":
-        return settings
-    available = available_bytes(device)
-    plain = settings.replace(remat="none")
-    if available is None or estimate_run(plain, content_shape, style_shapes, members, devices,
-                                         shard).total <= available:
-        return plain
-    return settings.replace(remat=least_memory_remat(settings))
-
-
-def least_memory_remat(settings: Settings) -> str:
-    """"tiles" (about 0.3 × the loop's temporaries of none, 1.2–1.25 × the step: BENCHMARKS.md), or
-    "blocks" where tiles cannot go (gradients normalized over the whole image)."""
-    return "blocks" if settings.loss.normalize_gradients else "tiles"
-
-
-def largest_lbfgs_memory(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                         members: int = 1, devices: int = 1, shard: str = "batch",
-                         device: Optional[jax.Device] = None, most: int = 100) -> int:
-    """The largest L-BFGS memory ≤ `most` with which the run fits (`most` when the free memory
-    is unknown, 1 when nothing fits: the fit check then says what else to change)."""
-    available = available_bytes(device)
-    if available is None:
-        return most
-
-    def fits(memory):
-        return estimate_run(settings.replace(lbfgs_memory=memory), content_shape, style_shapes,
-                            members, devices, shard).total <= available
-
-    return most if fits(most) else _largest(fits, 1, most - 1)  # the estimate grows with the memory
-
-
-def _largest(fits: Callable[[int], bool], low: int, high: int) -> int:
-    """The largest n in [low, high] with fits(n), by bisection (fits(low) assumed, fits monotone)."""
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle - 1)
-    return low
-
-
-# The analytic estimate's loop is at most this much above XLA's (measured 1.05–1.6×): past it
-# no compile is worth asking.
-ANALYTIC_MARGIN = 2.0
-
-
-def measured_run(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-                 members: int = 1, devices: int = 1, shard: str = "batch") -> RunEstimate:
+def measured_run(settings: Settings, inputs: InputShapes, layout: Layout = Layout()) -> RunEstimate:
     """`estimate_run` with the loop's figure from XLA's analysis of the compiled chunk (its
     arguments, temporaries and unaliased outputs, per device), the targets' pass still counted."""
-    from nst_jax.engine.devices import image_mesh
-    from nst_jax.imaging.images import long_side_shape
-    analytic = estimate_run(settings, content_shape, style_shapes, members, devices, shard)
-    height, width = long_side_shape(*content_shape, settings.image.image_size)
-    rows = image_mesh(devices) if shard == "image" and devices > 1 else None
-    per_device = members if rows is not None else -(-members // devices)
-    batched = per_device > 1 or (shard == "batch" and devices > 1)
-    loop = estimate_memory(settings, height, width, batch_size=per_device, batched=batched, rows=rows).total
+    analytic = estimate_run(settings, inputs, layout)
+    height, width = inputs.working_shape(settings.image.image_size)
+    rows = image_mesh(layout.devices) if layout.splits_rows else None
+    loop = estimate_memory(settings, height, width, batch_size=layout.per_device, batched=layout.batched,
+                           rows=rows).total
     # The loop's program holds the params and state itself: what is left over is the loop's.
     held = analytic.params + analytic.state
     return RunEstimate(analytic.params, analytic.state, max(0, loop - held), analytic.targets)
 
 
-def check_fits(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-               members: int = 1, devices: int = 1, device: Optional[jax.Device] = None,
-               shard: str = "batch") -> RunEstimate:
-    """Raise UserInputError (one line, with flags that would fit) when the run cannot fit.
-
-    The analytic estimate decides at once when it fits. It errs high (XLA keeps 0.50–0.84 of
-    it), so when it does not fit by less than ANALYTIC_MARGIN, XLA's own analysis of the loop
-    decides: the chunk compiled for abstract inputs (seconds; the run's own compile of the same
-    program then finds it in the compilation cache).
-    """
-    available = available_bytes(device)
-    estimate = estimate_run(settings, content_shape, style_shapes, members, devices, shard)
-    if available is None or estimate.total <= available:
-        return estimate
-    if estimate.total <= ANALYTIC_MARGIN * available:
-        estimate = measured_run(settings, content_shape, style_shapes, members, devices, shard)
-        if estimate.total <= available:
-            return estimate
-
-    def fits(**changes):
-        try:
-            changed = settings.replace(**changes)
-        except ValueError:
-            return False
-        return estimate_run(changed, content_shape, style_shapes, members, devices, shard).total <= available
-
-    tries = []
-    if fits(image_size=16):  # the largest size that fits
-        tries.append(f"--image-size {_largest(lambda size: fits(image_size=size), 16, settings.image.image_size - 1)}")
-    if settings.image.style_scale > 1:  # a large style pass alone can be what does not fit
-        scales = [x for x in (8, 4, 2, 1) if x < settings.image.style_scale and fits(style_scale=float(x))]
-        if scales:
-            tries.append(f"--style-scale {scales[0]}")
-    if settings.optimizer.name == "lbfgs":
-        memories = [m for m in (100, 50, 20, 10, 5, 1) if m < settings.optimizer.lbfgs_memory and fits(lbfgs_memory=m)]
-        if memories:
-            tries.append(f"--lbfgs-memory {memories[0]}")
-        if fits(optimizer="adam"):
-            tries.append("--optimizer adam")
-    remat = least_memory_remat(settings)
-    if settings.network.remat != remat and fits(remat=remat):
-        tries.append(f"--remat {remat}")
-    if shard == "batch" and members > devices and jax.device_count() > devices:
-        for more in range(devices + 1, min(members, jax.device_count()) + 1):
-            if estimate_run(settings, content_shape, style_shapes, members, more).total <= available:
-                tries.append(f"--devices {more}")
-                break
-    # Split each image by rows over more devices (what lets one print-size image fit).
-    first = devices + 1 if shard == "image" else 2
-    for more in range(first, jax.device_count() + 1):
-        if estimate_run(settings, content_shape, style_shapes, members, more, "image").total <= available:
-            tries.append(f"--devices {more} --shard image")
-            break
-    advice = f"; try {' / '.join(tries)}" if tries else "; free some memory"
-    raise UserInputError(f"this run needs about {_gib(estimate.total)} per device, {_gib(available)} "
-                         f"available{advice}")
+def gib(size: float) -> str:
+    """Bytes as every message shows them: '1.25 GiB'."""
+    return f"{size / 2**30:.2f} GiB"

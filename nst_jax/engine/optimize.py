@@ -54,6 +54,9 @@ class OptimizerSpec:
     def from_settings(cls, settings: Settings) -> "OptimizerSpec":
         """settings.optimizer without num_steps (a traced argument of the chunk, not compiled in)."""
         group = settings.optimizer
+        if not isinstance(group.lbfgs_memory, int):  # "auto": a run's plan chooses (engine.plan)
+            raise ValueError(f"lbfgs_memory {group.lbfgs_memory!r} must be resolved by the run's plan "
+                             f"(engine.plan.plan_run) first")
         return cls(**{field.name: getattr(group, field.name) for field in dataclasses.fields(cls)})
 
     @property

@@ -44,6 +44,28 @@ def style_side(settings: Settings) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class InputShapes:
+    """(height, width) of a run's content and style images as read: what its plan is made from
+    (the CLI reads them from the files' headers, before decoding)."""
+
+    content: Tuple[int, int]
+    styles: Tuple[Tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, content: np.ndarray, styles: Sequence[np.ndarray]) -> "InputShapes":
+        return cls(_shape(content), tuple(_shape(style) for style in styles))
+
+    def working_shape(self, long_side: int) -> Tuple[int, int]:
+        """The content's (height, width) at `long_side`: the shape the loop runs at."""
+        return images.long_side_shape(*self.content, long_side)
+
+
+def _shape(image):
+    height, width = image.shape[:2]
+    return int(height), int(width)
+
+
+@dataclasses.dataclass(frozen=True)
 class Undersized:
     """An image that the network would shrink to nothing (`undersized`): which one, its size
     where the network sees it, and the fewest pixels each side needs."""
@@ -53,8 +75,7 @@ class Undersized:
     needed: int
 
 
-def undersized(settings: Settings, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
-               long_side: Optional[int] = None) -> Optional[Undersized]:
+def undersized(settings: Settings, inputs: InputShapes, long_side: Optional[int] = None) -> Optional[Undersized]:
     """The first image too small for the deepest layer the loss reads at the run's smallest
     working size, or None. Each 2×2 pooling halves a side (dropping an odd row), so a layer after
     k poolings needs 2^k pixels; below that it has none, and the loss is NaN. `long_side`: the
@@ -63,8 +84,8 @@ def undersized(settings: Settings, content_shape: Tuple[int, int], style_shapes:
     layers = settings.loss.content_layers + settings.loss.style_layers
     needed = 2 ** (max(layer_level(canonical_layer(layer)) for layer in layers) - 1)
     at_size = settings.replace(image_size=long_side)
-    shapes = [images.long_side_shape(*content_shape, long_side)]
-    shapes += [images.long_side_shape(*shape, style_side(at_size)) for shape in style_shapes]
+    shapes = [inputs.working_shape(long_side)]
+    shapes += [images.long_side_shape(*shape, style_side(at_size)) for shape in inputs.styles]
     for index, shape in enumerate(shapes):
         if min(shape) < needed:
             return Undersized(None if index == 0 else index - 1, shape, needed)
@@ -156,12 +177,13 @@ def _style_pass(objective: Objective, params: Params, pixels: jax.Array) -> Dict
 
 
 def run_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
-                blend_weights: jax.Array, rows: Optional[Mesh] = None
+                blend_weights: jax.Array, rows: Optional[Mesh] = None, separate_from: int = SEPARATE_PASSES_FROM
                 ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Dict[str, jax.Array]]:
-    """`targets` for a run: one program on one device, or at print sizes (SEPARATE_PASSES_FROM)
-    one per image, each split over `rows` (the mesh the loop splits the image over) if given."""
+    """`targets` for a run: one program on one device, or from `separate_from` content pixels on
+    (print sizes) one per image, each split over `rows` (the mesh the loop splits the image over)
+    if given."""
     height, width = content_pixels.shape[:2]
-    if height * width < SEPARATE_PASSES_FROM:
+    if height * width < separate_from:
         content, grams, blended = targets(objective, params, content_pixels, style_pixels, blend_weights)
         assert blended is not None  # blend_weights given
         return content, grams, blended

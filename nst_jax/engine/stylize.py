@@ -29,21 +29,21 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 from jax.sharding import Mesh
 
 from nst_jax.imaging import images
 from nst_jax.model.layers import CONV_LAYERS, deepest_conv
-from nst_jax.loss.objective import Objective, Targets, loss_weights
+from nst_jax.loss.objective import Objective, loss_weights
 from nst_jax.config.settings import Settings
-from nst_jax.engine.devices import place_chunk_args, splits_rows
-from nst_jax.engine.optimize import (ChunkFn, LoopResult, OptimizerSpec, StopRun, chunk_program, run_loop,
-                                     state_program, to_host)
-from nst_jax.engine.stages import finish_image, initial_pixels, prepare_images, run_targets, scale_sizes
+from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
+from nst_jax.engine.devices import Layout, splits_rows
+from nst_jax.engine.optimize import ChunkFn, LoopResult, OptimizerSpec, StopRun, run_loop, to_host
+from nst_jax.engine.plan import RunPlan, plan_run
+from nst_jax.engine.stages import InputShapes, finish_image, initial_pixels, prepare_images, run_targets
 from nst_jax.model.vgg import with_adjoint_kernels
-from nst_jax.weights.params_file import Params
+from nst_jax.weights.params_file import Model, Params
 
 
 @dataclasses.dataclass
@@ -127,13 +127,6 @@ def make_members(settings: Settings, style_names: Sequence[str], *, per_style: b
     return members
 
 
-def _stack_members(trees):
-    """Member trees -> one tree of host arrays with a leading member axis. Stacked by numpy:
-    jnp.stack outside jit compiles a program per leaf shape (five Gram sizes and the image); one
-    jitted stack of them all took 0.24 s to compile on the CPU, where the copy is a few MB."""
-    return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
-
-
 # With `should_stop`, a chunk runs in pieces of about this many seconds, checking it between them.
 PIECE_SECONDS = 0.5
 
@@ -149,25 +142,15 @@ def _style_list(styles: StyleImages) -> List[npt.ArrayLike]:
     return list(cast(Sequence[npt.ArrayLike], styles))
 
 
-def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Settings, params: Params,
-                  preprocessing: str, members: Sequence[Member], *, init_image: Optional[np.ndarray] = None,
-                  mesh: Optional[Mesh] = None, on_visit: Optional[Callable[["Visit"], None]] = None,
-                  intervals: Sequence[int] = (),
-                  should_stop: Optional[Callable[[], bool]] = None) -> List[StylizeResult]:
-    """Run every member in one vmapped, jitted loop; returns one StylizeResult per member.
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run meets its caller: everything but the images, the Settings, the model and the members.
 
-    With settings.image.scales > 1 the run goes coarse to fine (stages.scale_sizes), each scale
-    starting from the previous one's images, upsampled; each scale compiles once.
-
-    Args:
-      content: (H, W, 3) RGB in [0, 1] (or what `images.as_rgb` takes: uint8, grayscale, RGBA);
-        styles: a list of such arrays, or one.
-      params: VGG-19 params as loaded by nst_jax.load_params.
-      preprocessing: their input convention, "caffe" or "torch" (the params file's metadata).
-      members: from `make_members`.
+    Attributes:
       init_image: RGB array for settings.image.init == "image".
-      mesh: a "batch" Mesh to split the members over (see `batch_mesh`), a "rows" Mesh to split
-        each image by rows over (`image_mesh`), or None: the default device.
+      mesh: a "batch" Mesh to split the members over (`devices.batch_mesh`), a "rows" Mesh to
+        split each image by rows over (`devices.image_mesh`), or None: the layout's own (one
+        device unless the plan says otherwise).
       on_visit: called with a `Visit` at every host visit; raising `StopRun` there stops the run,
         which returns the last finished images, interrupted=True.
       intervals: step intervals at which to visit the host (progress, saves, Ctrl-C checks).
@@ -175,62 +158,93 @@ def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Setting
         PIECE_SECONDS of a chunk: once true the run stops there (as a Ctrl-C from on_visit
         does), keeping the last visited images; the cut chunk's steps are dropped.
     """
-    if not members:
-        raise ValueError("a batch needs at least one member")
+
+    init_image: Optional[npt.ArrayLike] = None
+    mesh: Optional[Mesh] = None
+    on_visit: Optional[Callable[["Visit"], None]] = None
+    intervals: Tuple[int, ...] = ()
+    should_stop: Optional[Callable[[], bool]] = None
+
+
+def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Settings, model: Model,
+                  members: Sequence[Member], options: RunOptions = RunOptions()) -> List[StylizeResult]:
+    """Run every member in one vmapped, jitted loop; returns one StylizeResult per member.
+
+    Plans the run (`plan.plan_run`: "auto" choices resolved for these images and the options'
+    mesh), then runs it (`run_plan`). With settings.image.scales > 1 the run goes coarse to fine
+    (stages.scale_sizes), each scale starting from the previous one's images, upsampled; each
+    scale compiles once.
+
+    Args:
+      content: (H, W, 3) RGB in [0, 1] (or what `images.as_rgb` takes: uint8, grayscale, RGBA);
+        styles: a list of such arrays, or one.
+      model: VGG-19 params and their input convention (`Model.load(path)`).
+      members: from `make_members`.
+    """
+    content_rgb, style_rgbs = _checked_images(content, styles, settings)
+    mesh = options.mesh if options.mesh is None or options.mesh.size > 1 else None
+    plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs), Layout.of_mesh(len(members), mesh),
+                    device=mesh.devices.flat[0] if mesh is not None else None)
+    return run_plan(plan, content_rgb, style_rgbs, model, members, options)
+
+
+def stylize(content: npt.ArrayLike, styles: StyleImages, settings: Settings, model: Model,
+            options: RunOptions = RunOptions()) -> StylizeResult:
+    """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` (blended); a StylizeResult.
+
+    `options.on_visit` sees a `Visit` whose arrays hold the one member.
+    """
+    (member,) = make_members(settings, ["style"] * len(_style_list(styles)), per_style=False)
+    (result,) = stylize_batch(content, styles, settings, model, [member], options)
+    return result
+
+
+def _checked_images(content: npt.ArrayLike, styles: StyleImages,
+                    settings: Settings) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """(content, styles) as RGB float arrays, checked before anything compiles."""
     styles = _style_list(styles)
     if not styles:
         raise ValueError("at least one style image is needed")
-    content = images.as_rgb(content, "content")
-    styles = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
-    init_image = None if init_image is None else images.as_rgb(init_image, "init_image")
     settings.image.check_style_count(len(styles))  # a UserInputError (a ValueError)
-    if settings.network.remat == "auto":
-        from nst_jax.engine.memory import resolve_remat
-        settings = resolve_remat(settings, content.shape[:2], [style.shape[:2] for style in styles],
-                                 len(members), mesh.size if mesh is not None else 1,
-                                 "image" if splits_rows(mesh) else "batch",
-                                 mesh.devices.flat[0] if mesh is not None else None)
-    plan = RunPlan(content, tuple(styles), settings, preprocessing,
-                   prepare_params(params, Objective.from_settings(settings, preprocessing)), tuple(members),
-                   mesh, on_visit, tuple(intervals), should_stop)
+    return (images.as_rgb(content, "content"),
+            [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)])
+
+
+def run_plan(plan: RunPlan, content: npt.ArrayLike, styles: StyleImages, model: Model,
+             members: Sequence[Member], options: RunOptions = RunOptions()) -> List[StylizeResult]:
+    """Run a plan made for these images (`plan.plan_run`): the CLI plans first, to refuse a run that
+    cannot fit before anything is read or compiled. Returns one StylizeResult per member."""
+    if not members:
+        raise ValueError("a batch needs at least one member")
+    content_rgb, style_rgbs = _checked_images(content, styles, plan.settings)
+    if InputShapes.of(content_rgb, style_rgbs) != plan.inputs:
+        raise ValueError(f"the plan was made for images of {plan.inputs}, not these")
+    mesh = options.mesh if options.mesh is not None else plan.layout.mesh()
+    if mesh is not None and mesh.size == 1:
+        mesh = None  # one device splits nothing: the plain chunk, as Layout.of_mesh says
+    if Layout.of_mesh(len(members), mesh) != plan.layout:
+        raise ValueError(f"the plan's layout is {plan.layout}, the run's {Layout.of_mesh(len(members), mesh)}")
+    init_image = None if options.init_image is None else images.as_rgb(options.init_image, "init_image")
+    run = _Run(plan, content_rgb, tuple(style_rgbs), model.preprocessing,
+               prepare_params(model.params, Objective.from_settings(plan.settings, model.preprocessing)),
+               tuple(members), mesh, options)
     starts: Sequence[Optional[np.ndarray]]  # one per member: the next scale's start image, or None
     starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
     interrupted = False
     for index in range(len(plan.sizes)):
-        if index and should_stop is not None and should_stop():
+        if index and options.should_stop is not None and options.should_stop():
             interrupted = True  # stopped between scales: the previous scale's images stand
             break
-        finished, losses, run = _run_scale(plan, index, starts, steps_done)
-        steps_done, seconds, starts = steps_done + run.steps_done, seconds + run.seconds, finished
-        if run.interrupted:
+        finished, losses, loop = _run_scale(run, index, starts, steps_done)
+        steps_done, seconds, starts = steps_done + loop.steps_done, seconds + loop.seconds, finished
+        if loop.interrupted:
             interrupted = True
             break
-    height, width = content.shape[:2]
-    if finished[0].shape[:2] != images.long_side_shape(height, width, settings.image.image_size):
+    if finished[0].shape[:2] != plan.working_shape:
         # Interrupted at a coarse scale: hand back the requested size all the same.
-        finished = [images.resize_long_side(image, settings.image.image_size) for image in finished]
+        finished = [images.resize_long_side(image, plan.settings.image.image_size) for image in finished]
     return [StylizeResult(image, steps_done, interrupted, float(loss), seconds)
             for image, loss in zip(finished, losses)]
-
-
-def stylize(content: npt.ArrayLike, styles: StyleImages, settings: Settings, params: Params,
-            preprocessing: str, *, init_image: Optional[np.ndarray] = None,
-            on_visit: Optional[Callable[[Visit], None]] = None, intervals: Sequence[int] = (),
-            mesh: Optional[Mesh] = None) -> StylizeResult:
-    """Stylize `content` (H, W, 3 RGB in [0, 1]) with the `styles` list (blended); a batch.StylizeResult.
-
-    Args:
-      params: VGG-19 params as loaded by nst_jax.load_params (numpy or jax arrays).
-      preprocessing: the params' input convention ("caffe" or "torch").
-      init_image: RGB array for settings.image.init == "image".
-      on_visit: called with a `nst_jax.engine.stylize.Visit` (arrays of one member) at every host visit.
-      intervals: step intervals at which to visit the host.
-      mesh: `nst_jax.engine.stylize.image_mesh(n)` splits the image by rows over n devices; None: one device.
-    """
-    (member,) = make_members(settings, ["style"] * len(_style_list(styles)), per_style=False)
-    (result,) = stylize_batch(content, styles, settings, params, preprocessing, [member],
-                              init_image=init_image, on_visit=on_visit, intervals=intervals, mesh=mesh)
-    return result
 
 
 def prepare_params(params: Params, objective: Objective) -> Params:
@@ -300,98 +314,60 @@ def in_pieces(chunk_fn: ChunkFn, should_stop: Callable[[], bool], piece_seconds:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunPlan:
-    """What every scale of one `stylize_batch` run shares, fixed before the first one."""
+class _Run:
+    """What every scale of one run shares, fixed before the first one."""
 
+    plan: RunPlan
     content: np.ndarray
     styles: Tuple[np.ndarray, ...]
-    settings: Settings  # remat resolved
     preprocessing: str
     params: Params  # prepared: the used convolutions with their adjoint kernels, on the device
     members: Tuple[Member, ...]
     mesh: Optional[Mesh]
-    on_visit: Optional[Callable[[Visit], None]]
-    intervals: Tuple[int, ...]
-    should_stop: Optional[Callable[[], bool]]
-
-    @property
-    def sizes(self) -> List[int]:
-        return scale_sizes(self.settings)
-
-    @property
-    def total_steps(self) -> int:
-        return self.settings.optimizer.num_steps * self.settings.image.scales
-
-    @property
-    def splits_members(self) -> bool:
-        return self.mesh is not None and not splits_rows(self.mesh)
-
-    @property
-    def batched(self) -> bool:
-        """The vmapped chunk: several members, or members split over a mesh (even one each)."""
-        return len(self.members) > 1 or self.splits_members
-
-    @property
-    def padded(self) -> List[int]:
-        """Member indices, the last repeated until a member-split mesh divides them evenly."""
-        count = len(self.members)
-        if self.mesh is None or not self.splits_members:
-            return list(range(count))
-        return list(range(count)) + [count - 1] * (-count % self.mesh.size)
+    options: RunOptions
 
 
-def _run_scale(plan: RunPlan, index: int, starts: Sequence[Optional[np.ndarray]],
+def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]],
                first_step: int) -> Tuple[List[np.ndarray], np.ndarray, LoopResult]:
     """Pass `index` of the plan's coarse-to-fine sizes, from `starts` (one RGB image or None per
     member), its steps counted from `first_step`: (finished images, final losses, LoopResult)."""
+    plan, options = run.plan, run.options
     settings = plan.settings.replace(image_size=plan.sizes[index])
-    members, params, preprocessing, styles = plan.members, plan.params, plan.preprocessing, plan.styles
+    members, params, preprocessing, styles = run.members, run.params, run.preprocessing, run.styles
     objective = Objective.from_settings(settings, preprocessing)
-    content_rgb, content_pixels, style_pixels = prepare_images(plan.content, styles, settings)
+    content_rgb, content_pixels, style_pixels = prepare_images(run.content, styles, settings)
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program (print sizes: one per image, split by rows like the loop). Host arrays go in
     # by device_put (jnp.asarray compiles a copy per shape).
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
     content_targets, grams, blended = run_targets(
         objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
-        jax.device_put(blend / blend.sum()), rows=plan.mesh if splits_rows(plan.mesh) else None)
-    member_grams = [grams[m.style_index] if m.style_index is not None else blended for m in members]
-
-    count, batched, padded = len(members), plan.batched, plan.padded
-    member_weights = [loss_weights(members[i].content_weight, members[i].style_weight,
-                                   members[i].tv_weight) for i in padded]
-    start_pixels = [initial_pixels(settings, preprocessing, content_pixels, starts[i], seed=members[i].seed)
-                    for i in padded]
-    spec = OptimizerSpec.from_settings(settings)
-    if batched:
-        style_targets, pixels, weights = _stack_members(
-            [(member_grams[i], start, member) for i, start, member in zip(padded, start_pixels, member_weights)])
-    else:
-        (style_targets,), (weights,), (pixels,) = member_grams, member_weights, start_pixels
-    style_targets, pixels, weights = jax.device_put((style_targets, pixels, weights))
-    opt_state = state_program(spec, batched)(pixels)
-    objective, (pixels, opt_state, params, loss_targets, weights) = place_chunk_args(
-        objective, (pixels, opt_state, params, Targets(content_targets, style_targets), weights), plan.mesh,
-        content_pixels.shape)
-    chunk_fn: ChunkFn = chunk_program(objective, spec, batched)
-    if plan.should_stop is not None:
-        chunk_fn = in_pieces(chunk_fn, plan.should_stop)
+        jax.device_put(blend / blend.sum()), rows=run.mesh if splits_rows(run.mesh) else None)
+    inputs = build_chunk_inputs(
+        objective, OptimizerSpec.from_settings(settings), params, content_targets,
+        [MemberInputs(initial_pixels(settings, preprocessing, content_pixels, start, seed=member.seed),
+                      grams[member.style_index] if member.style_index is not None else blended,
+                      loss_weights(member.content_weight, member.style_weight, member.tv_weight))
+         for member, start in zip(members, starts)], run.mesh, batched=plan.layout.batched)
+    chunk_fn: ChunkFn = inputs.program()
+    if options.should_stop is not None:
+        chunk_fn = in_pieces(chunk_fn, options.should_stop)
+    count = len(members)
 
     def per_member(values):  # host arrays with a leading member axis, padding dropped
-        return values[:count] if batched else values[None]
+        return values[:count] if inputs.batched else values[None]
 
     def finished_images(current):
         return [finish_image(member, content_rgb, settings) for member in per_member(to_host(current))]
 
     def visit(step, current, terms):
-        if plan.on_visit is not None:
-            plan.on_visit(Visit(step=step, total_steps=plan.total_steps,
-                                terms={name: per_member(np.asarray(v)) for name, v in terms.items()},
-                                images=lambda: finished_images(current), scale=index,
-                                scales=len(plan.sizes)))
+        if options.on_visit is not None:
+            options.on_visit(Visit(step=step, total_steps=plan.total_steps,
+                                   terms={name: per_member(np.asarray(v)) for name, v in terms.items()},
+                                   images=lambda: finished_images(current), scale=index,
+                                   scales=len(plan.sizes)))
 
-    run = run_loop(chunk_fn, pixels, opt_state, settings.optimizer.num_steps,
-                   (params, loss_targets, weights),
-                   plan.intervals, visit, first_step=first_step)
-    loss = np.asarray(run.loss)  # a scalar NaN when stopped before the first chunk finished
-    return finished_images(run.pixels), per_member(loss) if loss.ndim else np.full(count, loss), run
+    loop = run_loop(chunk_fn, inputs.pixels, inputs.opt_state, settings.optimizer.num_steps,
+                    inputs.loss_args, options.intervals, visit, first_step=first_step)
+    loss = np.asarray(loop.loss)  # a scalar NaN when stopped before the first chunk finished
+    return finished_images(loop.pixels), per_member(loss) if loss.ndim else np.full(count, loss), loop

@@ -22,7 +22,7 @@ from nst_jax.model.vgg import SHIPPED, ConvImpl, TileGrid, features, features_in
 
 # The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
 # settings' choices (--compute-dtype; --remat adds "auto", config.settings.REMAT_CHOICES, which
-# engine.memory.resolve_remat resolves before a run).
+# a run's plan resolves: engine.plan).
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "blocks", "tiles")
 
@@ -71,8 +71,7 @@ class Objective:
             **same, "preprocessing": preprocessing,
             "content_layers": content, "content_layer_weights": layer_weights(content, loss.content_layer_weights),
             "style_layers": style, "style_layer_weights": layer_weights(style, loss.style_layer_weights),
-            # "auto" is resolved before a run (memory.resolve_remat); unresolved it means none.
-            "remat": network.remat if network.remat in REMATS else "none"})
+            "remat": _resolved_remat(network.remat)})
 
     @property
     def layers(self) -> Tuple[str, ...]:
@@ -83,6 +82,12 @@ class Objective:
 def layer_weights(layers: Sequence[str], weights: Optional[Sequence[float]]) -> Tuple[float, ...]:
     """Per-layer weights as a tuple of floats (1 each when not given)."""
     return tuple(float(w) for w in weights) if weights is not None else (1.0,) * len(layers)
+
+
+def _resolved_remat(remat: str) -> str:
+    if remat not in REMATS:  # "auto": a run's plan chooses (engine.plan), nothing else may guess
+        raise ValueError(f"remat {remat!r} must be resolved by the run's plan (engine.plan.plan_run) first")
+    return remat
 
 
 @dataclasses.dataclass(frozen=True)

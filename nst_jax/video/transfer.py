@@ -15,14 +15,47 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+import numpy.typing as npt
 
 from nst_jax.imaging import images
 from nst_jax.video import flow
 from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range, Settings
-from nst_jax.weights.params_file import Params
+from nst_jax.errors import UserInputError
+from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
+from nst_jax.engine.optimize import OptimizerSpec, run_loop
+from nst_jax.engine.plan import plan_run
+from nst_jax.engine.stages import InputShapes, content_pass, finish_image, initial_pixels, prepare_images, targets
+from nst_jax.engine.stylize import prepare_params
+from nst_jax.loss.objective import Objective, TemporalTarget, loss_weights
+from nst_jax.weights.params_file import Model
 
 # The paper's temporal weight for pixels in 0..255 (artistic-videos' -temporal_weight 1e3).
 DEFAULT_TEMPORAL_WEIGHT = 1e3
+
+
+FRAME_INITS = ("warped", "independent")
+# Each earlier frame costs two flows per frame and an image-sized target in the loop.
+MAX_LONG_TERM = 16
+VIDEO_RANGES = {"temporal_weight": Range(0), "frame_steps": Range(1, MAX_STEPS),
+                "long_term": Range(1, MAX_LONG_TERM),
+                "start": Range(0), "duration": Range(0, low_open=True), "every": Range(1, INT32_MAX),
+                "fps": Range(0, 1000, low_open=True)}
+# Each field's flag help (the CLI adds its range and default).
+VIDEO_HELP = {
+    "temporal_weight": "weight of the short-term temporal loss, 0: none",
+    "frame_steps": "steps for every frame after the first, which gets --num-steps (default: half of it)",
+    "frame_init": "start each frame from the previous result warped along the flow, or from --init as a "
+                  "single image would",
+    "long_term": "the temporal loss looks back at K earlier frames (Ruder et al.'s long-term loss; 1: "
+                 "short-term only)",
+    "start": "first second of the input to stylize",
+    "duration": "seconds of the input to stylize (default: to the end)",
+    "every": "stylize every Nth frame; the output's rate is divided by N",
+    "fps": "frame rate of a folder of frames (default: 25)",
+}
+VIDEO_METAVARS = {"long_term": "K", "start": "SECONDS", "duration": "SECONDS"}
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoSettings:
     """The video-only knobs (the image ones are nst_jax.config.settings.Settings).
@@ -46,18 +79,21 @@ class VideoSettings:
     every: int = 1
     fps: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in VIDEO_RANGES and value is not None:
+                VIDEO_RANGES[field.name].check(field.name.replace("_", "-"), value,
+                                               whole="int" in str(field.type))
+        if self.frame_init not in FRAME_INITS:
+            raise UserInputError(f"--frame-init: {self.frame_init!r} is not one of {', '.join(FRAME_INITS)}")
+
     def steps(self, settings: Settings, index: int) -> int:
         if index == 0:
             return settings.optimizer.num_steps
         return self.frame_steps or max(1, settings.optimizer.num_steps // 2)
 
 
-# Each earlier frame costs two flows per frame and an image-sized target in the loop.
-MAX_LONG_TERM = 16
-VIDEO_RANGES = {"temporal_weight": Range(0), "frame_steps": Range(1, MAX_STEPS),
-                "long_term": Range(1, MAX_LONG_TERM),
-                "start": Range(0), "duration": Range(0, low_open=True), "every": Range(1, INT32_MAX),
-                "fps": Range(0, 1000, low_open=True)}
 
 
 @dataclasses.dataclass
@@ -93,61 +129,70 @@ def output_warping_error(frames: Sequence[np.ndarray], motions: Sequence[Optiona
     return float(np.mean(errors))
 
 
-def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], settings: Settings,
-                   video: VideoSettings, params: Params, preprocessing: str, *, first_index: int = 0,
-                   recent_pixels: Sequence[np.ndarray] = (),
-                   on_frame: Optional[Callable[[FrameResult], None]] = None,
-                   on_visit: Optional[Callable[[int, int, int, Dict[str, Any]], None]] = None,
-                   intervals: Sequence[int] = ()) -> Tuple[int, bool]:
-    """Stylize frames[first_index:] in order, calling on_frame(FrameResult) as each one finishes.
+@dataclasses.dataclass(frozen=True)
+class FrameOptions:
+    """How a clip's run meets its caller.
 
-    Args:
-      frames: RGB frames in [0, 1] (or as `images.as_rgb` takes them: uint8...), all of one size (the
-        working size).
-      styles: RGB style images (blended with settings.image.style_blend_weights).
+    Attributes:
+      first_index: the first frame to stylize (a resumed run's first missing one).
       recent_pixels: when resuming, the optimized pixels of frames first_index − 1, − 2, …
         (nearest first, video.long_term of them or as many as there are).
       on_frame: called with each finished frame (write it there); may raise optimize.StopRun,
         which ends the call there (the caller catches it).
       on_visit: called (frame index, step, steps, terms) at host visits; raising StopRun there
         stops the run without finishing the frame.
+      intervals: step intervals at which to visit the host.
+    """
+
+    first_index: int = 0
+    recent_pixels: Sequence[np.ndarray] = ()
+    on_frame: Optional[Callable[[FrameResult], None]] = None
+    on_visit: Optional[Callable[[int, int, int, Dict[str, Any]], None]] = None
+    intervals: Tuple[int, ...] = ()
+
+
+def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLike], settings: Settings,
+                   video: VideoSettings, model: Model, options: FrameOptions = FrameOptions()) -> Tuple[int, bool]:
+    """Stylize frames[options.first_index:] in order, calling options.on_frame(FrameResult) as each
+    one finishes.
+
+    frames: RGB frames in [0, 1] (or as `images.as_rgb` takes them: uint8...), all of one size (the
+    working size); styles: RGB style images (blended with settings.image.style_blend_weights).
+    "auto" settings are resolved by the clip's plan (engine.plan.plan_run) for one frame.
 
     Returns (frames finished in this call, interrupted). One compile of the loop for the clip.
     """
-    from nst_jax.engine.stylize import prepare_params
-    from nst_jax.loss.objective import Objective, Targets, TemporalTarget, loss_weights
-    from nst_jax.engine.optimize import OptimizerSpec, chunk_program, run_loop, state_program
-    from nst_jax.engine.stages import content_pass, finish_image, initial_pixels, prepare_images, targets
-
     # Arrays as image libraries give them (uint8, grayscale...), checked before anything compiles.
-    frames = [images.as_rgb(frame, f"frame {index}") for index, frame in enumerate(frames)]
-    styles = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
+    clip = [images.as_rgb(frame, f"frame {index}") for index, frame in enumerate(frames)]
+    style_rgbs = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
+    settings = plan_run(settings, InputShapes.of(clip[0], style_rgbs)).settings
+    preprocessing = model.preprocessing
     objective = Objective.from_settings(settings, preprocessing)
-    params = prepare_params(params, objective)
+    params = prepare_params(model.params, objective)
     spec = OptimizerSpec.from_settings(settings)
-    chunk_fn, new_state = chunk_program(objective, spec, False), state_program(spec, False)
     # The style target once for the clip (luminance mode matches it to the first frame).
-    _, first_pixels, style_pixels = prepare_images(frames[0], styles, settings)
-    blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
+    _, first_pixels, style_pixels = prepare_images(clip[0], style_rgbs, settings)
+    blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(style_rgbs), np.float32)
     _, _, style_target = targets(objective, params, jax.device_put(first_pixels),
                                  jax.device_put(style_pixels), jax.device_put(blend / blend.sum()))
-    weights = jax.device_put(loss_weights(settings.loss.content_weight, settings.loss.style_weight,
-                                          settings.loss.tv_weight, video.temporal_weight))
+    weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight,
+                           settings.loss.tv_weight, video.temporal_weight)
     look_back = video.long_term
-    history = [np.asarray(p, np.float32) for p in recent_pixels][:look_back]  # nearest first
+    history = [np.asarray(p, np.float32) for p in options.recent_pixels][:look_back]  # nearest first
+    first_index = options.first_index
 
     def frame_pixels(index):
-        rgb, pixels, _ = prepare_images(frames[index], [], settings)
+        rgb, pixels, _ = prepare_images(clip[index], [], settings)
         return rgb, pixels
 
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         def motions_of(index):  # flows from frames index − 1, − 2, … to index, on the thread
-            return pool.submit(lambda: [flow.motion(frames[index - j], frames[index])
+            return pool.submit(lambda: [flow.motion(clip[index - j], clip[index])
                                         for j in range(1, min(look_back, index) + 1)])
 
         upcoming = motions_of(first_index) if first_index > 0 else None
-        for index in range(first_index, len(frames)):
+        for index in range(first_index, len(clip)):
             began = time.perf_counter()
             content_rgb, content_pixels = frame_pixels(index)
             own_start = np.asarray(initial_pixels(settings, preprocessing, content_pixels))
@@ -165,19 +210,19 @@ def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], s
                     masks[j] = mask
                 if video.frame_init == "warped":
                     start = flow.warped_start(history[0], motions[0], own_start)
-            if index + 1 < len(frames):
+            if index + 1 < len(clip):
                 upcoming = motions_of(index + 1)  # computed while this frame optimizes
-            frame_targets = Targets(content_pass(objective, params, jax.device_put(content_pixels)), style_target,
-                                    TemporalTarget(jax.device_put(previous), jax.device_put(masks)))
-            pixels = jax.device_put(start.astype(np.float32))
+            inputs = build_chunk_inputs(
+                objective, spec, params, content_pass(objective, params, jax.device_put(content_pixels)),
+                [MemberInputs(start.astype(np.float32), style_target, weights, TemporalTarget(previous, masks))])
             steps = video.steps(settings, index)
 
             def visit(step, current, terms, index=index, steps=steps):
-                if on_visit is not None:
-                    on_visit(index, step, steps, terms)
+                if options.on_visit is not None:
+                    options.on_visit(index, step, steps, terms)
 
-            run = run_loop(chunk_fn, pixels, new_state(pixels), steps,
-                           (params, frame_targets, weights), intervals, visit)
+            run = run_loop(inputs.program(), inputs.pixels, inputs.opt_state, steps, inputs.loss_args,
+                           options.intervals, visit)
             if run.interrupted:
                 return done, True
             optimized = np.asarray(run.pixels)
@@ -190,6 +235,6 @@ def stylize_frames(frames: Sequence[np.ndarray], styles: Sequence[np.ndarray], s
                                  run.steps_done, float(run.loss), time.perf_counter() - began,
                                  temporal)
             done += 1
-            if on_frame is not None:
-                on_frame(result)
+            if options.on_frame is not None:
+                options.on_frame(result)
     return done, False

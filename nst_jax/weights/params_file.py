@@ -52,6 +52,24 @@ class ParamsMetadata:
                            **dataclasses.asdict(self), "layers": list(self.layers)})
 
 
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A VGG-19 as a run takes it: its params and the input convention they were trained with."""
+
+    params: Params
+    preprocessing: str  # "caffe" or "torch" (ParamsMetadata.preprocessing)
+
+    def __post_init__(self) -> None:
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, not {self.preprocessing!r}")
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Model":
+        """The model in a params file (`load_params`)."""
+        params, metadata = load_params(path)
+        return cls(params, metadata.preprocessing)
+
+
 def save_params(path: Union[str, os.PathLike], params: Dict[str, Dict[str, Any]], metadata: ParamsMetadata) -> None:
     """Write params ({"conv1_1": {"kernel", "bias"}, ...}) and metadata atomically to `path`."""
     if metadata.preprocessing not in PREPROCESSINGS:

@@ -1,0 +1,111 @@
+"""The one builder of the compiled chunk's inputs: every run, the video, the memory estimate and
+the benchmarks get theirs from `build_chunk_inputs`, so what is timed or estimated is what runs.
+
+A run's members each bring a start image, their style Gram matrices and their loss weights
+(`MemberInputs`); the builder stacks them along a member axis when the chunk is batched, pads them
+to fill a member-split mesh, makes the optimizer's state, and places everything on the devices
+(`devices.place_chunk_args`). It works on arrays (a run) and on jax.ShapeDtypeStructs (the memory
+estimate: nothing allocated) alike.
+"""
+
+import dataclasses
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from jax.stages import Wrapped
+
+from nst_jax.engine.devices import place_chunk_args, splits_rows
+from nst_jax.engine.optimize import OptimizerSpec, chunk_program, state_program
+from nst_jax.loss.objective import LossWeights, Objective, Targets, TemporalTarget
+from nst_jax.weights.params_file import Params
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberInputs:
+    """One member's part of the chunk's inputs (arrays, or jax.ShapeDtypeStructs)."""
+
+    start: Any  # (H, W, C) pixels in [0, pixel_range]
+    style: Dict[str, Any]  # {layer: Gram matrix} of its style (or blend)
+    weights: LossWeights
+    temporal: Optional[TemporalTarget] = None  # a video frame's (unbatched runs only)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkInputs:
+    """The chunk's program and its arguments, placed as the run places them.
+
+    `program()(pixels, opt_state, num_steps, *loss_args)` is one call of the compiled loop.
+    """
+
+    objective: Objective  # with `rows` set when each image is split by rows
+    spec: OptimizerSpec
+    batched: bool
+    members: int  # real members; the arrays may hold padding copies after them
+    pixels: Any
+    opt_state: Any
+    params: Params
+    targets: Targets
+    weights: LossWeights
+
+    def program(self) -> Wrapped:
+        return chunk_program(self.objective, self.spec, self.batched)
+
+    @property
+    def loss_args(self) -> Tuple[Params, Targets, LossWeights]:
+        """The chunk's arguments after the step count: traced, the same for every chunk."""
+        return self.params, self.targets, self.weights
+
+
+def _is_abstract(tree: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(leaves) and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    """Member trees -> one tree with a leading member axis. Arrays are stacked by numpy on the
+    host: jnp.stack outside jit compiles a program per leaf shape (five Gram sizes and the image)."""
+    def stack(*leaves):
+        if isinstance(leaves[0], jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct((len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype)
+        return np.stack([np.asarray(leaf) for leaf in leaves])
+    return jax.tree_util.tree_map(stack, *trees)
+
+
+def build_chunk_inputs(objective: Objective, spec: OptimizerSpec, params: Params, content: Dict[str, Any],
+                       members: Sequence[MemberInputs], mesh: Optional[Mesh] = None,
+                       batched: Optional[bool] = None) -> ChunkInputs:
+    """The chunk's inputs for `members` sharing `params` and the `content` targets.
+
+    `batched` (default: several members, or a member-split mesh) chooses the vmapped chunk; a
+    member-split mesh gets copies of the last member until its size divides the count. `mesh`:
+    a batch_mesh, an image_mesh (`objective.rows` is then set) or None.
+    """
+    if not members:
+        raise ValueError("the chunk needs at least one member")
+    splits_members = mesh is not None and not splits_rows(mesh)
+    if batched is None:
+        batched = len(members) > 1 or splits_members
+    if not batched and len(members) > 1:
+        raise ValueError(f"{len(members)} members need the batched chunk")
+    if batched and any(member.temporal is not None for member in members):
+        raise ValueError("temporal targets are for unbatched runs (a video's frames)")
+    padded = list(members)
+    if splits_members:
+        assert mesh is not None
+        padded += [members[-1]] * (-len(members) % mesh.size)
+    if batched:
+        pixels, style, weights = _stack([(m.start, m.style, m.weights) for m in padded])
+    else:
+        pixels, style, weights = members[0].start, members[0].style, members[0].weights
+    temporal = members[0].temporal if not batched else None
+    image_shape = tuple(members[0].start.shape)
+    if _is_abstract(pixels):
+        opt_state = jax.eval_shape(state_program(spec, batched), pixels)
+    else:
+        style, pixels, weights, temporal = jax.device_put((style, pixels, weights, temporal))
+        opt_state = state_program(spec, batched)(pixels)
+    objective, (pixels, opt_state, params, targets, weights) = place_chunk_args(
+        objective, (pixels, opt_state, params, Targets(content, style, temporal), weights), mesh, image_shape)
+    return ChunkInputs(objective, spec, batched, len(members), pixels, opt_state, params, targets, weights)
