@@ -147,14 +147,8 @@ def targets(objective: Objective, params: Params, content_pixels: jax.Array, sty
     size. `blend_weights` (one per style, summing to 1) gives the blended target too.
     """
     grams = [style_grams(objective, params, pixels) for pixels in style_pixels]
-    blended = None if blend_weights is None else _blend(grams, blend_weights)
+    blended = None if blend_weights is None else blend_grams(grams, blend_weights)
     return content_targets(objective, params, content_pixels), grams, blended
-
-
-def _blend(grams: Sequence[Dict[str, jax.Array]], blend_weights: jax.Array) -> Dict[str, jax.Array]:
-    """Σ_i b_i·G_i layer by layer, the weights already summing to 1 (traced: no host division)."""
-    return jax.tree_util.tree_map(
-        lambda *layer: sum(blend_weights[i] * gram for i, gram in enumerate(layer)), *grams)
 
 
 # From this many content pixels on, the content's and each style's passes run as programs of
@@ -190,7 +184,7 @@ def run_targets(objective: Objective, params: Params, content_pixels: jax.Array,
     split = dataclasses.replace(objective, rows=rows)
     content = content_pass(split, params, content_pixels)
     grams = [_style_pass(split, params, pixels) for pixels in style_pixels]
-    return content, grams, _blend(grams, blend_weights)
+    return content, grams, blend_grams(grams, blend_weights)
 
 
 def compute_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Iterable[jax.Array],

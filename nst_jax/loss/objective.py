@@ -225,14 +225,18 @@ def style_grams(objective: Objective, params: Dict[str, Any],
             for layer in objective.style_layers}
 
 
-def blend_grams(grams_per_style: Sequence[Dict[str, jax.Array]],
-                blend_weights: Sequence[float]) -> Dict[str, jax.Array]:
-    """Σ_i b_i·G_i / Σ_i b_i, layer by layer: one style target from several paintings."""
-    total = float(sum(blend_weights))
-    if total <= 0:
+def blend_grams(grams_per_style: Sequence[Dict[str, jax.Array]], blend_weights: Any) -> Dict[str, jax.Array]:
+    """Σ_i b_i·G_i / Σ_i b_i, layer by layer: one style target from several paintings.
+
+    `blend_weights`: numbers, or an array traced inside a program (a run's targets pass them
+    already summing to 1, so the division changes nothing there and needs no host round trip).
+    """
+    weights = [blend_weights[index] for index in range(len(grams_per_style))]
+    total = sum(weights)
+    if isinstance(total, (int, float)) and total <= 0:
         raise ValueError(f"style blend weights must have a positive sum, got {blend_weights}")
     return jax.tree_util.tree_map(
-        lambda *grams: sum(w / total * g for w, g in zip(blend_weights, grams)), *grams_per_style)
+        lambda *grams: sum(weight / total * gram for weight, gram in zip(weights, grams)), *grams_per_style)
 
 
 @jax.custom_vjp
