@@ -134,14 +134,14 @@ def _rotate_behind_barrier(kernel):
     """
     import jax
 
-    from nst_jax.model.vgg import adjoint_kernel
+    from nst_jax.model.ops import adjoint_kernel
 
     return jax.lax.optimization_barrier(adjoint_kernel(kernel))
 
 
 def _conv_impl(experiment):
-    """How `experiment` has the network convolve (nst_jax.model.vgg.ConvImpl)."""
-    from nst_jax.model.vgg import SHIPPED, ConvImpl, conv3x3_same
+    """How `experiment` has the network convolve (nst_jax.model.ops.ConvImpl)."""
+    from nst_jax.model.ops import SHIPPED, ConvImpl, conv3x3_same
 
     convolve = SHIPPED.convolve
     if experiment.stock_conv:
@@ -178,7 +178,7 @@ def _variant(problem, experiment):
 
 
 def _without_adjoint_kernels(params):
-    from nst_jax.model.vgg import ADJOINT
+    from nst_jax.model.ops import ADJOINT
 
     return {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
 
@@ -315,7 +315,7 @@ def _layout(size, steps):
     import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax.model.vgg import adjoint_kernel, conv3x3_same
+    from nst_jax.model.ops import adjoint_kernel, conv3x3_same
 
     side, channels = size // 2, 128
     rng = np.random.default_rng(0)

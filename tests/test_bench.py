@@ -204,10 +204,10 @@ def test_subcommands_refuse_bad_flags_in_one_line(tmp_path, capsys, monkeypatch,
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_no_convolution_in_the_compiled_loop_runs_as_naive_loops(optimizer):
     """Inside lax.fori_loop XLA's CPU backend used to compile every input-gradient convolution
-    into loop nests (4-5x slower steps, BENCHMARKS.md); nst_jax.model.vgg's conv3x3_same prevents it."""
+    into loop nests (4-5x slower steps, BENCHMARKS.md); nst_jax.model.ops's conv3x3_same prevents it."""
     from bench import hlo, jax_step
     from nst_jax.engine.optimize import OptimizerSpec, init_state, jit_chunk, make_chunk
-    from nst_jax.model.vgg import ConvImpl
+    from nst_jax.model.ops import ConvImpl
 
     def backends(conv=ConvImpl()):
         problem = jax_step.build_problem(48, optimizer)
@@ -269,7 +269,7 @@ def test_torch_reference_computes_our_loss_and_gradient():
 def test_investigate_passes_each_experiments_choices_as_arguments():
     """Experiments vary the network and the compiler options through arguments, not by patching."""
     import bench.investigate as investigate
-    from nst_jax.model.vgg import SHIPPED
+    from nst_jax.model.ops import SHIPPED
 
     by_name = {experiment.name: experiment for experiment in investigate.EXPERIMENTS}
     assert investigate._conv_impl(by_name["baseline"]) == SHIPPED

@@ -153,7 +153,8 @@ def test_a_batch_with_tiles_equals_its_members_run_alone(params, photo):
 
 
 def test_features_in_tiles_equal_the_network_and_sum_like_numpy(params):
-    from nst_jax.model.vgg import TileGrid, features, features_in_tiles, front_layers
+    from nst_jax.model.tiles import TileGrid, features_in_tiles, front_layers
+    from nst_jax.model.vgg import features
     image = jax.random.normal(jax.random.PRNGKey(3), (1, 37, 53, 3)) * 50.0
     layers = ("relu1_1", "conv2_1", "pool2", "relu3_1")
     whole = features(params, image, layers)
@@ -161,8 +162,9 @@ def test_features_in_tiles_equal_the_network_and_sum_like_numpy(params):
         grid = TileGrid.for_layers(layers, 53, tiles=tiles)
         # Through pool2: two poolings (widths a multiple of 4), 6 columns reached, rounded to 8.
         assert grid.count == tiles and grid.width % 4 == 0 and grid.halo == 8, grid
-        activations, sums = features_in_tiles(params, image, layers, lambda own, i: {k: jnp.sum(v, (0, 1, 2)) for k, v in own.items()},
-                                              kept=layers, grid=grid)
+        activations, sums = features_in_tiles(
+            params, image, layers, reduce_tile=lambda own, i: {k: jnp.sum(v, (0, 1, 2)) for k, v in own.items()},
+            kept=layers, grid=grid)
         assert set(sums) == set(front_layers(layers)) & set(layers) == {"relu1_1", "conv2_1", "pool2"}
         for layer in layers:
             np.testing.assert_allclose(activations[layer], whole[layer], rtol=1e-5, atol=1e-4, err_msg=layer)
@@ -172,7 +174,7 @@ def test_features_in_tiles_equal_the_network_and_sum_like_numpy(params):
 
 
 def test_relu_keeping_bits_has_relus_gradient():
-    from nst_jax.model.vgg import relu_keeping_bits
+    from nst_jax.model.ops import relu_keeping_bits
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 13)).astype(np.float32))
     x = x.at[0, 0, 0, :4].set(0.0).at[1, 2, 4, 12].set(np.nan)  # ties at 0, a NaN, 13 channels (not 8k)
     cotangent = jnp.asarray(np.random.default_rng(1).normal(size=x.shape).astype(np.float32))
@@ -207,7 +209,7 @@ def test_remat_lowers_xlas_temporaries():
     none, blocks, tiles = (estimate_memory(settings.replace(remat=r), 128, 128).temporaries
                            for r in ("none", "blocks", "tiles"))
     # Measured on CPU: 0.60 at 128 px, 0.63 at 256 and 512 px (jax.checkpoint: 1.0, XLA merged
-    # its recomputation back; vgg.recomputed_in_backward prevents that).
+    # its recomputation back; ops.recomputed_in_backward prevents that).
     assert blocks < 0.7 * none, (blocks, none)
     # Issue 12's goal, at most 1/3 of none per megapixel: 0.26 at 256 px, 0.24 at 512 px.
     assert tiles < none / 3, (tiles, none)

@@ -10,6 +10,7 @@ from PIL import Image
 
 import nst_jax
 from nst_jax.errors import WeightsFileError
+from nst_jax.model.ops import with_adjoint_kernels
 from nst_jax.weights.params_file import ParamsMetadata, load_params, save_params
 from weights_tools.synthetic import synthetic_params
 from datafiles import IMAGES
@@ -144,7 +145,7 @@ def test_missing_file_is_refused_naming_it(tmp_path):
 
 
 def test_prepared_adjoint_kernels_give_the_same_features_and_image_gradient(params, vgg_input):
-    prepared = nst_jax.model.vgg.with_adjoint_kernels(params)
+    prepared = with_adjoint_kernels(params)
     assert set(prepared["conv3_1"]) == {"kernel", "bias", "adjoint_kernel"}
     assert "adjoint_kernel" not in params["conv3_1"]  # the caller's dict is left alone
     layers = ("relu1_1", "relu3_1", "relu4_2")
@@ -168,7 +169,7 @@ def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params):
     from nst_jax.engine.optimize import OptimizerSpec, init_state, make_chunk, make_optimizer
     from nst_jax.engine.stylize import prepare_params
     from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams
-    from nst_jax.model.vgg import ConvImpl, adjoint_kernel
+    from nst_jax.model.ops import ConvImpl, adjoint_kernel
 
     traced_rotations = []
 
@@ -200,7 +201,7 @@ def test_the_engine_rotates_kernels_once_per_run_not_in_each_step(params):
 
 @pytest.mark.parametrize("in_channels", [1, 3, 8, 9, 64])  # both input-gradient paths, and the edge
 def test_conv3x3_same_gradients_equal_jax_autodiff_of_the_convolution(in_channels):
-    from nst_jax.model.vgg import adjoint_kernel, conv3x3_same
+    from nst_jax.model.ops import adjoint_kernel, conv3x3_same
 
     rng = np.random.default_rng(in_channels)
     x = jax.numpy.asarray(rng.standard_normal((2, 7, 10, in_channels), np.float32))
@@ -227,7 +228,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch_gives_it(shape):
     import flax.linen as nn
     import torch
 
-    from nst_jax.model.vgg import max_pool_2x2
+    from nst_jax.model.ops import max_pool_2x2
 
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(0, 3, shape).astype(np.float32)
@@ -255,7 +256,7 @@ def test_prepared_params_are_reused_only_for_read_only_or_jax_arrays(synthetic_p
     from nst_jax.config.presets import preset
     from nst_jax.engine.stylize import prepare_params
     from nst_jax.loss.objective import Objective
-    from nst_jax.model.vgg import ADJOINT
+    from nst_jax.model.ops import ADJOINT
 
     loaded, _ = load_params(synthetic_params_path)
     with pytest.raises(ValueError, match="read-only"):

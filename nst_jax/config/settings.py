@@ -258,8 +258,8 @@ class NetworkSettings:
     pooling: str = "max"
     compute_dtype: str = "float32"
     # "blocks": recompute each VGG block's activations in the backward pass (less memory, one
-    # more forward pass per step: vgg.recomputed_in_backward); "tiles": blocks 1-2 computed and
-    # recomputed in column tiles, the rest keeping ReLU bits (least memory: vgg.features_in_tiles);
+    # more forward pass per step: ops.recomputed_in_backward); "tiles": blocks 1-2 computed and
+    # recomputed in column tiles, the rest keeping ReLU bits (least memory: tiles.features_in_tiles);
     # "auto": none when the run fits, else tiles (blocks where tiles cannot go: engine.plan).
     remat: str = "none"
 

@@ -27,7 +27,9 @@ from nst_jax.engine.chunk_inputs import ChunkInputs, MemberInputs, build_chunk_i
 from nst_jax.engine.devices import Layout, image_mesh
 from nst_jax.engine.stages import SEPARATE_PASSES_FROM, InputShapes, style_side
 from nst_jax.engine.optimize import OptimizerSpec
-from nst_jax.model.vgg import ADJOINT, TileGrid, front_layers, layer_level
+from nst_jax.model.ops import ADJOINT
+from nst_jax.model.tiles import TileGrid, front_layers
+from nst_jax.model.vgg import layer_level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +189,7 @@ def _pass_floats(height, width, objective, kept=()):
 
 
 def _tiles_loop_floats(height, width, objective):
-    """Floats the loop keeps with blocks 1-2 in column tiles (vgg.features_in_tiles): one tile's
+    """Floats the loop keeps with blocks 1-2 in column tiles (tiles.features_in_tiles): one tile's
     activations at a time (recomputed in the backward pass), a zero-padded copy of each content
     target inside the tiled blocks, the front's output and its gradient, and past it what the
     loss reads plus a block's activations and gradients at a time (the ReLUs keep bits: 1/32 of

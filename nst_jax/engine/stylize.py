@@ -42,7 +42,7 @@ from nst_jax.engine.devices import Layout, splits_rows
 from nst_jax.engine.optimize import ChunkFn, LoopResult, OptimizerSpec, StopRun, run_loop, to_host
 from nst_jax.engine.plan import RunPlan, plan_run
 from nst_jax.engine.stages import InputShapes, finish_image, initial_pixels, prepare_images, run_targets
-from nst_jax.model.vgg import with_adjoint_kernels
+from nst_jax.model.ops import with_adjoint_kernels
 from nst_jax.weights.params_file import Model, Params
 
 

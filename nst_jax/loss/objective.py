@@ -18,7 +18,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax.loss import terms as losses
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
-from nst_jax.model.vgg import SHIPPED, ConvImpl, TileGrid, features, features_in_tiles, front_layers, layer_size
+from nst_jax.model.ops import SHIPPED, ConvImpl
+from nst_jax.model.tiles import TileGrid, features_in_tiles, front_layers
+from nst_jax.model.vgg import Network, features, layer_size
 
 # The network's arithmetic (vgg_features) and its rematerialization (Objective.remat); the
 # settings' choices (--compute-dtype; --remat adds "auto", config.settings.REMAT_CHOICES, which
@@ -154,13 +156,16 @@ def _dtype(objective: Objective) -> Any:
     return jnp.bfloat16 if objective.compute_dtype == "bfloat16" else jnp.float32
 
 
+def _network(objective):
+    return Network(objective.pooling, _dtype(objective), objective.conv)
+
+
 def vgg_features(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
                  layers: Optional[Sequence[str]] = None) -> Dict[str, jax.Array]:
     """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]."""
     image, layers = _network_input(objective, pixels), layers or objective.layers
     if objective.remat == "tiles":  # whole activations: for passes without a backward
-        return features_in_tiles(params, image, layers, kept=layers, pooling=objective.pooling,
-                                 dtype=_dtype(objective), conv=objective.conv)[0]
+        return features_in_tiles(params, image, layers, _network(objective), kept=layers)[0]
     return features(params, image, layers, pooling=objective.pooling,
                     dtype=_dtype(objective), remat=objective.remat == "blocks", conv=objective.conv)
 
@@ -195,9 +200,8 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
             for layer, target in padded.items()}
         return grams, distances
 
-    activations, (products, distances) = features_in_tiles(
-        params, image, layers, reduce_tile, pooling=objective.pooling, dtype=_dtype(objective),
-        conv=objective.conv, grid=grid)
+    activations, (products, distances) = features_in_tiles(params, image, layers, _network(objective),
+                                                           reduce_tile=reduce_tile, grid=grid)
     grams = {layer: losses.normalized_gram(products[layer], *layer_size(height, width, layer),
                                            objective.gram_normalization)
              if layer in products else losses.gram(activations[layer], objective.gram_normalization)

@@ -133,7 +133,7 @@ def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "ha
 
 def content_loss_of_sum(squared_sum: jax.Array, size: int, content_loss: str = "half_sum") -> jax.Array:
     """`content_loss` from Σ(F−P)² and the number of elements it summed (a layer's H·W·C): what a
-    run that sums over tiles of the image has (vgg.features_in_tiles)."""
+    run that sums over tiles of the image has (tiles.features_in_tiles)."""
     _check_option("content_loss", content_loss, CONTENT_LOSSES)
     if content_loss == "mean":
         return squared_sum / float(size)
