@@ -14,7 +14,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from bench.flags import at_least, bad_input_exits_2, int_list, name_list
+from nst_jax.errors import bad_input_exits_2
+from bench.flags import at_least, int_list, name_list
 from nst_jax.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,8 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from bench.flags import at_least, bad_input_exits_2, int_list, name_list
+from nst_jax.errors import bad_input_exits_2
+from bench.flags import at_least, int_list, name_list
 from nst_jax.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,6 @@
-"""Flag values the benchmark command lines share, and their one way of refusing a bad one."""
+"""Flag values the benchmark command lines share (a bad one is refused by nst_jax.errors.bad_input_exits_2)."""
 
-import functools
-import sys
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from nst_jax.errors import UserInputError
 
@@ -32,22 +30,3 @@ def at_least(flag: str, value: int, minimum: int = 1) -> int:
     if value < minimum:
         raise UserInputError(f"{flag}: must be at least {minimum}, got {value}")
     return value
-
-
-MainFn = Callable[[Optional[Sequence[str]]], int]
-
-
-def bad_input_exits_2(main: MainFn) -> MainFn:
-    """A command's main that turns UserInputError into one line on stderr and exit status 2
-    (argparse's own errors already exit 2), as the project's commands do. The commands check
-    their flags before they write anything, so a refused flag leaves nothing behind."""
-
-    @functools.wraps(main)
-    def checked(argv: Optional[Sequence[str]] = None) -> int:
-        try:
-            return main(argv)
-        except UserInputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-
-    return checked

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 
 from bench import machine
-from bench.flags import at_least, bad_input_exits_2, int_list
+from nst_jax.errors import bad_input_exits_2
+from bench.flags import at_least, int_list
 from bench.jax_step import build_problem, time_step
 from bench.report import write_json
 from nst_jax.errors import memory_refusal

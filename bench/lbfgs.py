@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import machine
-from bench.flags import at_least, bad_input_exits_2, int_list
+from nst_jax.errors import bad_input_exits_2
+from bench.flags import at_least, int_list
 from bench.report import write_json
 from bench.timing import stopwatch, summarize
 from nst_jax.engine.lbfgs import _history_products, fixed_step_lbfgs, to_storage

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from bench.flags import at_least, bad_input_exits_2, int_list
+from nst_jax.errors import bad_input_exits_2
+from bench.flags import at_least, int_list
 from bench.jax_step import build_problem, time_step
 from bench.timing import summarize
 from weights_tools.synthetic import synthetic_params

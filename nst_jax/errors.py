@@ -1,6 +1,8 @@
 """The one exception type a user sees as a one-line message (exit status 2), never a traceback."""
 
-from typing import Optional
+import functools
+import sys
+from typing import Optional, Protocol, Sequence
 
 
 class UserInputError(ValueError):
@@ -40,3 +42,30 @@ def memory_refusal(error: BaseException) -> Optional[UserInputError]:
     if not (isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()):
         return None
     return UserInputError(f"the run does not fit in memory ({reason(error, first_line=True)}): {FIT_HINT}")
+
+
+def print_error(error: object) -> int:
+    """The commands' one way to end on bad input: `error: <what>` on stderr; returns exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+class MainFn(Protocol):
+    """A command's main: its arguments (default: sys.argv's) -> exit status."""
+
+    def __call__(self, argv: Optional[Sequence[str]] = None) -> int: ...
+
+
+def bad_input_exits_2(main: MainFn) -> MainFn:
+    """A command's main that turns UserInputError into its one line and exit status 2
+    (`print_error`). Commands check their flags before they write anything, so a refused flag
+    leaves nothing behind."""
+
+    @functools.wraps(main)
+    def checked(argv: Optional[Sequence[str]] = None) -> int:
+        try:
+            return main(argv)
+        except UserInputError as error:
+            return print_error(error)
+
+    return checked

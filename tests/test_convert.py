@@ -345,9 +345,7 @@ def test_cli_prints_one_summary_line(tmp_path, capsys):
 def test_cli_error_is_one_line_and_status_2(tmp_path, capsys):
     public = tmp_path / "weights.h5"
     public.write_text("not weights\n")
-    with pytest.raises(SystemExit) as caught:
-        main([str(public), "-o", str(tmp_path / "params.npz")])
-    assert caught.value.code == 2
+    assert main([str(public), "-o", str(tmp_path / "params.npz")]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"error: {public}: not an HDF5 file")
@@ -371,9 +369,7 @@ def test_cli_flag_and_output_errors_are_one_line(tmp_path, capsys, monkeypatch, 
         def refuse(*args, **kwargs):
             raise OSError(30, "Read-only file system")
         monkeypatch.setattr("nst_jax.weights.convert.save_params", refuse)
-    with pytest.raises(SystemExit) as caught:
-        main(argv)
-    assert caught.value.code == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert named in (err.lower() if case == "unwritable -o" else err), err

@@ -11,12 +11,13 @@ import sys
 from typing import Optional, Sequence
 
 from nst_jax.cli.run import OneLineParser
-from nst_jax.errors import UserInputError
+from nst_jax.errors import bad_input_exits_2
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.convert import convert, summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+@bad_input_exits_2
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line; errors print `error: ...` and exit with status 2."""
     parser = OneLineParser(
         prog="python -m weights_tools.convert",
@@ -25,14 +26,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("-o", "--out", required=True, help="params file to write")
     parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights (needed for unknown .pth files)")
-    try:
-        args = parser.parse_args(argv)
-        metadata = convert(args.src, args.out, args.preprocessing)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    args = parser.parse_args(argv)
+    metadata = convert(args.src, args.out, args.preprocessing)
     print(summary(args.out, metadata))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,11 +12,12 @@ import sys
 import urllib.parse
 from typing import Optional, Sequence
 
-from nst_jax.errors import UserInputError
+from nst_jax.errors import bad_input_exits_2
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights import fetch as library
 
 
+@bad_input_exits_2
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m weights_tools.fetch",
@@ -32,11 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.md5 is None and os.path.basename(urllib.parse.urlparse(args.url).path) not in library.KNOWN_CHECKSUMS:
         print(f"note: no checksum known for {args.url}; pass --md5 to verify it", file=sys.stderr)
-    try:
-        path = library.fetch(args.url, args.md5, force=args.force, preprocessing=args.preprocessing)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    path = library.fetch(args.url, args.md5, force=args.force, preprocessing=args.preprocessing)
     print(path)
     return 0
 

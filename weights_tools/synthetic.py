@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from nst_jax.atomic import PathLike, atomic_path
-from nst_jax.errors import UserInputError
+from nst_jax.errors import UserInputError, bad_input_exits_2
 from nst_jax.model.layers import BLOCKS, conv_shape
 from nst_jax.weights.layouts import SYNTHETIC_MARKER, VGG16_BLOCKS, feature_layout
 
@@ -215,7 +215,8 @@ def _write_safetensors_with_zeros(path, tensors, zero_shapes, metadata):
         stream.truncate(8 + len(text) + offset)  # the zero tensors: a hole, read back as zeros
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+@bad_input_exits_2
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: write one synthetic file and say what it is."""
     parser = argparse.ArgumentParser(prog="python -m weights_tools.synthetic",
                                      description=__doc__.split("\n")[0])
@@ -225,15 +226,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--vgg16", action="store_true", help="write VGG-16, to test refusals")
     parser.add_argument("out")
     args = parser.parse_args(argv)
-    try:
-        write_synthetic(args.layout, args.out, seed=args.seed, include_top=args.include_top,
-                        vgg16=args.vgg16)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    write_synthetic(args.layout, args.out, seed=args.seed, include_top=args.include_top, vgg16=args.vgg16)
     network = "VGG-16" if args.vgg16 else "VGG-19"
     print(f"wrote {args.out}: {MARKER_TEXT} ({network}, {args.layout} layout, seed {args.seed})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

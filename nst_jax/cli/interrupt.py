@@ -11,7 +11,7 @@ import types
 from typing import Callable, Iterator, Optional, Protocol, TextIO
 
 from nst_jax.cli.progress import write_line
-from nst_jax.errors import UserInputError, memory_refusal
+from nst_jax.errors import UserInputError, memory_refusal, print_error
 
 
 # Ctrl-C presses that quit at once, without waiting for the run's next safe point.
@@ -103,8 +103,7 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
         result = command()
         sys.stdout.flush()  # a pipe's buffered output: written here, where a closed pipe is caught
     except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error(error)
     except KeyboardInterrupt:
         print(interrupted_line, file=sys.stderr)
         return 130
@@ -118,8 +117,7 @@ def exit_status(command: Callable[[], Optional[Interruptible]], interrupted_line
         refusal = memory_refusal(error)
         if refusal is None:
             raise
-        print(f"error: {refusal}", file=sys.stderr)
-        return 2
+        return print_error(refusal)
     return 130 if result is not None and result.interrupted else 0
 
 
