@@ -133,3 +133,7 @@ def test_public_functions_are_annotated(path):
                if (names := unannotated(node, is_method))}
     assert not missing, (f"{path.relative_to(ROOT)}: public functions lack annotations (parameter "
                          f"names, or 'return'): {missing}")
+
+
+if __name__ == "__main__":  # the order docs/ARCHITECTURE.md draws, as this test enforces it
+    print(" < ".join(LAYERS))

@@ -28,6 +28,7 @@ from PIL import Image
 from nst_jax.engine import stylize as batch
 from nst_jax.imaging import images
 from nst_jax.cli import files, interrupt, run
+from nst_jax.weights import fetch
 from nst_jax.cli.watch import LossWatch
 from nst_jax.errors import UserInputError
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
@@ -497,7 +498,7 @@ def no_compute(monkeypatch):
         calls.append(settings)
         return [(output, types.SimpleNamespace(interrupted=False))]
 
-    monkeypatch.setattr(files, "stylize_files", stylize_files)
+    monkeypatch.setattr(run, "stylize_files", stylize_files)
     return calls
 
 
@@ -720,8 +721,8 @@ def test_stretch_warning_only_when_the_aspect_ratio_differs(tmp_path):
 
 
 def test_preprocessing_flag_overrides_a_params_file(synthetic_params_path):
-    assert run.load_weights(str(synthetic_params_path))[1].preprocessing == "caffe"
-    assert run.load_weights(str(synthetic_params_path), "torch")[1].preprocessing == "torch"
+    assert fetch.load_weights(str(synthetic_params_path))[1].preprocessing == "caffe"
+    assert fetch.load_weights(str(synthetic_params_path), "torch")[1].preprocessing == "torch"
 
 
 def test_advice_for_an_unknown_pth_can_be_followed_from_run(tmp_path):

@@ -358,11 +358,19 @@ def test_exif_orientation_is_applied(tmp_path, orientation, corner):
 
     loaded = images.load_image(path)
     assert loaded.shape == ((24, 40, 3) if orientation == 3 else (40, 24, 3))
+    assert images.header_shape(path) == loaded.shape[:2]  # what a run is planned from
     red = loaded[corner][1:-1, 1:-1]  # block interior: away from JPEG ringing at its edges
     np.testing.assert_allclose(red, np.broadcast_to([1.0, 0.0, 0.0], red.shape), rtol=0, atol=0.1)
     height, width = loaded.shape[:2]
     middle = loaded[height // 2 - 4:height // 2 + 4, width // 2 - 4:width // 2 + 4]
     np.testing.assert_allclose(middle, np.full(middle.shape, 128 / 255), rtol=0, atol=0.05)
+
+
+def test_header_shape_refuses_what_load_image_refuses(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    for path, says in [(tmp_path / "absent.png", "no such file"), (tmp_path / "text.png", "not a readable image")]:
+        with pytest.raises(UserInputError, match=f"{path}: {says}"):
+            images.header_shape(path)
 
 
 def test_odd_size_is_kept(tmp_path):

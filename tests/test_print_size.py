@@ -435,11 +435,12 @@ def test_cli_shard_flag_lbfgs_auto_and_the_estimate_table(capsys, monkeypatch):
     from nst_jax.cli import run
     from nst_jax.engine.memory import LIMIT_ENV, estimate_run
     from nst_jax.engine.stages import InputShapes
+    from nst_jax.imaging.images import header_shape
     args, settings, _ = run.parse_and_validate([IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg",
                                                 "--shard", "image", "--lbfgs-memory", "auto"])
     assert args.shard == "image" and args.lbfgs_memory == "auto" and settings.optimizer.lbfgs_memory == "auto"
     settings = preset("neural-style").replace(image_size=512, lbfgs_memory=20)
-    inputs = InputShapes(run._displayed_size(IMAGES / "tubingen.jpg"), (run._displayed_size(IMAGES / "starry_night.jpg"),))
+    inputs = InputShapes(header_shape(IMAGES / "tubingen.jpg"), (header_shape(IMAGES / "starry_night.jpg"),))
     monkeypatch.setenv(LIMIT_ENV, str(estimate_run(settings, inputs).total))
     status = run.main([IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg", "--estimate-memory",
                        "--image-size", "512", "--lbfgs-memory", "auto"])
@@ -456,12 +457,12 @@ def test_cli_remat_auto_takes_tiles_where_only_they_fit(capsys, monkeypatch, syn
     from nst_jax.cli import run
     from nst_jax.engine.memory import LIMIT_ENV, estimate_run, gib
     from nst_jax.engine.stages import InputShapes
-    from nst_jax.imaging.images import read_png_metadata
+    from nst_jax.imaging.images import header_shape, read_png_metadata
     content, style = IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg"
     flags = ["--image-size", "64", "--num-steps", "2", "--optimizer", "adam", "--remat", "auto"]
     settings = run.parse_and_validate([content, style, *flags])[1]
     assert settings.network.remat == "auto"
-    inputs = InputShapes(run._displayed_size(content), (run._displayed_size(style),))
+    inputs = InputShapes(header_shape(content), (header_shape(style),))
     none, tiles = (estimate_run(settings.replace(remat=r), inputs).total for r in ("none", "tiles"))
     monkeypatch.setenv(LIMIT_ENV, str((none + tiles) // 2))
     assert run.main([content, style, *flags, "--estimate-memory"]) == 0

@@ -166,7 +166,6 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
     """
     timings = timings or RunTimings()
     content, styles, init_image = load_images(content_path, style_paths, output_path, settings, timings)
-    out = stream or sys.stderr
     members = request_members(settings, style_paths, batch)
     inputs = InputShapes.of(content, styles)
     refuse_undersized(settings, inputs, content_path, style_paths)
@@ -177,89 +176,122 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
     settings = plan.settings
     with timings.phase("weights"):
         params, params_metadata = load_weights()
-    # A batch of one is named like a single run: OUT, not OUT_0.
-    paths = [output_path] if len(members) == 1 else [member_path(output_path, m.label) for m in members]
+    outputs = _Outputs(output_path, members, run_description(content_path, style_paths, settings, params_metadata),
+                       settings, batched=batch is not None)
+    out = stream or sys.stderr
     # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
     # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
     with ctrl_c_at_visits(out) as ctrl_c:
         if params_metadata.synthetic:
             write_line("warning: these VGG-19 weights are synthetic random values (for tests); "
                        "the picture will not be art", out)
-        describe = run_description(content_path, style_paths, settings, params_metadata)
-        member_metadata = [member_description(settings, m, batch is not None) for m in members]
-        writes = jax.process_index() == 0
-        total_steps, sizes = plan.total_steps, plan.sizes
-        bar = ProgressBar(total_steps, stream=stream,
+        bar = ProgressBar(plan.total_steps, stream=stream,
                           label="step" if len(members) == 1 else f"{len(members)} images, step")
-        watch = LossWatch(settings)
-        seen = {"latest": None, "finite": None, "diverged_at": None}
-
-        def write_latest():
-            """The third Ctrl-C: write the last visited images, if any, then quit."""
-            visit = seen["latest"]
-            if visit is None or not writes:
-                write_line("interrupted before the first step; nothing written", out)
-                return
-            for path, extra, image in zip(paths, member_metadata, visit.images()):
-                images.save_image(path, image, describe(steps=visit.step, **extra))
-            write_line(f"interrupted after {visit.step} steps; wrote {_written(paths)}", out)
-
-        ctrl_c.on_quit = write_latest
-
-        def on_visit(visit):
-            timings.visit(visit.step, visit.losses)
-            seen["latest"] = visit
-            if not np.isfinite(visit.losses).all():
-                seen["diverged_at"] = visit.step
-                raise StopRun  # the last finite visit's images are kept
-            seen["finite"] = visit
-            if ctrl_c.requested and visit.step < total_steps:
-                raise StopRun  # the run keeps the images of the chunk that just finished
-            stall = watch.stalled(visit)
-            if stall and writes:
-                write_line(stall, out)
-            at_print = settings.output.print_every and (visit.step % settings.output.print_every == 0
-                                                 or visit.step == total_steps)
-            if writes:
-                scale = (f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)"
-                         if visit.scales > 1 else "")
-                bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale,
-                           work_left=_work_left(visit, settings.optimizer.num_steps, sizes))
-            if settings.output.save_every and visit.step % settings.output.save_every == 0 and visit.step < total_steps:
-                snapshots = visit.images()  # a collective across hosts: every host takes part
-                for path, extra, snapshot in zip(paths, member_metadata, snapshots if writes else ()):
-                    images.save_image(intermediate_path(path, visit.step, total_steps), snapshot,
-                                      describe(steps=visit.step, **extra))
-
+        monitor = _Monitor(plan, outputs, bar, lambda: ctrl_c.requested, timings, out)
+        ctrl_c.on_quit = monitor.write_latest
         with timings.phase("run"), timings.compile:
             try:
                 results = run_plan(plan, content, styles, Model(params, params_metadata.preprocessing), members,
-                                   RunOptions(init_image=init_image, on_visit=on_visit,
+                                   RunOptions(init_image=init_image, on_visit=monitor.on_visit,
                                               intervals=(settings.output.print_every, settings.output.save_every,
                                                          PROGRESS_INTERVAL),
                                               should_stop=lambda: ctrl_c.requested))
             except Exception:
                 bar.close()  # the error's line (cli.interrupt.exit_status) starts a line of its own
                 raise
-        if seen["diverged_at"] is not None:
-            bar.close()
-            _diverged(seen["diverged_at"], seen["finite"], paths, member_metadata, describe, writes, settings)
+        monitor.refuse_divergence()
         first = results[0]
         if first.interrupted and first.steps_done == 0:  # the start image is no result
             bar.close("interrupted before the first step; nothing written")
-            return list(zip(paths, results))
+            return list(zip(outputs.paths, results))
         with timings.phase("write"):
-            for path, extra, result in zip(paths, member_metadata, results if writes else ()):
+            for result in results:
                 check_finite(result.image, result.steps_done, settings)
-                images.save_image(path, result.image, describe(steps=result.steps_done, **extra))
+            outputs.write([result.image for result in results], first.steps_done)
         state = "interrupted" if first.interrupted else "done"
         bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
-                  f"({timings.compile.seconds:.1f} s of it compiling); wrote {_written(paths)}")
-    return list(zip(paths, results))
+                  f"({timings.compile.seconds:.1f} s of it compiling); wrote {outputs}")
+    return list(zip(outputs.paths, results))
 
 
-def _written(paths):
-    return paths[0] if len(paths) == 1 else f"{len(paths)} images: {', '.join(paths)}"
+class _Outputs:
+    """Where a run's images go and what their PNG metadata says; with several hosts the first
+    writes (every host still takes part in gathering the images)."""
+
+    def __init__(self, output_path, members, describe, settings, batched):
+        # A batch of one is named like a single run: OUT, not OUT_0.
+        self.paths = [output_path] if len(members) == 1 else [member_path(output_path, m.label) for m in members]
+        self.metadata = [member_description(settings, member, batched) for member in members]
+        self.describe = describe
+        self.writes = jax.process_index() == 0
+
+    def write(self, pictures, step, paths=None):
+        """One picture per member, at `paths` (default: the outputs' own), noting `step`."""
+        for path, extra, picture in zip(paths or self.paths, self.metadata, pictures if self.writes else ()):
+            images.save_image(path, picture, self.describe(steps=step, **extra))
+
+    def __str__(self):
+        return self.paths[0] if len(self.paths) == 1 else f"{len(self.paths)} images: {', '.join(self.paths)}"
+
+
+class _Monitor:
+    """The run's host visits: losses recorded, progress shown, intermediate saves, Ctrl-C, and
+    the visits kept for after the run (the latest, for a third Ctrl-C; the last finite one, for
+    a run that diverges)."""
+
+    def __init__(self, plan, outputs, bar, stop_requested, timings, out):
+        self.plan, self.outputs, self.bar, self.stop_requested = plan, outputs, bar, stop_requested
+        self.timings, self.out, self.watch = timings, out, LossWatch(plan.settings)
+        self.latest = self.finite = self.diverged_at = None
+
+    def on_visit(self, visit):
+        settings, total_steps, sizes = self.plan.settings, self.plan.total_steps, self.plan.sizes
+        self.timings.visit(visit.step, visit.losses)
+        self.latest = visit
+        if not np.isfinite(visit.losses).all():
+            self.diverged_at = visit.step
+            raise StopRun  # the last finite visit's images are kept
+        self.finite = visit
+        if self.stop_requested() and visit.step < total_steps:
+            raise StopRun  # the run keeps the images of the chunk that just finished
+        writes = self.outputs.writes
+        stall = self.watch.stalled(visit)
+        if stall and writes:
+            write_line(stall, self.out)
+        print_every, save_every = settings.output.print_every, settings.output.save_every
+        at_print = print_every and (visit.step % print_every == 0 or visit.step == total_steps)
+        if writes:
+            scale = f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)" if visit.scales > 1 else ""
+            self.bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale,
+                            work_left=_work_left(visit, settings.optimizer.num_steps, sizes))
+        if save_every and visit.step % save_every == 0 and visit.step < total_steps:
+            snapshots = visit.images()  # a collective across hosts: every host takes part
+            self.outputs.write(snapshots, visit.step,
+                               [intermediate_path(path, visit.step, total_steps) for path in self.outputs.paths])
+
+    def write_latest(self):
+        """The third Ctrl-C: write the last visited images, if any, then quit."""
+        visit = self.latest
+        if visit is None or not self.outputs.writes:
+            write_line("interrupted before the first step; nothing written", self.out)
+            return
+        self.outputs.write(visit.images(), visit.step)
+        write_line(f"interrupted after {visit.step} steps; wrote {self.outputs}", self.out)
+
+    def refuse_divergence(self):
+        """After a run whose loss became NaN or infinite: write the last finite visit's images
+        (if any), then end with one line, a UserInputError."""
+        if self.diverged_at is None:
+            return
+        self.bar.close()
+        finite, kept = self.finite, "nothing written"
+        if finite is not None and finite.step > 0:
+            snapshots = finite.images()
+            if all(np.isfinite(image).all() for image in snapshots):
+                self.outputs.write(snapshots, finite.step)
+                kept = f"wrote the image of step {finite.step}: {self.outputs}"
+        raise UserInputError(f"the optimization diverged (the loss is NaN or infinite at step {self.diverged_at}; "
+                             f"{kept}): {divergence_advice(self.plan.settings)}")
 
 
 def member_description(settings: Settings, member: Member, batched: bool) -> Dict[str, Any]:
@@ -277,15 +309,3 @@ def _work_left(visit, steps_per_scale, sizes):
     done_here = visit.step - visit.scale * steps_per_scale
     later = sum((side / sizes[visit.scale]) ** 2 for side in sizes[visit.scale + 1:])
     return steps_per_scale - done_here + steps_per_scale * later
-
-
-def _diverged(step, finite_visit, paths, member_metadata, describe, writes, settings):
-    """Write the last finite visit's images (if any), then end with one line: UserInputError."""
-    kept = "nothing written"
-    snapshots = finite_visit.images() if finite_visit is not None and finite_visit.step > 0 else []
-    if snapshots and all(np.isfinite(image).all() for image in snapshots):
-        for path, extra, image in zip(paths, member_metadata, snapshots if writes else ()):
-            images.save_image(path, image, describe(steps=finite_visit.step, **extra))
-        kept = f"wrote the image of step {finite_visit.step}: {_written(paths)}"
-    raise UserInputError(f"the optimization diverged (the loss is NaN or infinite at step {step}; "
-                         f"{kept}): {divergence_advice(settings)}")

@@ -9,13 +9,10 @@ import re
 import typing
 from typing import Any, List, NoReturn, Optional, Sequence
 
-from nst_jax.config.settings import AUTO, Range
+from nst_jax.config.settings import AUTO, Range, flag
 from nst_jax.errors import UserInputError
 
-
-def flag(name: str) -> str:
-    """A field's flag without its dashes: image_size -> image-size."""
-    return name.replace("_", "-")
+__all__ = ["flag"]  # the flag of a field name, used with the parsers made here
 
 
 class OneLineParser(argparse.ArgumentParser):

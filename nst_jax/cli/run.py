@@ -10,23 +10,25 @@ import dataclasses
 import os
 import re
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 from nst_jax.cache import enable_compile_cache
+from nst_jax.cli.files import BatchRequest, request_layout, request_members, stylize_files
 from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, flag, keep_negative_values, number, same_path
 from nst_jax.cli.interrupt import exit_status
-from nst_jax.errors import UserInputError, reason
-from nst_jax.model.preprocess import PREPROCESSINGS
+from nst_jax.cli.memory_report import memory_report
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.config.settings import AUTO_NUMBERS, CHOICES, FIELDS, INT32_MAX, RANGES, Range, Settings
+from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, GROUP_TITLES, HELP, INT32_MAX, RANGES,
+                                     Range, Settings)
+from nst_jax.engine.devices import join_cluster
+from nst_jax.engine.plan import RunPlan, plan_run
+from nst_jax.engine.stages import InputShapes
+from nst_jax.engine.stylize import StylizeResult
 from nst_jax.engine.timings import RunTimings
-from nst_jax.weights.params_file import Params, ParamsMetadata
-
-if TYPE_CHECKING:
-    from nst_jax.cli.files import BatchRequest
-    from nst_jax.engine.plan import RunPlan
-    from nst_jax.engine.stylize import StylizeResult
+from nst_jax.errors import UserInputError, reason
+from nst_jax.imaging import images
+from nst_jax.model.preprocess import PREPROCESSINGS
+from nst_jax.weights.fetch import load_weights
 
 USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
 # Ranges of the flags that are not Settings fields (theirs are in settings.RANGES).
@@ -39,61 +41,6 @@ Sweeps = Dict[str, Tuple[Any, ...]]
 # An init image whose aspect ratio differs from the content's by more than this is visibly stretched.
 STRETCH_TOLERANCE = 0.01
 
-# The help's heading of each Settings group.
-GROUP_TITLES = {"image": "sizes, styles, start image and colours", "loss": "loss", "network": "network",
-                "optimizer": "optimizer", "output": "progress and output"}
-# Settings that name a file (their metavar).
-FILE_FIELDS = ("init_image",)
-# Help for each Settings field (by flat name); the flag is the flat name with dashes.
-FIELD_HELP = {
-    "image_size": "long side of the output in pixels (aspect ratio kept)",
-    "scales": "coarse-to-fine passes, each √2 larger, the last at --image-size; --num-steps each",
-    "style_scale": "style image size relative to the output size",
-    "style_blend_weights": "comma-separated weight per style image (default: equal)",
-    "content_layers": "comma-separated layers for the content loss, e.g. relu4_2 (Keras names work too)",
-    "content_layer_weights": "comma-separated weight per content layer (default: 1 each)",
-    "style_layers": "comma-separated layers for the style loss",
-    "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
-    "pooling": "VGG pooling",
-    "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
-    "remat": "what the backward pass keeps of the network's activations: blocks recomputes each "
-             "VGG block (about 0.65× the loop's temporaries, 1.45-1.55× the step time); tiles computes "
-             "blocks 1-2 in column tiles and recomputes them (about 0.3×, 1.2-1.25×); auto: none when "
-             "the run fits, else tiles (blocks with --normalize-gradients)",
-    "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
-    "content_weight": "α, weight of the content loss",
-    "style_weight": "β, weight of the style loss",
-    "tv_weight": "γ, weight of the total-variation loss (0: none)",
-    "content_loss": "content reduction: ½Σ(F−P)² (paper), Σ, or mean",
-    "gram_normalization": "Gram matrix divided by 1, H·W or C·H·W",
-    "style_loss": "per-layer style loss: Σ(G−A)²/(4N²M²) (paper), MSE, Σ, or the Keras example's",
-    "tv_loss": "TV: l2 (neural-style), l1 (TF tutorial), power Σ((Δx)²+(Δy)²)^(β/2)",
-    "tv_beta": "β of the power TV",
-    "pixel_range": "pixels are optimized in [0, this]: 255 (Caffe-era tools) or 1 (TF/PyTorch tutorials)",
-    "optimizer": "optimizer",
-    "num_steps": "number of optimizer steps",
-    "learning_rate": "learning rate of Adam and SGD",
-    "adam_b1": "Adam β1", "adam_b2": "Adam β2", "adam_eps": "Adam ε",
-    "sgd_momentum": "SGD momentum (0: plain SGD)",
-    "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
-    "lr_decay_steps": "steps between learning-rate decays",
-    "lr_decay_staircase": "drop the rate at each multiple of --lr-decay-steps (--no-lr-decay-staircase: "
-                          "decay smoothly, rate × decay^(step/steps), as Keras' ExponentialDecay)",
-    "lbfgs_memory": "L-BFGS memory (correction pairs kept); auto: the largest up to 100 that fits",
-    "lbfgs_linesearch": "L-BFGS step: none = fixed step 1, one evaluation per step (torch.optim.LBFGS, "
-                        "neural-style); zoom = optax's zoom line search (scipy-era tools)",
-    "lbfgs_linesearch_steps": "most zoom line-search evaluations per L-BFGS step",
-    "init": "start image: the content, noise around the mean color, flat gray, or --init-image",
-    "init_image": "start image file (implies --init image)",
-    "init_noise_std": "noise standard deviation for --init noise, as a fraction of the pixel range",
-    "seed": "random seed for the noise init",
-    "original_colors": "keep the content's colors: luminance-only transfer (Gatys et al. 2016) "
-                       "or recombine YCbCr chroma after the run",
-    "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
-    "print_every": "print the loss terms every N steps (0: never)",
-    "save_every": "also save the image every N steps before the last, as OUT_<step> in OUT's format "
-                  "(0: only at the end)",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +55,7 @@ class Command:
     output: Tuple[str, str] = ("out.png", "output image (.png with the settings in its metadata, .jpg, "
                                           ".webp, .tif); default: out.png")  # default, help
     hidden: Tuple[str, ...] = ()  # flags (by dest) parsed, so that the command can refuse them, but not shown
-    field_help: Tuple[Tuple[str, str], ...] = ()  # FIELD_HELP entries this command words otherwise
+    field_help: Tuple[Tuple[str, str], ...] = ()  # settings.HELP entries this command words otherwise
     choices: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # CHOICES this command narrows
 
 
@@ -167,7 +114,7 @@ def build_parser(command: Command = Command()) -> OneLineParser:
     batch.add_argument("--process-id", type=number(int), metavar="I",
                        help=f"this host's index (with --coordinator; {CLI_RANGES['process_id']}, below N)")
     defaults = preset(DEFAULT_PRESET)
-    help_texts, choices = {**FIELD_HELP, **dict(command.field_help)}, {**CHOICES, **dict(command.choices)}
+    help_texts, choices = {**HELP, **dict(command.field_help)}, {**CHOICES, **dict(command.choices)}
     groups: Dict[str, Any] = {}
     for name, where in FIELDS.items():  # one flag per field, group by group
         if where.group not in groups:
@@ -199,29 +146,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return base.replace(**changes)
 
 
-def load_weights(weights_arg: Optional[str], preprocessing: Optional[str] = None) -> Tuple[Params, ParamsMetadata]:
-    """(params, metadata) from --weights, $NST_JAX_WEIGHTS or the default download.
-
-    `preprocessing` (--preprocessing) goes to the conversion of a public file and overrides what
-    the params file says.
-    """
-    from nst_jax.weights.params_file import load_params
-    from nst_jax.weights import fetch
-    if weights_arg:
-        path = fetch.params_for_file(Path(weights_arg).expanduser(), origin="--weights",
-                                     preprocessing=preprocessing)
-    else:
-        path = fetch.default_params_path(preprocessing)
-    params, metadata = load_params(path)
-    if preprocessing is not None and preprocessing != metadata.preprocessing:
-        metadata = dataclasses.replace(metadata, preprocessing=preprocessing)
-    return params, metadata
-
-
 def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.Namespace, Settings, Sweeps]:
     """Flags -> (args, Settings, sweeps {field: values}), every value checked.
 
-    Reads no file and imports nothing heavy, so a bad value fails at once. Raises
+    Reads no file, so a bad value fails before any image or weight is read. Raises
     UserInputError (one line naming the flag); --help prints the help and exits.
     """
     parser = build_parser()
@@ -297,8 +225,8 @@ def _refuse_outputs_over_inputs(args: argparse.Namespace, settings: Settings) ->
 def stretch_warning(content_path: str, init_path: str) -> Optional[str]:
     """A warning line if the init image's aspect ratio is not the content's (it gets stretched)."""
     try:
-        content_height, content_width = _displayed_size(content_path)
-        init_height, init_width = _displayed_size(init_path)
+        content_height, content_width = images.header_shape(content_path)
+        init_height, init_width = images.header_shape(init_path)
     except Exception:  # an unreadable image gets its own one-line error from the image loader
         return None
     difference = (init_width / init_height) / (content_width / content_height) - 1
@@ -309,67 +237,22 @@ def stretch_warning(content_path: str, init_path: str) -> Optional[str]:
             f"({difference:+.0%})")
 
 
-def _displayed_size(path):
-    """(height, width) as shown, after EXIF orientation, from the header alone."""
-    from PIL import Image
-    with Image.open(path) as image:
-        width, height = image.size
-        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap width and height
-            width, height = height, width
-    return height, width
-
-
-def header_plan(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> "RunPlan":
+def header_plan(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> RunPlan:
     """The run's plan from the images' headers (nothing decoded): what --estimate-memory shows."""
-    from nst_jax.cli.files import request_layout, request_members
-    from nst_jax.engine.plan import plan_run
-    from nst_jax.engine.stages import InputShapes
     members = len(request_members(settings, args.styles, batch_request(args, sweeps)))
-    inputs = InputShapes(_displayed_size(args.content), tuple(_displayed_size(path) for path in args.styles))
+    inputs = InputShapes(images.header_shape(args.content), tuple(images.header_shape(path) for path in args.styles))
     return plan_run(settings, inputs, request_layout(batch_request(args, sweeps), members))
 
 
-def batch_request(args: argparse.Namespace, sweeps: Sweeps) -> "Optional[BatchRequest]":
+def batch_request(args: argparse.Namespace, sweeps: Sweeps) -> Optional[BatchRequest]:
     """The BatchRequest the flags make (any batch, sweep, device or multi-host flag), or None: a
     single output."""
-    from nst_jax.cli.files import BatchRequest
     distributed = args.distributed or args.coordinator is not None
     if not (args.batch or sweeps or args.devices or distributed or args.shard):
         return None
     return BatchRequest(per_style=args.batch, style_weights=sweeps.get("style_weight"),
                         content_weights=sweeps.get("content_weight"), seeds=sweeps.get("seed"),
                         num_devices=args.devices, shard=args.shard)
-
-
-def memory_report(plan: "RunPlan") -> str:
-    """The planned run (output size, members per device, "auto" choices resolved) with the memory
-    it needs against what is free (one line), then a table of the total against each memory option
-    (remat, storage, L-BFGS memory): the fit check's own analytic estimate (engine.plan)."""
-    from nst_jax.engine.memory import estimate_run, gib
-    from nst_jax.loss.objective import REMATS
-    settings, layout, estimate, available = plan.settings, plan.layout, plan.estimate, plan.available
-    out_height, out_width = plan.working_shape
-    split = ", each image split by rows" if layout.splits_rows else ""
-    lbfgs = settings.optimizer.name == "lbfgs"
-    line = (f"{out_width}x{out_height} px, {layout.members} image(s) on {layout.devices} device(s) "
-            f"({layout.per_device} per device{split}), {settings.optimizer.name}"
-            f"{f' (memory {settings.optimizer.lbfgs_memory})' if lbfgs else ''}, remat {settings.network.remat}: "
-            f"about {gib(estimate.total)} per device (params "
-            f"{gib(estimate.params)}, images and optimizer state {gib(estimate.state)}, loop "
-            f"temporaries {gib(estimate.loop)}, content and style passes {gib(estimate.targets)})"
-            + (f"; {gib(available)} available" if available is not None else ""))
-    memories = sorted({settings.optimizer.lbfgs_memory, 100, 20, 5}, reverse=True) if lbfgs else [None]
-    rows = [f"{'remat':<8}{'storage':<10}{'lbfgs memory':<14}per device"]
-    remats = [r for r in REMATS if r != "tiles" or not settings.loss.normalize_gradients]
-    for remat in remats:
-        for storage in ("float32", "bfloat16"):
-            for memory in memories:
-                changed = settings.replace(remat=remat, storage_dtype=storage,
-                                           lbfgs_memory=memory or settings.optimizer.lbfgs_memory)
-                total = estimate_run(changed, plan.inputs, layout).total
-                fits = "" if available is None else "  fits" if total <= available else "  too large"
-                rows.append(f"{remat:<8}{storage:<10}{memory or '-'!s:<14}{gib(total)}{fits}")
-    return "\n".join([line] + rows)
 
 
 def _check_report_path(path):
@@ -383,7 +266,7 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
     return exit_status(lambda: _run(argv, timings), "interrupted before the first step; nothing written")
 
 
-def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["StylizeResult"]:
+def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional[StylizeResult]:
     """The image command: the run's result, or None for --estimate-memory."""
     args, settings, sweeps = parse_and_validate(argv)
     if args.report:
@@ -411,13 +294,11 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional["Styliz
 
     distributed = args.distributed or args.coordinator is not None
     if distributed:
-        from nst_jax.engine.devices import join_cluster
         option = f"--coordinator {args.coordinator}" if args.coordinator is not None else "--distributed"
         try:
             join_cluster(args.coordinator, args.num_processes, args.process_id)
         except (ValueError, IndexError, RuntimeError) as error:  # jax.distributed's own checks
             raise UserInputError(f"{option}: cannot join the cluster ({reason(error, first_line=True)})") from None
-    from nst_jax.cli.files import stylize_files
     outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
                             batch=batch_request(args, sweeps), timings=timings)
     if args.report:

@@ -15,16 +15,23 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
+from nst_jax.cache import enable_compile_cache
+from nst_jax.cli import run
+from nst_jax.cli.files import refuse_undersized, run_description
+from nst_jax.cli.flags import add_field_flag, flag, keep_negative_values, same_path
+from nst_jax.cli.interrupt import ctrl_c_at_visits, exit_status
+from nst_jax.cli.run import Command, build_parser as build_image_parser
 from nst_jax.config.settings import INITS, Settings
-from nst_jax.cli.interrupt import exit_status
 from nst_jax.engine.optimize import StopRun
+from nst_jax.engine.plan import check_fits, plan_run
+from nst_jax.engine.stages import InputShapes
 from nst_jax.errors import UserInputError
+from nst_jax.imaging import color, images
 from nst_jax.video import files as video_io
 from nst_jax.video import flow
-from nst_jax.cli.flags import add_field_flag, flag, keep_negative_values, same_path
-from nst_jax.cli.run import Command, build_parser as build_image_parser
 from nst_jax.video.transfer import (FRAME_INITS, VIDEO_HELP, VIDEO_METAVARS, VIDEO_RANGES, FrameOptions, FrameResult,
                                     VideoSettings, stylize_frames)
+from nst_jax.weights.fetch import load_weights
 from nst_jax.weights.params_file import Model, Params, ParamsMetadata
 
 USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--preset NAME] "
@@ -92,7 +99,6 @@ def _strip_flags(argv, flags, switches):
 
 def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.Namespace, Settings, VideoSettings]:
     """Flags -> (args, Settings, VideoSettings), every value checked; one-line UserInputError."""
-    from nst_jax.cli import run
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     argv = keep_negative_values(parser, argv)
@@ -144,11 +150,6 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     Returns a ClipResult. Raises UserInputError (one line) before any compute for unusable
     inputs or outputs. Ctrl-C stops at the next host visit: finished frames stay on disk.
     """
-    from nst_jax.imaging import images
-    from nst_jax.cli.files import refuse_undersized, run_description
-    from nst_jax.cli.interrupt import ctrl_c_at_visits
-    from nst_jax.engine.plan import check_fits, plan_run
-    from nst_jax.engine.stages import InputShapes
     stream = stream or sys.stderr
     output = args.output
     video_io.check_video_output(output)
@@ -240,7 +241,6 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
 
 
 def _pixels_from_image(rgb, settings):
-    from nst_jax.imaging import color
     if settings.image.original_colors == "luminance":
         rgb = np.asarray(color.luminance(rgb))[..., None]
     return np.asarray(rgb, np.float32) * np.float32(settings.loss.pixel_range)
@@ -262,8 +262,6 @@ def main(argv: Optional[Sequence[Any]] = None, on_frame: Optional[Callable[[Fram
 
 def _run(argv: Optional[Sequence[Any]], on_frame: Optional[Callable[[FrameResult], None]]) -> ClipResult:
     """The video command: parse, then stylize the clip's frames."""
-    from nst_jax.cache import enable_compile_cache
-    from nst_jax.cli.run import load_weights
     args, settings, video = parse_and_validate(argv)
     if not args.no_compile_cache:
         enable_compile_cache()

@@ -135,12 +135,70 @@ RANGES = {
 }
 
 
+# Each group's heading in --help.
+GROUP_TITLES = {"image": "sizes, styles, start image and colours", "loss": "loss", "network": "network",
+                "optimizer": "optimizer", "output": "progress and output"}
+# Settings that name a file (their metavar).
+FILE_FIELDS = ("init_image",)
+# What each field means, by flat name, as --help says it (the CLI adds its range and default).
+HELP = {
+    "image_size": "long side of the output in pixels (aspect ratio kept)",
+    "scales": "coarse-to-fine passes, each √2 larger, the last at --image-size; --num-steps each",
+    "style_scale": "style image size relative to the output size",
+    "style_blend_weights": "comma-separated weight per style image (default: equal)",
+    "content_layers": "comma-separated layers for the content loss, e.g. relu4_2 (Keras names work too)",
+    "content_layer_weights": "comma-separated weight per content layer (default: 1 each)",
+    "style_layers": "comma-separated layers for the style loss",
+    "style_layer_weights": "comma-separated weight per style layer (default: 1 each)",
+    "pooling": "VGG pooling",
+    "compute_dtype": "dtype of the network's arithmetic (bfloat16: faster on accelerators)",
+    "remat": "what the backward pass keeps of the network's activations: blocks recomputes each "
+             "VGG block (about 0.65× the loop's temporaries, 1.45-1.55× the step time); tiles computes "
+             "blocks 1-2 in column tiles and recomputes them (about 0.3×, 1.2-1.25×); auto: none when "
+             "the run fits, else tiles (blocks with --normalize-gradients)",
+    "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
+    "content_weight": "α, weight of the content loss",
+    "style_weight": "β, weight of the style loss",
+    "tv_weight": "γ, weight of the total-variation loss (0: none)",
+    "content_loss": "content reduction: ½Σ(F−P)² (paper), Σ, or mean",
+    "gram_normalization": "Gram matrix divided by 1, H·W or C·H·W",
+    "style_loss": "per-layer style loss: Σ(G−A)²/(4N²M²) (paper), MSE, Σ, or the Keras example's",
+    "tv_loss": "TV: l2 (neural-style), l1 (TF tutorial), power Σ((Δx)²+(Δy)²)^(β/2)",
+    "tv_beta": "β of the power TV",
+    "pixel_range": "pixels are optimized in [0, this]: 255 (Caffe-era tools) or 1 (TF/PyTorch tutorials)",
+    "optimizer": "optimizer",
+    "num_steps": "number of optimizer steps",
+    "learning_rate": "learning rate of Adam and SGD",
+    "adam_b1": "Adam β1", "adam_b2": "Adam β2", "adam_eps": "Adam ε",
+    "sgd_momentum": "SGD momentum (0: plain SGD)",
+    "lr_decay_rate": "multiply the learning rate by this every --lr-decay-steps (1: constant)",
+    "lr_decay_steps": "steps between learning-rate decays",
+    "lr_decay_staircase": "drop the rate at each multiple of --lr-decay-steps (--no-lr-decay-staircase: "
+                          "decay smoothly, rate × decay^(step/steps), as Keras' ExponentialDecay)",
+    "lbfgs_memory": "L-BFGS memory (correction pairs kept); auto: the largest up to 100 that fits",
+    "lbfgs_linesearch": "L-BFGS step: none = fixed step 1, one evaluation per step (torch.optim.LBFGS, "
+                        "neural-style); zoom = optax's zoom line search (scipy-era tools)",
+    "lbfgs_linesearch_steps": "most zoom line-search evaluations per L-BFGS step",
+    "init": "start image: the content, noise around the mean color, flat gray, or --init-image",
+    "init_image": "start image file (implies --init image)",
+    "init_noise_std": "noise standard deviation for --init noise, as a fraction of the pixel range",
+    "seed": "random seed for the noise init",
+    "original_colors": "keep the content's colors: luminance-only transfer (Gatys et al. 2016) "
+                       "or recombine YCbCr chroma after the run",
+    "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
+    "print_every": "print the loss terms every N steps (0: never)",
+    "save_every": "also save the image every N steps before the last, as OUT_<step> in OUT's format "
+                  "(0: only at the end)",
+}
+
+
 def _flat(field: dataclasses.Field) -> str:
     """A group field's flat name (its flag without dashes)."""
     return field.metadata.get("flat", field.name)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """A field's flag without its dashes: image_size -> image-size."""
     return name.replace("_", "-")
 
 
@@ -149,7 +207,7 @@ def _check_choices(group: Any) -> None:
         options = CHOICES.get(_flat(field))
         value = getattr(group, field.name)
         if options is not None and value not in options:
-            raise UserInputError(f"--{_flag(_flat(field))}: {value!r} is not one of {', '.join(options)}")
+            raise UserInputError(f"--{flag(_flat(field))}: {value!r} is not one of {', '.join(options)}")
 
 
 def _check_ranges(group: Any) -> None:
@@ -161,7 +219,7 @@ def _check_ranges(group: Any) -> None:
         if value == AUTO and _flat(field) in AUTO_NUMBERS:
             continue
         for item in (value if isinstance(value, tuple) else () if value is None else (value,)):
-            allowed.check(_flag(_flat(field)), item, whole=field.type is int or _flat(field) in AUTO_NUMBERS)
+            allowed.check(flag(_flat(field)), item, whole=field.type is int or _flat(field) in AUTO_NUMBERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,14 +294,14 @@ class LossSettings:
                 try:
                     seen.append(canonical_layer(name))
                 except ValueError as error:
-                    raise UserInputError(f"--{_flag(field)}: {error}") from None
+                    raise UserInputError(f"--{flag(field)}: {error}") from None
                 if seen[-1] in seen[:-1]:  # a layer twice would count its loss twice
-                    raise UserInputError(f"--{_flag(field)}: {name} is listed twice")
+                    raise UserInputError(f"--{flag(field)}: {name} is listed twice")
         for layers, weights in (("content_layers", "content_layer_weights"),
                                 ("style_layers", "style_layer_weights")):
             given = getattr(self, weights)
             if given is not None and len(given) != len(getattr(self, layers)):
-                raise UserInputError(f"--{_flag(weights)}: {len(given)} weights for "
+                raise UserInputError(f"--{flag(weights)}: {len(given)} weights for "
                                      f"{len(getattr(self, layers))} {layers.replace('_', ' ')}")
         _check_ranges(self)
         if self.content_weight == self.style_weight == self.tv_weight == 0:
@@ -376,9 +434,9 @@ def _fields_table() -> Dict[str, SettingsField]:
             if _flat(field) in table:
                 raise RuntimeError(f"two Settings fields are named {_flat(field)!r}")
             table[_flat(field)] = SettingsField(_flat(field), group.name, field.name, field)
-    unknown = (set(CHOICES) | set(RANGES)) - set(table)
+    unknown = (set(CHOICES) | set(RANGES) | set(HELP)) - set(table)
     if unknown:
-        raise RuntimeError(f"CHOICES or RANGES name no Settings field: {sorted(unknown)}")
+        raise RuntimeError(f"CHOICES, RANGES or HELP name no Settings field: {sorted(unknown)}")
     return table
 
 

@@ -63,6 +63,19 @@ def load_image(path: PathLike, long_side: Optional[int] = None) -> np.ndarray:
     return rgb
 
 
+# EXIF orientations (tag 0x0112) that show the stored picture turned a quarter: its sides swap.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def header_shape(path: PathLike) -> Tuple[int, int]:
+    """(height, width) of the picture `load_image` would give (upright per EXIF), from the file's
+    header alone: what a run is planned from before anything is decoded. Raises UserInputError
+    naming `path` as `load_image` does."""
+    with _reading(path), Image.open(path) as image:
+        width, height = image.size
+        return (width, height) if image.getexif().get(0x0112) in _QUARTER_TURNS else (height, width)
+
+
 # Float arrays a little past [0, 1] (a resampling filter's overshoot) are clipped; further out,
 # they are most likely 0..255 data, which would turn white: refused.
 UNIT_RANGE_SLACK = 0.5

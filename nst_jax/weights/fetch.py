@@ -5,6 +5,7 @@ calls when no --weights is given. Cache: $NST_JAX_CACHE, else $XDG_CACHE_HOME/ns
 ~/.cache/nst-jax. $NST_JAX_WEIGHTS (a params .npz or a public weight file) overrides everything.
 """
 
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -15,13 +16,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from nst_jax.cache import cache_dir
 from nst_jax.atomic import PathLike, atomic_write
 from nst_jax.errors import UserInputError, WeightsFileError, reason
 from nst_jax.weights.hashing import file_digest
 from nst_jax.weights.layouts import KNOWN_FILES
+from nst_jax.weights.params_file import Params, ParamsMetadata, load_params
 
 # Keras Applications' no-top VGG-19 (Caffe-derived Oxford weights): the first known file.
 _DEFAULT = KNOWN_FILES[0]
@@ -78,6 +80,21 @@ def params_for_file(path: Path, origin: str = "NST_JAX_WEIGHTS", preprocessing: 
     if not params_path.is_file():
         _convert_atomically(path, params_path, preprocessing)
     return params_path
+
+
+def load_weights(path: Optional[PathLike] = None, preprocessing: Optional[str] = None,
+                 origin: str = "--weights") -> Tuple[Params, ParamsMetadata]:
+    """(params, metadata) from `path` (a params file or a public VGG-19 file, converted once), else
+    $NST_JAX_WEIGHTS or the default download. `preprocessing` goes to the conversion of a public
+    file and overrides what the params file says; `origin` names where `path` came from in errors."""
+    if path:
+        found = params_for_file(Path(path).expanduser(), origin=origin, preprocessing=preprocessing)
+    else:
+        found = default_params_path(preprocessing)
+    params, metadata = load_params(found)
+    if preprocessing is not None and preprocessing != metadata.preprocessing:
+        metadata = dataclasses.replace(metadata, preprocessing=preprocessing)
+    return params, metadata
 
 
 def fetch(url: Optional[str] = None, checksum: Optional[str] = None, *, force: bool = False,
