@@ -338,10 +338,17 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
 STORAGE_TOLERANCE = 5e-3  # measured: 0.8e-3 (Adam), 2.3e-3 (L-BFGS, memory 100, from the content)
 
 
+def spec(**flat):
+    """The OptimizerSpec of the default Settings with `flat` fields changed."""
+    from nst_jax.config.settings import Settings
+    from nst_jax.engine.optimize import OptimizerSpec
+    return OptimizerSpec.from_settings(Settings.from_flat(**flat))
+
+
 def test_bfloat16_storage_keeps_the_history_in_bfloat16():
-    from nst_jax.engine.optimize import OptimizerSpec, make_optimizer
+    from nst_jax.engine.optimize import make_optimizer
     pixels = jnp.zeros((8, 8, 3), jnp.float32)
-    optimizer = make_optimizer(OptimizerSpec(name="lbfgs", lbfgs_memory=3, storage_dtype="bfloat16"))
+    optimizer = make_optimizer(spec(optimizer="lbfgs", lbfgs_memory=3, storage_dtype="bfloat16"))
     lbfgs = optimizer.init(pixels)
     assert lbfgs.steps.dtype.itemsize == lbfgs.gradient_changes.dtype.itemsize == 2
     assert lbfgs.previous_gradient.dtype == jnp.float32
@@ -354,9 +361,9 @@ def test_bfloat16_storage_keeps_the_history_in_bfloat16():
         held = jax.lax.bitcast_convert_type(held, jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(held, np.float32), np.asarray(step.astype(jnp.bfloat16), np.float32))
     assert np.abs(np.asarray(held, np.float32)).max() > 0
-    adam = make_optimizer(OptimizerSpec(name="adam", storage_dtype="bfloat16")).init(pixels)
+    adam = make_optimizer(spec(optimizer="adam", storage_dtype="bfloat16")).init(pixels)
     assert adam[0].mu.dtype == jnp.bfloat16 and adam[0].nu.dtype == jnp.float32
-    plain = make_optimizer(OptimizerSpec(name="lbfgs", lbfgs_memory=3)).init(pixels)
+    plain = make_optimizer(spec(optimizer="lbfgs", lbfgs_memory=3)).init(pixels)
     assert plain.steps.dtype == jnp.float32
 
 

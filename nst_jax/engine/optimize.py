@@ -36,19 +36,20 @@ from nst_jax.weights.params_file import Params
 class OptimizerSpec:
     """The optimizer knobs of a run (hashable: compiled chunks are cached by it)."""
 
-    name: str = "lbfgs"
-    learning_rate: float = 10.0
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    sgd_momentum: float = 0.0
-    lr_decay_rate: float = 1.0
-    lr_decay_steps: int = 100
-    lr_decay_staircase: bool = True
-    lbfgs_memory: int = 100
-    lbfgs_linesearch: str = "none"
-    lbfgs_linesearch_steps: int = 20
-    storage_dtype: str = "float32"  # fixed-step L-BFGS's history, Adam's and SGD's first moment
+    # settings.optimizer's fields but num_steps (their defaults are there).
+    name: str
+    learning_rate: float
+    adam_b1: float
+    adam_b2: float
+    adam_eps: float
+    sgd_momentum: float
+    lr_decay_rate: float
+    lr_decay_steps: int
+    lr_decay_staircase: bool
+    lbfgs_memory: int
+    lbfgs_linesearch: str
+    lbfgs_linesearch_steps: int
+    storage_dtype: str  # fixed-step L-BFGS's history, Adam's and SGD's first moment
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OptimizerSpec":

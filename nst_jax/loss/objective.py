@@ -38,18 +38,19 @@ class Objective:
     content_layer_weights: Tuple[float, ...]
     style_layers: Tuple[str, ...]
     style_layer_weights: Tuple[float, ...]
-    pooling: str = "max"
-    compute_dtype: str = "float32"
-    content_loss: str = "mean"
-    gram_normalization: str = "chw"
-    style_loss: str = "mse"
-    tv_loss: str = "l2"
-    tv_beta: float = 2.5
-    pixel_range: float = 255.0
-    normalize_gradients: bool = False
+    # The same-named fields of settings.loss and settings.network (their defaults are there).
+    pooling: str
+    compute_dtype: str
+    content_loss: str
+    gram_normalization: str
+    style_loss: str
+    tv_loss: str
+    tv_beta: float
+    pixel_range: float
+    normalize_gradients: bool
     # "blocks": each VGG block recomputed in the backward pass (vgg.features_by_block); "tiles":
     # blocks 1-2 computed and recomputed in column tiles, the rest keeping ReLU bits (features_in_tiles).
-    remat: str = "none"
+    remat: str
     # A 1-D mesh with an axis "rows": the network's input is split by rows over it (XLA's SPMD
     # partitioner adds the convolutions' halo exchanges and the Grams' all-reduces), including
     # heights the device count does not divide. None: one device, or a batch split by member.

@@ -26,7 +26,7 @@ from nst_jax.engine.optimize import OptimizerSpec, run_loop
 from nst_jax.engine.plan import plan_run
 from nst_jax.engine.stages import InputShapes, content_pass, finish_image, initial_pixels, prepare_images, targets
 from nst_jax.engine.stylize import prepare_params
-from nst_jax.loss.objective import Objective, TemporalTarget, loss_weights
+from nst_jax.loss.objective import Objective, TemporalTarget, loss_weights, temporal_loss
 from nst_jax.weights.params_file import Model
 
 # The paper's temporal weight for pixels in 0..255 (artistic-videos' -temporal_weight 1e3).
@@ -129,6 +129,11 @@ def output_warping_error(frames: Sequence[np.ndarray], motions: Sequence[Optiona
     return float(np.mean(errors))
 
 
+# The temporal loss of a finished frame (clipped, as written), reported beside the loop's terms,
+# which hold the last step's start: one small program per clip.
+_finished_temporal_loss = jax.jit(temporal_loss)
+
+
 @dataclasses.dataclass(frozen=True)
 class FrameOptions:
     """How a clip's run meets its caller.
@@ -229,8 +234,7 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
             if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
                 optimized = np.clip(optimized, 0.0, settings.loss.pixel_range)
             history = [optimized] + history[: look_back - 1]
-            temporal = video.temporal_weight * float(
-                np.sum(masks[..., None] * np.square(optimized - previous)) / optimized.size)
+            temporal = video.temporal_weight * float(_finished_temporal_loss(optimized, previous, masks))
             result = FrameResult(index, finish_image(optimized, content_rgb, settings), optimized,
                                  run.steps_done, float(run.loss), time.perf_counter() - began,
                                  temporal)
