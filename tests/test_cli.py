@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax.engine import stylize as batch
+from nst_jax.engine import stylize as engine
 from nst_jax.imaging import images
 from nst_jax.cli import files, interrupt, run
 from nst_jax.weights import fetch
@@ -812,14 +812,14 @@ def test_ctrl_c_before_the_loop_writes_nothing(tmp_path, synthetic_params_path, 
     # Deterministic version of "Ctrl-C while compiling": the signal arrives just before the
     # targets are compiled. Raised there, it would escape XLA's compile (jaxlib then crashes at
     # exit); deferred, the run stops before its first step: the start image is no result.
-    real_targets = batch.run_targets
+    real_targets = engine.run_targets
 
     def targets_after_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)  # the watcher thread counts the press
         return real_targets(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "run_targets", targets_after_ctrl_c)
+    monkeypatch.setattr(engine, "run_targets", targets_after_ctrl_c)
     output = tmp_path / "result.png"
     before = signal.getsignal(signal.SIGINT)
     try:
@@ -855,7 +855,7 @@ def test_a_second_ctrl_c_is_deferred_too():
 # --- a run that diverges or stalls says so in one line ----------------------------------------
 
 def _visit(step, loss, scale=0):
-    return batch.Visit(step=step, total_steps=1000, terms={"total": np.array([loss])},
+    return engine.Visit(step=step, total_steps=1000, terms={"total": np.array([loss])},
                        images=lambda: [], scale=scale, scales=2)
 
 

@@ -157,7 +157,7 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
       batch: a BatchRequest for many outputs (OUT_<label>.EXT), or None for one (OUT).
       timings: a RunTimings to record the phases, compilation and each visit's losses in.
 
-    Returns [(path, batch.StylizeResult)], one per output. Raises UserInputError (one line naming the
+    Returns [(path, StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
     and returns them with interrupted=True; before the first step it writes nothing (the
     results say interrupted after 0 steps). A NaN or infinite loss writes the last finite visit's images and raises

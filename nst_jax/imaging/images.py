@@ -42,20 +42,21 @@ _OTHER_BYTE_ORDER = {"RGB;16B": "RGB;16L", "RGB;16L": "RGB;16B",
 _BYTE_ORDER_DECODERS = ("zip", "raw")  # PNG, uncompressed TIFF
 
 
-def load_image(path: PathLike, long_side: Optional[int] = None) -> np.ndarray:
+def load_image(path: PathLike, long_side: Optional[int] = None, max_pixels: int = MAX_LOAD_PIXELS) -> np.ndarray:
     """Read an image file as float32 RGB (H, W, 3) in [0, 1].
 
     Args:
       path: any image Pillow reads; the first frame of an animation; turned upright per EXIF;
         transparency composited over white; colour-managed to sRGB when it carries an ICC profile.
       long_side: if given, resize (Lanczos) so the longer side has this many pixels.
+      max_pixels: larger files are refused as decompression bombs.
 
     Raises:
       UserInputError naming `path` when the file is missing, unreadable, damaged or too small.
     """
     if long_side is not None and long_side < 1:
         raise ValueError(f"long_side must be a positive number of pixels, not {long_side!r}")
-    rgb = _read_rgb(path)
+    rgb = _read_rgb(path, max_pixels)
     _check_size(path, rgb.shape, "is")
     if long_side is not None:
         rgb = resize_long_side(rgb, long_side)
@@ -219,14 +220,14 @@ def read_png_metadata(path: PathLike) -> Dict[str, Any]:
 # --- reading ---------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _reading(path):
+def _reading(path, max_pixels=MAX_LOAD_PIXELS):
     """Turn every way opening or decoding `path` can fail into a one-line UserInputError."""
     pillows_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = MAX_LOAD_PIXELS
+            Image.MAX_IMAGE_PIXELS = max_pixels
             yield
     except UserInputError:  # already says what is wrong (and is a ValueError, caught below)
         raise
@@ -280,8 +281,8 @@ def _with_rawmode(tile, rawmode):
     return (decoder, extents, offset, args)
 
 
-def _read_rgb(path):
-    with _reading(path):
+def _read_rgb(path, max_pixels):
+    with _reading(path, max_pixels):
         image, rawmode = _decoded(path)
         foreign_profile = _foreign_profile(image)
         sixteen_bit = (rawmode in _OTHER_BYTE_ORDER and foreign_profile is None
