@@ -4,30 +4,35 @@ the benchmarks get theirs from `build_chunk_inputs`, so what is timed or estimat
 A run's members each bring a start image, their style Gram matrices and their loss weights
 (`MemberInputs`); the builder stacks them along a member axis when the chunk is batched, pads them
 to fill a member-split mesh, makes the optimizer's state, and places everything on the devices
-(`devices.place_chunk_args`). It works on arrays (a run) and on jax.ShapeDtypeStructs (the memory
-estimate: nothing allocated) alike.
+(`place`: the one place that says where each argument lives). It works on arrays (a run) and on
+jax.ShapeDtypeStructs (the memory estimate: nothing allocated) alike.
 """
 
 import dataclasses
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.stages import Wrapped
 
-from nst_jax.engine.devices import place_chunk_args, splits_rows
+from nst_jax.engine.devices import row_shardings, splits_rows
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, state_program
 from nst_jax.loss.objective import LossWeights, Objective, Targets, TemporalTarget
 from nst_jax.weights.params_file import Params
+
+
+# An array, or its shape and dtype (the memory estimate's abstract inputs).
+ArrayLike = Union[jax.Array, np.ndarray, jax.ShapeDtypeStruct]
 
 
 @dataclasses.dataclass(frozen=True)
 class MemberInputs:
     """One member's part of the chunk's inputs (arrays, or jax.ShapeDtypeStructs)."""
 
-    start: Any  # (H, W, C) pixels in [0, pixel_range]
-    style: Dict[str, Any]  # {layer: Gram matrix} of its style (or blend)
+    start: ArrayLike  # (H, W, C) pixels in [0, pixel_range]
+    style: Mapping[str, ArrayLike]  # {layer: Gram matrix} of its style (or blend)
     weights: LossWeights
     temporal: Optional[TemporalTarget] = None  # a video frame's (unbatched runs only)
 
@@ -43,14 +48,21 @@ class ChunkInputs:
     spec: OptimizerSpec
     batched: bool
     members: int  # real members; the arrays may hold padding copies after them
-    pixels: Any
-    opt_state: Any
+    pixels: ArrayLike  # (H, W, C), or (members, H, W, C) batched
+    opt_state: optax.OptState
     params: Params
     targets: Targets
     weights: LossWeights
 
     def program(self) -> Wrapped:
         return chunk_program(self.objective, self.spec, self.batched)
+
+    @property
+    def start(self) -> Tuple[jax.Array, optax.OptState]:
+        """(pixels, optimizer state) to run from: arrays (the estimate's abstract inputs do not run)."""
+        if not isinstance(self.pixels, jax.Array):
+            raise TypeError(f"these chunk inputs are not on a device: {type(self.pixels).__name__}")
+        return self.pixels, self.opt_state
 
     @property
     def loss_args(self) -> Tuple[Params, Targets, LossWeights]:
@@ -106,6 +118,41 @@ def build_chunk_inputs(objective: Objective, spec: OptimizerSpec, params: Params
     else:
         style, pixels, weights, temporal = jax.device_put((style, pixels, weights, temporal))
         opt_state = state_program(spec, batched)(pixels)
-    objective, (pixels, opt_state, params, targets, weights) = place_chunk_args(
-        objective, (pixels, opt_state, params, Targets(content, style, temporal), weights), mesh, image_shape)
-    return ChunkInputs(objective, spec, batched, len(members), pixels, opt_state, params, targets, weights)
+    inputs = ChunkInputs(objective, spec, batched, len(members), pixels, opt_state, params,
+                         Targets(content, style, temporal), weights)
+    return place(inputs, mesh, image_shape)
+
+
+def place(inputs: ChunkInputs, mesh: Optional[Mesh], image_shape: Tuple[int, ...]) -> ChunkInputs:
+    """`inputs` placed on `mesh` as a run places them.
+
+    No mesh: unchanged. A "rows" mesh: the image and the optimizer state shaped like it split by
+    rows (`devices.row_shardings`), the rest on every device, and the objective told to split
+    the network's input too. A "batch" mesh: everything with a member axis (image, state, style
+    Grams, loss weights) split along it; params and content targets on every device.
+    """
+    if mesh is None:
+        return inputs
+    replicated = NamedSharding(mesh, PartitionSpec())
+    args = (inputs.pixels, inputs.opt_state, inputs.params, inputs.targets, inputs.weights)
+    objective = inputs.objective
+    if splits_rows(mesh):
+        split = row_shardings((inputs.pixels, inputs.opt_state), mesh, image_shape)
+        shardings: Any = (split[0], split[1], replicated, replicated, replicated)
+        objective = dataclasses.replace(objective, rows=mesh)
+    else:
+        members = NamedSharding(mesh, PartitionSpec("batch"))
+        shardings = (members, members, replicated, Targets(replicated, members), members)
+    pixels, opt_state, params, targets, weights = jax.tree_util.tree_map(
+        lambda sharding, subtree: _put(subtree, sharding), shardings, args,
+        is_leaf=lambda node: isinstance(node, NamedSharding))
+    return dataclasses.replace(inputs, objective=objective, pixels=pixels, opt_state=opt_state, params=params,
+                               targets=targets, weights=weights)
+
+
+def _put(subtree, sharding):
+    """device_put for arrays; for jax.ShapeDtypeStructs (memory estimates) the sharding attached."""
+    if _is_abstract(subtree):
+        return jax.tree_util.tree_map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), subtree)
+    return jax.device_put(subtree, sharding)

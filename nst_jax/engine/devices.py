@@ -3,18 +3,16 @@
 Two ways to use several devices: a "batch" mesh splits the members of a batch over the devices
 (each device runs whole images), a "rows" mesh splits each image by rows (one image too large
 for one device; XLA's SPMD partitioner adds the convolutions' halo exchanges and the Gram
-matrices' all-reduces). `place_chunk_args` is the one place that says where every argument of
-the compiled chunk goes: the run uses it on arrays, the memory estimate on abstract shapes.
+matrices' all-reduces). Where each of the chunk's arguments goes is engine/chunk_inputs.py's.
 """
 
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nst_jax.loss.objective import Objective, Targets
 
 
 def join_cluster(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
@@ -132,41 +130,3 @@ def row_shardings(tree: Any, mesh: Mesh, image_shape: Sequence[int]) -> Any:
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree_util.tree_map(sharding, tree)
-
-
-def _put(subtree, sharding):
-    """device_put for arrays; for jax.ShapeDtypeStructs (memory estimates) the sharding attached."""
-    leaves = jax.tree_util.tree_leaves(subtree)
-    if leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
-        return jax.tree_util.tree_map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), subtree)
-    return jax.device_put(subtree, sharding)
-
-
-ChunkArgs = Tuple[Any, Any, Any, Targets, Any]  # pixels, opt_state, params, targets, weights
-
-
-def place_chunk_args(objective: Objective, args: ChunkArgs, mesh: Optional[Mesh],
-                     image_shape: Tuple[int, ...]) -> Tuple[Objective, ChunkArgs]:
-    """(objective, (pixels, opt_state, params, targets, weights)) placed on `mesh` as a run places them.
-
-    No mesh: unchanged. A "rows" mesh: the image and the optimizer state shaped like it split by
-    rows (`row_shardings`), the rest on every device, and the objective told to split the
-    network's input too. A "batch" mesh: everything with a member axis (image, state, style
-    Grams, loss weights) split along it; params and content targets on every device.
-    Works on arrays and on jax.ShapeDtypeStructs alike (the memory estimate).
-    """
-    if mesh is None:
-        return objective, args
-    replicated = NamedSharding(mesh, PartitionSpec())
-    pixels, opt_state, params, targets, weights = args
-    if splits_rows(mesh):
-        split = row_shardings((pixels, opt_state), mesh, image_shape)
-        shardings: Any = (split[0], split[1], replicated, replicated, replicated)
-        objective = dataclasses.replace(objective, rows=mesh)
-    else:
-        members = NamedSharding(mesh, PartitionSpec("batch"))
-        shardings = (members, members, replicated, Targets(replicated, members), members)
-    placed = jax.tree_util.tree_map(lambda sharding, subtree: _put(subtree, sharding), shardings, args,
-                                    is_leaf=lambda node: isinstance(node, NamedSharding))
-    return objective, placed

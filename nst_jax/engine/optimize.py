@@ -273,12 +273,12 @@ class LoopResult:
 
 
 def run_loop(chunk_fn: ChunkFn, pixels: jax.Array, opt_state: optax.OptState,
-             num_steps: int, static_args: Sequence[Any], intervals: Iterable[int],
+             num_steps: int, loss_args: Sequence[Any], intervals: Iterable[int],
              on_visit: Optional[Callable[[int, jax.Array, Dict[str, Any]], None]] = None,
              first_step: int = 0) -> LoopResult:
     """Drive `chunk_fn` to `num_steps`, calling on_visit(step, pixels, terms) at each host visit.
 
-    `static_args` are the chunk's arguments after the step count (params, targets, weights).
+    `loss_args` are the chunk's traced arguments after the step count (params, targets, weights).
     `first_step` offsets the steps on_visit sees and aligns the intervals (multi-scale runs).
 
     StopRun from on_visit or chunk_fn ends the run and returns the last finished image
@@ -290,7 +290,7 @@ def run_loop(chunk_fn: ChunkFn, pixels: jax.Array, opt_state: optax.OptState,
     try:
         for stop in visit_steps(num_steps, intervals, first_step):
             pixels, opt_state, device_terms = chunk_fn(pixels, opt_state, np.int32(stop - done),
-                                                       *static_args)
+                                                       *loss_args)
             terms = to_host(device_terms)  # the one host sync per chunk
             done, last_good = stop, pixels
             if on_visit is not None:

@@ -367,7 +367,7 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]],
                                    images=lambda: finished_images(current), scale=index,
                                    scales=len(plan.sizes)))
 
-    loop = run_loop(chunk_fn, inputs.pixels, inputs.opt_state, settings.optimizer.num_steps,
+    loop = run_loop(chunk_fn, *inputs.start, settings.optimizer.num_steps,
                     inputs.loss_args, options.intervals, visit, first_step=first_step)
     loss = np.asarray(loop.loss)  # a scalar NaN when stopped before the first chunk finished
     return finished_images(loop.pixels), per_member(loss) if loss.ndim else np.full(count, loss), loop

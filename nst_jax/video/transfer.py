@@ -226,7 +226,7 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                 if options.on_visit is not None:
                     options.on_visit(index, step, steps, terms)
 
-            run = run_loop(inputs.program(), inputs.pixels, inputs.opt_state, steps, inputs.loss_args,
+            run = run_loop(inputs.program(), *inputs.start, steps, inputs.loss_args,
                            options.intervals, visit)
             if run.interrupted:
                 return done, True
