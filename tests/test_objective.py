@@ -3,7 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from nst_jax.config.settings import Settings
 from nst_jax.loss import terms as losses
 from nst_jax.loss.objective import Objective, loss_weights, total_loss, vgg_features
 from nst_jax.config.presets import preset
@@ -44,3 +46,18 @@ def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
     plain = Objective.from_settings(settings.replace(normalize_gradients=False), "caffe")
     np.testing.assert_allclose(total_loss(objective, params, start, targets, weights),
                                total_loss(plain, params, start, targets, weights), rtol=1e-6)
+
+
+def test_an_unresolved_auto_is_refused_not_guessed():
+    """"auto" is the run's plan's to resolve (engine.plan); what compiles never takes it as "none"."""
+    from nst_jax.engine.optimize import OptimizerSpec
+    from nst_jax.engine.plan import plan_run
+    from nst_jax.engine.stages import InputShapes
+    settings = Settings.from_flat(remat="auto", lbfgs_memory="auto")
+    with pytest.raises(ValueError, match="remat 'auto' must be resolved"):
+        Objective.from_settings(settings, "caffe")
+    with pytest.raises(ValueError, match="lbfgs_memory 'auto' must be resolved"):
+        OptimizerSpec.from_settings(settings)
+    planned = plan_run(settings, InputShapes((48, 64), ((48, 64),)), available=2**40).settings
+    assert planned.network.remat == "none" and planned.optimizer.lbfgs_memory == 100
+    assert Objective.from_settings(planned, "caffe").remat == "none"

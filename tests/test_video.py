@@ -255,6 +255,28 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, st
     assert "other settings (settings.style_weight)" in capsys.readouterr().err
 
 
+def test_auto_choices_are_resolved_for_the_clip(tmp_path, style_path, synthetic_params_path, monkeypatch):
+    """--remat auto and --lbfgs-memory auto reach the clip's plan: the frames say what ran, the
+    manifest keeps what was asked (a rerun with more free memory still resumes)."""
+    from nst_jax.engine.memory import LIMIT_ENV, estimate_run
+    from nst_jax.engine.stages import InputShapes
+    from nst_jax.imaging.images import read_png_metadata
+    from nst_jax.cli.video import parse_and_validate
+    clip = write_folder(tmp_path / "clip", translating(2))
+    flags = [clip, style_path, "--weights", synthetic_params_path, *CHEAP_FLAGS, "--optimizer", "lbfgs",
+             "--remat", "auto", "--lbfgs-memory", "auto", "-o", tmp_path / "out"]
+    settings = parse_and_validate([str(flag) for flag in flags])[1]
+    inputs = InputShapes((48, 48), ((64, 64),))
+    none, tiles = (estimate_run(settings.replace(remat=remat, lbfgs_memory=100), inputs).total
+                   for remat in ("none", "tiles"))
+    monkeypatch.setenv(LIMIT_ENV, str((none + tiles) // 2))
+    assert main(flags) == 0
+    ran = read_png_metadata(tmp_path / "out" / "frame_00001.png")["settings"]
+    assert ran["remat"] == "tiles" and ran["lbfgs_memory"] == 100, ran
+    asked = json.loads((tmp_path / "out" / video_io.MANIFEST).read_text())["settings"]
+    assert asked["remat"] == asked["lbfgs_memory"] == "auto"
+
+
 def test_mp4_round_trip_keeps_frames_fps_size_and_audio(tmp_path, style_path, synthetic_params_path):
     source = tmp_path / "in.mp4"
     write_mp4(source, translating(5, 48, 64), fps=12, audio=True)

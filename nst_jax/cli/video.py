@@ -168,7 +168,7 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
                                 keep=video.long_term)
     first = store.open()
     total = len(clip.frames)
-    describe = run_description(args.content, args.styles, settings, params_metadata)
+    describe = run_description(args.content, args.styles, plan.settings, params_metadata)  # what ran
     began, finished_times = time.perf_counter(), []
     if params_metadata.synthetic:
         print("warning: these VGG-19 weights are synthetic random values (for tests); "
