@@ -3,9 +3,14 @@
 Weights: `params` (random VGG-19 arrays) and `synthetic_params_path` (the same values in a params
 file). Images: `photo(name, size)`, the repo's photos in tests/data. Environment: `private_cache`
 (automatic, the whole session), `empty_cache` (one test's own), `strict_rank_promotion`.
+
+Skips: a test whose optional package is missing skips (`pytest.importorskip`), except where
+$NST_JAX_REQUIRE_EXTRAS=1 (.ci/run sets it after installing the test extra): there a missing
+package fails the test, so an install step that breaks an extra cannot turn into a green run.
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -84,3 +89,33 @@ def strict_rank_promotion():
     """jax.numpy refuses implicit rank promotion during the test (a broadcast must be written out)."""
     with jax.numpy_rank_promotion("raise"):
         yield
+
+
+REQUIRE_EXTRAS = os.environ.get("NST_JAX_REQUIRE_EXTRAS") == "1"
+# What pytest.importorskip's skip says.
+_MISSING = "could not import"
+
+
+def _missing_package(report):
+    return REQUIRE_EXTRAS and report.skipped and _MISSING in str(report.longrepr)
+
+
+def _fail_for_missing_package(report):
+    report.outcome = "failed"
+    report.longrepr = f"{report.longrepr} (NST_JAX_REQUIRE_EXTRAS=1: the test extra must provide it)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _missing_package(report):
+        _fail_for_missing_package(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _missing_package(report):  # a module-level importorskip skips the whole file
+        _fail_for_missing_package(report)
