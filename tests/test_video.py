@@ -135,6 +135,112 @@ def test_consistency_mask_marks_an_occluding_object():
     assert motion.mask[4:12, 44:60].mean() == 1  # still background far away is
 
 
+# Ruder et al.'s thresholds written out here (not read from flow.py), so a changed constant fails.
+def paper_consistency_mask(forward, backward):
+    """An independent float64 transcription of the paper's c for known flows: bilinear fetch with
+    edge pixels repeated, central differences (one-sided at the edges), and ŵ inside the image."""
+    forward, backward = np.asarray(forward, np.float64), np.asarray(backward, np.float64)
+    height, width = backward.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    sx, sy = xs + backward[..., 0], ys + backward[..., 1]
+    x0, y0 = np.floor(sx), np.floor(sy)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    at = lambda y, x: forward[np.clip(y, 0, height - 1).astype(int), np.clip(x, 0, width - 1).astype(int)]
+    fetched = ((1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
+               + fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1)))
+    norm2 = lambda f: f[..., 0] ** 2 + f[..., 1] ** 2
+    disoccluded = norm2(fetched + backward) > 0.01 * (norm2(fetched) + norm2(backward)) + 0.5
+
+    def derivative(f, axis):
+        f = np.moveaxis(f, axis, 0)
+        d = np.empty_like(f)
+        d[1:-1] = (f[2:] - f[:-2]) / 2
+        d[0], d[-1] = f[1] - f[0], f[-1] - f[-2]
+        return np.moveaxis(d, 0, axis)
+
+    gradient2 = sum(derivative(backward[..., c], axis) ** 2 for c in (0, 1) for axis in (0, 1))
+    boundary = gradient2 > 0.01 * norm2(backward) + 0.002
+    inside = (sx >= 0) & (sx <= width - 1) & (sy >= 0) & (sy <= height - 1)
+    return ~disoccluded & ~boundary & inside
+
+
+def test_forward_backward_test_on_known_flows_just_inside_and_outside_its_threshold():
+    """Guards the disocclusion test |w̃+ŵ|² > 0.01(|w̃|²+|ŵ|²) + 0.5 alone: ŵ is uniform (no motion
+    boundary) and w is chosen per pixel so that |w̃+ŵ|² is k times the threshold, k from 0.5 to 20
+    with 0.97 and 1.03 among them; swapped or scaled constants or a missing test change the mask."""
+    ratios = np.array([0.5, 0.9, 0.97, 1.03, 1.1, 2.0, 5.0, 20.0])
+    height, width = 24, 32
+    ys, xs = np.mgrid[0:height, 0:width]
+    for shift in [(0, 0), (-3, 2), (5, -4)]:  # integer ŵ: the fetch w̃(p) = w(p + ŵ) is exact
+        b = np.array(shift, np.float64)
+        k = ratios[(xs + 3 * ys) % len(ratios)]  # the ratio wanted where w is fetched from
+        angle = 2.399 * (xs + width * ys)  # directions all round, so w̃·ŵ takes both signs
+        u = np.stack([np.cos(angle), np.sin(angle)], -1)
+        # w̃ = d − ŵ with |d|² = k (0.01(|d − ŵ|² + |ŵ|²) + 0.5): a quadratic in r = |d|.
+        a, half_b, c = 1 - 0.01 * k, 0.01 * k * (u @ b), -k * (0.02 * (b @ b) + 0.5)
+        r = (-half_b + np.sqrt(half_b ** 2 - a * c)) / a
+        forward = (r[..., None] * u - b).astype(np.float32)
+        backward = np.broadcast_to(b, (height, width, 2)).astype(np.float32)
+        mask = flow.consistency_mask(forward, backward)
+        np.testing.assert_array_equal(mask, paper_consistency_mask(forward, backward))
+        # By construction: trusted exactly where ŵ stays inside and the fetched k is below 1.
+        fx, fy = xs + shift[0], ys + shift[1]
+        inside = (fx >= 0) & (fx < width) & (fy >= 0) & (fy < height)
+        k_fetched = k[np.clip(fy, 0, height - 1), np.clip(fx, 0, width - 1)]
+        np.testing.assert_array_equal(mask == 1, inside & (k_fetched < 1))
+        assert inside.sum() > 300 and {0.97, 1.03} <= set(k_fetched[inside])
+
+
+def test_motion_boundary_test_on_known_consistent_flows_just_inside_and_outside_its_threshold():
+    """Guards the motion-boundary test |∇û|² + |∇v̂|² > 0.01|ŵ|² + 0.002 alone: two motions (c, ∓s)
+    meet at a column (and, transposed, at a row) with flows that agree forward and backward
+    exactly; s puts the step's gradient at 0.95 or 1.05 times the threshold, for |ŵ| small and
+    large, so swapped or scaled constants or a missing test change the mask."""
+    height, width, step = 12, 24, 12
+    for along in (0, 4, -3):  # the integer component of both motions, c
+        for ratio in (0.95, 1.05):
+            # Both motions have |ŵ|² = c² + s²; across the step central differences give |∇v̂|² = s².
+            s = np.sqrt(ratio * (0.01 * along ** 2 + 0.002) / (1 - 0.01 * ratio))
+            backward = np.zeros((height, width, 2), np.float32)
+            backward[..., 0] = along
+            backward[:, :step, 1], backward[:, step:, 1] = -s, s
+            # Frame t−1's pixels left of column step + c went to the left motion: w = −ŵ there.
+            forward = np.zeros((height, width, 2), np.float32)
+            forward[:, :step + along] = -backward[0, 0]
+            forward[:, step + along:] = -backward[0, -1]
+            for transposed in (False, True):
+                if transposed:  # the same scene turned: the step is between rows, in û
+                    forward, backward = (np.ascontiguousarray(f.transpose(1, 0, 2)[..., ::-1])
+                                         for f in (forward, backward))
+                mask = flow.consistency_mask(forward, backward)
+                expected = paper_consistency_mask(forward, backward)
+                np.testing.assert_array_equal(mask, expected)
+                # Away from the image's edges, only the two columns beside the step can be masked.
+                inner = expected.T if transposed else expected
+                inner = inner[1:-1, max(0, -along) + 1:width - max(0, along) - 1]
+                columns = np.arange(max(0, -along) + 1, width - max(0, along) - 1)
+                beside = np.isin(columns, (step - 1, step))
+                assert inner[:, ~beside].all()
+                assert inner[:, beside].all() == (ratio < 1) and inner[:, beside].any() == (ratio < 1)
+
+
+def test_consistency_mask_needs_the_disocclusion_test_where_a_square_uncovers_background():
+    """Estimated flow: a bright textured square moves 12 px right over a still dark textured
+    background. The strip it uncovers (columns 34–45) gets a smooth backward flow that the
+    forward flow does not undo, so only the forward–backward test masks it; the square itself
+    and the still background away from it stay trusted."""
+    background, square = 0.5 * texture(128, 128, seed=1), 0.5 + 0.5 * texture(128, 128, seed=2)
+    first, second = background.copy(), background.copy()
+    first[40:88, 34:82] = square[40:88, 34:82]
+    second[40:88, 46:94] = square[40:88, 34:82]
+    motion = flow.motion(first, second)
+    assert (motion.mask[44:84, 38:45] == 0).all()  # the uncovered strip, away from its edges
+    assert (motion.mask[44:84, 52:90] == 1).all()  # the moved square, tracked
+    for still in [(slice(4, 24), slice(4, -4)), (slice(104, 124), slice(4, -4)),
+                  (slice(40, 88), slice(4, 16))]:
+        assert (motion.mask[still] == 1).all()
+
+
 # --- the temporal loss and the compiled loop ---------------------------------------------------
 
 def test_temporal_loss_makes_consecutive_output_frames_consistent_with_one_compile(params, monkeypatch):
