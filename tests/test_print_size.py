@@ -15,8 +15,11 @@ from nst_jax.engine.stages import compute_targets
 from nst_jax.loss.objective import Objective, Targets, content_targets, loss_weights, style_grams, total_loss
 from nst_jax.config.presets import preset
 from nst_jax import Model, stylize
-from datafiles import IMAGES
+from datafiles import IMAGES, ROOT
 from simulated import json_report, run_script
+from weights_tools.synthetic import synthetic_params
+
+TESTS = ROOT / "tests"
 
 # Block-2 layers keep compile and step time small (as tests/test_batch.py). 36 px, not 40: no
 # program of test_batch's is compiled here first (it checks that its first run compiles).
@@ -287,6 +290,19 @@ SHARDED_SCRIPT = textwrap.dedent("""
     for n in (1, 2, 4):
         analysis = compiled_chunk(settings, 64, 64, rows=image_mesh(n) if n > 1 else None).memory_analysis()
         report["per_device"].append(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes)
+    # The loss and image gradient with the image split by rows over 4 devices, for the test to
+    # hold against PyTorch (tests/vgg_torch.py): the split path's absolute reference.
+    sys.path.insert(0, sys.argv[2])
+    from vgg_torch import reference_pictures, settings as reference_settings
+    from nst_jax.engine.stages import compute_targets
+    from nst_jax.loss.objective import loss_weights, total_loss
+    reference = reference_settings()
+    content, style, start, _ = reference_pictures()
+    split_objective = dataclasses.replace(Objective.from_settings(reference, "caffe"), rows=image_mesh(4))
+    reference_targets = compute_targets(split_objective, params, content, [style])
+    value, gradient = jax.jit(jax.value_and_grad(total_loss, argnums=2), static_argnums=0)(
+        split_objective, params, start, reference_targets, loss_weights(5.0, 100.0, 0.0))
+    report["rows_reference"] = {"loss": float(value), "gradient": np.asarray(gradient).tolist()}
     # The fit check names the image split when only it fits (by the analytic count alone: near the
     # limit XLA's own analysis would decide, tests/test_memory.py).
     settings = preset("neural-style").replace(image_size=1024, lbfgs_memory=5)
@@ -303,7 +319,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_one_image_split_by_rows_over_four_devices_equals_one_device():
-    report = json_report(run_script(SHARDED_SCRIPT, IMAGES, devices=4, timeout=900))
+    report = json_report(run_script(SHARDED_SCRIPT, IMAGES, TESTS, devices=4, timeout=900))
     assert report["devices"] == 4
     for name, run in report["runs"].items():
         relative = abs(run["loss_four"] - run["loss_one"]) / abs(run["loss_one"])
@@ -329,6 +345,12 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
     one, two, four = report["per_device"]
     assert four < two < one and four < 0.5 * one, report["per_device"]
     assert report["advice"] and re.search(r"--devices [234] --shard image", report["advice"]), report["advice"]
+    # Split by rows, the loss and its gradient are PyTorch's (float64, one device).
+    pytest.importorskip("torch")
+    from vgg_torch import assert_matches, reference_pictures, torch_loss_and_gradient
+    content, style, start, _ = reference_pictures()
+    ours = report["rows_reference"]["loss"], np.asarray(report["rows_reference"]["gradient"])
+    assert_matches(ours, torch_loss_and_gradient(synthetic_params(0), content, style, start, 5.0, 100.0))
 
 
 # --- bfloat16 storage of the optimizer's history ------------------------------------------------
