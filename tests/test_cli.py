@@ -698,14 +698,47 @@ def test_renamed_params_file_tiny_learning_rate_and_a_stretched_init_image(tmp_p
     assert converted == []  # used as it is, not converted (xla/ holds compiled programs)
 
 
-def test_huge_style_weight_writes_an_image_or_says_it_diverged(tmp_path, synthetic_params_path):
-    status, stderr, _ = _run_or_refuse(tmp_path, "--style-weight", "1e30", weights=synthetic_params_path)
-    assert status == 0 or "diverged" in stderr
+# The style term of these runs (synthetic weights, tubingen and starry_night at 32 px, relu1_1 and
+# relu2_1) is about 1.4e3 before its weight: × 1e30 it is ~1e33, five orders of magnitude inside
+# float32 (3.4e38); × 1e38 it is ~1e41, past it by more than two. Neither outcome is close to a call.
+
+def _progress_losses(stderr):
+    return [float(value) for value in re.findall(r"\bloss ([-+]?[0-9.]+(?:e[-+]?\d+)?)\s", stderr)]
+
+
+def test_huge_style_weight_with_a_finite_loss_writes_an_image(tmp_path, synthetic_params_path):
+    status, stderr, output = _run_or_refuse(tmp_path, "--style-weight", "1e30", weights=synthetic_params_path)
+    assert status == 0, stderr
+    assert output.exists() and "diverged" not in stderr and "done after 2 steps" in stderr, stderr
+    losses = _progress_losses(stderr)
+    assert losses and all(1e31 < loss < 1e36 for loss in losses), stderr  # huge, finite, weighted
+
+
+def test_style_weight_past_float32_says_it_diverged_and_writes_nothing(tmp_path, synthetic_params_path):
+    status, stderr, output = _run_or_refuse(tmp_path, "--style-weight", "1e38", weights=synthetic_params_path)
+    assert status == 2, stderr
+    error = stderr.splitlines()[-1]
+    assert error.startswith("error: the optimization diverged") and "nothing written" in error, stderr
+    assert "--style-weight" in error  # the advice names the flag to lower
+    assert not output.exists()
 
 
 def test_learning_rate_decayed_to_nothing_from_a_flat_start(tmp_path, synthetic_params_path):
-    _run_or_refuse(tmp_path, "--lr-decay-rate", "1e-30", "--lr-decay-steps", "1", "--adam-b1", "0",
-                   "--init-noise-std", "0", weights=synthetic_params_path)
+    """A flat start (noise of std 0: the Caffe mean color), Adam with β1 = 0 and a learning rate
+    of 10 decayed by 1e-30 per step: the first step moves every channel of every pixel by exactly
+    ±10 (Adam's first step is lr·g/|g|), the second by 1e-29, i.e. not at all. So the image is the
+    mean color ± 10 per channel, nothing else: an undecayed second step would leave 0 or ±20."""
+    status, stderr, output = _run_or_refuse(
+        tmp_path, "--learning-rate", "10", "--lr-decay-rate", "1e-30", "--lr-decay-steps", "1",
+        "--adam-b1", "0", "--init", "noise", "--init-noise-std", "0", weights=synthetic_params_path)
+    assert status == 0, stderr
+    with Image.open(output) as written:
+        pixels = np.asarray(written.convert("RGB"), np.float64)
+    mean = np.array([123.68, 116.779, 103.939])  # Caffe's ImageNet means, R, G, B (0..255)
+    distance = np.abs(np.abs(pixels - mean) - 10.0)  # 0 where a pixel moved by exactly ±10
+    assert distance.max() <= 1.0, (distance.max(), np.unique(pixels.reshape(-1, 3), axis=0)[:8])
+    for channel in range(3):  # both directions occur: the step followed the gradient's sign
+        assert (pixels[..., channel] > mean[channel]).any() and (pixels[..., channel] < mean[channel]).any()
 
 
 def test_stretch_warning_only_when_the_aspect_ratio_differs(tmp_path):

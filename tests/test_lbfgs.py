@@ -37,7 +37,10 @@ def _problem(seed):
     return jax_loss, torch_loss, start
 
 
-def _torch_iterates(torch_loss, start, iterations, memory):
+def _torch_run(torch_loss, start, iterations, memory):
+    """torch's iterates after each of `iterations` iterations (one step call, as neural-style-pt
+    makes it), and how many (s, y) pairs its history holds at the end (torch keeps the history in
+    the optimizer's state only when step returns)."""
     x = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     iterates = []
     optimizer = torch.optim.LBFGS([x], lr=1, max_iter=iterations, history_size=memory,
@@ -53,7 +56,20 @@ def _torch_iterates(torch_loss, start, iterations, memory):
 
     optimizer.step(closure)
     iterates.append(x.detach().numpy().copy())
-    return np.array(iterates[1:])  # after each iteration (the first evaluation is the start)
+    state = optimizer.state[x]
+    assert state["n_iter"] == iterations
+    # After each iteration (the first evaluation is the start).
+    return np.array(iterates[1:]), len(state["old_dirs"])
+
+
+def _torch_iterates(torch_loss, start, iterations, memory):
+    return _torch_run(torch_loss, start, iterations, memory)[0]
+
+
+def _torch_history_lengths(torch_loss, start, iterations, memory):
+    """How many pairs torch's LBFGS holds after each of 1..iterations iterations: one run of k
+    iterations for each k."""
+    return [_torch_run(torch_loss, start, count, memory)[1] for count in range(1, iterations + 1)]
 
 
 def _our_iterates(jax_loss, start, iterations, memory, form="auto"):
@@ -74,7 +90,7 @@ def _our_iterates(jax_loss, start, iterations, memory, form="auto"):
 
 
 @pytest.mark.parametrize("form", ["two-loop", "compact"])
-@pytest.mark.parametrize("memory", [3, 100])  # 3: the ring buffer wraps; 100: never fills
+@pytest.mark.parametrize("memory", [3, 10, 100])  # 3, 10: the ring buffer wraps; 100: never fills
 @pytest.mark.parametrize("seed", [0, 1])
 def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed, form):
     jax_loss, torch_loss, start = _problem(seed)
@@ -83,8 +99,12 @@ def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed, form):
         ours, kept = _our_iterates(jax_loss, start, iterations, memory, form)
     theirs = _torch_iterates(torch_loss, start, iterations, memory)
     assert theirs.shape == ours.shape == (iterations, SIZE)
+    # The pairs held after each iteration, as torch holds them: one more per iteration from the
+    # second on (no pair is refused on this problem), capped at the memory once the buffer wraps.
+    held = _torch_history_lengths(torch_loss, start, iterations, memory)
+    assert held == [min(k, memory) for k in range(iterations)]
+    assert kept == held
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
-    assert max(kept) == min(memory, iterations - 1) or memory == 100
 
 
 @pytest.mark.parametrize("form", ["two-loop", "compact"])
@@ -104,6 +124,7 @@ def test_pairs_without_curvature_are_skipped_as_torch_does(form):
     theirs = _torch_iterates(torch_loss, start, 30, 100)
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
     assert kept[-1] < 29, "no pair was skipped: the test does not exercise the skip"
+    assert kept == _torch_history_lengths(torch_loss, start, 30, 100)  # the same pairs refused
 
 
 @pytest.mark.parametrize("form", ["two-loop", "compact"])

@@ -216,6 +216,91 @@ def test_grad_matches_central_differences(float64, name, function):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * np.abs(numeric).max())
 
 
+# The cotangents above are symmetric (a style loss's dL/dG is, when its target Gram is), and for a
+# symmetric C a rule that transposes one factor (P·… for Pᵀ·…) gives the same gradient. Below, the
+# cotangent is not symmetric, so F·C and F·Cᵀ differ and a transposed rule shows.
+
+def asymmetric_matrix(seed, channels=SHAPE[-1]):
+    draw = np.random.default_rng(seed).normal(size=(channels, channels))
+    matrix = draw - 0.5 * draw.T  # 0.75·(draw − drawᵀ) + 0.25·(draw + drawᵀ)
+    assert np.abs(matrix - matrix.T).max() > 0.5 * np.abs(matrix).max()  # far from symmetric
+    return matrix
+
+
+GRAM_DIVISORS = {"raw": lambda c, h, w: 1.0, "hw": lambda c, h, w: h * w, "chw": lambda c, h, w: c * h * w}
+
+
+@pytest.mark.parametrize("normalization", losses.GRAM_NORMALIZATIONS)
+def test_gram_gradient_for_an_asymmetric_cotangent(float64, normalization):
+    """Σ C∘G with G = FᵀF / k: ∂/∂F = F·(C + Cᵀ) / k, elementwise, for every normalization."""
+    features = random_features(30, dtype=np.float64)
+    cotangent = asymmetric_matrix(31)
+    height, width, channels = features.shape[-3:]
+    flat = features.reshape(-1, channels)
+    expected = (flat @ (cotangent + cotangent.T) / GRAM_DIVISORS[normalization](channels, height, width))
+    expected = expected.reshape(features.shape)
+    _, pullback = jax.vjp(lambda f: losses.gram(f, normalization), jnp.asarray(features))
+    (gradient,) = pullback(jnp.asarray(cotangent))
+    assert gradient.dtype == np.float64
+    np.testing.assert_allclose(gradient, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    # F·C alone, or F·Cᵀ doubled, is what a transposed factor in the rule would give: far from it.
+    for wrong in (flat @ cotangent, 2 * flat @ cotangent.T):
+        wrong = wrong.reshape(features.shape) / GRAM_DIVISORS[normalization](channels, height, width)
+        assert np.abs(wrong - expected).max() > 0.1 * np.abs(expected).max()
+    # The same through jax.grad of a scalar, and for the unnormalized product over any positions.
+    scalar = lambda f: jnp.sum(jnp.asarray(cotangent) * losses.gram(f, normalization))
+    np.testing.assert_allclose(jax.grad(scalar)(jnp.asarray(features)), expected, rtol=1e-12,
+                               atol=1e-12 * np.abs(expected).max())
+    positions = features.reshape(2, 10, channels)
+    _, pullback = jax.vjp(losses.gram_product, jnp.asarray(positions))
+    np.testing.assert_allclose(pullback(jnp.asarray(cotangent))[0],
+                               (flat @ (cotangent + cotangent.T)).reshape(positions.shape), rtol=1e-12,
+                               atol=1e-12 * np.abs(expected).max())
+
+
+def test_gram_gradient_for_an_asymmetric_cotangent_by_central_differences(float64):
+    """The same, without the formula: central differences of Σ C∘G in float64, elementwise."""
+    features = random_features(32, dtype=np.float64)
+    cotangent = jnp.asarray(asymmetric_matrix(33))
+    function = lambda f: jnp.sum(cotangent * losses.gram(f))
+    numeric = central_differences(function, features)
+    analytic = np.asarray(jax.grad(function)(jnp.asarray(features)))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-8 * np.abs(numeric).max())
+
+
+def style_gradient_reference(features, target_gram, normalization, style_loss, image_positions):
+    """∂ style_layer_loss / ∂F transcribed from the formula: with D = ∂L/∂G (for a sum of squares of
+    G − A, 2(G − A)/divisor), ∂L/∂F = F·(D + Dᵀ)/k, k the Gram normalization's divisor."""
+    height, width, channels = features.shape[-3:]
+    flat = np.asarray(features, np.float64).reshape(-1, channels)
+    k = GRAM_DIVISORS[normalization](channels, height, width)
+    difference = flat.T @ flat / k - np.asarray(target_gram, np.float64)
+    divisor = {"gatys": 4.0 * channels**2 * (height * width) ** 2, "mse": channels**2, "sum": 1.0,
+               "keras_example": 4.0 * 3**2 * float(image_positions) ** 2}[style_loss]
+    d = 2.0 * difference / divisor
+    return (flat @ (d + d.T) / k).reshape(features.shape)
+
+
+@pytest.mark.parametrize("style_loss", losses.STYLE_LOSSES)
+@pytest.mark.parametrize("normalization", losses.GRAM_NORMALIZATIONS)
+def test_style_layer_loss_gradient_with_an_asymmetric_target(float64, style_loss, normalization):
+    """A target Gram that is not symmetric makes ∂L/∂G = 2(G − A)/… asymmetric: the gradient
+    with respect to the features against the formula and against central differences, in float64."""
+    features = random_features(34, dtype=np.float64)
+    height, width, channels = features.shape[-3:]
+    scale = GRAM_DIVISORS[normalization](channels, height, width)
+    target = asymmetric_matrix(35) * 3.0 / scale  # the size of this layer's own Gram entries
+    function = functools.partial(losses.style_layer_loss, target_gram=jnp.asarray(target),
+                                 gram_normalization=normalization, style_loss=style_loss,
+                                 image_positions=600)
+    analytic = np.asarray(jax.grad(function)(jnp.asarray(features)))
+    assert analytic.dtype == np.float64
+    expected = style_gradient_reference(features, target, normalization, style_loss, 600)
+    np.testing.assert_allclose(analytic, expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+    numeric = central_differences(function, features)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * np.abs(numeric).max())
+
+
 def test_tv_l2_gradient_is_neural_styles():
     image = random_features(13, (1, 5, 6, 3))
     # jcjohnson/neural-style's TVLoss:updateGradInput, transcribed to numpy on (H, W, C).
