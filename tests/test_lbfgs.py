@@ -14,7 +14,12 @@ import pytest
 from nst_jax.engine import lbfgs
 from nst_jax.engine.lbfgs import fixed_step_lbfgs, resolve_form
 
-torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """PyTorch, for the tests held against torch.optim.LBFGS (the others run without it)."""
+    return pytest.importorskip("torch")
 
 SIZE = 40
 
@@ -31,6 +36,7 @@ def _problem(seed):
         return jnp.sum(r ** 2) + jnp.sum(0.25 * x ** 4 - 0.6 * x ** 2)
 
     def torch_loss(x):
+        import torch
         r = torch.from_numpy(matrix) @ x - torch.from_numpy(target)
         return torch.sum(r ** 2) + torch.sum(0.25 * x ** 4 - 0.6 * x ** 2)
 
@@ -41,6 +47,7 @@ def _torch_run(torch_loss, start, iterations, memory):
     """torch's iterates after each of `iterations` iterations (one step call, as neural-style-pt
     makes it), and how many (s, y) pairs its history holds at the end (torch keeps the history in
     the optimizer's state only when step returns)."""
+    import torch
     x = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     iterates = []
     optimizer = torch.optim.LBFGS([x], lr=1, max_iter=iterations, history_size=memory,
@@ -92,7 +99,7 @@ def _our_iterates(jax_loss, start, iterations, memory, form="auto"):
 @pytest.mark.parametrize("form", ["two-loop", "compact"])
 @pytest.mark.parametrize("memory", [3, 10, 100])  # 3, 10: the ring buffer wraps; 100: never fills
 @pytest.mark.parametrize("seed", [0, 1])
-def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed, form):
+def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed, form, torch):
     jax_loss, torch_loss, start = _problem(seed)
     iterations = 25
     with jax.enable_x64(True):
@@ -108,7 +115,7 @@ def test_iterates_equal_torch_lbfgs_without_line_search(memory, seed, form):
 
 
 @pytest.mark.parametrize("form", ["two-loop", "compact"])
-def test_pairs_without_curvature_are_skipped_as_torch_does(form):
+def test_pairs_without_curvature_are_skipped_as_torch_does(form, torch):
     """Fixed steps across a rippled function: pairs with y·s ≤ 1e-10 are refused (12 of 29 here),
     and the iterates still match torch's."""
     start = np.random.default_rng(2).standard_normal(SIZE) * 1.5
