@@ -12,8 +12,6 @@ from typing import Any, List, NoReturn, Optional, Sequence
 from nst_jax.config.settings import AUTO, Range, flag
 from nst_jax.errors import UserInputError
 
-__all__ = ["flag"]  # the flag of a field name, used with the parsers made here
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse without abbreviations, whose errors are one line naming the flag, not a usage dump.

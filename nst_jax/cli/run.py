@@ -14,12 +14,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 from nst_jax.cache import enable_compile_cache
 from nst_jax.cli.files import BatchRequest, request_layout, request_members, stylize_files
-from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, flag, keep_negative_values, number, same_path
+from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, keep_negative_values, number, same_path
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.cli.memory_report import memory_report
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, GROUP_TITLES, HELP, INT32_MAX, RANGES,
-                                     Range, Settings)
+                                     Range, Settings, flag)
 from nst_jax.engine.devices import join_cluster
 from nst_jax.engine.plan import RunPlan, plan_run
 from nst_jax.engine.stages import InputShapes

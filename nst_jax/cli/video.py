@@ -18,10 +18,10 @@ import numpy as np
 from nst_jax.cache import enable_compile_cache
 from nst_jax.cli import run
 from nst_jax.cli.files import refuse_undersized, run_description
-from nst_jax.cli.flags import add_field_flag, flag, keep_negative_values, same_path
+from nst_jax.cli.flags import add_field_flag, keep_negative_values, same_path
 from nst_jax.cli.interrupt import ctrl_c_at_visits, exit_status
 from nst_jax.cli.run import Command, build_parser as build_image_parser
-from nst_jax.config.settings import INITS, Settings
+from nst_jax.config.settings import INITS, Settings, flag
 from nst_jax.engine.optimize import StopRun
 from nst_jax.engine.plan import check_fits, plan_run
 from nst_jax.engine.stages import InputShapes
