@@ -778,9 +778,9 @@ def test_advice_for_an_unknown_pth_can_be_followed_from_run(tmp_path):
 
 # --- Ctrl-C ---------------------------------------------------------------------------------
 
-def _run_and_interrupt(tmp_path, synthetic_params_path, cue, presses, *flags):
-    """Start the CLI, send `presses` SIGINTs (0.3 s apart) once `cue` is printed; (status,
-    stderr, seconds from the first SIGINT to the exit)."""
+def _run_and_interrupt(tmp_path, synthetic_params_path, cue, presses, *flags, signum=signal.SIGINT):
+    """Start the CLI, send `presses` signals `signum` (0.3 s apart) once `cue` is printed; (status,
+    stderr, seconds from the first signal to the exit)."""
     output = tmp_path / "result.png"
     process = subprocess.Popen(
         [sys.executable, "-m", "nst_jax.run", str(CONTENT), str(STYLE), "-o", str(output),
@@ -799,7 +799,7 @@ def _run_and_interrupt(tmp_path, synthetic_params_path, cue, presses, *flags):
         for press in range(presses):
             if press:
                 time.sleep(0.3)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
         status = process.wait(timeout=EXIT_AFTER_SIGINT_TIMEOUT_S)
         seconds = time.perf_counter() - began
     finally:
@@ -841,6 +841,19 @@ def test_ctrl_c_saves_the_image_and_exits_130(moment, cue, presses, tmp_path, sy
     assert _files_under(tmp_path) == ["result.png"]  # and no temporary beside it
 
 
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_keep_the_image(signum, status, tmp_path, synthetic_params_path):
+    """What a scheduler, `docker stop` or a preemption sends before killing, and a closed terminal:
+    the run stops at its next step, writes the latest image and exits with 128 + the signal."""
+    exited, stderr, seconds = _run_and_interrupt(tmp_path, synthetic_params_path, "it/s", 1, signum=signum)
+    assert exited == status, stderr
+    assert f"{signal.Signals(signum).name}: stopping at the next step" in stderr, stderr
+    assert "interrupted after" in stderr and "Traceback" not in stderr, stderr
+    assert seconds < 15, seconds
+    assert 1 <= _png_description(tmp_path / "result.png")["steps"] < 100000
+    assert _files_under(tmp_path) == ["result.png"]
+
+
 def test_ctrl_c_before_the_loop_writes_nothing(tmp_path, synthetic_params_path, monkeypatch):
     # Deterministic version of "Ctrl-C while compiling": the signal arrives just before the
     # targets are compiled. Raised there, it would escape XLA's compile (jaxlib then crashes at
@@ -854,19 +867,20 @@ def test_ctrl_c_before_the_loop_writes_nothing(tmp_path, synthetic_params_path, 
 
     monkeypatch.setattr(engine, "run_targets", targets_after_ctrl_c)
     output = tmp_path / "result.png"
-    before = signal.getsignal(signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in interrupt.STOP_SIGNALS}
     try:
         status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path,
                                 *CHEAP_FLAGS, "--num-steps", "50", "--print-every", "1"])
     finally:
-        signal.signal(signal.SIGINT, before)  # the run leaves SIGINT ignored for its exit
+        for signum, handler in before.items():  # the run leaves them ignored for its exit
+            signal.signal(signum, handler)
     assert status == 130, stderr
     assert "nothing written" in stderr and "Traceback" not in stderr
     assert _files_under(tmp_path) == []
 
 
 def test_a_second_ctrl_c_is_deferred_too():
-    before = signal.getsignal(signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in interrupt.STOP_SIGNALS}
     with interrupt.ctrl_c_at_visits(io.StringIO()) as ctrl_c:
         try:
             os.kill(os.getpid(), signal.SIGINT)
@@ -877,12 +891,13 @@ def test_a_second_ctrl_c_is_deferred_too():
         except KeyboardInterrupt:  # caught here: escaping would end the whole pytest session
             pytest.fail("a Ctrl-C raised instead of being deferred")
         assert ctrl_c.requested and ctrl_c.presses == 2
-    # Still none raises on the way out; with no press the handler is restored.
-    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    signal.signal(signal.SIGINT, before)
+    # Still none raises (or kills) on the way out; with no press the handlers are restored.
+    assert all(signal.getsignal(signum) is signal.SIG_IGN for signum in interrupt.STOP_SIGNALS)
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
     with interrupt.ctrl_c_at_visits(io.StringIO()):
         pass
-    assert signal.getsignal(signal.SIGINT) is before
+    assert {signum: signal.getsignal(signum) for signum in interrupt.STOP_SIGNALS} == before
 
 
 # --- a run that diverges or stalls says so in one line ----------------------------------------

@@ -558,8 +558,10 @@ def test_a_bad_video_is_one_stderr_line_from_a_real_process(tmp_path):
         process.stderr.strip()] and process.stderr.startswith(f"error: {garbage}: not a readable video")
 
 
-def test_ctrl_c_in_a_real_process_keeps_finished_frames_and_the_rerun_completes(
+def test_sigterm_in_a_real_process_keeps_finished_frames_and_the_rerun_completes(
         tmp_path, style_path, synthetic_params_path):
+    """SIGTERM (a scheduler's, `docker stop`'s) stops a clip as Ctrl-C does (the same watcher;
+    test_cli.py sends Ctrl-C): finished frames stay, status 143, the same command resumes."""
     import os
     import signal
     import time
@@ -574,9 +576,10 @@ def test_ctrl_c_in_a_real_process_keeps_finished_frames_and_the_rerun_completes(
     while not (output / "frame_00001.png").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == 143, err
+    assert "SIGTERM: stopping at the next step" in err, err
     kept = sorted(p.name for p in output.glob("frame_*.png"))
     assert kept and len(kept) < 3, err
     assert f"interrupted: {len(kept)} of 3 frames" in err
