@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -774,6 +775,30 @@ def test_advice_for_an_unknown_pth_can_be_followed_from_run(tmp_path):
     status, stderr = _main(argv + ["--preprocessing", suggested[1]])  # as the line says
     assert status == 0, stderr
     assert _png_description(output)["weights"]["preprocessing"] == "caffe"
+
+
+def test_a_failed_final_write_keeps_the_result_and_says_where(tmp_path, synthetic_params_path, monkeypatch):
+    """A full disk (or a folder removed meanwhile) at the last write: the computed picture is kept
+    in the temporary folder, and the one error line names both paths."""
+    output, rescue = tmp_path / "out.png", tmp_path / "temporary"
+    rescue.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(rescue))
+    real_save = images.save_image
+
+    def disk_full_at(path, *args, **kwargs):
+        if Path(path) == output:
+            raise UserInputError(f"{path}: cannot write the image (No space left on device)")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", disk_full_at)
+    status, stderr = _main([CONTENT, STYLE, "-o", output, "--weights", synthetic_params_path, *CHEAP_FLAGS,
+                            "--num-steps", "3", "--print-every", "0"])
+    assert status == 2, stderr
+    error = stderr.strip().splitlines()[-1]
+    (kept,) = rescue.iterdir()
+    assert error.startswith(f"error: {output}: cannot write the image (No space left on device)"), error
+    assert f"the result is kept as {kept}" in error, error
+    assert _png_description(kept)["steps"] == 3 and not output.exists()
 
 
 # --- Ctrl-C ---------------------------------------------------------------------------------

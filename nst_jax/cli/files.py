@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, cast
 
 import jax
@@ -207,7 +208,7 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
         with timings.phase("write"):
             for result in results:
                 check_finite(result.image, result.steps_done, settings)
-            outputs.write([result.image for result in results], first.steps_done)
+            outputs.write_results([result.image for result in results], first.steps_done)
         state = "interrupted" if first.interrupted else "done"
         bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
                   f"({timings.compile.seconds:.1f} s of it compiling); wrote {outputs}")
@@ -230,8 +231,32 @@ class _Outputs:
         for path, extra, picture in zip(paths or self.paths, self.metadata, pictures if self.writes else ()):
             images.save_image(path, picture, self.describe(steps=step, **extra))
 
+    def write_results(self, pictures, step):
+        """The run's results. An output that cannot be written (a full disk, a folder removed
+        meanwhile) does not lose the picture: it is kept in the temporary folder, and the one-line
+        error says where."""
+        problems = []
+        for path, extra, picture in zip(self.paths, self.metadata, pictures if self.writes else ()):
+            metadata = self.describe(steps=step, **extra)
+            try:
+                images.save_image(path, picture, metadata)
+            except UserInputError as error:
+                problems.append(f"{error}; {_keep_elsewhere(path, picture, metadata)}")
+        if problems:
+            raise UserInputError("; ".join(problems))
+
     def __str__(self):
         return self.paths[0] if len(self.paths) == 1 else f"{len(self.paths)} images: {', '.join(self.paths)}"
+
+
+def _keep_elsewhere(path, picture, metadata):
+    """Save a result that could not go to `path` in the temporary folder: what the error says."""
+    kept = os.path.join(tempfile.gettempdir(), f"nst-jax-unsaved-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        images.save_image(kept, picture, metadata)
+    except UserInputError as error:
+        return f"it could not be kept elsewhere either ({error})"
+    return f"the result is kept as {kept}: move it where it belongs"
 
 
 class _Monitor:
