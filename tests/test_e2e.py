@@ -28,11 +28,14 @@ def pictures(tmp_path_factory):
     return e2e.resized_pair(IMAGES, 48, tmp_path_factory.mktemp("pictures"))
 
 
-def _cli(args, cache, report):
+def _cli(args, cache, report, stderr=None):
+    """The --report of a CLI run in its own process (its stderr appended to the list `stderr`)."""
     env = {**os.environ, "NST_JAX_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
     completed = subprocess.run([sys.executable, "-m", "nst_jax.run", *map(str, args), "--report", str(report)],
                                capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(completed.stderr)
     return json.loads(Path(report).read_text())
 
 
@@ -57,6 +60,18 @@ def test_a_repeat_run_loads_every_program_from_the_compile_cache(pictures, synth
     # Opting out: nothing read or written.
     third = _cli((*args, "--no-compile-cache"), tmp_path / "other", tmp_path / "third.json")
     assert third["compile_cache_hits"] == 0 and not (tmp_path / "other" / "xla").exists()
+    # Damaged entries (a disk error, a copy cut short): one short line, compiled again and replaced,
+    # so the run after that loads every program again.
+    for entry in (tmp_path / "cache" / "xla").glob("*-cache"):
+        entry.write_bytes(b"not a compiled program")
+    said = []
+    damaged = _cli(args, tmp_path / "cache", tmp_path / "damaged.json", said)
+    lines = [line for line in said[0].splitlines() if "compile cache" in line or "Warning" in line]
+    assert lines == [f"warning: compile cache {tmp_path / 'cache' / 'xla'}: damaged entries are compiled again "
+                     f"and replaced"], said[0]
+    assert damaged["compile_cache_hits"] == 0
+    repaired = _cli(args, tmp_path / "cache", tmp_path / "repaired.json")
+    assert repaired["compile_cache_hits"] == len(repaired["compiled_programs"])
 
 
 def test_the_pytorch_reference_computes_our_objective(pictures, tmp_path):
