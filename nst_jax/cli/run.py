@@ -239,9 +239,10 @@ def stretch_warning(content_path: str, init_path: str) -> Optional[str]:
 
 def header_plan(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> RunPlan:
     """The run's plan from the images' headers (nothing decoded): what --estimate-memory shows."""
-    members = len(request_members(settings, args.styles, batch_request(args, sweeps)))
+    batch = batch_request(args, sweeps)
+    members = len(request_members(settings, args.styles, batch))
     inputs = InputShapes(images.header_shape(args.content), tuple(images.header_shape(path) for path in args.styles))
-    return plan_run(settings, inputs, request_layout(batch_request(args, sweeps), members))
+    return plan_run(settings, inputs, request_layout(batch, members))
 
 
 def batch_request(args: argparse.Namespace, sweeps: Sweeps) -> Optional[BatchRequest]:

@@ -109,9 +109,10 @@ def build_chunk_inputs(objective: Objective, spec: OptimizerSpec, params: Params
         padded += [members[-1]] * (-len(members) % mesh.size)
     if batched:
         pixels, style, weights = _stack([(m.start, m.style, m.weights) for m in padded])
+        temporal = None
     else:
-        pixels, style, weights = members[0].start, members[0].style, members[0].weights
-    temporal = members[0].temporal if not batched else None
+        (member,) = members
+        pixels, style, weights, temporal = member.start, member.style, member.weights, member.temporal
     image_shape = tuple(members[0].start.shape)
     if _is_abstract(pixels):
         opt_state = jax.eval_shape(state_program(spec, batched), pixels)

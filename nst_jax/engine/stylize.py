@@ -182,10 +182,10 @@ def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Setting
       members: from `make_members`.
     """
     content_rgb, style_rgbs = _checked_images(content, styles, settings)
-    mesh = options.mesh if options.mesh is None or options.mesh.size > 1 else None
+    mesh = _splitting(options.mesh)
     plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs), Layout.of_mesh(len(members), mesh),
                     device=mesh.devices.flat[0] if mesh is not None else None)
-    return run_plan(plan, content_rgb, style_rgbs, model, members, options)
+    return _run_checked(plan, content_rgb, style_rgbs, model, members, options)
 
 
 def stylize(content: npt.ArrayLike, styles: StyleImages, settings: Settings, model: Model,
@@ -197,6 +197,12 @@ def stylize(content: npt.ArrayLike, styles: StyleImages, settings: Settings, mod
     (member,) = make_members(settings, ["style"] * len(_style_list(styles)), per_style=False)
     (result,) = stylize_batch(content, styles, settings, model, [member], options)
     return result
+
+
+def _splitting(mesh: Optional[Mesh]) -> Optional[Mesh]:
+    """`mesh`, or None for a mesh of one device: it splits nothing (the plain chunk, as
+    Layout.of_mesh counts it)."""
+    return mesh if mesh is not None and mesh.size > 1 else None
 
 
 def _checked_images(content: npt.ArrayLike, styles: StyleImages,
@@ -214,14 +220,17 @@ def run_plan(plan: RunPlan, content: npt.ArrayLike, styles: StyleImages, model: 
              members: Sequence[Member], options: RunOptions = RunOptions()) -> List[StylizeResult]:
     """Run a plan made for these images (`plan.plan_run`): the CLI plans first, to refuse a run that
     cannot fit before anything is read or compiled. Returns one StylizeResult per member."""
+    content_rgb, style_rgbs = _checked_images(content, styles, plan.settings)
+    return _run_checked(plan, content_rgb, style_rgbs, model, members, options)
+
+
+def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
+    """`run_plan` for images already made RGB floats (`_checked_images`)."""
     if not members:
         raise ValueError("a batch needs at least one member")
-    content_rgb, style_rgbs = _checked_images(content, styles, plan.settings)
     if InputShapes.of(content_rgb, style_rgbs) != plan.inputs:
         raise ValueError(f"the plan was made for images of {plan.inputs}, not these")
-    mesh = options.mesh if options.mesh is not None else plan.layout.mesh()
-    if mesh is not None and mesh.size == 1:
-        mesh = None  # one device splits nothing: the plain chunk, as Layout.of_mesh says
+    mesh = _splitting(options.mesh) if options.mesh is not None else plan.layout.mesh()
     if Layout.of_mesh(len(members), mesh) != plan.layout:
         raise ValueError(f"the plan's layout is {plan.layout}, the run's {Layout.of_mesh(len(members), mesh)}")
     init_image = None if options.init_image is None else images.as_rgb(options.init_image, "init_image")
