@@ -495,7 +495,7 @@ def no_compute(monkeypatch):
     """stylize_files replaced by a recorder: main runs up to the computation and no further."""
     calls = []
 
-    def stylize_files(content, styles, output, settings, load_weights, batch=None, timings=None):
+    def stylize_files(content, styles, output, settings, load_weights, batch=None, checkpoint=None, timings=None):
         calls.append(settings)
         return [(output, types.SimpleNamespace(interrupted=False))]
 
@@ -655,6 +655,8 @@ def test_progress_lines_show_rate_and_loss_terms(gray_content_rgba_style):
     record = gray_content_rgba_style
     progress = [line for line in record.stderr.splitlines() if "it/s" in line]
     assert [int(re.search(r"(\d+)/\d+", line).group(1)) for line in progress] == [1, 2, 3, 4]
+    # The rate and time left from the first step on (the engine times each piece, less compiling).
+    assert all(re.search(r" [0-9.]+ it/s  eta \d+:\d\d$", line) for line in progress), progress
     for line in progress:
         terms = {name: float(value) for name, value in
                  re.findall(r"\b(loss|content|style|tv) ([-+]?[0-9.]+(?:e[-+]?\d+)?)\s", line)}
@@ -1143,9 +1145,26 @@ def test_progress_rates_of_a_new_scale_exclude_its_compiling_and_time_left_weigh
 
 
 def test_time_left_counts_a_later_scales_steps_by_its_pixels():
-    visit = types.SimpleNamespace(step=4, scale=0)
-    assert files._work_left(visit, 8, [45, 90]) == pytest.approx(4 + 8 * 4)  # twice the side: 4x per step
-    assert files._work_left(types.SimpleNamespace(step=12, scale=1), 8, [45, 90]) == 4
+    assert files._work_left(4, 0, 8, [45, 90]) == pytest.approx(4 + 8 * 4)  # twice the side: 4x per step
+    assert files._work_left(12, 1, 8, [45, 90]) == 4
+
+
+def test_progress_shows_the_engines_measured_rate_from_the_first_step():
+    """At print sizes a step takes minutes: the rate and time left come from the engine's timing
+    of each piece (compilation excluded), so the first step already says them."""
+    from nst_jax.cli.progress import ProgressBar
+    stream, clock = io.StringIO(), _Clock()
+    bar = ProgressBar(10, stream=stream, clock=clock)
+    clock.now += 400.0  # compiling and the first step: the wall clock says nothing of a step
+    bar.measured(1, 100.0)
+    bar.update(1, force_line=True)
+    bar.measured(3, 50.0)  # two more steps at 50 s
+    bar.update(3, {"total": 2.0}, force_line=True)
+    first, second = stream.getvalue().splitlines()
+    assert _rate_and_eta(first) == ("0.01", "15:00")  # 100 s a step, 9 left
+    assert _rate_and_eta(second) == (f"{3 / 200:.2f}", "7:46")  # 3 steps in 200 s, 7 left
+    bar.measured(12, 1.0, scale="scale 2/2 (64 px)")  # a new scale counts afresh
+    assert (bar.measured_steps, bar.measured_seconds) == (1, 1.0)
 
 
 def test_progress_bar_on_a_terminal_keeps_lines_off_the_bar_and_rates_exclude_compiling():

@@ -4,6 +4,7 @@ Each process has two simulated CPU devices, so the batch is sharded over four de
 hosts; the images the first host writes must equal a one-process run's.
 """
 
+import signal
 import socket
 import subprocess
 import sys
@@ -59,3 +60,30 @@ def test_two_hosts_write_what_one_host_writes(synthetic_params_path, tmp_path):
     assert list(outputs[1].iterdir()) == []  # the others do not
     for name in names:
         np.testing.assert_allclose(load_image(outputs[0] / name), load_image(single / name), atol=2 / 255)
+
+
+def test_a_signal_to_one_host_stops_every_host_at_the_same_step(synthetic_params_path, tmp_path):
+    """A scheduler's SIGTERM reaching one host first: every host stops at the same step (they
+    agree at each piece of a chunk), the first writes, none hangs in a collective the others
+    left."""
+    env = device_env(2)
+    port = _free_port()
+    hosts = [subprocess.Popen(_command(synthetic_params_path, tmp_path / f"host{i}.png", "--coordinator",
+                                       f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                                       "--num-steps", "100000", "--print-every", "1"),
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        for line in hosts[0].stderr:  # the first host prints the progress
+            if "it/s" in line:
+                break
+        hosts[1].send_signal(signal.SIGTERM)
+        statuses = [host.wait(timeout=60) for host in hosts]
+        stderr = hosts[0].stderr.read()
+    finally:
+        for host in hosts:
+            host.kill()
+    assert statuses == [130, 143], (statuses, stderr[-2000:])  # stopped; the signalled one says which
+    assert "interrupted after" in stderr, stderr[-2000:]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["host0_seed0.png", "host0_seed1.png", "host0_seed2.png"], written

@@ -15,11 +15,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple,
 import jax
 import numpy as np
 
+from nst_jax.engine.checkpoint import Checkpoints, Every, file_digest
 from nst_jax.engine.devices import Layout
 from nst_jax.engine.optimize import StopRun
 from nst_jax.atomic import PathLike
-from nst_jax.config.settings import Settings
-from nst_jax.engine.plan import check_fits, plan_run
+from nst_jax.config.settings import FIELDS, Settings, flag
+from nst_jax.engine.plan import RunPlan, check_fits, plan_run
 from nst_jax.engine.stylize import Member, RunOptions, StylizeResult, make_members, run_plan
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
@@ -36,6 +37,70 @@ PROGRESS_INTERVAL = 10
 
 # () -> (params, their metadata): called once the images are known good.
 LoadWeights = Callable[[], Tuple[Params, ParamsMetadata]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRequest:
+    """--checkpoint-every and --keep-checkpoint: checkpoints in OUT.checkpoint, resumed by the
+    same command (engine.checkpoint)."""
+
+    every: Every
+    keep: bool = False  # keep it after a finished run (saving its last step): run more steps later
+
+
+def checkpoint_folder(output_path: PathLike) -> str:
+    """out.png -> out.png.checkpoint (beside the output; one for a whole batch)."""
+    return f"{os.fspath(output_path)}.checkpoint"
+
+
+def run_fingerprint(settings: Settings, plan: RunPlan, members: Sequence[Member], content_path: PathLike,
+                    style_paths: Sequence[PathLike], params_metadata: ParamsMetadata) -> Dict[str, Any]:
+    """What decides a run's numbers, named by flag: a checkpoint resumes only the run it pins.
+
+    Output-only flags (--print-every, --save-every) are left out, and so is --num-steps of a
+    single-scale run: the state at step k does not depend on how many steps follow, so a kept
+    checkpoint can be run further.
+    """
+    left_out = {name for name, where in FIELDS.items() if where.group == "output"} | {"init_image"}
+    if settings.image.scales == 1:
+        left_out.add("num_steps")
+    fingerprint: Dict[str, Any] = {f"--{flag(name)}": value for name, value in settings.to_dict().items()
+                                   if name not in left_out}
+    fingerprint["outputs"] = [dataclasses.asdict(member) for member in members]
+    fingerprint["devices"] = dataclasses.asdict(plan.layout)
+    fingerprint["content digest"] = file_digest(content_path)
+    fingerprint["style digest"] = [file_digest(path) for path in style_paths]
+    if settings.image.init == "image":
+        fingerprint["init image digest"] = file_digest(cast(str, settings.image.init_image))
+    fingerprint["weights digest"] = params_metadata.source_hash
+    fingerprint["--preprocessing"] = params_metadata.preprocessing
+    return fingerprint
+
+
+def open_checkpoints(request: Optional[CheckpointRequest], output_path: PathLike, plan: RunPlan,
+                     fingerprint: Callable[[], Dict[str, Any]], out: TextIO) -> Optional[Checkpoints]:
+    """The run's Checkpoints (None without --checkpoint-every), checked against this run before
+    anything compiles: another run's folder, or one past this run's end, is one line."""
+    folder = checkpoint_folder(output_path)
+    if request is None:
+        if os.path.isdir(folder) and os.listdir(folder):
+            write_line(f"warning: {folder} holds a checkpoint; give --checkpoint-every to resume it "
+                       f"(this run starts afresh and leaves it)", out)
+        return None
+    checkpoints = Checkpoints(folder, fingerprint(), request.every, at_end=request.keep,
+                              on_failure=lambda message: write_line(f"warning: {message}", out))
+    checkpoints.acquire()
+    try:
+        position = checkpoints.latest()
+        if position is not None and position.step > plan.total_steps:
+            raise UserInputError(f"--num-steps {plan.settings.optimizer.num_steps}: {folder} is at step "
+                                 f"{position.step} already; give at least that many steps, or remove it")
+    except BaseException:
+        checkpoints.close()
+        raise
+    if position is not None:
+        write_line(f"resuming from step {position.step} of {plan.total_steps} ({folder})", out)
+    return checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +213,7 @@ def _progress_terms(visit):
 
 def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], output_path: str, settings: Settings,
                   load_weights: LoadWeights, *, batch: Optional[BatchRequest] = None,
-                  stream: Optional[TextIO] = None,
+                  checkpoint: Optional[CheckpointRequest] = None, stream: Optional[TextIO] = None,
                   timings: Optional[RunTimings] = None) -> List[Tuple[str, StylizeResult]]:
     """The CLI's run: load, stylize with progress and intermediate saves, write atomically.
 
@@ -156,6 +221,9 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
       load_weights: () -> (params, ParamsMetadata); called after the images and the output path
         are checked, so a bad image fails before any download or compile.
       batch: a BatchRequest for many outputs (OUT_<label>.EXT), or None for one (OUT).
+      checkpoint: a CheckpointRequest: the run resumes from OUT.checkpoint when it holds this
+        run's checkpoint, saves there as asked and when stopped, and removes it once the images
+        are written (unless asked to keep it).
       timings: a RunTimings to record the phases, compilation and each visit's losses in.
 
     Returns [(path, StylizeResult)], one per output. Raises UserInputError (one line naming the
@@ -180,39 +248,53 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
     outputs = _Outputs(output_path, members, run_description(content_path, style_paths, settings, params_metadata),
                        settings, batched=batch is not None)
     out = stream or sys.stderr
-    # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
-    # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
-    with ctrl_c_at_visits(out) as ctrl_c:
-        if params_metadata.synthetic:
-            write_line("warning: these VGG-19 weights are synthetic random values (for tests); "
-                       "the picture will not be art", out)
-        bar = ProgressBar(plan.total_steps, stream=stream,
-                          label="step" if len(members) == 1 else f"{len(members)} images, step")
-        monitor = _Monitor(plan, outputs, bar, lambda: ctrl_c.requested, timings, out)
-        ctrl_c.on_quit = monitor.write_latest
-        with timings.phase("run"), timings.compile:
-            try:
-                results = run_plan(plan, content, styles, Model(params, params_metadata.preprocessing), members,
-                                   RunOptions(init_image=init_image, on_visit=monitor.on_visit,
-                                              intervals=(settings.output.print_every, settings.output.save_every,
-                                                         PROGRESS_INTERVAL),
-                                              should_stop=lambda: ctrl_c.requested))
-            except Exception:
-                bar.close()  # the error's line (cli.interrupt.exit_status) starts a line of its own
-                raise
-        monitor.refuse_divergence()
-        first = results[0]
-        if first.interrupted and first.steps_done == 0:  # the start image is no result
-            bar.close("interrupted before the first step; nothing written")
-            return list(zip(outputs.paths, results))
-        with timings.phase("write"):
-            for result in results:
-                check_finite(result.image, result.steps_done, settings)
-            outputs.write_results([result.image for result in results], first.steps_done)
-        state = "interrupted" if first.interrupted else "done"
-        bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
-                  f"({timings.compile.seconds:.1f} s of it compiling); wrote {outputs}")
-    return list(zip(outputs.paths, results))
+    checkpoints = open_checkpoints(
+        checkpoint, output_path, plan,
+        lambda: run_fingerprint(settings, plan, members, content_path, style_paths, params_metadata), out)
+    try:
+        # From here on Ctrl-C only sets a flag (see ctrl_c_at_visits): from the first line printed
+        # to the first step, a KeyboardInterrupt could hit jaxlib mid-call.
+        with ctrl_c_at_visits(out) as ctrl_c:
+            if params_metadata.synthetic:
+                write_line("warning: these VGG-19 weights are synthetic random values (for tests); "
+                           "the picture will not be art", out)
+            bar = ProgressBar(plan.total_steps, stream=stream,
+                              label="step" if len(members) == 1 else f"{len(members)} images, step")
+            monitor = _Monitor(plan, outputs, bar, timings, out)
+            ctrl_c.on_quit = monitor.write_latest
+            with timings.phase("run"), timings.compile:
+                try:
+                    results = run_plan(plan, content, styles, Model(params, params_metadata.preprocessing), members,
+                                       RunOptions(init_image=init_image, on_visit=monitor.on_visit,
+                                                  intervals=(settings.output.print_every, settings.output.save_every,
+                                                             PROGRESS_INTERVAL),
+                                                  should_stop=lambda: ctrl_c.requested, on_steps=monitor.on_steps,
+                                                  checkpoints=checkpoints))
+                except Exception:
+                    bar.close()  # the error's line (cli.interrupt.exit_status) starts a line of its own
+                    raise
+            monitor.refuse_divergence()
+            first = results[0]
+            if first.interrupted and first.steps_done == 0:  # the start image is no result
+                bar.close("interrupted before the first step; nothing written")
+                return list(zip(outputs.paths, results))
+            with timings.phase("write"):
+                for result in results:
+                    check_finite(result.image, result.steps_done, settings)
+                outputs.write_results([result.image for result in results], first.steps_done)
+                kept = ""
+                if checkpoints is not None and (first.interrupted or checkpoint and checkpoint.keep):
+                    checkpoints.close()
+                    kept = f"; the same command resumes from {checkpoints.folder}"
+                elif checkpoints is not None:
+                    checkpoints.remove()  # the images are written: it served its run
+            state = "interrupted" if first.interrupted else "done"
+            bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
+                      f"({timings.compile.seconds:.1f} s of it compiling); wrote {outputs}{kept}")
+        return list(zip(outputs.paths, results))
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()  # released, even on an error
 
 
 class _Outputs:
@@ -264,8 +346,8 @@ class _Monitor:
     the visits kept for after the run (the latest, for a third Ctrl-C; the last finite one, for
     a run that diverges)."""
 
-    def __init__(self, plan, outputs, bar, stop_requested, timings, out):
-        self.plan, self.outputs, self.bar, self.stop_requested = plan, outputs, bar, stop_requested
+    def __init__(self, plan, outputs, bar, timings, out):
+        self.plan, self.outputs, self.bar = plan, outputs, bar
         self.timings, self.out, self.watch = timings, out, LossWatch(plan.settings)
         self.latest = self.finite = self.diverged_at = None
 
@@ -277,8 +359,6 @@ class _Monitor:
             self.diverged_at = visit.step
             raise StopRun  # the last finite visit's images are kept
         self.finite = visit
-        if self.stop_requested() and visit.step < total_steps:
-            raise StopRun  # the run keeps the images of the chunk that just finished
         writes = self.outputs.writes
         stall = self.watch.stalled(visit)
         if stall and writes:
@@ -286,13 +366,28 @@ class _Monitor:
         print_every, save_every = settings.output.print_every, settings.output.save_every
         at_print = print_every and (visit.step % print_every == 0 or visit.step == total_steps)
         if writes:
-            scale = f"scale {visit.scale + 1}/{visit.scales} ({sizes[visit.scale]} px)" if visit.scales > 1 else ""
-            self.bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print), scale=scale,
-                            work_left=_work_left(visit, settings.optimizer.num_steps, sizes))
+            self.bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print),
+                            scale=self.scale_label(visit.scale),
+                            work_left=_work_left(visit.step, visit.scale, settings.optimizer.num_steps, sizes))
         if save_every and visit.step % save_every == 0 and visit.step < total_steps:
             snapshots = visit.images()  # a collective across hosts: every host takes part
             self.outputs.write(snapshots, visit.step,
                                [intermediate_path(path, visit.step, total_steps) for path in self.outputs.paths])
+
+    def scale_label(self, scale):
+        sizes = self.plan.sizes
+        return f"scale {scale + 1}/{len(sizes)} ({sizes[scale]} px)" if len(sizes) > 1 else ""
+
+    def on_steps(self, step, seconds_per_step):
+        """After each piece of a chunk: the bar's speed and time left from the first step on (at
+        print sizes the first visit can be many minutes away)."""
+        if not self.outputs.writes:
+            return
+        steps_per_scale = self.plan.settings.optimizer.num_steps
+        scale = min(len(self.plan.sizes) - 1, max(0, step - 1) // steps_per_scale)
+        label = self.scale_label(scale)
+        self.bar.measured(step, seconds_per_step, scale=label)
+        self.bar.update(step, scale=label, work_left=_work_left(step, scale, steps_per_scale, self.plan.sizes))
 
     def write_latest(self):
         """The third Ctrl-C: write the last visited images, if any, then quit."""
@@ -328,9 +423,9 @@ def member_description(settings: Settings, member: Member, batched: bool) -> Dic
     return {"member": dataclasses.asdict(member), "settings": own.to_dict()}
 
 
-def _work_left(visit, steps_per_scale, sizes):
+def _work_left(step, scale, steps_per_scale, sizes):
     """Steps left, counted at the current scale's cost: a later scale's step costs about its
     pixel count's share more ((its side / this side)²)."""
-    done_here = visit.step - visit.scale * steps_per_scale
-    later = sum((side / sizes[visit.scale]) ** 2 for side in sizes[visit.scale + 1:])
+    done_here = step - scale * steps_per_scale
+    later = sum((side / sizes[scale]) ** 2 for side in sizes[scale + 1:])
     return steps_per_scale - done_here + steps_per_scale * later

@@ -1,9 +1,10 @@
 """Progress on stderr: a tqdm bar redrawn in place on a terminal, plain lines in logs.
 
 Lines meant to stay (the --print-every lines, warnings) go through `write_line`, which tqdm
-prints above the bar, so they never land on it. The rate and time left count from the first
-host visit (of each scale, in multi-scale runs): the first chunk includes XLA's compilation,
-which says nothing about the steps.
+prints above the bar, so they never land on it. The rate and time left come from the engine's
+measured time per step (`measured`: each piece of a chunk, compilation excluded, so from the first
+step on); without it, from the host visits after the first (of each scale, in multi-scale runs):
+the first chunk includes XLA's compilation, which says nothing about the steps.
 """
 
 import os
@@ -64,27 +65,52 @@ class ProgressBar:
         self.first_step: Optional[int] = None
         self.first_time: Optional[float] = None
         self.scale = ""  # the scale of the latest visit (multi-scale runs)
+        self.terms: Optional[Mapping[str, float]] = None  # the latest visit's
+        # The engine's measured steps and their seconds at this scale (see `measured`).
+        self.measured_steps, self.measured_seconds = 0, 0.0
+        self.measured_until: Optional[int] = None
 
-    def update(self, step: int, terms: Optional[Mapping[str, float]] = None, force_line: bool = False,
-               scale: str = "", work_left: Optional[float] = None) -> None:
-        """Progress at `step`; terms is {name: value}; scale e.g. "scale 2/3 (362 px)"; work_left:
-        what is left in steps of the current scale's cost (default: the steps left), for the
-        time left of a multi-scale run, whose later scales' steps cost more."""
-        now = self.clock()
-        # The first chunk includes compilation: rate from later ones. A new scale compiles anew
-        # and runs at another speed: its rate counts from its own first visit, on a new bar.
+    def _new_scale(self, scale: str) -> None:
+        # A new scale compiles anew and runs at another speed: its rate counts afresh, on a new bar.
         if scale != self.scale:
             self.scale, self.first_step, self.first_time = scale, None, None
+            self.measured_steps, self.measured_seconds, self.measured_until = 0, 0.0, None
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
+
+    def measured(self, step: int, seconds_per_step: float, scale: str = "") -> None:
+        """The engine's timing of the steps up to `step` since its last report (a piece of a
+        chunk, compilation excluded): the rate from the first step on."""
+        self._new_scale(scale)
+        if self.measured_until is not None and step > self.measured_until:
+            self.measured_steps += step - self.measured_until
+            self.measured_seconds += (step - self.measured_until) * seconds_per_step
+        elif self.measured_until is None and step > 0:
+            # The scale's first report: its piece's steps are all this scale's last ones.
+            self.measured_steps, self.measured_seconds = 1, seconds_per_step
+        self.measured_until = step
+
+    def update(self, step: int, terms: Optional[Mapping[str, float]] = None, force_line: bool = False,
+               scale: str = "", work_left: Optional[float] = None) -> None:
+        """Progress at `step`; terms is {name: value} (None: the latest ones); scale e.g.
+        "scale 2/3 (362 px)"; work_left: what is left in steps of the current scale's cost
+        (default: the steps left), for the time left of a multi-scale run, whose later scales'
+        steps cost more."""
+        now = self.clock()
+        self._new_scale(scale)
         if self.first_step is None or self.first_time is None:
             self.first_step, self.first_time = step, now
+        if terms is not None:
+            self.terms = terms
         elapsed = now - self.first_time
-        rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
+        if self.measured_seconds > 0:
+            rate: Optional[float] = self.measured_steps / self.measured_seconds
+        else:  # the first visit's chunk includes compilation: the rate from later ones
+            rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
         left = self.total - step if work_left is None else work_left
         eta = _format_seconds(left / rate) if rate else "?"
-        loss = format_terms(terms)
+        loss = format_terms(self.terms)
         label = f"{scale}, {self.label}" if scale else self.label
         if self.interactive:
             postfix = f"{loss}, eta {eta}" if loss else f"eta {eta}"

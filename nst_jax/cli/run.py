@@ -13,13 +13,14 @@ import sys
 from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 from nst_jax.cache import enable_compile_cache
-from nst_jax.cli.files import BatchRequest, request_layout, request_members, stylize_files
+from nst_jax.cli.files import BatchRequest, CheckpointRequest, request_layout, request_members, stylize_files
 from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, keep_negative_values, number, same_path
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.cli.memory_report import memory_report
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, GROUP_TITLES, HELP, INT32_MAX, RANGES,
                                      Range, Settings, flag)
+from nst_jax.engine.checkpoint import Every
 from nst_jax.engine.devices import join_cluster
 from nst_jax.engine.plan import RunPlan, plan_run
 from nst_jax.engine.stages import InputShapes
@@ -87,6 +88,15 @@ def build_parser(command: Command = Command()) -> OneLineParser:
                         help="print how much memory the run needs per device (counted from the "
                              "shapes, nothing compiled) against what is available, with a table of "
                              "remat, storage and L-BFGS memory choices, and exit without running")
+    long_runs = parser.add_argument_group("long runs (stop, resume)")
+    long_runs.add_argument("--checkpoint-every", metavar="N|TIME",
+                           help="keep the run's whole state (pixels, optimizer, step, scale) in OUT.checkpoint "
+                                "every N steps or every TIME (30s, 10m, 2h) and when stopped (Ctrl-C, "
+                                "SIGTERM); the same command resumes from it, equal to an uninterrupted run; "
+                                "removed once the images are written")
+    long_runs.add_argument("--keep-checkpoint", action="store_true",
+                           help="keep OUT.checkpoint after a finished run, at its last step: the same command "
+                                "with a higher --num-steps runs on from there (with --checkpoint-every)")
     batch = parser.add_argument_group(
         "many images in one compiled run (any of these makes the run batched; outputs are "
         "OUT_<style>_sw<weight>_cw<weight>_seed<n>.EXT, naming only what varies)")
@@ -168,6 +178,13 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
                                                   ("--process-id", args.process_id)) if value is not None), None)
     if cluster_flag is not None and not joins:
         raise UserInputError(f"{cluster_flag}: only for a multi-host run (--coordinator HOST:PORT or --distributed)")
+    if args.checkpoint_every is not None:
+        try:
+            args.checkpoint_every = Every.parse(args.checkpoint_every)
+        except ValueError as error:
+            raise UserInputError(f"--checkpoint-every: {error}") from None
+    elif args.keep_checkpoint:
+        raise UserInputError("--keep-checkpoint: only with --checkpoint-every N|TIME")
     if args.weights is not None and not str(args.weights).strip():
         raise UserInputError("--weights: an empty path (leave the flag out for the default weights)")
     settings = settings_from_args(args)
@@ -300,8 +317,10 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional[Stylize
             join_cluster(args.coordinator, args.num_processes, args.process_id)
         except (ValueError, IndexError, RuntimeError) as error:  # jax.distributed's own checks
             raise UserInputError(f"{option}: cannot join the cluster ({reason(error, first_line=True)})") from None
+    checkpoint = (CheckpointRequest(args.checkpoint_every, args.keep_checkpoint)
+                  if args.checkpoint_every is not None else None)
     outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
-                            batch=batch_request(args, sweeps), timings=timings)
+                            batch=batch_request(args, sweeps), checkpoint=checkpoint, timings=timings)
     if args.report:
         try:
             timings.write(args.report)

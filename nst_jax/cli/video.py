@@ -39,7 +39,7 @@ USAGE = ("python -m nst_jax.video IN STYLE [STYLE ...] -o OUT.mp4|OUT_FOLDER [--
 # Image flags that make no sense per frame of a clip (batches, sweeps, intermediate saves...).
 REFUSED_FLAGS = ("batch", "sweep_style_weight", "sweep_content_weight", "sweep_seed", "devices", "shard",
                  "distributed", "coordinator", "num_processes", "process_id", "estimate_memory",
-                 "report", "init_image")
+                 "report", "init_image", "checkpoint_every", "keep_checkpoint")  # a clip resumes by frames
 # Refused after parsing, by the settings they make (`parse_and_validate`); kept out of --help too.
 REFUSED_SETTINGS = ("scales", "save_every")
 

@@ -28,6 +28,7 @@ from jax.stages import Wrapped
 
 from nst_jax.config.settings import Settings
 from nst_jax.engine.lbfgs import fixed_step_lbfgs
+from nst_jax.engine.timings import CompileCounter
 from nst_jax.loss.objective import LossWeights, Objective, Targets, loss_terms
 from nst_jax.weights.params_file import Params
 
@@ -255,8 +256,56 @@ def visit_steps(num_steps: int, intervals: Iterable[int], first_step: int = 0) -
 
 
 class StopRun(Exception):
-    """Raised by a host-visit callback (or between pieces of a chunk) to end the run there: the
-    loop returns the last finished image with interrupted=True. The engine's one way to stop."""
+    """Raised by a host-visit callback (or by `Pieces.should_stop` between pieces) to end the run
+    there: the loop returns the image and state of the last finished step with interrupted=True.
+    The engine's one way to stop."""
+
+
+# With `Pieces`, a chunk runs in pieces of about this many seconds, checking for a stop between them.
+PIECE_SECONDS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceEnd:
+    """The run after one piece of a chunk: what a checkpoint keeps and what progress shows."""
+
+    step: int  # steps done so far, over all scales (run_loop's first_step included)
+    pixels: jax.Array
+    opt_state: optax.OptState  # donated to the next piece: copy (or save) it before returning
+    terms: Dict[str, jax.Array]  # the loss terms of the piece's last step, on the device
+    seconds_per_step: float  # this piece's wall time less any compilation in it, per step
+
+
+def _never() -> bool:
+    return False
+
+
+def agreed(stop: bool, per_step: Optional[float] = None) -> Tuple[bool, Optional[float]]:
+    """(stop, seconds per step) as every host of a multi-host run sees them: a stop when any host
+    stops (a scheduler's signal reaches one host before another), pieces sized by the slowest
+    host, so that all run the same steps in the same calls and their collectives pair up. One
+    small all-gather per piece; one host: the values as they are."""
+    if jax.process_count() == 1:
+        return stop, per_step
+    from jax.experimental import multihost_utils
+    votes = np.asarray(multihost_utils.process_allgather(np.array([float(stop), per_step or 0.0], np.float32)))
+    slowest = float(votes[:, 1].max())
+    return bool(votes[:, 0].any()), slowest or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+    """Chunks cut into pieces of about `seconds`: between pieces the run can stop (`should_stop`),
+    be checkpointed and show its speed (`on_piece`), so none of these waits for a whole chunk.
+
+    Chunks of any length share one compilation, so the pieces compile nothing new and give the
+    same bits as whole chunks. The first piece is one step (it includes the compile); the rest
+    are sized from the last piece's time per step, compilation excluded.
+    """
+
+    should_stop: Callable[[], bool] = _never
+    on_piece: Optional[Callable[[PieceEnd], None]] = None
+    seconds: float = PIECE_SECONDS
 
 
 @dataclasses.dataclass
@@ -266,35 +315,63 @@ class LoopResult:
     interrupted: bool
     terms: dict  # the last chunk's loss terms (TERMS): scalars, or one per batch member
     seconds: float
+    # The optimizer's state after steps_done (with `pixels`, what a checkpoint keeps); deleted
+    # (donated) when a KeyboardInterrupt cut a chunk: `state_kept` says.
+    opt_state: optax.OptState = None
 
     @property
     def loss(self) -> Any:
         return self.terms["total"]
 
+    @property
+    def state_kept(self) -> bool:
+        return not any(getattr(leaf, "is_deleted", lambda: False)()
+                       for leaf in jax.tree_util.tree_leaves(self.opt_state))
+
 
 def run_loop(chunk_fn: ChunkFn, pixels: jax.Array, opt_state: optax.OptState,
              num_steps: int, loss_args: Sequence[Any], intervals: Iterable[int],
              on_visit: Optional[Callable[[int, jax.Array, Dict[str, Any]], None]] = None,
-             first_step: int = 0) -> LoopResult:
+             first_step: int = 0, pieces: Optional[Pieces] = None) -> LoopResult:
     """Drive `chunk_fn` to `num_steps`, calling on_visit(step, pixels, terms) at each host visit.
 
     `loss_args` are the chunk's traced arguments after the step count (params, targets, weights).
     `first_step` offsets the steps on_visit sees and aligns the intervals (multi-scale runs).
+    `pieces`: cut each chunk into timed pieces (see Pieces); None runs each chunk whole.
 
-    StopRun from on_visit or chunk_fn ends the run and returns the last finished image
-    (interrupted=True); so does a KeyboardInterrupt (Ctrl-C in a notebook, between chunks).
+    StopRun from on_visit or between pieces ends the run and returns the image and state of the
+    last finished step (interrupted=True); so does a KeyboardInterrupt (Ctrl-C in a notebook),
+    which keeps the last finished image.
     """
     done, start = 0, time.perf_counter()
-    terms = {name: np.float32(np.nan) for name in TERMS}
-    last_good = pixels
+    terms: Dict[str, Any] = {name: np.float32(np.nan) for name in TERMS}
+    device_terms = None
+    per_step: Optional[float] = None
     try:
         for stop in visit_steps(num_steps, intervals, first_step):
-            pixels, opt_state, device_terms = chunk_fn(pixels, opt_state, np.int32(stop - done),
-                                                       *loss_args)
-            terms = to_host(device_terms)  # the one host sync per chunk
-            done, last_good = stop, pixels
+            if pieces is None:
+                pixels, opt_state, device_terms = chunk_fn(pixels, opt_state, np.int32(stop - done), *loss_args)
+                done = stop
+            while done < stop:
+                assert pieces is not None
+                stopping, per_step = agreed(pieces.should_stop(), per_step)
+                if stopping:
+                    raise StopRun
+                steps = 1 if per_step is None else max(1, min(stop - done, int(pieces.seconds / per_step)))
+                with CompileCounter() as compiling:
+                    began = time.perf_counter()
+                    pixels, opt_state, device_terms = jax.block_until_ready(
+                        chunk_fn(pixels, opt_state, np.int32(steps), *loss_args))
+                    per_step = max(1e-6, (time.perf_counter() - began - compiling.seconds) / steps)
+                done += steps
+                if pieces.on_piece is not None:
+                    pieces.on_piece(PieceEnd(first_step + done, pixels, opt_state, device_terms, per_step))
+            terms = to_host(device_terms)  # the one host sync per chunk (pieces: already synced)
+            device_terms = None
             if on_visit is not None:
                 on_visit(first_step + done, pixels, terms)
     except (StopRun, KeyboardInterrupt):
-        return LoopResult(last_good, done, True, terms, time.perf_counter() - start)
-    return LoopResult(pixels, done, False, terms, time.perf_counter() - start)
+        if device_terms is not None:  # stopped between pieces: the last piece's terms
+            terms = to_host(device_terms)
+        return LoopResult(pixels, done, True, terms, time.perf_counter() - start, opt_state)
+    return LoopResult(pixels, done, False, terms, time.perf_counter() - start, opt_state)

@@ -23,10 +23,12 @@ params and targets replicated, and XLA's SPMD partitioner adds the convolutions'
 and the Gram matrices' all-reduces (one image too large for one device's memory).
 """
 
+import contextlib
 import dataclasses
 import itertools
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
+import signal
+import threading
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import jax
 import numpy as np
@@ -39,7 +41,8 @@ from nst_jax.loss.objective import Objective, loss_weights
 from nst_jax.config.settings import Settings
 from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
 from nst_jax.engine.devices import Layout, splits_rows
-from nst_jax.engine.optimize import ChunkFn, LoopResult, OptimizerSpec, StopRun, run_loop, to_host
+from nst_jax.engine.checkpoint import Checkpoints, Position, finite_terms, host_terms
+from nst_jax.engine.optimize import LoopResult, OptimizerSpec, PieceEnd, Pieces, agreed, run_loop, to_host
 from nst_jax.engine.plan import RunPlan, plan_run
 from nst_jax.engine.stages import InputShapes, finish_image, initial_pixels, prepare_images, run_targets
 from nst_jax.model.ops import with_adjoint_kernels
@@ -127,10 +130,6 @@ def make_members(settings: Settings, style_names: Sequence[str], *, per_style: b
     return members
 
 
-# With `should_stop`, a chunk runs in pieces of about this many seconds, checking it between them.
-PIECE_SECONDS = 0.5
-
-
 # One style image, or a list of them (arrays as `images.as_rgb` takes them).
 StyleImages = Union[npt.ArrayLike, Sequence[npt.ArrayLike]]
 
@@ -154,9 +153,15 @@ class RunOptions:
       on_visit: called with a `Visit` at every host visit; raising `StopRun` there stops the run,
         which returns the last finished images, interrupted=True.
       intervals: step intervals at which to visit the host (progress, saves, Ctrl-C checks).
-      should_stop: () -> bool, checked before each scale and between pieces of about
-        PIECE_SECONDS of a chunk: once true the run stops there (as a Ctrl-C from on_visit
-        does), keeping the last visited images; the cut chunk's steps are dropped.
+      should_stop: () -> bool, checked before each scale and between the pieces of about
+        optimize.PIECE_SECONDS that chunks are cut into: once true the run stops there, keeping
+        the images of the last finished step. None: a Ctrl-C (SIGINT) in the main thread stops
+        the run so (a notebook's interrupt included); a second one raises KeyboardInterrupt.
+      on_steps: called (step, seconds per step) after each piece: the speed from the first step
+        on, compilation excluded (progress at sizes where a step takes minutes).
+      checkpoints: an `engine.checkpoint.Checkpoints`: the run resumes from its latest checkpoint
+        (equal to the uninterrupted run), saves at its interval and when stopped. The caller
+        removes it after a finished run (`remove()`), or releases it (`close()`).
     """
 
     init_image: Optional[npt.ArrayLike] = None
@@ -164,6 +169,32 @@ class RunOptions:
     on_visit: Optional[Callable[["Visit"], None]] = None
     intervals: Tuple[int, ...] = ()
     should_stop: Optional[Callable[[], bool]] = None
+    on_steps: Optional[Callable[[int, float], None]] = None
+    checkpoints: Optional[Checkpoints] = None
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(options: RunOptions) -> Iterator[RunOptions]:
+    """`options` with a should_stop that a Ctrl-C (SIGINT) sets, where it has none and this is the
+    main thread: an interrupted call returns at the next piece (about half a second) with the
+    device free, instead of leaving a dispatched chunk running after a KeyboardInterrupt."""
+    if options.should_stop is not None or threading.current_thread() is not threading.main_thread():
+        yield options
+        return
+    pressed: List[bool] = []
+
+    def on_sigint(signum, frame):
+        if pressed:  # the second: the caller insists
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        pressed.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield dataclasses.replace(options, should_stop=lambda: bool(pressed))
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
 
 
 def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Settings, model: Model,
@@ -185,7 +216,8 @@ def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Setting
     mesh = _splitting(options.mesh)
     plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs), Layout.of_mesh(len(members), mesh),
                     device=mesh.devices.flat[0] if mesh is not None else None)
-    return _run_checked(plan, content_rgb, style_rgbs, model, members, options)
+    with _ctrl_c_stops(options) as stoppable:
+        return _run_checked(plan, content_rgb, style_rgbs, model, members, stoppable)
 
 
 def stylize(content: npt.ArrayLike, styles: StyleImages, settings: Settings, model: Model,
@@ -221,7 +253,8 @@ def run_plan(plan: RunPlan, content: npt.ArrayLike, styles: StyleImages, model: 
     """Run a plan made for these images (`plan.plan_run`): the CLI plans first, to refuse a run that
     cannot fit before anything is read or compiled. Returns one StylizeResult per member."""
     content_rgb, style_rgbs = _checked_images(content, styles, plan.settings)
-    return _run_checked(plan, content_rgb, style_rgbs, model, members, options)
+    with _ctrl_c_stops(options) as stoppable:
+        return _run_checked(plan, content_rgb, style_rgbs, model, members, stoppable)
 
 
 def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
@@ -237,23 +270,55 @@ def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
     run = _Run(plan, content_rgb, tuple(style_rgbs), model.preprocessing,
                prepare_params(model.params, Objective.from_settings(plan.settings, model.preprocessing)),
                tuple(members), mesh, options)
+    # Held for the run; a caller that took it first (the CLI: until its images are written)
+    # releases it itself.
+    checkpoints = options.checkpoints
+    taken = checkpoints is not None and checkpoints.acquire()
+    try:
+        return _run_scales(run, plan, members, init_image, checkpoints)
+    finally:
+        if taken:
+            cast(Checkpoints, checkpoints).close()
+
+
+def _run_scales(run: "_Run", plan: RunPlan, members: Sequence[Member], init_image: Optional[np.ndarray],
+                checkpoints: Optional[Checkpoints]) -> List[StylizeResult]:
+    """Every coarse-to-fine pass of `run` (from its checkpoint, if any), then the results."""
+    options = run.options
+    resume = checkpoints.latest() if checkpoints is not None else None
+    first_scale = 0 if resume is None else resume.scale
+    if first_scale >= len(plan.sizes):
+        raise ValueError(f"the checkpoint is at scale {first_scale + 1}; this run has {len(plan.sizes)}")
     starts: Sequence[Optional[np.ndarray]]  # one per member: the next scale's start image, or None
-    starts, steps_done, seconds = [init_image] * len(members), 0, 0.0
+    starts, steps_done, seconds = [init_image] * len(members), 0 if resume is None else resume.step, 0.0
     interrupted = False
-    for index in range(len(plan.sizes)):
-        if index and options.should_stop is not None and options.should_stop():
+    for index in range(first_scale, len(plan.sizes)):
+        if index > first_scale and options.should_stop is not None and agreed(options.should_stop())[0]:
             interrupted = True  # stopped between scales: the previous scale's images stand
             break
-        finished, losses, loop = _run_scale(run, index, starts, steps_done)
+        finished, losses, loop = _run_scale(run, index, starts, steps_done, resume if index == first_scale else None)
         steps_done, seconds, starts = steps_done + loop.steps_done, seconds + loop.seconds, finished
+        last = (index, loop)
         if loop.interrupted:
             interrupted = True
             break
+    if checkpoints is not None and (interrupted or checkpoints.at_end):
+        _save_last_step(checkpoints, *last, steps_done)
     if finished[0].shape[:2] != plan.working_shape:
         # Interrupted at a coarse scale: hand back the requested size all the same.
         finished = [images.resize_long_side(image, plan.settings.image.image_size) for image in finished]
     return [StylizeResult(image, steps_done, interrupted, float(loss), seconds)
             for image, loss in zip(finished, losses)]
+
+
+def _save_last_step(checkpoints: Checkpoints, scale: int, loop: LoopResult, step: int) -> None:
+    """A stopped (or, with `at_end`, finished) run's last step, checkpointed and on disk before
+    the run returns: the same command resumes there. Never a diverged state, nor one a
+    KeyboardInterrupt cut."""
+    terms = host_terms(loop.terms)
+    if loop.state_kept and finite_terms(terms) and step != checkpoints.saved_step:
+        checkpoints.save(Position(scale, step, terms), loop.pixels, loop.opt_state)
+    checkpoints.wait()
 
 
 def prepare_params(params: Params, objective: Objective) -> Params:
@@ -293,35 +358,6 @@ def prepare_params(params: Params, objective: Objective) -> Params:
 _last_prepared: Optional[Tuple[Any, List[Any], Params]] = None
 
 
-def in_pieces(chunk_fn: ChunkFn, should_stop: Callable[[], bool], piece_seconds: float = PIECE_SECONDS) -> ChunkFn:
-    """`chunk_fn` run in pieces of about `piece_seconds`, checking `should_stop()` before each.
-
-    A stop raises optimize.StopRun there, in Python between jaxlib calls (never inside one),
-    so run_loop returns its last finished image. Chunks of any length share one compilation, so
-    the pieces compile nothing new; the first two are one step each (the first includes the
-    compile), the rest sized from the last piece's time.
-    """
-    timing: Dict[str, Any] = {"calls": 0, "per_step": None}
-
-    def chunk(pixels, opt_state, num_steps, *args):
-        left, terms = int(num_steps), None
-        while left:
-            if should_stop():
-                raise StopRun
-            per_step = timing["per_step"]
-            steps = 1 if per_step is None else max(1, min(left, int(piece_seconds / per_step)))
-            began = time.perf_counter()
-            pixels, opt_state, terms = jax.block_until_ready(
-                chunk_fn(pixels, opt_state, np.int32(steps), *args))
-            timing["calls"] += 1
-            if timing["calls"] > 1:
-                timing["per_step"] = max(1e-6, (time.perf_counter() - began) / steps)
-            left -= steps
-        return pixels, opt_state, terms
-
-    return chunk
-
-
 @dataclasses.dataclass(frozen=True)
 class _Run:
     """What every scale of one run shares, fixed before the first one."""
@@ -336,11 +372,12 @@ class _Run:
     options: RunOptions
 
 
-def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]],
-               first_step: int) -> Tuple[List[np.ndarray], np.ndarray, LoopResult]:
+def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], first_step: int,
+               resume: Optional[Position] = None) -> Tuple[List[np.ndarray], np.ndarray, LoopResult]:
     """Pass `index` of the plan's coarse-to-fine sizes, from `starts` (one RGB image or None per
-    member), its steps counted from `first_step`: (finished images, final losses, LoopResult)."""
-    plan, options = run.plan, run.options
+    member) or from the checkpoint at `resume`, its steps counted from `first_step`: (finished
+    images, final losses, LoopResult)."""
+    plan, options, checkpoints = run.plan, run.options, run.options.checkpoints
     settings = plan.settings.replace(image_size=plan.sizes[index])
     members, params, preprocessing, styles = run.members, run.params, run.preprocessing, run.styles
     objective = Objective.from_settings(settings, preprocessing)
@@ -358,9 +395,12 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]],
                       grams[member.style_index] if member.style_index is not None else blended,
                       loss_weights(member.content_weight, member.style_weight, member.tv_weight))
          for member, start in zip(members, starts)], run.mesh, batched=plan.layout.batched)
-    chunk_fn: ChunkFn = inputs.program()
-    if options.should_stop is not None:
-        chunk_fn = in_pieces(chunk_fn, options.should_stop)
+    steps = settings.optimizer.num_steps
+    if resume is not None:
+        assert checkpoints is not None
+        pixels, opt_state = checkpoints.restore(inputs.pixels, inputs.opt_state)
+        inputs = dataclasses.replace(inputs, pixels=pixels, opt_state=opt_state)
+        steps -= resume.step - sum(plan.settings.optimizer.num_steps for _ in range(index))
     count = len(members)
 
     def per_member(values):  # host arrays with a leading member axis, padding dropped
@@ -376,7 +416,25 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]],
                                    images=lambda: finished_images(current), scale=index,
                                    scales=len(plan.sizes)))
 
-    loop = run_loop(chunk_fn, *inputs.start, settings.optimizer.num_steps,
-                    inputs.loss_args, options.intervals, visit, first_step=first_step)
+    def after_piece(end: PieceEnd) -> None:
+        if options.on_steps is not None:
+            options.on_steps(end.step, end.seconds_per_step)
+        if checkpoints is not None and checkpoints.due(end.step):
+            terms = host_terms(end.terms)
+            if finite_terms(terms):
+                checkpoints.save(Position(index, end.step, terms), end.pixels, end.opt_state)
+
+    if steps == 0:  # resumed at the end of this scale
+        loop = LoopResult(inputs.start[0], 0, False, {name: np.asarray(values, np.float32)
+                                                    for name, values in cast(Position, resume).terms.items()},
+                          0.0, inputs.opt_state)
+    else:
+        intervals = options.intervals + ((checkpoints.every.steps or 0,) if checkpoints is not None else ())
+        loop = run_loop(inputs.program(), *inputs.start, steps, inputs.loss_args, intervals, visit,
+                        first_step=first_step, pieces=Pieces(options.should_stop or _never, after_piece))
     loss = np.asarray(loop.loss)  # a scalar NaN when stopped before the first chunk finished
     return finished_images(loop.pixels), per_member(loss) if loss.ndim else np.full(count, loss), loop
+
+
+def _never() -> bool:
+    return False
