@@ -16,9 +16,7 @@ from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.convert import convert, summary
 
 
-@bad_input_exits_2
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line; errors print `error: ...` and exit with status 2."""
+def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="python -m weights_tools.convert",
         description="Convert public VGG-19 weights to an nst-jax params file.")
@@ -26,7 +24,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-o", "--out", required=True, help="params file to write")
     parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights (needed for unknown .pth files)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@bad_input_exits_2
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line; errors print `error: ...` and exit with status 2."""
+    args = build_parser().parse_args(argv)
     metadata = convert(args.src, args.out, args.preprocessing)
     print(summary(args.out, metadata))
     return 0

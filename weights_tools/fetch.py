@@ -17,8 +17,7 @@ from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights import fetch as library
 
 
-@bad_input_exits_2
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m weights_tools.fetch",
         description="Download the default VGG-19 weights (Keras, Oxford/Caffe-derived), verify and "
@@ -30,7 +29,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="download and convert again even if cached")
     parser.add_argument("--preprocessing", choices=PREPROCESSINGS,
                         help="input convention of the weights (needed for a .pth of unknown origin)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@bad_input_exits_2
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.md5 is None and os.path.basename(urllib.parse.urlparse(args.url).path) not in library.KNOWN_CHECKSUMS:
         print(f"note: no checksum known for {args.url}; pass --md5 to verify it", file=sys.stderr)
     path = library.fetch(args.url, args.md5, force=args.force, preprocessing=args.preprocessing)

@@ -215,17 +215,21 @@ def _write_safetensors_with_zeros(path, tensors, zero_shapes, metadata):
         stream.truncate(8 + len(text) + offset)  # the zero tensors: a hole, read back as zeros
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m weights_tools.synthetic",
+                                     description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--layout", required=True, choices=LAYOUTS, help="the public file layout to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--include-top", action="store_true", help="add the classifier (as zeros)")
+    parser.add_argument("--vgg16", action="store_true", help="write VGG-16, to test refusals")
+    parser.add_argument("out", help="file to write")
+    return parser
+
+
 @bad_input_exits_2
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: write one synthetic file and say what it is."""
-    parser = argparse.ArgumentParser(prog="python -m weights_tools.synthetic",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--layout", required=True, choices=LAYOUTS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--include-top", action="store_true", help="add the classifier (as zeros)")
-    parser.add_argument("--vgg16", action="store_true", help="write VGG-16, to test refusals")
-    parser.add_argument("out")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     write_synthetic(args.layout, args.out, seed=args.seed, include_top=args.include_top, vgg16=args.vgg16)
     network = "VGG-16" if args.vgg16 else "VGG-19"
     print(f"wrote {args.out}: {MARKER_TEXT} ({network}, {args.layout} layout, seed {args.seed})")

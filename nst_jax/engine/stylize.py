@@ -110,7 +110,9 @@ def make_members(settings: Settings, style_names: Sequence[str], *, per_style: b
       settings: the shared Settings (defaults for whatever is not swept).
       style_names: short names of the style images (file stems), used in labels.
       per_style: one member per style image; False: every member uses the blend of all styles.
-      style_weights, content_weights, seeds: lists to sweep, or None for the settings' value.
+      style_weights: style weights to sweep, or None for the settings' value.
+      content_weights: content weights to sweep, or None for the settings' value.
+      seeds: seeds to sweep, or None for the settings' value.
 
     A label contains only what varies, e.g. "starry_night", "sw0.001", "starry_night_seed2".
     """

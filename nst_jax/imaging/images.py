@@ -52,7 +52,7 @@ def load_image(path: PathLike, long_side: Optional[int] = None, max_pixels: int 
       max_pixels: larger files are refused as decompression bombs.
 
     Raises:
-      UserInputError naming `path` when the file is missing, unreadable, damaged or too small.
+      UserInputError: naming `path`, when the file is missing, unreadable, damaged or too small.
     """
     if long_side is not None and long_side < 1:
         raise ValueError(f"long_side must be a positive number of pixels, not {long_side!r}")
