@@ -223,3 +223,46 @@ def test_two_runs_on_one_checkpoint_the_second_is_one_line(tmp_path):
     again = Checkpoints(tmp_path / "out.png.checkpoint", {}, Every(steps=1))
     again.acquire()
     again.close()
+
+
+SHARDED_SCRIPT = r"""
+import json, sys
+import numpy as np
+from nst_jax import Model, RunOptions, make_members, preset, stylize_batch
+from nst_jax.engine.checkpoint import Checkpoints, Every
+from nst_jax.engine.devices import batch_mesh, image_mesh
+from nst_jax.imaging.images import load_image
+from weights_tools.synthetic import synthetic_params
+
+folder, content_path, style_path = sys.argv[1:]
+model = Model(synthetic_params(seed=0), "caffe")
+content, styles = load_image(content_path, 64), [load_image(style_path, 64)]
+cheap = dict(image_size=40, content_layers=("relu2_1",), content_layer_weights=None,
+             style_layers=("relu1_1", "relu2_1"), style_layer_weights=None)
+report = {}
+for name, mesh, settings, sweep in [
+        ("rows", image_mesh(2), preset("neural-style").replace(optimizer="adam", learning_rate=4.0, num_steps=9, **cheap), None),
+        ("batch", batch_mesh(2), preset("neural-style").replace(optimizer="lbfgs", num_steps=9, **cheap), (1e2, 1e3, 1e4))]:
+    members = make_members(settings, ["s"], style_weights=sweep) if sweep else make_members(settings, ["s"], per_style=False)
+    run = lambda **extra: stylize_batch(content, styles, settings, model, members, RunOptions(mesh=mesh, **extra))
+    whole = run()
+    reached = []
+    checkpoints = lambda: Checkpoints(f"{folder}/{name}", {"run": name}, Every(seconds=3600))
+    stopped = run(on_steps=lambda step, seconds: reached.append(step), should_stop=lambda: bool(reached) and reached[-1] >= 4,
+                  intervals=(2,), checkpoints=checkpoints())
+    resumed = run(checkpoints=checkpoints())
+    report[name] = {"stopped_at": stopped[0].steps_done, "interrupted": stopped[0].interrupted,
+                    "equal": all(np.array_equal(a.image, b.image) for a, b in zip(whole, resumed)),
+                    "steps": [r.steps_done for r in resumed]}
+print(json.dumps(report))
+"""
+
+
+def test_sharded_runs_resume_to_the_uninterrupted_result(tmp_path):
+    """An image split by rows over 2 devices (its state sharded by rows) and a batch of 3 split
+    over 2 devices (padded to 4): stopped, saved from the shards, read back into them."""
+    from simulated import json_report, run_script
+    report = json_report(run_script(SHARDED_SCRIPT, tmp_path, CONTENT, STYLE, devices=2))
+    for name in ("rows", "batch"):
+        assert report[name]["interrupted"] and 4 <= report[name]["stopped_at"] < 9, report
+        assert report[name]["equal"] and report[name]["steps"] == [9] * len(report[name]["steps"]), report
