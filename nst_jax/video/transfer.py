@@ -22,7 +22,7 @@ from nst_jax.video import flow
 from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range, Settings
 from nst_jax.errors import UserInputError
 from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
-from nst_jax.engine.optimize import OptimizerSpec, run_loop
+from nst_jax.engine.optimize import OptimizerSpec, Pieces, run_loop
 from nst_jax.engine.plan import plan_run
 from nst_jax.engine.stages import InputShapes, content_pass, finish_image, initial_pixels, prepare_images, targets
 from nst_jax.engine.stylize import prepare_params
@@ -226,8 +226,10 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                 if options.on_visit is not None:
                     options.on_visit(index, step, steps, terms)
 
+            # In pieces (about half a second each): a notebook's interrupt stops the device's
+            # work there, not after the frame's whole chunk.
             run = run_loop(inputs.program(), *inputs.start, steps, inputs.loss_args,
-                           options.intervals, visit)
+                           options.intervals, visit, pieces=Pieces())
             if run.interrupted:
                 return done, True
             optimized = np.asarray(run.pixels)
