@@ -283,9 +283,8 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                     check_finite(result.image, result.steps_done, settings)
                 outputs.write_results([result.image for result in results], first.steps_done)
                 kept = ""
-                if checkpoints is not None and (first.interrupted or checkpoint and checkpoint.keep):
-                    checkpoints.close()
-                    kept = f"; the same command resumes from {checkpoints.folder}"
+                if checkpoints is not None and (first.interrupted or cast(CheckpointRequest, checkpoint).keep):
+                    kept = f"; the same command resumes from {checkpoints.folder}"  # released below
                 elif checkpoints is not None:
                     checkpoints.remove()  # the images are written: it served its run
             state = "interrupted" if first.interrupted else "done"

@@ -276,10 +276,6 @@ class PieceEnd:
     seconds_per_step: float  # this piece's wall time less any compilation in it, per step
 
 
-def _never() -> bool:
-    return False
-
-
 def agreed(stop: bool, per_step: Optional[float] = None) -> Tuple[bool, Optional[float]]:
     """(stop, seconds per step) as every host of a multi-host run sees them: a stop when any host
     stops (a scheduler's signal reaches one host before another), pieces sized by the slowest
@@ -303,7 +299,7 @@ class Pieces:
     are sized from the last piece's time per step, compilation excluded.
     """
 
-    should_stop: Callable[[], bool] = _never
+    should_stop: Optional[Callable[[], bool]] = None  # None: never
     on_piece: Optional[Callable[[PieceEnd], None]] = None
     seconds: float = PIECE_SECONDS
 
@@ -354,7 +350,7 @@ def run_loop(chunk_fn: ChunkFn, pixels: jax.Array, opt_state: optax.OptState,
                 done = stop
             while done < stop:
                 assert pieces is not None
-                stopping, per_step = agreed(pieces.should_stop(), per_step)
+                stopping, per_step = agreed(pieces.should_stop is not None and pieces.should_stop(), per_step)
                 if stopping:
                     raise StopRun
                 steps = 1 if per_step is None else max(1, min(stop - done, int(pieces.seconds / per_step)))

@@ -277,16 +277,16 @@ def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
     checkpoints = options.checkpoints
     taken = checkpoints is not None and checkpoints.acquire()
     try:
-        return _run_scales(run, plan, members, init_image, checkpoints)
+        return _run_scales(run, init_image)
     finally:
         if taken:
             cast(Checkpoints, checkpoints).close()
 
 
-def _run_scales(run: "_Run", plan: RunPlan, members: Sequence[Member], init_image: Optional[np.ndarray],
-                checkpoints: Optional[Checkpoints]) -> List[StylizeResult]:
+def _run_scales(run: "_Run", init_image: Optional[np.ndarray]) -> List[StylizeResult]:
     """Every coarse-to-fine pass of `run` (from its checkpoint, if any), then the results."""
-    options = run.options
+    plan, members, options = run.plan, run.members, run.options
+    checkpoints = options.checkpoints
     resume = checkpoints.latest() if checkpoints is not None else None
     first_scale = 0 if resume is None else resume.scale
     if first_scale >= len(plan.sizes):
@@ -402,7 +402,7 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
         assert checkpoints is not None
         pixels, opt_state = checkpoints.restore(inputs.pixels, inputs.opt_state)
         inputs = dataclasses.replace(inputs, pixels=pixels, opt_state=opt_state)
-        steps -= resume.step - sum(plan.settings.optimizer.num_steps for _ in range(index))
+        steps -= resume.step - index * steps  # the steps this scale had done
     count = len(members)
 
     def per_member(values):  # host arrays with a leading member axis, padding dropped
@@ -433,10 +433,7 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
     else:
         intervals = options.intervals + ((checkpoints.every.steps or 0,) if checkpoints is not None else ())
         loop = run_loop(inputs.program(), *inputs.start, steps, inputs.loss_args, intervals, visit,
-                        first_step=first_step, pieces=Pieces(options.should_stop or _never, after_piece))
+                        first_step=first_step, pieces=Pieces(options.should_stop, after_piece))
     loss = np.asarray(loop.loss)  # a scalar NaN when stopped before the first chunk finished
     return finished_images(loop.pixels), per_member(loss) if loss.ndim else np.full(count, loss), loop
 
-
-def _never() -> bool:
-    return False
