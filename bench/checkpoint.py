@@ -93,7 +93,7 @@ def measure_long(size, steps, every, folder, images=DEFAULT_IMAGES, window=3):
     import statistics
 
     _, npz, pairs = _prepare(folder, [size], images)
-    content, style = pairs[size]
+    content, style, _ = pairs[size]
     out, report = folder / "long.png", folder / "report.json"
     run = run_process(_command(content, style, npz, size, steps, out, report,
                                ("--checkpoint-every", str(every), "--print-every", "1")), None, report)
@@ -111,7 +111,7 @@ def measure_long(size, steps, every, folder, images=DEFAULT_IMAGES, window=3):
 
 def measure(size, steps, folder, images=DEFAULT_IMAGES):
     _, npz, pairs = _prepare(folder, [size], images)
-    content, style = pairs[size]
+    content, style, _ = pairs[size]
     runs = [measure_memory(memory, size, steps, npz, content, style, folder) for memory in (5, 100)]
     return {"machine": describe_machine(), "size": size, "steps": steps,
             "preset": "neural-style (L-BFGS without line search)", "runs": runs,

@@ -39,6 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # nothing in the time): --images names another folder holding the same two files.
 DEFAULT_IMAGES = REPO_ROOT / "tests" / "data"
 PICTURES = ("tubingen.jpg", "starry_night.jpg")  # content, style
+# The "new photo" after the warm run: another aspect ratio at the same size (960×662 against
+# tubingen's 4:3; in the same shape bucket at 128, 256 and 512 px).
+NEW_PHOTO = "shipwreck.jpg"
 BEGIN_MARKER, END_MARKER = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 # The loss the issue times: neural-style's preset with TV off, starting from the content.
 COMMON_FLAGS = ("--preset", "neural-style", "--tv-weight", "0", "--init", "content")
@@ -85,14 +88,15 @@ def _prepare(folder, sizes, source, seed=0):
     if not (pth.is_file() and npz.is_file()):  # a --keep folder shared by several runs has them
         write_synthetic("caffe-pth", pth, seed=seed)
         convert(pth, npz, preprocessing="caffe")
-    return pth, npz, {size: resized_pair(source, size, folder) for size in sizes}
+    return pth, npz, {size: resized_pair(source, size, folder) + resized_pair(source, size, folder, (NEW_PHOTO,))[:1]
+                      for size in sizes}
 
 
-def resized_pair(source, size, folder):
+def resized_pair(source, size, folder, names=PICTURES):
     """(content, style) from `source` at long side `size`, as PNGs in `folder`: both programs
-    then read the same pixels and neither resizes."""
+    then read the same pixels and neither resizes. `names`: other pictures, as many."""
     paths = []
-    for name in PICTURES:
+    for name in names:
         image = Image.open(Path(source) / name).convert("RGB")
         scale = size / max(image.size)
         path = Path(folder) / f"{Path(name).stem}_{size}.png"
@@ -220,19 +224,23 @@ def _run_entry(run):
             "breakdown": run.breakdown(), "seconds_per_step": run.seconds_per_step(),
             "first_step_at_s": run.first_step_at(PROGRESS_STEPS),
             "compiled_programs": run.report.get("compiled_programs", []),
+            "compile_cache_hits": run.report.get("compile_cache_hits", 0),
             "visits": run.visit_times()}
 
 
 def compare(plan, folder, pth, npz, images, size, steps, optimizer):
     """nst-jax cold, PyTorch, nst-jax warm, PyTorch: one dict (`extra_dtype_run` adds to it)."""
-    content, style = images[size]
+    content, style, new_photo = images[size]
     env = _compare_env(folder, size, optimizer)
     runs = {}
-    for label, kind in (("nst_jax_cold", "ours"), ("pytorch_1", "theirs"), ("nst_jax_warm", "ours"),
-                        ("pytorch_2", "theirs")):
+    # Last, a new photo of another aspect ratio: what a user stylizing their photos one after
+    # another meets (the cache holds the first photo's programs).
+    for label, kind, photo in (("nst_jax_cold", "ours", content), ("pytorch_1", "theirs", content),
+                               ("nst_jax_warm", "ours", content), ("pytorch_2", "theirs", content),
+                               ("nst_jax_new_photo", "ours", new_photo), ("pytorch_new_photo", "theirs", new_photo)):
         out, report = folder / f"{label}_{size}_{optimizer}.png", folder / f"{label}_{size}_{optimizer}.json"
-        command = (_ours(content, style, npz, size, steps, optimizer, out, report) if kind == "ours"
-                   else _theirs(content, style, pth, steps, optimizer, out, report, plan.torch_threads))
+        command = (_ours(photo, style, npz, size, steps, optimizer, out, report) if kind == "ours"
+                   else _theirs(photo, style, pth, steps, optimizer, out, report, plan.torch_threads))
         _log(f"{size} px {optimizer} {steps} steps: {label}")
         runs[label] = run_process(command, env, report)
         _log(f"  {runs[label].wall_s:.1f} s, objective {runs[label].final_loss:.6g}, "
@@ -243,7 +251,9 @@ def compare(plan, folder, pth, npz, images, size, steps, optimizer):
             "conv_flops_per_step": _conv_flops(height, width),
             "runs": {label: _run_entry(run) for label, run in runs.items()}, "dtypes": {},
             "cold": _pair_summary(runs["nst_jax_cold"], runs["pytorch_1"]),
-            "warm": _pair_summary(runs["nst_jax_warm"], runs["pytorch_2"])}
+            "warm": _pair_summary(runs["nst_jax_warm"], runs["pytorch_2"]),
+            "new_photo": {**_pair_summary(runs["nst_jax_new_photo"], runs["pytorch_new_photo"]),
+                          "over_warm": runs["nst_jax_new_photo"].wall_s / runs["nst_jax_warm"].wall_s}}
 
 
 def _compare_env(folder, size, optimizer):
@@ -258,7 +268,7 @@ def extra_dtype_run(folder, npz, images, comparison, dtype):
     wall time and objective against the float32 warm run's. Its programs are new to the cache
     (another dtype), so it compiles: the wall ratio includes that."""
     size, steps, optimizer = comparison["size"], comparison["iterations"], comparison["optimizer"]
-    content, style = images[size]
+    content, style, _ = images[size]
     label = f"nst_jax_warm_{dtype}"
     out, report = folder / f"{label}_{size}_{optimizer}.png", folder / f"{label}_{size}_{optimizer}.json"
     _log(f"{size} px {optimizer} {steps} steps: {label}")
@@ -275,7 +285,7 @@ def batch_against_singles(plan, folder, npz, images):
     """One CLI run of N members (a style-weight sweep) against N single CLI runs, each set from
     an empty compile cache (the singles reuse the first one's programs, as a user's would)."""
     size, steps, n = plan.batch_size_px, plan.batch_iterations, plan.batch_members
-    content, style = images[size]
+    content, style, _ = images[size]
     weights = [100.0 * 2 ** i for i in range(n)]
     singles_env = {**os.environ, "NST_JAX_CACHE": str(folder / "cache_singles")}
     batch_env = {**os.environ, "NST_JAX_CACHE": str(folder / "cache_batch")}
@@ -322,7 +332,7 @@ print(json.dumps(seconds))
 def second_call(plan, npz, images, folder):
     """Two stylize() calls in one process (no persistent cache): seconds of each."""
     size = plan.second_call_size
-    content, style = images[size]
+    content, style, _ = images[size]
     env = {k: v for k, v in os.environ.items() if k != "NST_JAX_CACHE"}
     _log(f"second stylize() call: {size} px, {plan.second_call_steps} steps")
     completed = subprocess.run([sys.executable, "-c", SECOND_CALL_SCRIPT, str(content), str(style), str(npz),
@@ -406,6 +416,19 @@ def markdown(results):
             f"{_fmt(warm_t['nst_jax'])} / {_fmt(warm_t['pytorch'])} | "
             f"{_fmt(r['nst_jax_warm']['first_step_at_s'])} | "
             f"{r['nst_jax_warm']['peak_rss_mb']:.0f} / {r['pytorch_2']['peak_rss_mb']:.0f} |")
+    lines.append("\nA new photo after the warm run (another aspect ratio, same size and style: "
+                 f"{NEW_PHOTO}), against PyTorch's run of it; programs compiled afresh (not loaded from the cache):\n")
+    lines.append("| size | optimizer | nst-jax new photo s | PyTorch s | ÷ PyTorch | ÷ nst-jax warm | compiled afresh | compile s |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for c in results["comparisons"]:
+        r, n = c["runs"], c.get("new_photo")
+        if n is None:
+            continue
+        ours = r["nst_jax_new_photo"]
+        fresh = len(ours["compiled_programs"]) - ours.get("compile_cache_hits", 0)
+        lines.append(f"| {c['size']} | {c['optimizer']} | {ours['wall_s']:.1f} | {r['pytorch_new_photo']['wall_s']:.1f} | "
+                     f"{n['wall_ratio']:.2f} | {n['over_warm']:.2f} | {fresh} of {len(ours['compiled_programs'])} | "
+                     f"{ours['breakdown']['compile']:.2f} |")
     for c in results["comparisons"]:
         for dtype, d in c.get("dtypes", {}).items():
             r = c["runs"][f"nst_jax_warm_{dtype}"]

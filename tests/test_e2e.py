@@ -137,7 +137,7 @@ def test_a_run_cut_during_an_extra_dtype_keeps_the_comparisons_done(tmp_path, mo
     run (here: it raises) leaves e2e.json and the named markdown file with the comparison; the
     repo's BENCHMARKS.md is only rewritten by a finished run. The processes are faked: each
     returns a --report whose one visit is its last step, so e2e's own code builds the comparison."""
-    images = {64: e2e.resized_pair(IMAGES, 64, tmp_path)}
+    images = {64: e2e.resized_pair(IMAGES, 64, tmp_path) + e2e.resized_pair(IMAGES, 64, tmp_path, (e2e.NEW_PHOTO,))}
 
     def fake_run_process(command, env, report_path):
         flag = "--num-steps" if "--num-steps" in command else "--num-iterations"
@@ -187,7 +187,9 @@ def test_the_device_check_runs_dry_on_the_cpu(tmp_path):
     (comparison,) = results["comparisons"]
     assert comparison["size"] == 64 and "bfloat16" in comparison["dtypes"]
     assert set(comparison["runs"]) == {"nst_jax_cold", "pytorch_1", "nst_jax_warm", "pytorch_2",
-                                       "nst_jax_warm_bfloat16"}
+                                       "nst_jax_new_photo", "pytorch_new_photo", "nst_jax_warm_bfloat16"}
+    assert comparison["new_photo"]["over_warm"] > 0 and "A new photo after the warm run" in (
+        files / "e2e-device-64.md").read_text()
     assert "| 64 | lbfgs | 20 |" in (files / "e2e-device-64.md").read_text()
     # Sizes after the first run without the extra dtype (an empty array under `set -u`).
     (later,) = json.loads((files / "e2e-48" / "e2e.json").read_text())["comparisons"]

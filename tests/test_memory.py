@@ -151,8 +151,9 @@ def test_near_the_limit_xlas_own_analysis_decides(monkeypatch):
     from nst_jax.engine.memory import measured_run
     from nst_jax.engine.plan import ANALYTIC_MARGIN, check_fits, plan_run
     from nst_jax.errors import UserInputError
-    settings = preset("neural-style").replace(optimizer="adam", image_size=64, **CHEAP)
     inputs = shapes((48, 64))
+    # As the plan resolves it ("auto" choices: shape buckets, here on for a run this short).
+    settings = plan_run(preset("neural-style").replace(optimizer="adam", image_size=64, **CHEAP), inputs).settings
     analytic, measured = estimate_run(settings, inputs).total, measured_run(settings, inputs).total
     assert measured < analytic <= ANALYTIC_MARGIN * measured
     # Between XLA's figure and the analytic count: the analytic one alone would refuse the run.

@@ -245,7 +245,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
         return real_run_loop(chunk_fn, pixels, *args, **kwargs)
     engine.run_loop = recording_run_loop
     report = {"devices": jax.device_count(), "runs": {}}
-    base = preset("neural-style").replace(num_steps=6, init="noise", init_noise_std=0.1,
+    base = preset("neural-style").replace(num_steps=6, init="noise", init_noise_std=0.1, shape_buckets="off",
         learning_rate=8.0, content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
     # 32 px: 24 rows, 6 per device; 44 px: 33 rows, which 4 does not divide (below 32 px a run
     # is made at 32 and resized).
@@ -257,7 +257,9 @@ SHARDED_SCRIPT = textwrap.dedent("""
     for name, optimizer, size, extra in [("adam", "adam", 32, {}), ("lbfgs", "lbfgs", 32, lbfgs),
                                          ("uneven", "lbfgs", 44, lbfgs),
                                          ("scales", "adam", 48, {"scales": 2, "remat": "blocks"}),
-                                         ("tiles", "adam", 44, {"remat": "tiles"})]:
+                                         ("tiles", "adam", 44, {"remat": "tiles"}),
+                                         # 33 rows in a 36-row bucket, split 9 per device, tiles too
+                                         ("buckets", "lbfgs", 44, {**lbfgs, "shape_buckets": "on", "remat": "tiles"})]:
         settings = base.replace(optimizer=optimizer, image_size=size, **extra)
         one = stylize(content, [style], settings, Model(params, "caffe"))
         four = stylize(content, [style], settings, Model(params, "caffe"), RunOptions(mesh=image_mesh(4)))
@@ -337,11 +339,12 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
     assert max(report["separate"].values()) < 1e-5, report["separate"]
     one_device, split = report["style_pass_temp"]
     assert split < 0.5 * one_device, report["style_pass_temp"]
-    assert report["runs"]["uneven"]["shape"] == [33, 44, 3]
+    assert report["runs"]["uneven"]["shape"] == report["runs"]["buckets"]["shape"] == [33, 44, 3]
     # One device, then the image split over four; the uneven height keeps the arguments whole on
-    # each device (jit's arguments must divide evenly) and splits only inside the loss.
+    # each device (jit's arguments must divide evenly) and splits only inside the loss. Padded
+    # to its 36-row bucket, the same image splits evenly.
     assert report["spread"] == [[1, 24], [4, 6], [1, 24], [4, 6], [1, 33], [4, 33],
-                                [1, 26], [1, 36], [4, 26], [4, 9], [1, 33], [4, 33]], report["spread"]
+                                [1, 26], [1, 36], [4, 26], [4, 9], [1, 33], [4, 33], [1, 36], [4, 9]], report["spread"]
     one, two, four = report["per_device"]
     assert four < two < one and four < 0.5 * one, report["per_device"]
     assert report["advice"] and re.search(r"--devices [234] --shard image", report["advice"]), report["advice"]

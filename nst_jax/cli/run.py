@@ -12,11 +12,12 @@ import re
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
-from nst_jax.cache import enable_compile_cache
+from nst_jax.cache import COMPILE_CACHE_SUBDIR, cache_dir, enable_compile_cache
 from nst_jax.cli.files import BatchRequest, CheckpointRequest, request_layout, request_members, stylize_files
 from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, keep_negative_values, number, same_path
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.cli.memory_report import memory_report
+from nst_jax.cli.precompile import COMMON_ASPECTS, aspect_list, precompile
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, GROUP_TITLES, HELP, INT32_MAX, RANGES,
                                      Range, Settings, flag)
@@ -30,6 +31,7 @@ from nst_jax.errors import UserInputError, reason
 from nst_jax.imaging import images
 from nst_jax.model.preprocess import PREPROCESSINGS
 from nst_jax.weights.fetch import load_weights
+from nst_jax.weights.params_file import Model
 
 USAGE = "python -m nst_jax.run CONTENT STYLE [STYLE ...] [-o OUT] [--preset NAME] [flags]"
 # Ranges of the flags that are not Settings fields (theirs are in settings.RANGES).
@@ -58,6 +60,7 @@ class Command:
     hidden: Tuple[str, ...] = ()  # flags (by dest) parsed, so that the command can refuse them, but not shown
     field_help: Tuple[Tuple[str, str], ...] = ()  # settings.HELP entries this command words otherwise
     choices: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # CHOICES this command narrows
+    precompiles: bool = True  # offers --precompile
 
 
 def build_parser(command: Command = Command()) -> OneLineParser:
@@ -65,8 +68,9 @@ def build_parser(command: Command = Command()) -> OneLineParser:
         prog=command.prog, usage=command.usage, description=command.description,
         epilog="Settings flags default to the chosen preset's values; the values in brackets are the "
                f"default preset's ({DEFAULT_PRESET}).")
-    parser.add_argument("content", metavar=command.content[0], help=command.content[1])
-    parser.add_argument("styles", nargs="+", metavar="style", help="style image(s) (painting)")
+    # Optional to argparse so that --precompile needs no pictures; parse_and_validate asks for them.
+    parser.add_argument("content", nargs="?", metavar=command.content[0], help=command.content[1])
+    parser.add_argument("styles", nargs="*", metavar="style", help="style image(s) (painting)")
     parser.add_argument("-o", "--output", default=command.output[0], help=command.output[1])
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                         help=f"named settings reproducing a reference system (see README); default: {DEFAULT_PRESET}")
@@ -88,6 +92,13 @@ def build_parser(command: Command = Command()) -> OneLineParser:
                         help="print how much memory the run needs per device (counted from the "
                              "shapes, nothing compiled) against what is available, with a table of "
                              "remat, storage and L-BFGS memory choices, and exit without running")
+    if command.precompiles:
+        parser.add_argument("--precompile", nargs="?", const=COMMON_ASPECTS, type=aspect_list, metavar="W:H,...",
+                            help="compile this run's programs for the shape buckets of these aspect ratios "
+                                 "(default: 1:1,5:4,4:3,3:2,16:9,2:1), landscape and upright, at --image-size "
+                                 "into the cache folder and exit: later runs of such photos with the same "
+                                 "flags start without compiling (no CONTENT or STYLE needed; STYLEs given "
+                                 "set how many styles to expect)")
     long_runs = parser.add_argument_group("long runs (stop, resume)")
     long_runs.add_argument("--checkpoint-every", metavar="N|TIME",
                            help="keep the run's whole state (pixels, optimizer, step, scale) in OUT.checkpoint "
@@ -139,6 +150,15 @@ def build_parser(command: Command = Command()) -> OneLineParser:
     return parser
 
 
+def require_pictures(parser: OneLineParser, args: argparse.Namespace) -> None:
+    """The content and style positionals, which the parser leaves optional (--precompile needs
+    none): argparse's own one-line error when one is missing."""
+    metavars = {action.dest: action.metavar for action in parser._actions}
+    missing = [metavars[dest] for dest in ("content", "styles") if not getattr(args, dest)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The preset's Settings with every given flag on top."""
     base = preset(args.preset)
@@ -165,6 +185,8 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     args = parser.parse_args(keep_negative_values(parser, argv))
+    if not args.precompile:
+        require_pictures(parser, args)
     for name, allowed in CLI_RANGES.items():
         if getattr(args, name) is not None:
             allowed.check(flag(name), getattr(args, name))
@@ -188,12 +210,13 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     if args.weights is not None and not str(args.weights).strip():
         raise UserInputError("--weights: an empty path (leave the flag out for the default weights)")
     settings = settings_from_args(args)
-    _refuse_outputs_over_inputs(args, settings)
+    if not args.precompile:
+        _refuse_outputs_over_inputs(args, settings)
     if args.batch and args.style_blend_weights is not None:
         raise UserInputError("--style-blend-weights: does not apply with --batch (each style image is an "
                              "output of its own)")
     # The engine makes the same check (stylize_batch); here it fails before any file is read.
-    settings.image.check_style_count(len(args.styles))
+    settings.image.check_style_count(len(args.styles) or 1)
     sweeps = {}
     for name, kind in SWEEPS.items():
         values, sweep = getattr(args, "sweep_" + name), "sweep-" + flag(name)
@@ -279,6 +302,24 @@ def _check_report_path(path):
         raise UserInputError(f"--report {path}: cannot write a file there")
 
 
+def _precompile(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) -> None:
+    """--precompile: the run's programs for every common bucket, into the cache folder."""
+    if args.no_compile_cache:
+        raise UserInputError("--precompile: fills the compile cache, which --no-compile-cache turns off")
+    styles = args.styles or ["style"]
+    batch = batch_request(args, sweeps)
+    members = request_members(settings, styles, batch)
+
+    def load_model():
+        params, metadata = load_weights(args.weights, args.preprocessing)
+        return Model(params, metadata.preprocessing)
+
+    buckets, programs, seconds = precompile(settings, load_model, members, request_layout(batch, len(members)),
+                                            len(styles), args.precompile, sys.stderr)
+    print(f"precompiled {buckets} buckets at {settings.image.image_size} px: {programs} programs in "
+          f"{seconds:.1f} s, kept in {cache_dir() / COMPILE_CACHE_SUBDIR}")
+
+
 def main(argv: Optional[Sequence[Any]] = None) -> int:
     timings = RunTimings()
     return exit_status(lambda: _run(argv, timings), "interrupted before the first step; nothing written")
@@ -293,6 +334,9 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional[Stylize
         enable_compile_cache()
     if args.estimate_memory:
         print(memory_report(header_plan(args, settings, sweeps)))
+        return None
+    if args.precompile:
+        _precompile(args, settings, sweeps)
         return None
     # Settings: init "image" comes with an init_image.
     warning = (stretch_warning(args.content, cast(str, settings.image.init_image))

@@ -20,7 +20,7 @@ from nst_jax.cli import run
 from nst_jax.cli.files import refuse_undersized, run_description
 from nst_jax.cli.flags import add_field_flag, keep_negative_values, same_path
 from nst_jax.cli.interrupt import ctrl_c_at_visits, exit_status
-from nst_jax.cli.run import Command, build_parser as build_image_parser
+from nst_jax.cli.run import Command, build_parser as build_image_parser, require_pictures
 from nst_jax.config.settings import INITS, Settings, flag
 from nst_jax.engine.optimize import StopRun
 from nst_jax.engine.plan import check_fits, plan_run
@@ -64,7 +64,8 @@ VIDEO_COMMAND = Command(
     hidden=REFUSED_FLAGS + REFUSED_SETTINGS,
     # A start image file is an image's, not a clip's.
     field_help=(("init", "start image: the content, noise around the mean color, or flat gray"),),
-    choices=(("init", tuple(choice for choice in INITS if choice != "image")),))
+    choices=(("init", tuple(choice for choice in INITS if choice != "image")),),
+    precompiles=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,7 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     argv = keep_negative_values(parser, argv)
     args = parser.parse_args(argv)  # unknown flags and bad values of any flag, with "did you mean"
+    require_pictures(parser, args)
     for name in REFUSED_FLAGS:
         if getattr(args, name) not in (None, False):
             raise UserInputError(f"--{name.replace('_', '-')}: not available for videos")

@@ -37,6 +37,9 @@ ORIGINAL_COLORS = ("none", "luminance", "recombine")  # engine.stages.prepare_im
 # from the images' shapes and the free memory; Objective and OptimizerSpec refuse it unresolved.
 AUTO = "auto"
 REMAT_CHOICES = REMATS + (AUTO,)
+# --shape-buckets: pad to a bucket shared by close working sizes (engine/buckets.py); auto: where
+# the compile it saves outweighs the padding (on accelerators; on a CPU for few steps).
+SHAPE_BUCKETS = ("on", "off", AUTO)
 
 # Each field's options, declared once: those of the loss and the network beside the code that
 # implements them (loss/, model/), the engine's above.
@@ -44,6 +47,7 @@ CHOICES = {
     "pooling": POOLINGS,
     "compute_dtype": COMPUTE_DTYPES,
     "remat": REMAT_CHOICES,
+    "shape_buckets": SHAPE_BUCKETS,
     "storage_dtype": STORAGE_DTYPES,
     "content_loss": CONTENT_LOSSES,
     "gram_normalization": GRAM_NORMALIZATIONS,
@@ -156,6 +160,10 @@ HELP = {
              "VGG block (about 0.65× the loop's temporaries, 1.45-1.55× the step time); tiles computes "
              "blocks 1-2 in column tiles and recomputes them (about 0.3×, 1.2-1.25×); auto: none when "
              "the run fits, else tiles (blocks with --normalize-gradients)",
+    "shape_buckets": "pad each image to a bucket of close working sizes that share one compiled program "
+                     "(the short side rounded up to 1/8 of the long side, at most 1/8 more pixels; "
+                     "the result equals the unpadded run's): a new photo compiles nothing; auto: on "
+                     "accelerators, and on a CPU where the compile saved outweighs the padding",
     "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",
     "content_weight": "α, weight of the content loss",
     "style_weight": "β, weight of the style loss",
@@ -320,6 +328,9 @@ class NetworkSettings:
     # recomputed in column tiles, the rest keeping ReLU bits (least memory: tiles.features_in_tiles);
     # "auto": none when the run fits, else tiles (blocks where tiles cannot go: engine.plan).
     remat: str = "none"
+    # "on": images padded to their bucket (engine/buckets.py), one program per bucket; "auto":
+    # the run's plan decides (engine/buckets.buckets_pay).
+    shape_buckets: str = AUTO
 
     def __post_init__(self):
         _check_choices(self)

@@ -20,6 +20,7 @@ from jax.stages import Wrapped
 from nst_jax.engine.devices import row_shardings, splits_rows
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, state_program
 from nst_jax.loss.objective import LossWeights, Objective, Targets, TemporalTarget
+from nst_jax.model.extent import Extent
 from nst_jax.weights.params_file import Params
 
 
@@ -87,8 +88,11 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 def build_chunk_inputs(objective: Objective, spec: OptimizerSpec, params: Params, content: Dict[str, Any],
                        members: Sequence[MemberInputs], mesh: Optional[Mesh] = None,
-                       batched: Optional[bool] = None) -> ChunkInputs:
+                       batched: Optional[bool] = None, extent: Optional[Extent] = None) -> ChunkInputs:
     """The chunk's inputs for `members` sharing `params` and the `content` targets.
+
+    `extent`: the true image inside the members' padded start images and content targets (shape
+    buckets; shared by the members), None where they are the image's own shape.
 
     `batched` (default: several members, or a member-split mesh) chooses the vmapped chunk; a
     member-split mesh gets copies of the last member until its size divides the count. `mesh`:
@@ -120,7 +124,7 @@ def build_chunk_inputs(objective: Objective, spec: OptimizerSpec, params: Params
         style, pixels, weights, temporal = jax.device_put((style, pixels, weights, temporal))
         opt_state = state_program(spec, batched)(pixels)
     inputs = ChunkInputs(objective, spec, batched, len(members), pixels, opt_state, params,
-                         Targets(content, style, temporal), weights)
+                         Targets(content, style, temporal, extent), weights)
     return place(inputs, mesh, image_shape)
 
 
@@ -143,7 +147,8 @@ def place(inputs: ChunkInputs, mesh: Optional[Mesh], image_shape: Tuple[int, ...
         objective = dataclasses.replace(objective, rows=mesh)
     else:
         members = NamedSharding(mesh, PartitionSpec("batch"))
-        shardings = (members, members, replicated, Targets(replicated, members), members)
+        extent = None if inputs.targets.extent is None else replicated
+        shardings = (members, members, replicated, Targets(replicated, members, None, extent), members)
     pixels, opt_state, params, targets, weights = jax.tree_util.tree_map(
         lambda sharding, subtree: _put(subtree, sharding), shardings, args,
         is_leaf=lambda node: isinstance(node, NamedSharding))

@@ -25,6 +25,8 @@ from nst_jax.model.layers import (BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical
 from nst_jax.loss.objective import LossWeights, Objective, content_targets
 from nst_jax.engine.chunk_inputs import ChunkInputs, MemberInputs, build_chunk_inputs
 from nst_jax.engine.devices import Layout, image_mesh
+from nst_jax.engine.buckets import loop_shape
+from nst_jax.model.extent import Extent
 from nst_jax.engine.stages import SEPARATE_PASSES_FROM, InputShapes, style_side
 from nst_jax.engine.optimize import OptimizerSpec
 from nst_jax.model.ops import ADJOINT
@@ -65,13 +67,16 @@ def abstract_chunk_inputs(settings: Settings, height: int, width: int, preproces
                       ADJOINT: jax.ShapeDtypeStruct(adjoint_shape(conv_shape(layer)), jnp.float32)}
               for layer in used}
     pixels = jax.ShapeDtypeStruct((height, width, channels), jnp.float32)
-    content = jax.eval_shape(lambda p, x: content_targets(objective, p, x), params, pixels)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    extent = Extent(scalar, scalar) if settings.network.shape_buckets == "on" else None  # padded to a bucket
+    content = jax.eval_shape(lambda p, x, e: content_targets(objective, p, x, e), params, pixels, extent)
     grams = {layer: jax.ShapeDtypeStruct((BLOCK_CHANNELS[layer_block(layer)],) * 2, jnp.float32)
              for layer in objective.style_layers}
     weight = jax.ShapeDtypeStruct((), jnp.float32)
     member = MemberInputs(pixels, grams, LossWeights(weight, weight, weight))
     return build_chunk_inputs(objective, OptimizerSpec.from_settings(settings), params, content,
-                              [member] * batch_size, rows, batched=batch_size > 1 if batched is None else batched)
+                              [member] * batch_size, rows, batched=batch_size > 1 if batched is None else batched,
+                              extent=extent)
 
 
 def compiled_chunk(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
@@ -223,7 +228,7 @@ def estimate_run(settings: Settings, inputs: InputShapes, layout: Layout = Layou
     deepest = deepest_conv(objective.layers)
     used = CONV_LAYERS[: CONV_LAYERS.index(deepest) + 1]
     params = sum(2 * math.prod(conv_shape(layer)) + conv_shape(layer)[-1] for layer in used) * FLOAT_BYTES
-    height, width = inputs.working_shape(settings.image.image_size)
+    height, width = loop_shape(settings, inputs.working_shape(settings.image.image_size))
     channels = 1 if settings.image.original_colors == "luminance" else 3
     rows, devices, per_device = layout.splits_rows, layout.devices, layout.per_device
     # Split by rows, a device holds its share of every row-split array (heights the device count
@@ -250,7 +255,8 @@ def estimate_run(settings: Settings, inputs: InputShapes, layout: Layout = Layou
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
     loop = per_device * loop_floats * FLOAT_BYTES
-    styles = [_pass_floats(*images.long_side_shape(*shape, style_side(settings)), objective) for shape in inputs.styles]
+    styles = [_pass_floats(*loop_shape(settings, images.long_side_shape(*shape, style_side(settings))), objective)
+              for shape in inputs.styles]
     if height * width < SEPARATE_PASSES_FROM:  # one program: XLA overlaps the passes
         targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
     else:  # a program per image, each split by rows like the loop
@@ -310,7 +316,7 @@ def measured_run(settings: Settings, inputs: InputShapes, layout: Layout = Layou
     """`estimate_run` with the loop's figure from XLA's analysis of the compiled chunk (its
     arguments, temporaries and unaliased outputs, per device), the targets' pass still counted."""
     analytic = estimate_run(settings, inputs, layout)
-    height, width = inputs.working_shape(settings.image.image_size)
+    height, width = loop_shape(settings, inputs.working_shape(settings.image.image_size))
     rows = image_mesh(layout.devices) if layout.splits_rows else None
     loop = estimate_memory(settings, height, width, batch_size=layout.per_device, batched=layout.batched,
                            rows=rows).total

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Tuple
 import jax
 
 from nst_jax.config.settings import AUTO, Settings
+from nst_jax.engine.buckets import buckets_pay
 from nst_jax.engine.devices import Layout
 from nst_jax.engine.memory import RunEstimate, available_bytes, estimate_run, gib, measured_run
 from nst_jax.engine.stages import InputShapes, scale_sizes
@@ -58,13 +59,14 @@ def plan_run(settings: Settings, inputs: InputShapes, layout: Layout = Layout(),
     """The plan of running `settings` on images of these shapes with this layout.
 
     `available`: the bytes the run may use per device, default what `device` (default: the first)
-    has free (memory.available_bytes). "auto" choices are resolved against it: remat "none" when
+    has free (memory.available_bytes). "auto" choices are resolved: shape buckets where they pay on
+    `device`'s platform (buckets.buckets_pay); against the memory, remat "none" when
     the run fits without recomputation, else the remat that needs least memory; L-BFGS memory the
     largest up to MOST_LBFGS_MEMORY that fits (with the remat chosen, at its most).
     """
     if available is None:
         available = available_bytes(device)
-    settings = _resolve_auto(settings, inputs, layout, available)
+    settings = _resolve_auto(settings, inputs, layout, available, (device or jax.devices()[0]).platform)
     return RunPlan(settings, inputs, layout, estimate_run(settings, inputs, layout), available)
 
 
@@ -74,9 +76,15 @@ def least_memory_remat(settings: Settings) -> str:
     return "blocks" if settings.loss.normalize_gradients else "tiles"
 
 
-def _resolve_auto(settings, inputs, layout, available):
+def _resolve_auto(settings, inputs, layout, available, platform):
     def fits(changed):
         return available is None or estimate_run(changed, inputs, layout).total <= available
+
+    if settings.network.shape_buckets == AUTO:
+        shapes = [inputs.working_shape(size) for size in scale_sizes(settings)]
+        members = -(-layout.members // layout.devices) if layout.shard == "batch" else layout.members
+        pays = buckets_pay(platform, shapes, settings.optimizer.num_steps, members)
+        settings = settings.replace(shape_buckets="on" if pays else "off")
 
     memory_auto = settings.optimizer.lbfgs_memory == AUTO
     if memory_auto:

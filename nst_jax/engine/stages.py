@@ -15,9 +15,11 @@ import numpy.typing as npt
 from jax.sharding import Mesh
 
 from nst_jax.config.settings import Settings
+from nst_jax.engine.buckets import pad_to
 from nst_jax.engine.optimize import jit_with_loop_options
 from nst_jax.imaging import color, images
 from nst_jax.loss.objective import Objective, Targets, blend_grams, content_targets, style_grams
+from nst_jax.model.extent import Extent
 from nst_jax.model.layers import canonical_layer
 from nst_jax.model.preprocess import mean_rgb
 from nst_jax.model.vgg import layer_level
@@ -137,18 +139,26 @@ class _JitWithChunkOptions:
         return self._jitted.lower(*args, **kwargs)
 
 
+# The true sizes of a run's padded images (shape buckets): (the content's, (each style's, ...)),
+# or None where every image fills its array.
+Extents = Optional[Tuple[Extent, Tuple[Extent, ...]]]
+
+
 @_JitWithChunkOptions
 def targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
-            blend_weights: Optional[jax.Array] = None
+            blend_weights: Optional[jax.Array] = None, extents: Extents = None
             ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Optional[Dict[str, jax.Array]]]:
     """(content features, [Gram matrices of each style image], their blend or None).
 
     One compiled program per run, computed once before the loop; each style image at its own
-    size. `blend_weights` (one per style, summing to 1) gives the blended target too.
+    size. `blend_weights` (one per style, summing to 1) gives the blended target too. `extents`:
+    the images' true sizes when they are padded to their buckets (traced: one program serves
+    every photo and painting of the same buckets).
     """
-    grams = [style_grams(objective, params, pixels) for pixels in style_pixels]
+    content_extent, style_extents = extents or (None, (None,) * len(style_pixels))
+    grams = [style_grams(objective, params, pixels, extent) for pixels, extent in zip(style_pixels, style_extents)]
     blended = None if blend_weights is None else blend_grams(grams, blend_weights)
-    return content_targets(objective, params, content_pixels), grams, blended
+    return content_targets(objective, params, content_pixels, content_extent), grams, blended
 
 
 # From this many content pixels on, the content's and each style's passes run as programs of
@@ -160,31 +170,42 @@ SEPARATE_PASSES_FROM = 2048 * 2048
 
 
 @_JitWithChunkOptions
-def content_pass(objective: Objective, params: Params, pixels: jax.Array) -> Dict[str, jax.Array]:
+def content_pass(objective: Objective, params: Params, pixels: jax.Array,
+                 extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
     """The content targets of one image as a program of its own (print sizes; a video's frames)."""
-    return content_targets(objective, params, pixels)
+    return content_targets(objective, params, pixels, extent)
 
 
 @_JitWithChunkOptions
-def _style_pass(objective: Objective, params: Params, pixels: jax.Array) -> Dict[str, jax.Array]:
-    return style_grams(objective, params, pixels)
+def _style_pass(objective: Objective, params: Params, pixels: jax.Array,
+                extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
+    return style_grams(objective, params, pixels, extent)
 
 
 def run_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
-                blend_weights: jax.Array, rows: Optional[Mesh] = None, separate_from: int = SEPARATE_PASSES_FROM
+                blend_weights: jax.Array, rows: Optional[Mesh] = None, separate_from: int = SEPARATE_PASSES_FROM,
+                extents: Extents = None
                 ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Dict[str, jax.Array]]:
     """`targets` for a run: one program on one device, or from `separate_from` content pixels on
     (print sizes) one per image, each split over `rows` (the mesh the loop splits the image over)
-    if given."""
+    if given. With `extents` (images padded to their buckets, as `targets` takes them) one
+    program per image too: the content's bucket and each painting's compile apart, so a new
+    painting or a new photo whose bucket ran before compiles nothing."""
     height, width = content_pixels.shape[:2]
-    if height * width < separate_from:
+    if height * width < separate_from and extents is None:
         content, grams, blended = targets(objective, params, content_pixels, style_pixels, blend_weights)
         assert blended is not None  # blend_weights given
         return content, grams, blended
     split = dataclasses.replace(objective, rows=rows)
-    content = content_pass(split, params, content_pixels)
-    grams = [_style_pass(split, params, pixels) for pixels in style_pixels]
-    return content, grams, blend_grams(grams, blend_weights)
+    content_extent, style_extents = extents or (None, (None,) * len(style_pixels))
+    content = content_pass(split, params, content_pixels, content_extent)
+    grams = [_style_pass(split, params, pixels, extent) for pixels, extent in zip(style_pixels, style_extents)]
+    return content, grams, _blend(grams, blend_weights)
+
+
+# The blend as one program (per style count): outside jit each layer's products and sums would
+# compile programs of their own (two per layer; each a compile on a GPU).
+_blend = jax.jit(blend_grams)
 
 
 def compute_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Iterable[jax.Array],
@@ -198,37 +219,60 @@ def compute_targets(objective: Objective, params: Params, content_pixels: jax.Ar
 
 
 def initial_pixels(settings: Settings, preprocessing: str, content_pixels: np.ndarray,
-                   init_image: Optional[np.ndarray] = None, seed: Optional[int] = None) -> jax.Array:
-    """The image the optimization starts from, shaped like content_pixels.
+                   init_image: Optional[np.ndarray] = None, seed: Optional[int] = None,
+                   bucket: Optional[Tuple[int, int]] = None) -> jax.Array:
+    """The image the optimization starts from, shaped like content_pixels, or padded with zeros
+    to `bucket` (its (height, width), when images are padded to shape buckets).
 
     A given `init_image` (RGB; the init file, or the previous scale's result) is always used;
     otherwise settings.image.init says what to start from.
     """
     shape, pixel_range = content_pixels.shape, settings.loss.pixel_range
+    padded_to = shape[:2] if bucket is None else tuple(bucket)
     if init_image is None and settings.image.init == "image":
         raise ValueError("init='image' needs an init image")
     if init_image is not None:
         start: Union[np.ndarray, jax.Array] = images.resize_to(init_image, shape[0], shape[1])
         if shape[-1] == 1:
             start = color.luminance(start)[..., None]
-        return jax.device_put(np.asarray(start, np.float32) * np.float32(pixel_range))
+        return jax.device_put(pad_to(np.asarray(start, np.float32) * np.float32(pixel_range), padded_to))
     if settings.image.init == "content":
-        return jax.device_put(content_pixels)
+        return jax.device_put(pad_to(content_pixels, padded_to))
     if settings.image.init == "gray":
-        return jax.device_put(np.full(shape, 0.5 * pixel_range, np.float32))
+        return jax.device_put(pad_to(np.full(shape, 0.5 * pixel_range, np.float32), padded_to))
     # "noise": the training set's mean color (a zero VGG input) plus Gaussian noise.
     mean = mean_rgb(preprocessing)
     if shape[-1] == 1:
         mean = np.asarray(color.luminance(mean))[None]
-    return _noise_start(settings.image.seed if seed is None else seed, np.asarray(mean, np.float32),
-                        np.float32(settings.image.init_noise_std), np.float32(pixel_range), shape)
+    noise_args = (np.int32(settings.image.seed if seed is None else seed), np.asarray(mean, np.float32),
+                  np.float32(settings.image.init_noise_std), np.float32(pixel_range))
+    if bucket is None:
+        return _noise_start(*noise_args, shape)
+    return _noise_start_in_bucket(*noise_args, np.int32(shape[0]), np.int32(shape[1]), (*padded_to, shape[2]))
+
+
+def _start_from_noise(noise, mean, std, pixel_range):
+    return jnp.clip(mean + noise * std, 0.0, 1.0) * pixel_range
 
 
 @functools.partial(jax.jit, static_argnums=4)
 def _noise_start(seed, mean, std, pixel_range, shape):
     """(mean colour + Gaussian noise, clipped to [0, 1]) × pixel_range: one compiled program."""
-    noise = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32) * std
-    return jnp.clip(mean + noise, 0.0, 1.0) * pixel_range
+    return _start_from_noise(jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32), mean, std, pixel_range)
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _noise_start_in_bucket(seed, mean, std, pixel_range, height, width, bucket):
+    """`_noise_start` of a height × width image in the top left of zeros of shape `bucket`, its
+    size traced: one program per bucket. The noise inside is jax.random.normal(PRNGKey(seed),
+    (height, width, C))'s: JAX's partitionable Threefry draws element i of a flat array from
+    counter i, so the bucket's longer flat draw starts with the image's own (its transform
+    fused otherwise: within 1e-7 of the pixel range; tests/test_buckets.py)."""
+    flat = jax.random.normal(jax.random.PRNGKey(seed), (int(np.prod(bucket)),), jnp.float32)
+    rows, columns, channels = (jnp.arange(n, dtype=jnp.int32) for n in bucket)
+    inside = (rows[:, None, None] < height) & (columns[None, :, None] < width)
+    index = (rows[:, None, None] * width + columns[None, :, None]) * bucket[2] + channels[None, None, :]
+    return jnp.where(inside, _start_from_noise(flat[jnp.where(inside, index, 0)], mean, std, pixel_range), 0.0)
 
 
 def finish_image(pixels: npt.ArrayLike, content_rgb: np.ndarray, settings: Settings) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax.loss import terms as losses
+from nst_jax.model.extent import Extent
 from nst_jax.model.layers import LAYER_ORDER, canonical_layer
 from nst_jax.model.preprocess import preprocess
 from nst_jax.model.ops import SHIPPED, ConvImpl
@@ -117,13 +118,16 @@ class Targets:
     """What the loss compares the image with, computed once before the loop.
 
     content: {layer: features of the content image}; style: {layer: Gram matrix of the style
-    (or the blend of styles)}; temporal: video frames only.
+    (or the blend of styles)}; temporal: video frames only; extent: the true image inside the
+    padded one the loop optimizes (shape buckets), None where the image fills its array (the
+    exact-shape program: no masking compiled in).
     """
 
     # Typed Any, not Dict: vmap's in_axes are a Targets of axis numbers (optimize.BATCH_AXES).
     content: Any
     style: Any
     temporal: Optional[TemporalTarget] = None
+    extent: Any = None  # Optional[Extent]
 
 
 for _contract in (LossWeights, TemporalTarget, Targets):  # pytrees: they cross jit and vmap
@@ -162,17 +166,23 @@ def _network(objective):
 
 
 def vgg_features(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
-                 layers: Optional[Sequence[str]] = None) -> Dict[str, jax.Array]:
-    """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]."""
+                 layers: Optional[Sequence[str]] = None, extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
+    """VGG activations of an (H, W, 1 or 3) image of pixels in [0, pixel_range]; `extent`: the
+    true image inside padded pixels (activations zero outside it)."""
     image, layers = _network_input(objective, pixels), layers or objective.layers
     if objective.remat == "tiles":  # whole activations: for passes without a backward
-        return features_in_tiles(params, image, layers, _network(objective), kept=layers)[0]
-    return features(params, image, layers, pooling=objective.pooling,
-                    dtype=_dtype(objective), remat=objective.remat == "blocks", conv=objective.conv)
+        return features_in_tiles(params, image, layers, _network(objective), kept=layers, extent=extent)[0]
+    return features(params, image, layers, pooling=objective.pooling, dtype=_dtype(objective),
+                    remat=objective.remat == "blocks", conv=objective.conv, extent=extent)
+
+
+def _layer_size(pixels: jax.Array, layer: str, extent: Optional[Extent]) -> Tuple[Any, Any]:
+    """(H, W) of `layer` for these pixels: static, or the true size's traced one when padded."""
+    return layer_size(pixels.shape[0], pixels.shape[1], layer) if extent is None else extent.at(layer)
 
 
 def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
-                            content: Optional[Dict[str, jax.Array]] = None
+                            content: Optional[Dict[str, jax.Array]] = None, extent: Optional[Extent] = None
                             ) -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]:
     """({style layer: normalized Gram matrix}, {content layer: content loss}) of an image, the
     first two blocks computed in column tiles (remat "tiles": vgg.features_in_tiles).
@@ -183,9 +193,8 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
     if objective.normalize_gradients:
         raise ValueError("remat 'tiles' cannot normalize gradients: the norm spans the whole image")
     image = _network_input(objective, pixels)
-    height, width = image.shape[1:3]
     layers = objective.layers if content is not None else objective.style_layers
-    grid = TileGrid.for_layers(layers, width, objective.pooling)
+    grid = TileGrid.for_layers(layers, image.shape[2], objective.pooling)
     front = front_layers(layers, objective.pooling)
     # Each front content target padded with zero columns to the tiles' width: a tile's share of
     # Σ(F−P)² is then one slice, and columns past the image (F = P = 0 there) add nothing.
@@ -202,31 +211,43 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
         return grams, distances
 
     activations, (products, distances) = features_in_tiles(params, image, layers, _network(objective),
-                                                           reduce_tile=reduce_tile, grid=grid)
-    grams = {layer: losses.normalized_gram(products[layer], *layer_size(height, width, layer),
-                                           objective.gram_normalization)
-             if layer in products else losses.gram(activations[layer], objective.gram_normalization)
-             for layer in objective.style_layers}
-    content_losses = {layer: losses.content_loss_of_sum(distances[layer], target.size, objective.content_loss)
-                      if layer in distances else losses.content_loss(activations[layer], target, objective.content_loss)
-                      for layer, target in (content or {}).items()}
-    return grams, content_losses
+                                                           reduce_tile=reduce_tile, grid=grid, extent=extent)
+
+    def gram(layer):
+        product = products[layer] if layer in products else losses.gram_product(activations[layer])
+        return losses.normalized_gram(product, *_layer_size(pixels, layer, extent), objective.gram_normalization)
+
+    def content_loss(layer, target):
+        if layer not in distances:
+            return losses.content_loss(activations[layer], target, objective.content_loss,
+                                       None if extent is None else extent.at(layer))
+        size = target.size if extent is None else losses.size_product(*extent.at(layer), target.shape[-1])
+        return losses.content_loss_of_sum(distances[layer], size, objective.content_loss)
+
+    return ({layer: gram(layer) for layer in objective.style_layers},
+            {layer: content_loss(layer, target) for layer, target in (content or {}).items()})
 
 
-def content_targets(objective: Objective, params: Dict[str, Any],
-                    content_pixels: jax.Array) -> Dict[str, jax.Array]:
-    """{layer: features} of the content image at the content layers (float32)."""
-    activations = vgg_features(objective, params, content_pixels, objective.content_layers)
+def content_targets(objective: Objective, params: Dict[str, Any], content_pixels: jax.Array,
+                    extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
+    """{layer: features} of the content image at the content layers (float32; zero outside
+    `extent`, the true image inside padded pixels)."""
+    activations = vgg_features(objective, params, content_pixels, objective.content_layers, extent)
     return {layer: activations[layer].astype(jnp.float32) for layer in objective.content_layers}
 
 
-def style_grams(objective: Objective, params: Dict[str, Any],
-                style_pixels: jax.Array) -> Dict[str, jax.Array]:
-    """{layer: Gram matrix} of one style image at the style layers."""
+def style_grams(objective: Objective, params: Dict[str, Any], style_pixels: jax.Array,
+                extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
+    """{layer: Gram matrix} of one style image at the style layers (`extent`: the true image
+    inside padded pixels; the Grams are the unpadded image's)."""
     if objective.remat == "tiles":
-        return _tiled_layer_statistics(objective, params, style_pixels)[0]
-    activations = vgg_features(objective, params, style_pixels, objective.style_layers)
-    return {layer: losses.gram(activations[layer], objective.gram_normalization)
+        return _tiled_layer_statistics(objective, params, style_pixels, extent=extent)[0]
+    activations = vgg_features(objective, params, style_pixels, objective.style_layers, extent)
+    if extent is None:
+        return {layer: losses.gram(activations[layer], objective.gram_normalization)
+                for layer in objective.style_layers}
+    return {layer: losses.normalized_gram(losses.gram_product(activations[layer]), *extent.at(layer),
+                                          objective.gram_normalization)
             for layer in objective.style_layers}
 
 
@@ -275,16 +296,20 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
     With targets.temporal (video frames) and weights.temporal, the total also holds the
     temporal loss (`temporal_loss`).
     """
-    image_positions = pixels.shape[0] * pixels.shape[1]
+    extent: Optional[Extent] = targets.extent
+    image_positions = pixels.shape[0] * pixels.shape[1] if extent is None else extent.height * extent.width
+    true_size = None if extent is None else (extent.height, extent.width)
     if objective.remat == "tiles":
-        grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content)
+        grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content, extent)
         content_terms = [content_losses[layer] for layer in objective.content_layers]
-        style_terms = [losses.gram_distance(grams[layer], targets.style[layer],
-                                            layer_size(pixels.shape[0], pixels.shape[1], layer), objective.style_loss,
-                                            image_positions)
+        style_terms = [losses.gram_distance(grams[layer], targets.style[layer], _layer_size(pixels, layer, extent),
+                                            objective.style_loss, image_positions)
                        for layer in objective.style_layers]
     else:
-        activations = vgg_features(objective, params, pixels)
+        activations = vgg_features(objective, params, pixels, extent=extent)
+
+        def true_layer_size(layer):
+            return None if extent is None else extent.at(layer)
 
         def layer_input(layer, strength):
             if not objective.normalize_gradients:
@@ -292,34 +317,37 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
             return l1_normalized_gradient(activations[layer], jnp.float32(strength))
 
         content_terms = [losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
-                                             objective.content_loss)
+                                             objective.content_loss, true_layer_size(layer))
                          for layer, w in zip(objective.content_layers, objective.content_layer_weights)]
         style_terms = [losses.style_layer_loss(
             layer_input(layer, w * weights.style), targets.style[layer],
             gram_normalization=objective.gram_normalization, style_loss=objective.style_loss,
-            image_positions=image_positions)
+            image_positions=image_positions, layer_size=true_layer_size(layer))
             for layer, w in zip(objective.style_layers, objective.style_layer_weights)]
     content = losses.weighted_sum(content_terms, objective.content_layer_weights)
     style = losses.weighted_sum(style_terms, objective.style_layer_weights)
-    tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta)
+    tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta, true_size)
     terms = {"content": weights.content * content, "style": weights.style * style, "tv": weights.tv * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
     if targets.temporal is not None:  # video frames only: the single-image program stays as it was
         # Added to the total alone: the optimization loop's terms have a fixed structure.
         terms["total"] = terms["total"] + weights.temporal * temporal_loss(
-            pixels, targets.temporal.previous, targets.temporal.mask)
+            pixels, targets.temporal.previous, targets.temporal.mask, true_size)
     return terms
 
 
-def temporal_loss(pixels: jax.Array, previous: jax.Array, mask: jax.Array) -> jax.Array:
+def temporal_loss(pixels: jax.Array, previous: jax.Array, mask: jax.Array,
+                  size: Optional[Tuple[Any, Any]] = None) -> jax.Array:
     """Ruder et al. 2016's temporal loss: (1/D) Σ c·(x − ω(x_prev))², D = H·W·C.
 
     previous: the previous frame's result warped onto this one, like pixels; mask: (H, W) c,
     0 at disocclusions and motion boundaries, 1 elsewhere. In pixel units (0..pixel_range).
     The long-term loss stacks K earlier frames: previous (K, H, W, C), mask (K, H, W), summed.
+    `size`: the true (H, W) of padded pixels, whose mask is 0 past it (D counts the true pixels).
     """
     difference = jnp.asarray(pixels, jnp.float32) - previous
-    return jnp.sum(mask[..., None] * jnp.square(difference)) / pixels.size
+    total = jnp.sum(mask[..., None] * jnp.square(difference))
+    return total / pixels.size if size is None else total / losses.size_product(*size, pixels.shape[-1])
 
 
 def total_loss(objective: Objective, params: Dict[str, Any], pixels: jax.Array, targets: Targets,

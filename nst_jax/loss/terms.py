@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 # The options of each term, in the order --help lists them (nst_jax.config.settings.CHOICES reads
@@ -82,13 +83,26 @@ def _symmetric_product_jvp(primals, tangents):
     return _product(matrix.T, matrix), half + half.T
 
 
-def normalized_gram(product: jax.Array, height: int, width: int, gram_normalization: str) -> jax.Array:
-    """A `gram_product` of an (H, W, C) layer divided as `gram_normalization` says."""
+def size_product(*factors: Any) -> Any:
+    """The product of sizes as a float: Python's for ints, float32 for traced sizes (a padded
+    image's true size). Either way the exact product rounded once: at print sizes C·H·W passes
+    int32 (64 × 8192² = 2³²), which JAX refuses as an int."""
+    if all(isinstance(factor, int) for factor in factors):
+        return float(np.prod(factors, dtype=object))
+    total = jnp.float32(1)
+    for factor in factors:  # C, then H, then W: each partial product exact below 2²⁴
+        total = total * jnp.asarray(factor, jnp.float32)
+    return total
+
+
+def normalized_gram(product: jax.Array, height: Any, width: Any, gram_normalization: str) -> jax.Array:
+    """A `gram_product` of an (H, W, C) layer divided as `gram_normalization` says (H and W ints, or
+    traced: the true size of a padded layer)."""
     _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
+    if gram_normalization == "raw":
+        return product
     channels = product.shape[-1]
-    divisor = {"raw": 1, "hw": height * width, "chw": channels * height * width}[gram_normalization]
-    # A float: at print sizes C·H·W passes int32 (64 × 8192² = 2³²), which JAX refuses as an int.
-    return product / float(divisor) if divisor != 1 else product
+    return product / (size_product(height, width) if gram_normalization == "hw" else size_product(channels, height, width))
 
 
 def _gram_of_image(image, gram_normalization):
@@ -111,13 +125,16 @@ def gram(features: ArrayLike, gram_normalization: str = "raw") -> jax.Array:
     return _gram_of_image(_single_image(features, "features"), gram_normalization)
 
 
-def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "half_sum") -> jax.Array:
+def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "half_sum",
+                 layer_size: Optional[Sequence[Any]] = None) -> jax.Array:
     """Distance between an image's features and the content target at one layer.
 
     Args:
       features, target: (1, H, W, C) or (H, W, C), the same (H, W, C).
       content_loss: "sum" Σ(F−P)² (thesis, Sandahl, Keras example), "mean" mean (F−P)² (MSE:
         neural-style, TF and PyTorch tutorials) or "half_sum" ½·Σ(F−P)² (Gatys et al.).
+      layer_size: the layer's true (H, W) when the arrays are padded (zero past it in both):
+        "mean" divides by its H·W·C. None: the arrays' own.
     """
     _check_option("content_loss", content_loss, CONTENT_LOSSES)
     image = _single_image(features, "features")
@@ -126,22 +143,25 @@ def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "ha
         raise ValueError(f"features have shape {jnp.shape(features)} but the content target has "
                          f"shape {jnp.shape(target)}")
     squared = jnp.square(image - goal)
+    if layer_size is not None:
+        return content_loss_of_sum(jnp.sum(squared), size_product(*layer_size, image.shape[-1]), content_loss)
     if content_loss == "mean":
         return jnp.mean(squared)
     return content_loss_of_sum(jnp.sum(squared), squared.size, content_loss)
 
 
-def content_loss_of_sum(squared_sum: jax.Array, size: int, content_loss: str = "half_sum") -> jax.Array:
-    """`content_loss` from Σ(F−P)² and the number of elements it summed (a layer's H·W·C): what a
-    run that sums over tiles of the image has (tiles.features_in_tiles)."""
+def content_loss_of_sum(squared_sum: jax.Array, size: Any, content_loss: str = "half_sum") -> jax.Array:
+    """`content_loss` from Σ(F−P)² and the number of elements it summed (a layer's H·W·C, an int or
+    a traced float): what a run that sums over tiles of the image has (tiles.features_in_tiles)."""
     _check_option("content_loss", content_loss, CONTENT_LOSSES)
     if content_loss == "mean":
-        return squared_sum / float(size)
+        return squared_sum / (float(size) if isinstance(size, int) else size)
     return 0.5 * squared_sum if content_loss == "half_sum" else squared_sum
 
 
 def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normalization: str = "raw",
-                     style_loss: str = "gatys", image_positions: Optional[ArrayLike] = None) -> jax.Array:
+                     style_loss: str = "gatys", image_positions: Optional[ArrayLike] = None,
+                     layer_size: Optional[Sequence[Any]] = None) -> jax.Array:
     """Distance between the Gram matrix of an image's features and a style target at one layer.
 
     With G = gram(features, gram_normalization), A = target_gram, N = C channels and M = H·W
@@ -159,15 +179,18 @@ def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normal
       target_gram: (C, C), made by `gram` with the same normalization.
       image_positions: required by "keras_example" (an int, or an array under vmap); ignored by
         the other style losses so a caller may pass it always.
+      layer_size: the layer's true (H, W) when the features are padded (zero past it); None: the
+        features' own.
     """
     _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
     _check_style_loss(style_loss, image_positions)
     image = _single_image(features, "features")
-    image_gram = _gram_of_image(image, gram_normalization)
+    size = tuple(layer_size) if layer_size is not None else image.shape[:2]
+    image_gram = normalized_gram(gram_product(image), *size, gram_normalization)
     if jnp.shape(target_gram) != image_gram.shape:
         raise ValueError(f"target_gram has shape {jnp.shape(target_gram)} but features of shape "
                          f"{jnp.shape(features)} give a Gram matrix of shape {image_gram.shape}")
-    return gram_distance(image_gram, target_gram, image.shape[:2], style_loss, image_positions)
+    return gram_distance(image_gram, target_gram, size, style_loss, image_positions)
 
 
 def _check_style_loss(style_loss, image_positions):
@@ -179,7 +202,8 @@ def _check_style_loss(style_loss, image_positions):
 def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Sequence[int],
                   style_loss: str = "gatys", image_positions: Optional[ArrayLike] = None) -> jax.Array:
     """`style_layer_loss` from the image's Gram matrix (normalized like the target) and the
-    layer's (H, W): what a run that sums the Gram matrix over tiles of the image has."""
+    layer's (H, W) (ints, or traced: a padded layer's true size): what a run that sums the Gram
+    matrix over tiles of the image has."""
     _check_style_loss(style_loss, image_positions)
     target = _at_least_float32(target_gram)
     difference = image_gram - target
@@ -190,15 +214,15 @@ def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Seq
     # Divide before squaring (Σ(d/2NM)² == Σd²/4N²M²): raw Grams of large images are big enough
     # that their squares summed would come close to float32's range.
     if style_loss == "gatys":
-        height, width = layer_size
-        scale: Union[float, jax.Array] = 2.0 * image_gram.shape[-1] * height * width
+        scale: Union[float, jax.Array] = 2.0 * size_product(image_gram.shape[-1], *layer_size)
     else:
         # An array, so an int32 image_positions under vmap cannot overflow when squared.
         scale = 2.0 * KERAS_EXAMPLE_CHANNELS * jnp.asarray(image_positions, difference.dtype)
     return jnp.sum(jnp.square(difference / scale))
 
 
-def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5) -> jax.Array:
+def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5,
+                    size: Optional[Sequence[Any]] = None) -> jax.Array:
     """Total variation of one image, (1, H, W, C) or (H, W, C), summed over channels.
 
     With Δh = x[1:, :] − x[:-1, :] and Δw = x[:, 1:] − x[:, :-1]:
@@ -208,15 +232,26 @@ def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5)
                loss value of its own).
       "power"  Σ(Δh² + Δw²)^(β/2) over the same grid (Keras example, Sandahl et al., β = 2.5).
                Its gradient is 0, not NaN, where both differences are 0, as long as β ≥ 2.
+
+    `size`: the true (H, W) of a padded image (traced values); the sums then run over the
+    differences inside it, whatever the padding holds.
     """
     _check_option("tv_loss", tv_loss, TV_LOSSES)
     pixels = _single_image(image, "image")
     down = pixels[1:, :] - pixels[:-1, :]
     right = pixels[:, 1:] - pixels[:, :-1]
+
+    def inside(array, rows_past, columns_past):  # zero where a difference reaches past the image
+        if size is None:
+            return array
+        row = jnp.arange(array.shape[0])[:, None] + rows_past < size[0]
+        column = jnp.arange(array.shape[1])[None, :] + columns_past < size[1]
+        return jnp.where((row & column)[..., None], array, jnp.zeros((), array.dtype))
+
     if tv_loss == "l1":
-        return jnp.sum(jnp.abs(down)) + jnp.sum(jnp.abs(right))
+        return jnp.sum(jnp.abs(inside(down, 1, 0))) + jnp.sum(jnp.abs(inside(right, 0, 1)))
     # Both differences taken at the same pixel (i, j), i < H−1 and j < W−1.
-    squared = jnp.square(down[:, :-1]) + jnp.square(right[:-1, :])
+    squared = inside(jnp.square(down[:, :-1]) + jnp.square(right[:-1, :]), 1, 1)
     if tv_loss == "l2":
         return 0.5 * jnp.sum(squared)
     return jnp.sum(jnp.power(squared, tv_beta / 2))

@@ -35,6 +35,11 @@ def layer_block(name: str) -> int:
     return int(name[4])
 
 
+def layer_level(name: str) -> int:
+    """The resolution level of a canonical layer's output: 1 full size, 2 half, ... (pool1 is 2)."""
+    return layer_block(name) + (1 if name.startswith("pool") else 0)
+
+
 def conv_shape(name: str) -> Tuple[int, int, int, int]:
     """Kernel shape (HWIO) of a convolution, e.g. conv1_1 -> (3, 3, 3, 64)."""
     block, index = (int(part) for part in name[len("conv"):].split("_"))

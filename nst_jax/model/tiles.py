@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nst_jax.model.layers import canonical_layer, layer_block
+from nst_jax.model.extent import Extent
+from nst_jax.model.layers import canonical_layer, layer_block, layer_level
 from nst_jax.model.ops import relu_keeping_bits
-from nst_jax.model.vgg import (Network, check_image, layer_level, layer_size, layers_to_run, params_conv_layer,
-                               run_layers)
+from nst_jax.model.vgg import (Network, check_image, inside_only, layer_size, layers_to_run, network_input,
+                               params_conv_layer, run_layers)
 
 # features_in_tiles computes blocks 1 and 2 in column tiles: at full and half resolution their
 # activations are 2/3 of the network's (to relu5_1), and their working set in the backward pass
@@ -83,7 +84,8 @@ def front_layers(layers: Sequence[str], pooling: str = "max") -> Tuple[str, ...]
 def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str],
                       network: Network = Network(), *,
                       reduce_tile: Optional[Callable[[Dict[str, jax.Array], jax.Array], Any]] = None,
-                      kept: Sequence[str] = (), grid: Optional[TileGrid] = None) -> Tuple[Dict[str, jax.Array], Any]:
+                      kept: Sequence[str] = (), grid: Optional[TileGrid] = None,
+                      extent: Optional[Extent] = None) -> Tuple[Dict[str, jax.Array], Any]:
     """VGG-19 for print sizes: the first two blocks computed in column tiles, one at a time.
 
     A `lax.scan` over the tiles runs blocks 1-2 on each tile (its columns plus a halo), under
@@ -97,6 +99,8 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
     Returns ({layer: activation} for the layers in `layers` past the front and for the front
     layers in `kept` (assembled from the tiles: for passes without a backward), the sums of
     reduce_tile (None without one)). Same numbers as `features` within float32 reordering.
+    `extent`: the true image inside a padded `image` (as `vgg.features` takes it); the tiles
+    then zero what lies outside it, rows and columns.
     """
     check_image(image)
     pooling = network.pooling
@@ -106,7 +110,7 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
     grid = grid or TileGrid.for_layers(layers, image.shape[2], pooling)
     kept = tuple(name for name in front if name in {canonical_layer(layer) for layer in kept})
     assembled = kept + ((front[-1],) if back and front[-1] not in kept else ())
-    padded = jnp.pad(image.astype(network.dtype), ((0, 0), (0, 0),
+    padded = jnp.pad(network_input(image, network.dtype, extent), ((0, 0), (0, 0),
                                            (grid.halo, grid.padded_width(front[0]) - image.shape[2] + grid.halo),
                                            (0, 0)))
     conv_layer = params_conv_layer(params, network)
@@ -118,7 +122,10 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
                 return x  # the ReLU after it is zeroed
             # Columns past the image are the next convolution's zero padding (and add nothing
             # to a sum), not activations.
-            column = i * grid.tile_width(name) - grid.halo // grid.scale(name) + jnp.arange(x.shape[2])
+            first_column = i * grid.tile_width(name) - grid.halo // grid.scale(name)
+            if extent is not None:
+                return extent.keep_inside(x, layer_level(name), first_column)
+            column = first_column + jnp.arange(x.shape[2])
             inside = (column >= 0) & (column < grid.layer_width(name))
             return jnp.where(inside[None, None, :, None], x, jnp.zeros((), x.dtype))
 
@@ -143,5 +150,6 @@ def features_in_tiles(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
         whole[name] = joined.reshape(joined.shape[:2] + (-1, joined.shape[-1]))[:, :, :grid.layer_width(name)]
     activations = {name: whole[name] for name in kept}
     if back:
-        activations.update(run_layers(back, wanted, pooling, conv_layer, whole[front[-1]], relu=relu_keeping_bits)[1])
+        activations.update(run_layers(back, wanted, pooling, conv_layer, whole[front[-1]], relu=relu_keeping_bits,
+                                      after=inside_only(extent, wanted))[1])
     return activations, (sums if reduce_tile else None)

@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nst_jax.model.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer, layer_block
+from nst_jax.model.layers import BLOCK_CHANNELS, LAYER_ORDER, canonical_layer, layer_block, layer_level
+from nst_jax.model.extent import Extent
 from nst_jax.model.ops import ADJOINT, SHIPPED, ConvImpl, max_pool_2x2, recomputed_in_backward
 
 POOLINGS = ("max", "avg")
@@ -94,6 +95,29 @@ def run_layers(names: Sequence[str], wanted: FrozenSet[str], pooling: str, conv_
     return x, activations
 
 
+def inside_only(extent: Optional[Extent], wanted: FrozenSet[str]) -> Optional[Callable[[str, jax.Array], jax.Array]]:
+    """`run_layers`' `after` for a padded image (None: the image fills its array, nothing to do):
+    every ReLU's and pooling's output, and a convolution's that the loss reads, zeroed outside
+    the true image (`Extent.keep_inside`). A convolution's own output needs nothing: its ReLU
+    follows."""
+    if extent is None:
+        return None
+
+    def after(name, x):
+        if name.startswith("conv") and name not in wanted:
+            return x
+        return extent.keep_inside(x, layer_level(name))
+
+    return after
+
+
+def network_input(image: jax.Array, dtype: Any, extent: Optional[Extent]) -> jax.Array:
+    """The image in the network's dtype, zero outside the true image (what "same" convolution's
+    zero padding reads there)."""
+    image = image.astype(dtype)
+    return image if extent is None else extent.keep_inside(image, 1)
+
+
 def params_conv_layer(params: Dict[str, Dict[str, Any]], network: Network) -> ConvLayer:
     """`conv_layer` for `run_layers` from a params dict (the network as a pure function)."""
     def conv_layer(name, x):
@@ -116,23 +140,27 @@ class VGG19(nn.Module):
     conv: ConvImpl = SHIPPED
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> Dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
+        """`extent`: the true image inside a padded x (None: x is the image)."""
         names, wanted = layers_to_run(self.outputs, self.pooling)
 
         def conv_layer(name, x):
             block = layer_block(name)
             return Conv3x3(BLOCK_CHANNELS[block], dtype=self.dtype, conv=self.conv, name=name)(x)
 
-        return run_layers(names, wanted, self.pooling, conv_layer, x.astype(self.dtype))[1]
+        return run_layers(names, wanted, self.pooling, conv_layer, network_input(x, self.dtype, extent),
+                          after=inside_only(extent, wanted))[1]
 
 
-def _pure_block(names, wanted, network, params, x):
-    """The layers `names` as a pure function of (params, x), recomputed in the backward pass."""
-    return run_layers(names, wanted, network.pooling, params_conv_layer(params, network), x)
+def _pure_block(names, wanted, network, params_and_extent, x):
+    """The layers `names` as a pure function of ((params, extent), x), recomputed in the backward pass."""
+    params, extent = params_and_extent
+    return run_layers(names, wanted, network.pooling, params_conv_layer(params, network), x,
+                      after=inside_only(extent, wanted))
 
 
 def features_by_block(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str],
-                      network: Network = Network()) -> Dict[str, jax.Array]:
+                      network: Network = Network(), extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
     """`features` with each block (its convolutions, ReLUs and pooling) recomputed in the backward
     pass (`recomputed_in_backward`).
 
@@ -141,19 +169,14 @@ def features_by_block(params: Dict[str, Dict[str, Any]], image: jax.Array, layer
     to about one block's worth, for one more forward pass per step. Same numbers as `features`.
     """
     names, wanted = layers_to_run(layers, network.pooling)
-    x, activations = image.astype(network.dtype), {}
+    x, activations = network_input(image, network.dtype, extent), {}
     for block in sorted({layer_block(name) for name in names}):  # conv1_1, relu1_1, pool1: block 1
         block_names = tuple(name for name in names if layer_block(name) == block)
         run = recomputed_in_backward(functools.partial(_pure_block, block_names,
                                                        wanted.intersection(block_names), network))
-        x, kept = run({name: params[name] for name in block_names if name in params}, x)
+        x, kept = run(({name: params[name] for name in block_names if name in params}, extent), x)
         activations.update(kept)
     return activations
-
-
-def layer_level(name: str) -> int:
-    """The resolution level of a canonical layer's output: 1 full size, 2 half, ... (pool1 is 2)."""
-    return layer_block(name) + (1 if name.startswith("pool") else 0)
 
 
 def layer_size(height: int, width: int, layer: str) -> Tuple[int, int]:
@@ -165,7 +188,8 @@ def layer_size(height: int, width: int, layer: str) -> Tuple[int, int]:
 
 
 def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequence[str], pooling: str = "max",
-             dtype: Any = jnp.float32, remat: bool = False, conv: ConvImpl = SHIPPED) -> Dict[str, jax.Array]:
+             dtype: Any = jnp.float32, remat: bool = False, conv: ConvImpl = SHIPPED,
+             extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
     """Named VGG-19 activations of a preprocessed NHWC image.
 
     Args:
@@ -179,14 +203,17 @@ def features(params: Dict[str, Dict[str, Any]], image: jax.Array, layers: Sequen
       remat: recompute each block's activations in the backward pass instead of keeping them
         (`features_by_block`): less memory, one more forward pass.
       conv: how the 3×3 convolutions are computed (`ConvImpl`); the shipped way by default.
+      extent: the true image inside a padded `image` (shape buckets): everything outside it is
+        zeroed after every layer, so the activations inside equal the unpadded image's and are
+        zero outside. None: the image fills its array (nothing masked, nothing to pay).
 
     Returns:
       {canonical layer name: activation (N, h, w, C)} for every name in `layers`.
     """
     check_image(image)
     if remat:
-        return features_by_block(params, image, layers, Network(pooling, dtype, conv))
+        return features_by_block(params, image, layers, Network(pooling, dtype, conv), extent)
     model = VGG19(outputs=tuple(layers), pooling=pooling, dtype=dtype, conv=conv)
     weights = {name: {k: v for k, v in layer.items() if k != ADJOINT} for name, layer in params.items()}
     adjoints = {name: {"kernel": layer[ADJOINT]} for name, layer in params.items() if ADJOINT in layer}
-    return cast(Dict[str, jax.Array], model.apply({"params": weights, "adjoint": adjoints}, image))
+    return cast(Dict[str, jax.Array], model.apply({"params": weights, "adjoint": adjoints}, image, extent))

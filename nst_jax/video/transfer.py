@@ -21,6 +21,7 @@ from nst_jax.imaging import images
 from nst_jax.video import flow
 from nst_jax.config.settings import INT32_MAX, MAX_STEPS, Range, Settings
 from nst_jax.errors import UserInputError
+from nst_jax.engine.buckets import pad_images, pad_to
 from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
 from nst_jax.engine.optimize import OptimizerSpec, Pieces, run_loop
 from nst_jax.engine.plan import plan_run
@@ -177,9 +178,16 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
     spec = OptimizerSpec.from_settings(settings)
     # The style target once for the clip (luminance mode matches it to the first frame).
     _, first_pixels, style_pixels = prepare_images(clip[0], style_rgbs, settings)
+    # With shape buckets every frame is padded to the bucket (frames share one true size) and the
+    # history stays at the true size, where the flow warps it.
+    true_shape, extents = first_pixels.shape[:2], None
+    if settings.network.shape_buckets == "on":
+        first_pixels, style_pixels, extents = pad_images(first_pixels, style_pixels)
+    bucket = first_pixels.shape[:2]
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(style_rgbs), np.float32)
     _, _, style_target = targets(objective, params, jax.device_put(first_pixels),
-                                 jax.device_put(style_pixels), jax.device_put(blend / blend.sum()))
+                                 jax.device_put(style_pixels), jax.device_put(blend / blend.sum()), extents)
+    extent = None if extents is None else extents[0]
     weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight,
                            settings.loss.tv_weight, video.temporal_weight)
     look_back = video.long_term
@@ -218,8 +226,11 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
             if index + 1 < len(clip):
                 upcoming = motions_of(index + 1)  # computed while this frame optimizes
             inputs = build_chunk_inputs(
-                objective, spec, params, content_pass(objective, params, jax.device_put(content_pixels)),
-                [MemberInputs(start.astype(np.float32), style_target, weights, TemporalTarget(previous, masks))])
+                objective, spec, params,
+                content_pass(objective, params, jax.device_put(pad_to(content_pixels, bucket)), extent),
+                [MemberInputs(pad_to(start, bucket), style_target, weights,
+                              TemporalTarget(pad_to(previous, bucket, 1), pad_to(masks, bucket, 1)))],
+                extent=extent)
             steps = video.steps(settings, index)
 
             def visit(step, current, terms, index=index, steps=steps):
@@ -232,7 +243,7 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                            options.intervals, visit, pieces=Pieces())
             if run.interrupted:
                 return done, True
-            optimized = np.asarray(run.pixels)
+            optimized = np.asarray(run.pixels)[:true_shape[0], :true_shape[1]]
             if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
                 optimized = np.clip(optimized, 0.0, settings.loss.pixel_range)
             history = [optimized] + history[: look_back - 1]
