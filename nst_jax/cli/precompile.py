@@ -25,7 +25,7 @@ from nst_jax.imaging.images import long_side_shape
 from nst_jax.weights.params_file import Model
 
 # Width:height of the pictures people stylize (phones 4:3, cameras 3:2, video 16:9, square and
-# 5:4 prints, 2:1 panoramas), each also upright. At 512 px they fall in 9 buckets.
+# 5:4 prints, 2:1 panoramas), each also upright. At any size they fall in 11 buckets.
 COMMON_ASPECTS = ((1, 1), (5, 4), (4, 3), (3, 2), (16, 9), (2, 1))
 
 

@@ -161,7 +161,7 @@ HELP = {
              "blocks 1-2 in column tiles and recomputes them (about 0.3×, 1.2-1.25×); auto: none when "
              "the run fits, else tiles (blocks with --normalize-gradients)",
     "shape_buckets": "pad each image to a bucket of close working sizes that share one compiled program "
-                     "(the short side rounded up to 1/8 of the long side, at most 1/8 more pixels; "
+                     "(the short side rounded up to 1/8 of the long side, at most 1/12 more pixels; "
                      "the result equals the unpadded run's): a new photo compiles nothing; auto: on "
                      "accelerators, and on a CPU where the compile saved outweighs the padding",
     "storage_dtype": "dtype of the L-BFGS history and Adam's first moment (bfloat16 halves them)",

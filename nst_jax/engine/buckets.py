@@ -7,12 +7,14 @@ an image is padded to its bucket's shape and carries its true size as traced val
 unpadded run's (tests/test_buckets.py), and every photo of the bucket runs the same programs.
 
 The bucket of an image keeps its long side (the run's --image-size) and rounds the short side up
-to a multiple of 1/8 of the long side (in whole multiples of 8 px), with at most 12.5 % more
-pixels (finer steps where 1/8 would add more): at 512 px a 4:3 and a 3:2 photo share 512×384.
+to a multiple of 1/8 of the long side (in whole multiples of 8 px), with at most 1/12 more
+pixels (halved steps where 1/8 would add more): at 256 px a 1024×768 and a 960×662 photo share
+256×192, at 512 px photos from 4:3 to 1.44:1 share 512×384.
 Whether to bucket (`--shape-buckets auto`) weighs the compile a bucket saves against what the
 padding costs in every step (`buckets_pay`; BENCHMARKS.md, "Shape buckets", has the measurements).
 """
 
+import math
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -20,8 +22,10 @@ import numpy as np
 from nst_jax.config.settings import Settings
 from nst_jax.model.extent import Extent
 
-# At most this share of padding (12.5 %), give or take the pixel that rounds a short side.
-MOST_PADDING = 1 / 8
+# At most this share of padding (8.3 %), give or take the pixel that rounds a short side: on the
+# project's CPU a step costs about what its pixels do, and at 1/8 the worst position in a bucket
+# cost 1.15-1.17x the unpadded step (BENCHMARKS.md, "Shape buckets").
+MOST_PADDING = 1 / 12
 
 
 def bucket_side(short: int, long: int) -> int:
@@ -82,21 +86,25 @@ def pad_images(content_pixels: np.ndarray, style_pixels: Sequence[np.ndarray]
     return content, list(styles), (content_extent, tuple(style_extents))
 
 
-# What a new working size costs in compiles, and a step per megapixel and member, by platform
-# (BENCHMARKS.md, "Shape buckets": measured on the project's CPU; an H200's compiles took 29–31 s).
-COMPILE_SECONDS = {"cpu": 2.5}
-STEP_SECONDS_PER_MEGAPIXEL = {"cpu": 1.5}
-# The masking's own cost per step, as a share of the step, in a bucket the image fills.
-MASK_SHARE = 0.02
+# Measured on the project's 2-core CPU (BENCHMARKS.md, "Shape buckets"): the compile a new photo
+# saves with buckets (3 programs compiled afresh against 6 loaded from the cache: 1.3 s at 256 px,
+# 2.3 s at 512), and a step's seconds per megapixel and member (neural-style's loss: 9.1 at 256
+# px, 8.6 at 512). An accelerator's compile is 29-31 s against 13 ms steps (H200, 512 px): always.
+COMPILE_SECONDS = {"cpu": 2.0}
+STEP_SECONDS_PER_MEGAPIXEL = {"cpu": 9.0}
+# What the masks cost a step in a bucket the photo fills: nothing measurable (0.98-0.99x).
+MASK_SHARE = 0.0
 
 
 def buckets_pay(platform: str, shapes: Sequence[Tuple[int, int]], steps: int, members: int = 1) -> bool:
-    """Whether padding images of these working shapes (one per coarse-to-fine scale, `steps` each,
-    `members` images per device) to their buckets costs less than the compile of a new working
-    size it saves: always on accelerators (a compile is a minute's worth of steps there), on a
-    CPU only for short or small runs."""
+    """Whether padding to buckets costs a run of these working shapes (one per coarse-to-fine
+    scale, `steps` each, `members` images per device) less than the compile of a new working size
+    it saves: always on accelerators (a compile is minutes of steps there); on a CPU only for
+    short or small runs. The padding counted is a bucket's average (half the most), not this
+    photo's own: every photo of a bucket decides alike, so that they can share it."""
     if platform not in COMPILE_SECONDS:
         return True
-    padding = sum((padding_share(*shape) + MASK_SHARE) * shape[0] * shape[1] / 1e6
-                  * STEP_SECONDS_PER_MEGAPIXEL[platform] * steps * members for shape in shapes)
+    average = MOST_PADDING / 2 + MASK_SHARE
+    padding = sum(average * math.prod(bucket_shape(*shape)) / 1e6 * STEP_SECONDS_PER_MEGAPIXEL[platform]
+                  * steps * members for shape in shapes)
     return padding < COMPILE_SECONDS[platform] * len(shapes)

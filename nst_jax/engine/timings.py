@@ -55,6 +55,7 @@ class CompileCounter:
         self.compiles = 0  # XLA compilations or loads from the persistent cache
         self.cache_hits = 0  # of those, loads from the persistent cache
         self.programs: List[str] = []  # their names, in order
+        self.backend_seconds: List[float] = []  # XLA's compile (or cache load) of each, in order
 
     # Signatures as jax.monitoring's listener protocols declare them (it names the duration duration_secs).
     def _listen(self, event: str, duration_secs: float, **kwargs: Union[str, int]) -> None:
@@ -63,6 +64,7 @@ class CompileCounter:
         if event == BACKEND_COMPILE_EVENT:
             self.compiles += 1
             self.programs.append(str(kwargs.get("fun_name", "?")))
+            self.backend_seconds.append(duration_secs)
 
     def _count_hit(self, event: str, **kwargs: Union[str, int]) -> None:
         if event == CACHE_HIT_EVENT:
@@ -112,6 +114,7 @@ class RunTimings:
                 "main_seconds": round(self.now(), 4), "phases": phases,
                 "compile_seconds": round(self.compile.seconds, 4),
                 "compiled_programs": self.compile.programs, "compile_cache_hits": self.compile.cache_hits,
+                "backend_compile_seconds": [round(seconds, 4) for seconds in self.compile.backend_seconds],
                 "peak_rss_bytes": peak_rss_bytes(),
                 "visits": self.visits}
 
