@@ -97,14 +97,12 @@ MASK_SHARE = 0.0
 
 
 def buckets_pay(platform: str, shapes: Sequence[Tuple[int, int]], steps: int, members: int = 1) -> bool:
-    """Whether padding to buckets costs a run of these working shapes (one per coarse-to-fine
-    scale, `steps` each, `members` images per device) less than the compile of a new working size
-    it saves: always on accelerators (a compile is minutes of steps there); on a CPU only for
-    short or small runs. The padding counted is a bucket's average (half the most), not this
-    photo's own: every photo of a bucket decides alike, so that they can share it."""
+    """Whether padding images of these working shapes (one per coarse-to-fine scale, `steps` each,
+    `members` images per device) to their buckets costs less than the compile of a new working
+    size it saves: always on accelerators (a compile is minutes of steps there); on a CPU only for
+    short or small runs, or photos that (nearly) fill their bucket."""
     if platform not in COMPILE_SECONDS:
         return True
-    average = MOST_PADDING / 2 + MASK_SHARE
-    padding = sum(average * math.prod(bucket_shape(*shape)) / 1e6 * STEP_SECONDS_PER_MEGAPIXEL[platform]
-                  * steps * members for shape in shapes)
+    padding = sum(((math.prod(bucket_shape(*shape)) - math.prod(shape)) / 1e6 + MASK_SHARE * math.prod(shape) / 1e6)
+                  * STEP_SECONDS_PER_MEGAPIXEL[platform] * steps * members for shape in shapes)
     return padding < COMPILE_SECONDS[platform] * len(shapes)

@@ -39,7 +39,7 @@ from nst_jax.imaging import images
 from nst_jax.model.layers import CONV_LAYERS, deepest_conv
 from nst_jax.loss.objective import Objective, loss_weights
 from nst_jax.config.settings import Settings
-from nst_jax.engine.buckets import loop_shape, pad_images
+from nst_jax.engine.buckets import pad_images
 from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
 from nst_jax.engine.devices import Layout, splits_rows
 from nst_jax.engine.checkpoint import Checkpoints, Position, finite_terms, host_terms
@@ -385,10 +385,10 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
     members, params, preprocessing, styles = run.members, run.params, run.preprocessing, run.styles
     objective = Objective.from_settings(settings, preprocessing)
     content_rgb, content_pixels, style_pixels = prepare_images(run.content, styles, settings)
-    true_shape, extents = content_pixels.shape[:2], None
-    bucket = loop_shape(settings, true_shape) if settings.network.shape_buckets == "on" else None
+    unpadded, true_shape, extents, bucket = content_pixels, content_pixels.shape[:2], None, None
     if settings.network.shape_buckets == "on":  # every image padded to its bucket, its true size traced
         content_pixels, style_pixels, extents = pad_images(content_pixels, style_pixels)
+        bucket = content_pixels.shape[:2]
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program (print sizes: one per image, split by rows like the loop). Host arrays go in
     # by device_put (jnp.asarray compiles a copy per shape).
@@ -396,10 +396,9 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
     content_targets, grams, blended = run_targets(
         objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
         jax.device_put(blend / blend.sum()), rows=run.mesh if splits_rows(run.mesh) else None, extents=extents)
-    content_true = content_pixels[:true_shape[0], :true_shape[1]]
     inputs = build_chunk_inputs(
         objective, OptimizerSpec.from_settings(settings), params, content_targets,
-        [MemberInputs(initial_pixels(settings, preprocessing, content_true, start, seed=member.seed, bucket=bucket),
+        [MemberInputs(initial_pixels(settings, preprocessing, unpadded, start, seed=member.seed, bucket=bucket),
                       grams[member.style_index] if member.style_index is not None else blended,
                       loss_weights(member.content_weight, member.style_weight, member.tv_weight))
          for member, start in zip(members, starts)], run.mesh, batched=plan.layout.batched,

@@ -243,11 +243,8 @@ def style_grams(objective: Objective, params: Dict[str, Any], style_pixels: jax.
     if objective.remat == "tiles":
         return _tiled_layer_statistics(objective, params, style_pixels, extent=extent)[0]
     activations = vgg_features(objective, params, style_pixels, objective.style_layers, extent)
-    if extent is None:
-        return {layer: losses.gram(activations[layer], objective.gram_normalization)
-                for layer in objective.style_layers}
-    return {layer: losses.normalized_gram(losses.gram_product(activations[layer]), *extent.at(layer),
-                                          objective.gram_normalization)
+    return {layer: losses.normalized_gram(losses.gram_product(activations[layer]),
+                                          *_layer_size(style_pixels, layer, extent), objective.gram_normalization)
             for layer in objective.style_layers}
 
 
