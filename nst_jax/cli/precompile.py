@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from nst_jax.config.settings import Settings
-from nst_jax.engine.buckets import bucket_shape
+from nst_jax.engine.buckets import COMPILE_SECONDS, bucket_shape
 from nst_jax.engine.devices import Layout
 from nst_jax.engine.plan import plan_run
 from nst_jax.engine.stages import InputShapes, scale_sizes, style_side
@@ -88,9 +88,8 @@ def precompile(settings: Settings, load_model: Callable[[], Model], members: Seq
         if stream is not None:
             print(f"bucket {index}/{len(inputs)}: {width}x{height} px, {len(compiled.programs)} programs "
                   f"({time.perf_counter() - began:.1f} s)", file=stream, flush=True)
-    plan = plan_run(settings, inputs[0], layout)
-    if stream is not None and plan.settings.network.shape_buckets != "on":
-        print(f"note: on this {jax.devices()[0].platform.upper()} these settings run without shape buckets "
-              f"by default (the padding would cost more than the compile it saves): pass --shape-buckets on "
-              f"to use what was compiled", file=stream)
+    platform = jax.devices()[0].platform
+    if stream is not None and settings.network.shape_buckets != "on" and platform in COMPILE_SECONDS:
+        print(f"note: on a {platform.upper()}, runs with these flags use a bucket only where the photo's padding "
+              f"costs less than the compile it saves; --shape-buckets on uses them for every photo", file=stream)
     return len(inputs), programs, time.perf_counter() - began

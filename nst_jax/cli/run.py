@@ -150,10 +150,10 @@ def build_parser(command: Command = Command()) -> OneLineParser:
     return parser
 
 
-def require_pictures(parser: OneLineParser, args: argparse.Namespace) -> None:
+def require_pictures(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The content and style positionals, which the parser leaves optional (--precompile needs
     none): argparse's own one-line error when one is missing."""
-    metavars = {action.dest: action.metavar for action in parser._actions}
+    metavars = {action.dest: str(action.metavar) for action in parser._actions}
     missing = [metavars[dest] for dest in ("content", "styles") if not getattr(args, dest)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")

@@ -74,7 +74,7 @@ def padded(pixels: np.ndarray) -> Tuple[np.ndarray, Extent]:
 def loop_shape(settings: Settings, shape: Tuple[int, int]) -> Tuple[int, int]:
     """The (height, width) the programs run at for an image of `shape`: its bucket's when
     settings.network.shape_buckets is "on" (resolved by the run's plan), else its own."""
-    return bucket_shape(*shape) if settings.network.shape_buckets == "on" else tuple(shape)
+    return bucket_shape(*shape) if settings.network.shape_buckets == "on" else (shape[0], shape[1])
 
 
 def pad_images(content_pixels: np.ndarray, style_pixels: Sequence[np.ndarray]

@@ -228,7 +228,7 @@ def initial_pixels(settings: Settings, preprocessing: str, content_pixels: np.nd
     otherwise settings.image.init says what to start from.
     """
     shape, pixel_range = content_pixels.shape, settings.loss.pixel_range
-    padded_to = shape[:2] if bucket is None else tuple(bucket)
+    padded_to = (shape[0], shape[1]) if bucket is None else (bucket[0], bucket[1])
     if init_image is None and settings.image.init == "image":
         raise ValueError("init='image' needs an init image")
     if init_image is not None:

@@ -186,7 +186,7 @@ def style_layer_loss(features: ArrayLike, target_gram: ArrayLike, *, gram_normal
     _check_style_loss(style_loss, image_positions)
     image = _single_image(features, "features")
     size = tuple(layer_size) if layer_size is not None else image.shape[:2]
-    image_gram = normalized_gram(gram_product(image), *size, gram_normalization)
+    image_gram = normalized_gram(gram_product(image), size[0], size[1], gram_normalization)
     if jnp.shape(target_gram) != image_gram.shape:
         raise ValueError(f"target_gram has shape {jnp.shape(target_gram)} but features of shape "
                          f"{jnp.shape(features)} give a Gram matrix of shape {image_gram.shape}")
