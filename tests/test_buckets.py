@@ -216,3 +216,14 @@ def test_precompile_fills_the_cache_so_a_new_photo_in_another_process_compiles_n
     assert Image.open(tmp_path / "out.png").size == (48, 38)
     assert programs["compiled_programs"] and programs["compile_cache_hits"] == len(programs["compiled_programs"]), programs
     assert len(programs["backend_compile_seconds"]) == len(programs["compiled_programs"])  # each program's load
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--shape-buckets", "off"], "--precompile: fills the cache for shape buckets"),
+    (["--no-compile-cache"], "--precompile: fills the compile cache, which --no-compile-cache turns off"),
+    (["4:x"], "--precompile: expected aspect ratios such as 4:3,16:9, got '4:x'"),
+])
+def test_precompile_refuses_what_it_cannot_do_in_one_line(flags, message, capsys):
+    from nst_jax.cli.run import main
+    assert main(["--precompile", *flags]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {message}")
