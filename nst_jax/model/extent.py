@@ -43,11 +43,6 @@ class Extent:
         """The true (height, width) of `layer`'s output."""
         return self.at_level(layer_level(canonical_layer(layer)))
 
-    def positions(self, layer: str) -> jax.Array:
-        """The true H·W of `layer`'s output as a float32 (a normalizer)."""
-        height, width = self.at(layer)
-        return jnp.asarray(height, jnp.float32) * jnp.asarray(width, jnp.float32)
-
     def inside(self, level: int, rows: int, columns: int, first_column: Any = 0) -> jax.Array:
         """(1, rows, columns, 1) booleans: which entries of an array at `level` lie in the true
         image; its first column is the level's column `first_column` (a tile's offset)."""
