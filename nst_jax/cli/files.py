@@ -26,6 +26,7 @@ from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
 from nst_jax.engine.stages import InputShapes, undersized
 from nst_jax.cli.interrupt import ctrl_c_at_visits
+from nst_jax.cli.regions import load_regions, region_paths
 from nst_jax.cli.progress import ProgressBar, write_line
 from nst_jax.cli.watch import LossWatch, check_finite, divergence_advice
 from nst_jax.engine.timings import RunTimings
@@ -61,7 +62,8 @@ def run_fingerprint(settings: Settings, plan: RunPlan, members: Sequence[Member]
     single-scale run: the state at step k does not depend on how many steps follow, so a kept
     checkpoint can be run further.
     """
-    left_out = {name for name, where in FIELDS.items() if where.group == "output"} | {"init_image"}
+    left_out = ({name for name, where in FIELDS.items() if where.group == "output"}
+                | {"init_image", "content_seg", "style_seg", "mask"})
     if settings.image.scales == 1:
         left_out.add("num_steps")
     fingerprint: Dict[str, Any] = {f"--{flag(name)}": value for name, value in settings.to_dict().items()
@@ -72,6 +74,8 @@ def run_fingerprint(settings: Settings, plan: RunPlan, members: Sequence[Member]
     fingerprint["style digest"] = [file_digest(path) for path in style_paths]
     if settings.image.init == "image":
         fingerprint["init image digest"] = file_digest(cast(str, settings.image.init_image))
+    if settings.regions.given:
+        fingerprint["region map digests"] = [file_digest(path) for path in region_paths(settings)]
     fingerprint["weights digest"] = params_metadata.source_hash
     fingerprint["--preprocessing"] = params_metadata.preprocessing
     return fingerprint
@@ -235,8 +239,10 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
     """
     timings = timings or RunTimings()
     content, styles, init_image = load_images(content_path, style_paths, output_path, settings, timings)
+    with timings.phase("images"):
+        regions = load_regions(settings, len(styles))
     members = request_members(settings, style_paths, batch)
-    inputs = InputShapes.of(content, styles)
+    inputs = InputShapes.of(content, styles, 0 if regions is None else regions.count)
     refuse_undersized(settings, inputs, content_path, style_paths)
     # Refuse a run that cannot fit before the weights load and anything compiles (one line,
     # nothing written); the plan resolves "auto", so the check and the PNG metadata say which.
@@ -269,7 +275,7 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                                                   intervals=(settings.output.print_every, settings.output.save_every,
                                                              PROGRESS_INTERVAL),
                                                   should_stop=lambda: ctrl_c.requested, on_steps=monitor.on_steps,
-                                                  checkpoints=checkpoints))
+                                                  checkpoints=checkpoints, regions=regions))
                 except Exception:
                     bar.close()  # the error's line (cli.interrupt.exit_status) starts a line of its own
                     raise

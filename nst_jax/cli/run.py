@@ -18,9 +18,10 @@ from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, keep_ne
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.cli.memory_report import memory_report
 from nst_jax.cli.precompile import COMMON_ASPECTS, aspect_list, precompile
+from nst_jax.cli.regions import load_regions, region_paths
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
-from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, GROUP_TITLES, HELP, INT32_MAX, RANGES,
-                                     Range, Settings, flag)
+from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, FILE_LIST_FIELDS, GROUP_TITLES, HELP,
+                                     INT32_MAX, RANGES, Range, Settings, flag)
 from nst_jax.engine.checkpoint import Every
 from nst_jax.engine.devices import join_cluster
 from nst_jax.engine.plan import RunPlan, plan_run
@@ -143,7 +144,7 @@ def build_parser(command: Command = Command()) -> OneLineParser:
                 f"settings: {GROUP_TITLES[where.group]} (default: the preset's value)")
         add_field_flag(groups[where.group], name, where.field, defaults.value(name), help_texts.get(name),
                        RANGES.get(name), choices.get(name), takes_auto=name in AUTO_NUMBERS,
-                       metavar="FILE" if name in FILE_FIELDS else None)
+                       metavar="FILE" if name in FILE_FIELDS else "FILES" if name in FILE_LIST_FIELDS else None)
     for action in parser._actions:
         if action.dest in command.hidden:
             action.help = argparse.SUPPRESS
@@ -252,7 +253,7 @@ def _refuse_outputs_over_inputs(args: argparse.Namespace, settings: Settings) ->
     `-o content.jpg`, or `--report` naming the image, is refused before anything is read."""
     if args.report is not None and same_path(args.report, args.output):
         raise UserInputError(f"--report {args.report}: is also the -o output; name another file")
-    inputs = [args.content, *args.styles, settings.image.init_image, args.weights]
+    inputs = [args.content, *args.styles, settings.image.init_image, args.weights, *region_paths(settings)]
     for option, output in (("-o", args.output), ("--report", args.report)):
         if output is None:
             continue
@@ -281,7 +282,9 @@ def header_plan(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) ->
     """The run's plan from the images' headers (nothing decoded): what --estimate-memory shows."""
     batch = batch_request(args, sweeps)
     members = len(request_members(settings, args.styles, batch))
-    inputs = InputShapes(images.header_shape(args.content), tuple(images.header_shape(path) for path in args.styles))
+    regions = load_regions(settings, len(args.styles))
+    inputs = InputShapes(images.header_shape(args.content), tuple(images.header_shape(path) for path in args.styles),
+                         0 if regions is None else regions.count)
     return plan_run(settings, inputs, request_layout(batch, members))
 
 

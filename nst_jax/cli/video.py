@@ -18,6 +18,7 @@ import numpy as np
 from nst_jax.cache import enable_compile_cache
 from nst_jax.cli import run
 from nst_jax.cli.files import refuse_undersized, run_description
+from nst_jax.cli.regions import load_regions
 from nst_jax.cli.flags import add_field_flag, keep_negative_values, same_path
 from nst_jax.cli.interrupt import ctrl_c_at_visits, exit_status
 from nst_jax.cli.run import Command, build_parser as build_image_parser, require_pictures
@@ -159,8 +160,9 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     clip = video_io.read_clip(args.content, settings.image.image_size, video.start, video.duration,
                               video.every, video.fps)
     styles = [images.load_image(path) for path in args.styles]
+    regions = load_regions(settings, len(styles))
     # Frames are read at the working size already; the content's check is on that size.
-    inputs = InputShapes.of(clip.frames[0], styles)
+    inputs = InputShapes.of(clip.frames[0], styles, 0 if regions is None else regions.count)
     refuse_undersized(settings, inputs, args.content, args.styles, long_side=settings.image.image_size)
     plan = plan_run(settings, inputs)  # "auto" resolved for the clip; the manifest keeps the request
     check_fits(plan)
@@ -220,7 +222,7 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
                 _, interrupted = stylize_frames(
                     clip.frames, styles, plan.settings, video, Model(params, params_metadata.preprocessing),
                     FrameOptions(first_index=first, recent_pixels=recent, on_frame=write_then_check,
-                                 on_visit=on_visit, intervals=(settings.output.print_every, 10)))
+                                 on_visit=on_visit, intervals=(settings.output.print_every, 10), regions=regions))
             except StopRun:
                 interrupted = True
             interrupted = interrupted or ctrl_c.requested

@@ -1,7 +1,8 @@
-"""Every knob of a style-transfer run: a frozen `Settings` of five frozen groups.
+"""Every knob of a style-transfer run: a frozen `Settings` of six frozen groups.
 
     settings.image      sizes, styles, start image, colours    (host, around the loop)
     settings.loss       layers, α β γ, the loss options         (-> loss.objective.Objective)
+    settings.regions    maps, masks, a style per region         (host: the loss's guides)
     settings.network    pooling, compute dtype, remat           (-> Objective)
     settings.optimizer  optimizer, steps and its constants      (-> engine.optimize.OptimizerSpec)
     settings.output     print and save intervals                (host)
@@ -24,6 +25,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union, cast
 from nst_jax.errors import UserInputError
 from nst_jax.loss.objective import COMPUTE_DTYPES, REMATS
 from nst_jax.loss.terms import CONTENT_LOSSES, GRAM_NORMALIZATIONS, STYLE_LOSSES, TV_LOSSES
+from nst_jax.model.guides import PROPAGATIONS
 from nst_jax.model.layers import canonical_layer
 from nst_jax.model.vgg import POOLINGS
 
@@ -57,6 +59,7 @@ CHOICES = {
     "lbfgs_linesearch": LINESEARCHES,
     "init": INITS,
     "original_colors": ORIGINAL_COLORS,
+    "guide_propagation": PROPAGATIONS,
 }
 
 # Long side of the output, in pixels: 16384² RGB pixels (805 M values) keep every size and index
@@ -67,6 +70,7 @@ MAX_STEPS = 10**8  # num_steps × scales (at most 10**9) is counted in int32
 MAX_LBFGS_MEMORY = 1000  # L-BFGS keeps 2 × memory copies of the image
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1  # seeds: jax.random.PRNGKey takes any uint32
+MAX_GUIDE_GROW = 16  # units of a layer's grid: relu5_1's 16 px each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,14 +140,20 @@ RANGES = {
     "seed": Range(0, UINT32_MAX),
     "print_every": Range(0, INT32_MAX),
     "save_every": Range(0, INT32_MAX),
+    "seg_tolerance": Range(0, 255),
+    "mask_feather": Range(0, 1000),
+    "guide_grow": Range(-MAX_GUIDE_GROW, MAX_GUIDE_GROW),
+    "region_weights": _NON_NEGATIVE,  # and a positive sum
 }
 
 
 # Each group's heading in --help.
-GROUP_TITLES = {"image": "sizes, styles, start image and colours", "loss": "loss", "network": "network",
+GROUP_TITLES = {"image": "sizes, styles, start image and colours", "loss": "loss",
+                "regions": "regions (a style per region, or only inside a mask)", "network": "network",
                 "optimizer": "optimizer", "output": "progress and output"}
-# Settings that name a file (their metavar).
-FILE_FIELDS = ("init_image",)
+# Settings that name a file (their metavar), and lists of files.
+FILE_FIELDS = ("init_image", "content_seg", "mask")
+FILE_LIST_FIELDS = ("style_seg",)
 # What each field means, by flat name, as --help says it (the CLI adds its range and default).
 HELP = {
     "image_size": "long side of the output in pixels (aspect ratio kept)",
@@ -194,6 +204,23 @@ HELP = {
     "original_colors": "keep the content's colors: luminance-only transfer (Gatys et al. 2016) "
                        "or recombine YCbCr chroma after the run",
     "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
+    "content_seg": "color-coded map of the content's regions (any size; resized to the output): region k "
+                   "takes the style statistics of region k of the style images",
+    "style_seg": "comma-separated color-coded map per style image, in the content map's colors (default: "
+                 "each painting is whole for every region it serves)",
+    "seg_colors": "the regions' colors in the maps, in order: names (red, blue, ...), #rrggbb or r/g/b "
+                  "(default: those the content map paints, most common first)",
+    "seg_tolerance": "a map's pixel belongs to the nearest listed color if no channel differs by more "
+                     "than this (0..255: anti-aliased edges)",
+    "mask": "style only inside this mask (white: styled, black: the content kept; gray: partly); "
+            "the output is the content outside it",
+    "mask_feather": "soften the edge where the stylized inside meets the kept content, Gaussian radius in px",
+    "region_styles": "per region, in color order: the style image(s) it takes (1, 2, 1+2 blends) or none "
+                     "(the content kept); default: region k takes style k when counts match, else every style",
+    "region_weights": "weight λ of each region's style loss (default: 1/n for the n regions with a style)",
+    "guide_propagation": "how a region reaches each loss layer: simple (resized; soft edges), all (units "
+                         "seeing any of it) or inside (units seeing only it), Gatys et al. 2017",
+    "guide_grow": "grow (>0) or shrink (<0) each region by N units on every loss layer's grid",
     "print_every": "print the loss terms every N steps (0: never)",
     "save_every": "also save the image every N steps before the last, as OUT_<step> in OUT's format "
                   "(0: only at the end)",
@@ -318,6 +345,45 @@ class LossSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RegionSettings:
+    """Spatial control (Gatys et al. 2017): which part of the picture takes which style. The
+    files are read by the CLI (cli/regions.py); the Python API passes arrays (engine.regions.Regions)
+    and reads only guide_propagation and guide_grow from here."""
+
+    content_seg: Optional[str] = None
+    style_seg: Optional[Tuple[str, ...]] = None
+    seg_colors: Optional[Tuple[str, ...]] = None
+    seg_tolerance: float = 48.0
+    mask: Optional[str] = None
+    mask_feather: float = 0.0
+    region_styles: Optional[Tuple[str, ...]] = None
+    region_weights: Optional[Tuple[float, ...]] = None
+    guide_propagation: str = "simple"
+    guide_grow: int = 0
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check_ranges(self)
+        if self.mask is not None and self.content_seg is not None:
+            raise UserInputError("--mask: conflicts with --content-seg (a mask is the two-region case of a map)")
+        for field in ("style_seg", "seg_colors"):
+            if getattr(self, field) is not None and self.content_seg is None:
+                raise UserInputError(f"--{flag(field)}: needs --content-seg, the content's map")
+        if self.mask_feather and self.mask is None and self.content_seg is None:
+            raise UserInputError("--mask-feather: needs --mask or --content-seg")
+        for field in ("region_styles", "region_weights"):
+            if getattr(self, field) is not None and self.content_seg is None and self.mask is None:
+                raise UserInputError(f"--{flag(field)}: needs --content-seg or --mask")
+        if self.region_weights is not None and not sum(self.region_weights) > 0:
+            raise UserInputError("--region-weights: must have a positive sum (every weight is 0)")
+
+    @property
+    def given(self) -> bool:
+        """Whether the run has regions (a map or a mask)."""
+        return self.content_seg is not None or self.mask is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class NetworkSettings:
     """Which network the loss reads and how it is computed (part of the static Objective)."""
 
@@ -389,6 +455,7 @@ class Settings:
 
     image: ImageSettings = dataclasses.field(default_factory=ImageSettings)
     loss: LossSettings = dataclasses.field(default_factory=LossSettings)
+    regions: RegionSettings = dataclasses.field(default_factory=RegionSettings)
     network: NetworkSettings = dataclasses.field(default_factory=NetworkSettings)
     optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
     output: OutputSettings = dataclasses.field(default_factory=OutputSettings)

@@ -19,7 +19,7 @@ from jax.stages import Wrapped
 
 from nst_jax.engine.devices import row_shardings, splits_rows
 from nst_jax.engine.optimize import OptimizerSpec, chunk_program, state_program
-from nst_jax.loss.objective import LossWeights, Objective, Targets, TemporalTarget
+from nst_jax.loss.objective import LossWeights, Objective, RegionGuides, Targets, TemporalTarget
 from nst_jax.model.extent import Extent
 from nst_jax.weights.params_file import Params
 
@@ -36,6 +36,7 @@ class MemberInputs:
     style: Mapping[str, ArrayLike]  # {layer: Gram matrix} of its style (or blend)
     weights: LossWeights
     temporal: Optional[TemporalTarget] = None  # a video frame's (unbatched runs only)
+    guides: Optional[RegionGuides] = None  # its regions (style then (R, C, C) per layer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,20 +112,23 @@ def build_chunk_inputs(objective: Objective, spec: OptimizerSpec, params: Params
     if splits_members:
         assert mesh is not None
         padded += [members[-1]] * (-len(members) % mesh.size)
+    if (members[0].guides is None) != all(member.guides is None for member in members):
+        raise ValueError("every member has regions, or none")
     if batched:
-        pixels, style, weights = _stack([(m.start, m.style, m.weights) for m in padded])
+        pixels, style, weights, guides = _stack([(m.start, m.style, m.weights, m.guides) for m in padded])
         temporal = None
     else:
         (member,) = members
-        pixels, style, weights, temporal = member.start, member.style, member.weights, member.temporal
+        pixels, style, weights, temporal, guides = (member.start, member.style, member.weights, member.temporal,
+                                                    member.guides)
     image_shape = tuple(members[0].start.shape)
     if _is_abstract(pixels):
         opt_state = jax.eval_shape(state_program(spec, batched), pixels)
     else:
-        style, pixels, weights, temporal = jax.device_put((style, pixels, weights, temporal))
+        style, pixels, weights, temporal, guides = jax.device_put((style, pixels, weights, temporal, guides))
         opt_state = state_program(spec, batched)(pixels)
     inputs = ChunkInputs(objective, spec, batched, len(members), pixels, opt_state, params,
-                         Targets(content, style, temporal, extent), weights)
+                         Targets(content, style, temporal, extent, guides), weights)
     return place(inputs, mesh, image_shape)
 
 
@@ -148,7 +152,8 @@ def place(inputs: ChunkInputs, mesh: Optional[Mesh], image_shape: Tuple[int, ...
     else:
         members = NamedSharding(mesh, PartitionSpec("batch"))
         extent = None if inputs.targets.extent is None else replicated
-        shardings = (members, members, replicated, Targets(replicated, members, None, extent), members)
+        guides = None if inputs.targets.guides is None else members
+        shardings = (members, members, replicated, Targets(replicated, members, None, extent, guides), members)
     pixels, opt_state, params, targets, weights = jax.tree_util.tree_map(
         lambda sharding, subtree: _put(subtree, sharding), shardings, args,
         is_leaf=lambda node: isinstance(node, NamedSharding))

@@ -22,7 +22,7 @@ from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
 from nst_jax.model.layers import (BLOCK_CHANNELS, BLOCKS, CONV_LAYERS, canonical_layer, conv_shape, deepest_conv,
                                   layer_block)
-from nst_jax.loss.objective import LossWeights, Objective, content_targets
+from nst_jax.loss.objective import LossWeights, Objective, RegionGuides, content_targets
 from nst_jax.engine.chunk_inputs import ChunkInputs, MemberInputs, build_chunk_inputs
 from nst_jax.engine.devices import Layout, image_mesh
 from nst_jax.engine.buckets import loop_shape
@@ -31,7 +31,7 @@ from nst_jax.engine.stages import SEPARATE_PASSES_FROM, InputShapes, style_side
 from nst_jax.engine.optimize import OptimizerSpec
 from nst_jax.model.ops import ADJOINT
 from nst_jax.model.tiles import TileGrid, front_layers
-from nst_jax.model.vgg import layer_level
+from nst_jax.model.vgg import layer_level, layer_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MemoryEstimate:
 
 def abstract_chunk_inputs(settings: Settings, height: int, width: int, preprocessing: str = "caffe",
                           batch_size: int = 1, batched: Optional[bool] = None,
-                          rows: Optional[Mesh] = None) -> ChunkInputs:
+                          rows: Optional[Mesh] = None, regions: int = 0) -> ChunkInputs:
     """The chunk's inputs as jax.ShapeDtypeStructs, as the engine builds them
     (`build_chunk_inputs`: kernel, bias and the prepared adjoint kernel of each layer it runs),
     for `inputs.program().lower(inputs.pixels, inputs.opt_state, steps, *inputs.loss_args)`:
@@ -57,7 +57,8 @@ def abstract_chunk_inputs(settings: Settings, height: int, width: int, preproces
 
     `batched` (default: batch_size > 1) says whether the run uses the vmapped chunk, as sharded
     runs do even for one member per device. `rows`: a "rows" mesh (devices.image_mesh) to split
-    the image over, as the engine does; XLA's analysis is then per device.
+    the image over, as the engine does; XLA's analysis is then per device. `regions`: that many
+    regions' guides and guided Grams (spatial control).
     """
     channels = 1 if settings.image.original_colors == "luminance" else 3
     objective = Objective.from_settings(settings, preprocessing)
@@ -70,29 +71,34 @@ def abstract_chunk_inputs(settings: Settings, height: int, width: int, preproces
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     extent = Extent(scalar, scalar) if settings.network.shape_buckets == "on" else None  # padded to a bucket
     content = jax.eval_shape(lambda p, x, e: content_targets(objective, p, x, e), params, pixels, extent)
-    grams = {layer: jax.ShapeDtypeStruct((BLOCK_CHANNELS[layer_block(layer)],) * 2, jnp.float32)
+    per_region = (regions,) if regions else ()
+    grams = {layer: jax.ShapeDtypeStruct(per_region + (BLOCK_CHANNELS[layer_block(layer)],) * 2, jnp.float32)
              for layer in objective.style_layers}
     weight = jax.ShapeDtypeStruct((), jnp.float32)
-    member = MemberInputs(pixels, grams, LossWeights(weight, weight, weight))
+    guides = None if not regions else RegionGuides(
+        {layer: jax.ShapeDtypeStruct((regions, *layer_size(height, width, layer)), jnp.float32)
+         for layer in objective.style_layers},
+        {layer: jax.ShapeDtypeStruct((regions,), jnp.float32) for layer in objective.style_layers})
+    member = MemberInputs(pixels, grams, LossWeights(weight, weight, weight), guides=guides)
     return build_chunk_inputs(objective, OptimizerSpec.from_settings(settings), params, content,
                               [member] * batch_size, rows, batched=batch_size > 1 if batched is None else batched,
                               extent=extent)
 
 
 def compiled_chunk(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
-                   batched: Optional[bool] = None, rows: Optional[Mesh] = None) -> Compiled:
+                   batched: Optional[bool] = None, rows: Optional[Mesh] = None, regions: int = 0) -> Compiled:
     """The chunk the engine would run for these settings and sizes, compiled (nothing run)."""
-    inputs = abstract_chunk_inputs(settings, height, width, preprocessing, batch_size, batched, rows)
+    inputs = abstract_chunk_inputs(settings, height, width, preprocessing, batch_size, batched, rows, regions)
     return inputs.program().lower(inputs.pixels, inputs.opt_state, jax.ShapeDtypeStruct((), jnp.int32),
                                   *inputs.loss_args).compile()
 
 
 def estimate_memory(settings: Settings, height: int, width: int, preprocessing: str = "caffe", batch_size: int = 1,
-                    batched: Optional[bool] = None, rows: Optional[Mesh] = None) -> MemoryEstimate:
+                    batched: Optional[bool] = None, rows: Optional[Mesh] = None, regions: int = 0) -> MemoryEstimate:
     """Estimate the memory of `settings` at an output of height × width for `batch_size` members
-    (per device, with `rows`, a "rows" mesh splitting the image)."""
+    (per device, with `rows`, a "rows" mesh splitting the image; `regions` guided regions)."""
     analysis = compiled_chunk(settings, height, width, preprocessing, batch_size, batched,
-                              rows).memory_analysis()
+                              rows, regions).memory_analysis()
     assert analysis is not None  # None only where a backend has no memory analysis
     return MemoryEstimate(analysis.argument_size_in_bytes, analysis.temp_size_in_bytes,
                           max(0, analysis.output_size_in_bytes - analysis.alias_size_in_bytes))
@@ -121,6 +127,9 @@ TILE_ACTIVATIONS = 2
 # Image-sized buffers besides L-BFGS's history: the image, its gradient, the last finished
 # image kept for Ctrl-C, Adam's two moments, the chunk's outputs.
 IMAGE_BUFFERS = 6
+# Regions: the weighted features F∘t_r of every region at the largest style layer, in the forward
+# pass and again in the backward pass (jax.checkpoint makes them afresh there).
+GUIDED_COPIES = 2
 # For tests and for sharing a device: the bytes the run may use, overriding what is detected.
 LIMIT_ENV = "NST_JAX_MEMORY_LIMIT_BYTES"
 # On a CPU the run may use the host's available memory less this margin (10 %, at least 1 GiB):
@@ -240,7 +249,12 @@ def estimate_run(settings: Settings, inputs: InputShapes, layout: Layout = Layou
     history = 2 * spec.lbfgs_memory if spec.name == "lbfgs" else 0
     if spec.storage_dtype == "bfloat16" and spec.lbfgs_linesearch == "none":
         history //= 2  # bfloat16 pairs: half the bytes of float32 ones
-    grams = sum(BLOCK_CHANNELS[layer_block(layer)] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
+    regions = inputs.regions
+    grams = max(1, regions) * sum(BLOCK_CHANNELS[layer_block(layer)] ** 2 for layer in objective.style_layers) * FLOAT_BYTES
+    # Regions: each member's guides on every style layer, and the guided products' F∘t_r, made
+    # again in the backward pass for one layer at a time (all regions at once under vmap).
+    grams += regions * sum(math.prod(layer_size(height, width, layer)) for layer in objective.style_layers) * FLOAT_BYTES
+    guided_floats = GUIDED_COPIES * regions * max(_layer_floats(own_height, width, layer) for layer in objective.style_layers)
     # The compact L-BFGS form's SᵀY and YᵀY (2·memory² floats, kept on accelerators), counted on
     # every backend: the estimate does not depend on where it runs, and they are small.
     fixed_step = spec.name == "lbfgs" and spec.lbfgs_linesearch == "none"
@@ -254,11 +268,11 @@ def estimate_run(settings: Settings, inputs: InputShapes, layout: Layout = Layou
         loop_floats = _tiles_loop_floats(own_height, width, objective)
     else:
         loop_floats = LOOP_ACTIVATIONS * _activation_floats(own_height, width, deepest)
-    loop = per_device * loop_floats * FLOAT_BYTES
+    loop = per_device * (loop_floats + guided_floats) * FLOAT_BYTES
     styles = [_pass_floats(*loop_shape(settings, images.long_side_shape(*shape, style_side(settings))), objective)
               for shape in inputs.styles]
     if height * width < SEPARATE_PASSES_FROM:  # one program: XLA overlaps the passes
-        targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES)
+        targets = TARGET_ACTIVATIONS * (activations + sum(styles) * FLOAT_BYTES) + guided_floats * FLOAT_BYTES
     else:  # a program per image, each split by rows like the loop
         split = devices if rows else 1
         targets = TARGET_ACTIVATIONS * max([activations] + [style * FLOAT_BYTES for style in styles]) // split

@@ -156,9 +156,9 @@ def make_chunk(objective: Objective, spec: OptimizerSpec) -> ChunkFn:
 
 TERMS = ("content", "style", "tv", "total")
 # How the batched chunk's arguments map to members (vmap's in_axes for make_chunk's arguments):
-# each member has its own image, optimizer state, style Gram matrices and loss weights; the step
-# count, params and content targets are shared.
-BATCH_AXES = (0, 0, None, None, Targets(content=None, style=0), 0)
+# each member has its own image, optimizer state, style Gram matrices, regions and loss weights;
+# the step count, params and content targets are shared.
+BATCH_AXES = (0, 0, None, None, Targets(content=None, style=0, guides=0), 0)
 
 
 # On CPU, XLA's (experimental, default-on) YNNPACK fusion runs VGG's 3×3 convolutions slower

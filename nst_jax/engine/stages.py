@@ -52,10 +52,11 @@ class InputShapes:
 
     content: Tuple[int, int]
     styles: Tuple[Tuple[int, int], ...]
+    regions: int = 0  # spatial control's regions (engine/regions.py); 0: none
 
     @classmethod
-    def of(cls, content: np.ndarray, styles: Sequence[np.ndarray]) -> "InputShapes":
-        return cls(_shape(content), tuple(_shape(style) for style in styles))
+    def of(cls, content: np.ndarray, styles: Sequence[np.ndarray], regions: int = 0) -> "InputShapes":
+        return cls(_shape(content), tuple(_shape(style) for style in styles), regions)
 
     def working_shape(self, long_side: int) -> Tuple[int, int]:
         """The content's (height, width) at `long_side`: the shape the loop runs at."""
@@ -142,21 +143,26 @@ class _JitWithChunkOptions:
 # The true sizes of a run's padded images (shape buckets): (the content's, (each style's, ...)),
 # or None where every image fills its array.
 Extents = Optional[Tuple[Extent, Tuple[Extent, ...]]]
+# Each painting's regions, {style layer: (R, h, w)} (engine/regions.py), or None: no regions.
+StyleGuides = Optional[Sequence[Dict[str, Any]]]
 
 
 @_JitWithChunkOptions
 def targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
-            blend_weights: Optional[jax.Array] = None, extents: Extents = None
+            blend_weights: Optional[jax.Array] = None, extents: Extents = None, style_guides: StyleGuides = None
             ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Optional[Dict[str, jax.Array]]]:
     """(content features, [Gram matrices of each style image], their blend or None).
 
     One compiled program per run, computed once before the loop; each style image at its own
     size. `blend_weights` (one per style, summing to 1) gives the blended target too. `extents`:
     the images' true sizes when they are padded to their buckets (traced: one program serves
-    every photo and painting of the same buckets).
+    every photo and painting of the same buckets). `style_guides`: each painting's regions on
+    its style layers (engine/regions.py): its Grams are then (R, C, C), one per region.
     """
     content_extent, style_extents = extents or (None, (None,) * len(style_pixels))
-    grams = [style_grams(objective, params, pixels, extent) for pixels, extent in zip(style_pixels, style_extents)]
+    guides = style_guides or (None,) * len(style_pixels)
+    grams = [style_grams(objective, params, pixels, extent, guide)
+             for pixels, extent, guide in zip(style_pixels, style_extents, guides)]
     blended = None if blend_weights is None else blend_grams(grams, blend_weights)
     return content_targets(objective, params, content_pixels, content_extent), grams, blended
 
@@ -178,28 +184,32 @@ def content_pass(objective: Objective, params: Params, pixels: jax.Array,
 
 @_JitWithChunkOptions
 def _style_pass(objective: Objective, params: Params, pixels: jax.Array,
-                extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
-    return style_grams(objective, params, pixels, extent)
+                extent: Optional[Extent] = None, guides: Optional[Dict[str, jax.Array]] = None) -> Dict[str, jax.Array]:
+    return style_grams(objective, params, pixels, extent, guides)
 
 
 def run_targets(objective: Objective, params: Params, content_pixels: jax.Array, style_pixels: Sequence[jax.Array],
                 blend_weights: jax.Array, rows: Optional[Mesh] = None, separate_from: int = SEPARATE_PASSES_FROM,
-                extents: Extents = None
+                extents: Extents = None, style_guides: StyleGuides = None
                 ) -> Tuple[Dict[str, jax.Array], List[Dict[str, jax.Array]], Dict[str, jax.Array]]:
     """`targets` for a run: one program on one device, or from `separate_from` content pixels on
     (print sizes) one per image, each split over `rows` (the mesh the loop splits the image over)
     if given. With `extents` (images padded to their buckets, as `targets` takes them) one
     program per image too: the content's bucket and each painting's compile apart, so a new
-    painting or a new photo whose bucket ran before compiles nothing."""
+    painting or a new photo whose bucket ran before compiles nothing. `style_guides`: as
+    `targets` takes them."""
     height, width = content_pixels.shape[:2]
     if height * width < separate_from and extents is None:
-        content, grams, blended = targets(objective, params, content_pixels, style_pixels, blend_weights)
+        content, grams, blended = targets(objective, params, content_pixels, style_pixels, blend_weights,
+                                          style_guides=style_guides)
         assert blended is not None  # blend_weights given
         return content, grams, blended
     split = dataclasses.replace(objective, rows=rows)
     content_extent, style_extents = extents or (None, (None,) * len(style_pixels))
     content = content_pass(split, params, content_pixels, content_extent)
-    grams = [_style_pass(split, params, pixels, extent) for pixels, extent in zip(style_pixels, style_extents)]
+    guides = style_guides or (None,) * len(style_pixels)
+    grams = [_style_pass(split, params, pixels, extent, guide)
+             for pixels, extent, guide in zip(style_pixels, style_extents, guides)]
     return content, grams, _blend(grams, blend_weights)
 
 
@@ -275,12 +285,16 @@ def _noise_start_in_bucket(seed, mean, std, pixel_range, height, width, bucket):
     return jnp.where(inside, _start_from_noise(flat[jnp.where(inside, index, 0)], mean, std, pixel_range), 0.0)
 
 
-def finish_image(pixels: npt.ArrayLike, content_rgb: np.ndarray, settings: Settings) -> np.ndarray:
-    """Optimized pixels -> RGB in [0, 1], with the content's colors where asked."""
+def finish_image(pixels: npt.ArrayLike, content_rgb: np.ndarray, settings: Settings,
+                 keep: Optional[np.ndarray] = None) -> np.ndarray:
+    """Optimized pixels -> RGB in [0, 1], with the content's colors where asked, and the
+    content's own pixels where `keep` (H, W), the stylized share of each pixel, is below 1."""
     rgb = np.clip(np.asarray(pixels, np.float32) / settings.loss.pixel_range, 0.0, 1.0)
     if rgb.shape[-1] == 1:  # luminance-only: stylized Y, content's I and Q
         rgb = np.repeat(rgb, 3, axis=-1)
         rgb = color.recombine_colors(rgb, content_rgb, space="yiq")
     elif settings.image.original_colors == "recombine":
         rgb = color.recombine_colors(rgb, content_rgb, space="ycbcr")
+    if keep is not None:
+        rgb = keep[..., None] * np.asarray(rgb, np.float32) + (1.0 - keep[..., None]) * content_rgb
     return np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)

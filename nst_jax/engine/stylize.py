@@ -45,6 +45,7 @@ from nst_jax.engine.devices import Layout, splits_rows
 from nst_jax.engine.checkpoint import Checkpoints, Position, finite_terms, host_terms
 from nst_jax.engine.optimize import LoopResult, OptimizerSpec, PieceEnd, Pieces, agreed, run_loop, to_host
 from nst_jax.engine.plan import RunPlan, plan_run
+from nst_jax.engine.regions import Regions, mix_grams, scale_guides
 from nst_jax.engine.stages import InputShapes, finish_image, initial_pixels, prepare_images, run_targets
 from nst_jax.model.ops import with_adjoint_kernels
 from nst_jax.weights.params_file import Model, Params
@@ -165,6 +166,8 @@ class RunOptions:
       checkpoints: an `engine.checkpoint.Checkpoints`: the run resumes from its latest checkpoint
         (equal to the uninterrupted run), saves at its interval and when stopped. The caller
         removes it after a finished run (`remove()`), or releases it (`close()`).
+      regions: which region of the output takes which style (`engine.regions.Regions`: guides
+        as arrays); settings.regions says how guides reach the loss layers.
     """
 
     init_image: Optional[npt.ArrayLike] = None
@@ -174,6 +177,7 @@ class RunOptions:
     should_stop: Optional[Callable[[], bool]] = None
     on_steps: Optional[Callable[[int, float], None]] = None
     checkpoints: Optional[Checkpoints] = None
+    regions: Optional[Regions] = None
 
 
 @contextlib.contextmanager
@@ -217,7 +221,8 @@ def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Setting
     """
     content_rgb, style_rgbs = _checked_images(content, styles, settings)
     mesh = _splitting(options.mesh)
-    plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs), Layout.of_mesh(len(members), mesh),
+    regions = 0 if options.regions is None else options.regions.count
+    plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs, regions), Layout.of_mesh(len(members), mesh),
                     device=mesh.devices.flat[0] if mesh is not None else None)
     with _ctrl_c_stops(options) as stoppable:
         return _run_checked(plan, content_rgb, style_rgbs, model, members, stoppable)
@@ -264,7 +269,8 @@ def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
     """`run_plan` for images already made RGB floats (`_checked_images`)."""
     if not members:
         raise ValueError("a batch needs at least one member")
-    if InputShapes.of(content_rgb, style_rgbs) != plan.inputs:
+    regions = None if options.regions is None else options.regions.checked(len(style_rgbs))
+    if InputShapes.of(content_rgb, style_rgbs, 0 if regions is None else regions.count) != plan.inputs:
         raise ValueError(f"the plan was made for images of {plan.inputs}, not these")
     mesh = _splitting(options.mesh) if options.mesh is not None else plan.layout.mesh()
     if Layout.of_mesh(len(members), mesh) != plan.layout:
@@ -272,7 +278,7 @@ def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
     init_image = None if options.init_image is None else images.as_rgb(options.init_image, "init_image")
     run = _Run(plan, content_rgb, tuple(style_rgbs), model.preprocessing,
                prepare_params(model.params, Objective.from_settings(plan.settings, model.preprocessing)),
-               tuple(members), mesh, options)
+               tuple(members), mesh, options, regions)
     # Held for the run; a caller that took it first (the CLI: until its images are written)
     # releases it itself.
     checkpoints = options.checkpoints
@@ -373,6 +379,7 @@ class _Run:
     members: Tuple[Member, ...]
     mesh: Optional[Mesh]
     options: RunOptions
+    regions: Optional[Regions]  # checked
 
 
 def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], first_step: int,
@@ -386,23 +393,40 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
     objective = Objective.from_settings(settings, preprocessing)
     content_rgb, content_pixels, style_pixels = prepare_images(run.content, styles, settings)
     unpadded, true_shape, extents, bucket = content_pixels, content_pixels.shape[:2], None, None
+    style_shapes = [pixels.shape[:2] for pixels in style_pixels]
     if settings.network.shape_buckets == "on":  # every image padded to its bucket, its true size traced
         content_pixels, style_pixels, extents = pad_images(content_pixels, style_pixels)
         bucket = content_pixels.shape[:2]
+    guides = keep = None
+    if run.regions is not None:  # the regions on every style layer, padded like the images
+        guides = scale_guides(run.regions, objective.style_layers, settings.regions.guide_propagation,
+                              settings.regions.guide_grow, true_shape, style_shapes, content_pixels.shape[:2],
+                              [pixels.shape[:2] for pixels in style_pixels])
+        keep = run.regions.keep(true_shape[0], true_shape[1], plan.sizes[index] / plan.sizes[-1])
     # Content targets once, Gram matrices once per style image at its own size, and their blend:
     # one program (print sizes: one per image, split by rows like the loop). Host arrays go in
     # by device_put (jnp.asarray compiles a copy per shape).
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
     content_targets, grams, blended = run_targets(
         objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
-        jax.device_put(blend / blend.sum()), rows=run.mesh if splits_rows(run.mesh) else None, extents=extents)
-    inputs = build_chunk_inputs(
-        objective, OptimizerSpec.from_settings(settings), params, content_targets,
-        [MemberInputs(initial_pixels(settings, preprocessing, unpadded, start, seed=member.seed, bucket=bucket),
-                      grams[member.style_index] if member.style_index is not None else blended,
-                      loss_weights(member.content_weight, member.style_weight, member.tv_weight))
-         for member, start in zip(members, starts)], run.mesh, batched=plan.layout.batched,
-        extent=None if extents is None else extents[0])
+        jax.device_put(blend / blend.sum()), rows=run.mesh if splits_rows(run.mesh) else None, extents=extents,
+        style_guides=None if guides is None else jax.device_put(guides.styles))
+
+    def style_of(member):  # its style targets, and its regions' guides
+        if guides is None:
+            return grams[member.style_index] if member.style_index is not None else blended, None
+        mix = guides.member_mix(member.style_index, blend / blend.sum())
+        return mix_grams(grams, jax.device_put(mix)), guides.region_guides(mix)
+
+    member_inputs = []
+    for member, start in zip(members, starts):
+        style, regions = style_of(member)
+        member_inputs.append(MemberInputs(
+            initial_pixels(settings, preprocessing, unpadded, start, seed=member.seed, bucket=bucket), style,
+            loss_weights(member.content_weight, member.style_weight, member.tv_weight), guides=regions))
+    inputs = build_chunk_inputs(objective, OptimizerSpec.from_settings(settings), params, content_targets,
+                                member_inputs, run.mesh, batched=plan.layout.batched,
+                                extent=None if extents is None else extents[0])
     steps = settings.optimizer.num_steps
     if resume is not None:
         assert checkpoints is not None
@@ -415,7 +439,7 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
         return values[:count] if inputs.batched else values[None]
 
     def finished_images(current):  # cropped to the true image (shape buckets)
-        return [finish_image(member[:true_shape[0], :true_shape[1]], content_rgb, settings)
+        return [finish_image(member[:true_shape[0], :true_shape[1]], content_rgb, settings, keep)
                 for member in per_member(to_host(current))]
 
     def visit(step, current, terms):

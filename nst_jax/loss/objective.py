@@ -114,13 +114,24 @@ class TemporalTarget:
 
 
 @dataclasses.dataclass(frozen=True)
+class RegionGuides:
+    """The regions of the image being optimized (spatial control, Gatys et al. 2017): each style
+    layer's guide (R, h, w) on that layer's grid (model.guides.layer_guides) and each region's
+    weight λ_r (R,) there, 0 where the region has no style or is empty on that layer."""
+
+    layers: Any  # {style layer: (R, h, w) float32}
+    weights: Any  # {style layer: (R,) float32}
+
+
+@dataclasses.dataclass(frozen=True)
 class Targets:
     """What the loss compares the image with, computed once before the loop.
 
     content: {layer: features of the content image}; style: {layer: Gram matrix of the style
     (or the blend of styles)}; temporal: video frames only; extent: the true image inside the
     padded one the loop optimizes (shape buckets), None where the image fills its array (the
-    exact-shape program: no masking compiled in).
+    exact-shape program: no masking compiled in); guides: the image's regions, whose style
+    targets are then (R, C, C) per layer, one guided Gram matrix per region.
     """
 
     # Typed Any, not Dict: vmap's in_axes are a Targets of axis numbers (optimize.BATCH_AXES).
@@ -128,9 +139,10 @@ class Targets:
     style: Any
     temporal: Optional[TemporalTarget] = None
     extent: Any = None  # Optional[Extent]
+    guides: Any = None  # Optional[RegionGuides]
 
 
-for _contract in (LossWeights, TemporalTarget, Targets):  # pytrees: they cross jit and vmap
+for _contract in (LossWeights, TemporalTarget, RegionGuides, Targets):  # pytrees: they cross jit and vmap
     jax.tree_util.register_dataclass(
         _contract, data_fields=[field.name for field in dataclasses.fields(_contract)], meta_fields=[])
 
@@ -182,13 +194,16 @@ def _layer_size(pixels: jax.Array, layer: str, extent: Optional[Extent]) -> Tupl
 
 
 def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
-                            content: Optional[Dict[str, jax.Array]] = None, extent: Optional[Extent] = None
+                            content: Optional[Dict[str, jax.Array]] = None, extent: Optional[Extent] = None,
+                            guides: Optional[Dict[str, jax.Array]] = None
                             ) -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]:
     """({style layer: normalized Gram matrix}, {content layer: content loss}) of an image, the
     first two blocks computed in column tiles (remat "tiles": vgg.features_in_tiles).
 
     Their Gram matrices and content distances are sums over the tiles; deeper layers' come from
     their whole activations. `content`: {layer: target features}; None: Gram matrices only.
+    `guides`: {style layer: (R, h, w)}: guided Gram matrices (R, C, C), each tile's product
+    taken with its own columns of the guides.
     """
     if objective.normalize_gradients:
         raise ValueError("remat 'tiles' cannot normalize gradients: the norm spans the whole image")
@@ -201,12 +216,22 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
     padded = {layer: jnp.pad(target.reshape(target.shape[-3:]).astype(jnp.float32),
                              ((0, 0), (0, grid.padded_width(layer) - grid.layer_width(layer)), (0, 0)))
               for layer, target in (content or {}).items() if layer in front}
+    padded_guides = {layer: jnp.pad(guide.astype(jnp.float32),
+                                    ((0, 0), (0, 0), (0, grid.padded_width(layer) - guide.shape[2])))
+                     for layer, guide in (guides or {}).items() if layer in front}
+
+    def tile_columns(array, layer, i, axis):
+        return jax.lax.dynamic_slice_in_dim(array, i * grid.tile_width(layer), grid.tile_width(layer), axis=axis)
+
+    def tile_product(own, layer, i):
+        if guides is None:
+            return losses.gram_product(own[layer])
+        return losses.guided_gram_products(own[layer], tile_columns(padded_guides[layer], layer, i, 2))
 
     def reduce_tile(own, i):
-        grams = {layer: losses.gram_product(own[layer]) for layer in objective.style_layers if layer in front}
+        grams = {layer: tile_product(own, layer, i) for layer in objective.style_layers if layer in front}
         distances = {layer: jnp.sum(jnp.square(
-            own[layer][0].astype(jnp.float32)
-            - jax.lax.dynamic_slice_in_dim(target, i * grid.tile_width(layer), grid.tile_width(layer), axis=1)))
+            own[layer][0].astype(jnp.float32) - tile_columns(target, layer, i, 1)))
             for layer, target in padded.items()}
         return grams, distances
 
@@ -214,6 +239,11 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
                                                            reduce_tile=reduce_tile, grid=grid, extent=extent)
 
     def gram(layer):
+        if guides is not None:
+            product = (products[layer] if layer in products
+                       else losses.guided_gram_products(activations[layer], guides[layer]))
+            return losses.normalized_guided_grams(product, losses.guide_mass(guides[layer]),
+                                                  objective.gram_normalization)
         product = products[layer] if layer in products else losses.gram_product(activations[layer])
         return losses.normalized_gram(product, *_layer_size(pixels, layer, extent), objective.gram_normalization)
 
@@ -237,15 +267,23 @@ def content_targets(objective: Objective, params: Dict[str, Any], content_pixels
 
 
 def style_grams(objective: Objective, params: Dict[str, Any], style_pixels: jax.Array,
-                extent: Optional[Extent] = None) -> Dict[str, jax.Array]:
+                extent: Optional[Extent] = None, guides: Optional[Dict[str, jax.Array]] = None) -> Dict[str, jax.Array]:
     """{layer: Gram matrix} of one style image at the style layers (`extent`: the true image
-    inside padded pixels; the Grams are the unpadded image's)."""
+    inside padded pixels; the Grams are the unpadded image's). `guides`: {layer: (R, h, w)}, the
+    painting's regions on each style layer's grid: {layer: (R, C, C)}, a guided Gram per region."""
     if objective.remat == "tiles":
-        return _tiled_layer_statistics(objective, params, style_pixels, extent=extent)[0]
+        return _tiled_layer_statistics(objective, params, style_pixels, extent=extent, guides=guides)[0]
     activations = vgg_features(objective, params, style_pixels, objective.style_layers, extent)
+    if guides is not None:
+        return {layer: _guided_grams(objective, activations[layer], guides[layer]) for layer in objective.style_layers}
     return {layer: losses.normalized_gram(losses.gram_product(activations[layer]),
                                           *_layer_size(style_pixels, layer, extent), objective.gram_normalization)
             for layer in objective.style_layers}
+
+
+def _guided_grams(objective: Objective, features: jax.Array, guides: jax.Array) -> jax.Array:
+    return losses.normalized_guided_grams(losses.guided_gram_products(features, guides),
+                                          losses.guide_mass(guides), objective.gram_normalization)
 
 
 def blend_grams(grams_per_style: Sequence[Dict[str, jax.Array]], blend_weights: Any) -> Dict[str, jax.Array]:
@@ -296,12 +334,20 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
     extent: Optional[Extent] = targets.extent
     image_positions = pixels.shape[0] * pixels.shape[1] if extent is None else extent.height * extent.width
     true_size = None if extent is None else (extent.height, extent.width)
+    guides: Optional[RegionGuides] = targets.guides
+
+    def style_distance(layer, image_gram):
+        if guides is None:
+            return losses.gram_distance(image_gram, targets.style[layer], _layer_size(pixels, layer, extent),
+                                        objective.style_loss, image_positions)
+        return losses.guided_gram_distance(image_gram, targets.style[layer], losses.guide_mass(guides.layers[layer]),
+                                           guides.weights[layer], objective.style_loss, image_positions)
+
     if objective.remat == "tiles":
-        grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content, extent)
+        grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content, extent,
+                                                        None if guides is None else guides.layers)
         content_terms = [content_losses[layer] for layer in objective.content_layers]
-        style_terms = [losses.gram_distance(grams[layer], targets.style[layer], _layer_size(pixels, layer, extent),
-                                            objective.style_loss, image_positions)
-                       for layer in objective.style_layers]
+        style_terms = [style_distance(layer, grams[layer]) for layer in objective.style_layers]
     else:
         activations = vgg_features(objective, params, pixels, extent=extent)
 
@@ -316,11 +362,16 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
         content_terms = [losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
                                              objective.content_loss, true_layer_size(layer))
                          for layer, w in zip(objective.content_layers, objective.content_layer_weights)]
-        style_terms = [losses.style_layer_loss(
-            layer_input(layer, w * weights.style), targets.style[layer],
-            gram_normalization=objective.gram_normalization, style_loss=objective.style_loss,
-            image_positions=image_positions, layer_size=true_layer_size(layer))
-            for layer, w in zip(objective.style_layers, objective.style_layer_weights)]
+        if guides is None:
+            style_terms = [losses.style_layer_loss(
+                layer_input(layer, w * weights.style), targets.style[layer],
+                gram_normalization=objective.gram_normalization, style_loss=objective.style_loss,
+                image_positions=image_positions, layer_size=true_layer_size(layer))
+                for layer, w in zip(objective.style_layers, objective.style_layer_weights)]
+        else:
+            style_terms = [style_distance(layer, _guided_grams(objective, layer_input(layer, w * weights.style),
+                                                                guides.layers[layer]))
+                           for layer, w in zip(objective.style_layers, objective.style_layer_weights)]
     content = losses.weighted_sum(content_terms, objective.content_layer_weights)
     style = losses.weighted_sum(style_terms, objective.style_layer_weights)
     tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta, true_size)

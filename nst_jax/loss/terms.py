@@ -83,6 +83,73 @@ def _symmetric_product_jvp(primals, tangents):
     return _product(matrix.T, matrix), half + half.T
 
 
+def guided_gram_products(features: ArrayLike, guides: ArrayLike) -> jax.Array:
+    """(R, C, C): for each region r, (F∘t_r)ᵀ(F∘t_r) = Σ_p t_r(p)² f_p f_pᵀ (Gatys et al. 2017,
+    the features times the guide, not its square root), not normalized.
+
+    features: (1, H, W, C) or (H, W, C); guides: (R, H, W), each region's guide on this layer's
+    grid. Rematerialized: the backward pass recomputes each F∘t_r from F and the guide instead of
+    keeping R more copies of every style layer through the step.
+    """
+    image = _single_image(features, "features")
+    guide = _at_least_float32(guides)
+    if guide.ndim != 3 or guide.shape[1:] != image.shape[:2]:
+        raise ValueError(f"guides of shape {jnp.shape(guides)} do not match features of shape {jnp.shape(features)}")
+    return _guided_products(image, guide)
+
+
+@jax.checkpoint
+def _guided_products(image, guide):
+    channels = image.shape[-1]
+    weighted = guide[..., None] * image[None]  # (R, H, W, C)
+    return jax.vmap(_symmetric_product)(weighted.reshape(guide.shape[0], -1, channels))
+
+
+def guide_mass(guides: ArrayLike) -> jax.Array:
+    """(R,): Σ_p t_r(p)², each region's positions as its guided Gram counts them (the H·W of an
+    unguided layer: a guide of ones has mass H·W)."""
+    guide = _at_least_float32(guides)
+    return jnp.sum(jnp.square(guide), axis=(1, 2))
+
+
+def normalized_guided_grams(products: jax.Array, mass: jax.Array, gram_normalization: str) -> jax.Array:
+    """(R, C, C) `guided_gram_products` divided as `normalized_gram` divides an unguided one, the
+    region's mass standing for H·W; an empty region's (mass 0) stays 0."""
+    _check_option("gram_normalization", gram_normalization, GRAM_NORMALIZATIONS)
+    if gram_normalization == "raw":
+        return products
+    positions = jnp.maximum(mass, jnp.finfo(jnp.float32).tiny)
+    if gram_normalization == "chw":
+        positions = positions * products.shape[-1]
+    return products / positions[:, None, None]
+
+
+def guided_gram_distance(image_grams: jax.Array, target_grams: ArrayLike, mass: jax.Array,
+                         region_weights: ArrayLike, style_loss: str = "gatys",
+                         image_positions: Optional[ArrayLike] = None) -> jax.Array:
+    """Σ_r λ_r · `gram_distance`(G_r, A_r), each region's mass standing for the layer's M = H·W
+    in the "gatys" divisor 4N²M². `region_weights` λ (R,): 0 leaves a region out (one with no
+    style, or empty on this layer)."""
+    _check_style_loss(style_loss, image_positions)
+    target = _at_least_float32(target_grams)
+    weights = _at_least_float32(region_weights)
+    if target.shape != image_grams.shape:
+        raise ValueError(f"target Grams of shape {target.shape} for image Grams of shape {image_grams.shape}")
+    difference = image_grams - target
+    if style_loss == "mse":
+        per_region = jnp.mean(jnp.square(difference), axis=(1, 2))
+    elif style_loss == "sum":
+        per_region = jnp.sum(jnp.square(difference), axis=(1, 2))
+    else:
+        if style_loss == "gatys":
+            scale = 2.0 * image_grams.shape[-1] * jnp.maximum(mass, jnp.finfo(jnp.float32).tiny)
+        else:
+            scale = jnp.broadcast_to(2.0 * KERAS_EXAMPLE_CHANNELS * jnp.asarray(image_positions, difference.dtype),
+                                     mass.shape)
+        per_region = jnp.sum(jnp.square(difference / scale[:, None, None]), axis=(1, 2))
+    return jnp.sum(jnp.where(weights > 0, weights * per_region, 0.0))
+
+
 def size_product(*factors: Any) -> Any:
     """The product of sizes as a float: Python's for ints, float32 for traced sizes (a padded
     image's true size). Either way the exact product rounded once: at print sizes C·H·W passes

@@ -11,7 +11,7 @@ The command line (`python -m nst_jax.video`, frames folder, resume, encoding) is
 import concurrent.futures
 import dataclasses
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, cast
 
 import jax
 import numpy as np
@@ -26,7 +26,9 @@ from nst_jax.engine.chunk_inputs import MemberInputs, build_chunk_inputs
 from nst_jax.engine.optimize import OptimizerSpec, Pieces, run_loop
 from nst_jax.engine.plan import plan_run
 from nst_jax.engine.stages import InputShapes, content_pass, finish_image, initial_pixels, prepare_images, targets
+from nst_jax.engine.regions import Regions, mix_grams, scale_guides
 from nst_jax.engine.stylize import prepare_params
+from nst_jax.imaging.regions import resize_guides
 from nst_jax.loss.objective import Objective, TemporalTarget, loss_weights, temporal_loss
 from nst_jax.weights.params_file import Model
 
@@ -53,6 +55,8 @@ VIDEO_HELP = {
     "duration": "seconds of the input to stylize (default: to the end)",
     "every": "stylize every Nth frame; the output's rate is divided by N",
     "fps": "frame rate of a folder of frames (default: 25)",
+    "regions_follow_flow": "move the first frame's regions (--mask, --content-seg) along the optical flow "
+                           "to every later frame (default: the same regions in every frame)",
 }
 VIDEO_METAVARS = {"long_term": "K", "start": "SECONDS", "duration": "SECONDS"}
 
@@ -69,6 +73,8 @@ class VideoSettings:
       loss over frames t−1 … t−K; 1: the short-term loss alone).
     start, duration: the part of the input to stylize, in seconds; every: keep every Nth frame.
     fps: frame rate of a frame-folder input.
+    regions_follow_flow: the first frame's regions (FrameOptions.regions) moved along the flow
+      to each later frame, as the previous result is; False: the same regions in every frame.
     """
 
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT
@@ -79,6 +85,7 @@ class VideoSettings:
     duration: Optional[float] = None
     every: int = 1
     fps: Optional[float] = None
+    regions_follow_flow: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -148,6 +155,8 @@ class FrameOptions:
       on_visit: called (frame index, step, steps, terms) at host visits; raising StopRun there
         stops the run without finishing the frame.
       intervals: step intervals at which to visit the host.
+      regions: the clip's regions (engine.regions.Regions; the content guides those of every
+        frame, or of the first one when VideoSettings.regions_follow_flow).
     """
 
     first_index: int = 0
@@ -155,6 +164,14 @@ class FrameOptions:
     on_frame: Optional[Callable[[FrameResult], None]] = None
     on_visit: Optional[Callable[[int, int, int, Dict[str, Any]], None]] = None
     intervals: Tuple[int, ...] = ()
+    regions: Optional[Regions] = None
+
+
+def _moved_guides(guides: np.ndarray, shape: Tuple[int, int], motion: flow.Motion) -> np.ndarray:
+    """The previous frame's (R, H, W) guides at the working `shape`, moved onto this frame along
+    the flow (bilinear: a moved edge stays soft)."""
+    on_frame = resize_guides(guides, *shape)
+    return np.clip(np.moveaxis(flow.warp(np.moveaxis(on_frame, 0, -1), motion.backward), -1, 0), 0.0, 1.0)
 
 
 def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLike], settings: Settings,
@@ -171,7 +188,8 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
     # Arrays as image libraries give them (uint8, grayscale...), checked before anything compiles.
     clip = [images.as_rgb(frame, f"frame {index}") for index, frame in enumerate(frames)]
     style_rgbs = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
-    settings = plan_run(settings, InputShapes.of(clip[0], style_rgbs)).settings
+    regions = None if options.regions is None else options.regions.checked(len(style_rgbs))
+    settings = plan_run(settings, InputShapes.of(clip[0], style_rgbs, 0 if regions is None else regions.count)).settings
     preprocessing = model.preprocessing
     objective = Objective.from_settings(settings, preprocessing)
     params = prepare_params(model.params, objective)
@@ -181,12 +199,27 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
     # With shape buckets every frame is padded to the bucket (frames share one true size) and the
     # history stays at the true size, where the flow warps it.
     true_shape, extents = first_pixels.shape[:2], None
+    style_shapes = [pixels.shape[:2] for pixels in style_pixels]
     if settings.network.shape_buckets == "on":
         first_pixels, style_pixels, extents = pad_images(first_pixels, style_pixels)
     bucket = first_pixels.shape[:2]
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(style_rgbs), np.float32)
-    _, _, style_target = targets(objective, params, jax.device_put(first_pixels),
-                                 jax.device_put(style_pixels), jax.device_put(blend / blend.sum()), extents)
+    blend = blend / blend.sum()
+    guides = None
+    if regions is not None:
+        guides = scale_guides(regions, objective.style_layers, settings.regions.guide_propagation,
+                              settings.regions.guide_grow, true_shape, style_shapes, bucket,
+                              [pixels.shape[:2] for pixels in style_pixels])
+    _, grams, style_target = targets(objective, params, jax.device_put(first_pixels), jax.device_put(style_pixels),
+                                     jax.device_put(blend), extents,
+                                     None if guides is None else jax.device_put(guides.styles))
+    if guides is not None:  # the clip's one mix of the paintings per region
+        mix = guides.member_mix(None, blend)
+        style_target = mix_grams(grams, jax.device_put(mix))
+        frame_guides = np.asarray(cast(Regions, regions).content)  # moved along the flow, if asked
+        if video.regions_follow_flow:  # a resumed clip: moved to its first frame as before
+            for index in range(1, options.first_index + 1):
+                frame_guides = _moved_guides(frame_guides, true_shape, flow.motion(clip[index - 1], clip[index]))
     extent = None if extents is None else extents[0]
     weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight,
                            settings.loss.tv_weight, video.temporal_weight)
@@ -225,11 +258,17 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                     start = flow.warped_start(history[0], motions[0], own_start)
             if index + 1 < len(clip):
                 upcoming = motions_of(index + 1)  # computed while this frame optimizes
+            region_guides = keep = None
+            if guides is not None:
+                if video.regions_follow_flow and index > options.first_index:
+                    frame_guides = _moved_guides(frame_guides, true_shape, motions[0])
+                region_guides = guides.with_content(frame_guides).region_guides(mix)
+                keep = cast(Regions, regions).keep(true_shape[0], true_shape[1], 1.0, frame_guides)
             inputs = build_chunk_inputs(
                 objective, spec, params,
                 content_pass(objective, params, jax.device_put(pad_to(content_pixels, bucket)), extent),
                 [MemberInputs(pad_to(start, bucket), style_target, weights,
-                              TemporalTarget(pad_to(previous, bucket, 1), pad_to(masks, bucket, 1)))],
+                              TemporalTarget(pad_to(previous, bucket, 1), pad_to(masks, bucket, 1)), region_guides)],
                 extent=extent)
             steps = video.steps(settings, index)
 
@@ -248,7 +287,7 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                 optimized = np.clip(optimized, 0.0, settings.loss.pixel_range)
             history = [optimized] + history[: look_back - 1]
             temporal = video.temporal_weight * float(_finished_temporal_loss(optimized, previous, masks))
-            result = FrameResult(index, finish_image(optimized, content_rgb, settings), optimized,
+            result = FrameResult(index, finish_image(optimized, content_rgb, settings, keep), optimized,
                                  run.steps_done, float(run.loss), time.perf_counter() - began,
                                  temporal)
             done += 1
