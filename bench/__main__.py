@@ -25,8 +25,9 @@ DEFAULT_MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 # `python -m bench NAME ...` runs bench/NAME.py: e2e (the whole command against the PyTorch
 # way), remat (what --remat blocks / tiles save and cost), largest (the largest image one device
 # runs), lbfgs (one L-BFGS update in each form), checkpoint (what --checkpoint-every costs),
-# buckets (what shape buckets cost per step and save in compiles).
-SUBCOMMANDS = ("e2e", "remat", "largest", "lbfgs", "checkpoint", "buckets")
+# buckets (what shape buckets cost per step and save in compiles), regions (what spatial control
+# costs per step, in memory and in a whole command).
+SUBCOMMANDS = ("e2e", "remat", "largest", "lbfgs", "checkpoint", "buckets", "regions")
 OPTIMIZERS = ("adam", "lbfgs")
 DTYPES = ("float32", "bfloat16")
 MIN_SIZE = 16  # VGG's four 2×2 pools must leave at least one pixel for conv5_1

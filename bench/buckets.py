@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -21,6 +20,7 @@ from PIL import Image
 from bench.e2e import DEFAULT_IMAGES, PICTURES, _prepare, run_process
 from bench.flags import at_least
 from bench.machine import describe_machine
+from bench.timing import chunk_steps_in_turns
 from nst_jax.engine.buckets import bucket_side, padding_share
 from nst_jax.errors import bad_input_exits_2
 
@@ -78,21 +78,13 @@ def step_times(size, rounds, chunk=5, seed=0):
             targets, _, blended = run_targets(objective, params, jax.device_put(pixels), jax.device_put(styles),
                                               jax.device_put(np.ones(1, np.float32)), extents=extents)
             start = initial_pixels(settings, "caffe", content, bucket=None if extents is None else bucket_shape(short, size))
-            inputs = build_chunk_inputs(objective, OptimizerSpec.from_settings(settings), params, targets,
-                                        [MemberInputs(start, blended, loss_weights(5.0, 100.0, 0.0))], batched=False,
-                                        extent=None if extents is None else extents[0])
-            state = list(inputs.start)
-            state[:2] = inputs.program()(*state, np.int32(2), *inputs.loss_args)[:2]  # compiled, history begun
-            cases[name, buckets] = (inputs, state, [])
-    for _ in range(rounds):
-        for inputs, state, times in cases.values():
-            began = time.perf_counter()
-            state[:2] = inputs.program()(*state, np.int32(chunk), *inputs.loss_args)[:2]
-            jax.block_until_ready(state[0])
-            times.append((time.perf_counter() - began) / chunk)
+            cases[name, buckets] = build_chunk_inputs(
+                objective, OptimizerSpec.from_settings(settings), params, targets,
+                [MemberInputs(start, blended, loss_weights(5.0, 100.0, 0.0))], batched=False,
+                extent=None if extents is None else extents[0])
     medians = {}
-    for (name, buckets), (_, _, times) in cases.items():
-        medians.setdefault(name, {})[buckets] = float(np.median(times[1:]))
+    for (name, buckets), seconds in chunk_steps_in_turns(cases, rounds, chunk).items():
+        medians.setdefault(name, {})[buckets] = seconds
     return medians
 
 

@@ -233,6 +233,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     from nst_jax.engine.stages import InputShapes
     from nst_jax.config.presets import preset
     from nst_jax import Model, RunOptions, stylize
+    from nst_jax.engine.regions import Regions
     from weights_tools.synthetic import synthetic_params
     images = sys.argv[1]
     content = load_image(images + "/tubingen.jpg", 48)
@@ -259,10 +260,17 @@ SHARDED_SCRIPT = textwrap.dedent("""
                                          ("scales", "adam", 48, {"scales": 2, "remat": "blocks"}),
                                          ("tiles", "adam", 44, {"remat": "tiles"}),
                                          # 33 rows in a 36-row bucket, split 9 per device, tiles too
-                                         ("buckets", "lbfgs", 44, {**lbfgs, "shape_buckets": "on", "remat": "tiles"})]:
+                                         ("buckets", "lbfgs", 44, {**lbfgs, "shape_buckets": "on", "remat": "tiles"}),
+                                         # spatial control: the top styled, the bottom kept
+                                         ("regions", "adam", 44, {"shape_buckets": "on"})]:
         settings = base.replace(optimizer=optimizer, image_size=size, **extra)
-        one = stylize(content, [style], settings, Model(params, "caffe"))
-        four = stylize(content, [style], settings, Model(params, "caffe"), RunOptions(mesh=image_mesh(4)))
+        regions = None
+        if name == "regions":
+            top = (np.arange(36) < 20)[:, None] * np.ones((1, 48))
+            regions = Regions(np.stack([top, 1 - top]), styles_of=[[1], [0]])
+        one = stylize(content, [style], settings, Model(params, "caffe"), RunOptions(regions=regions))
+        four = stylize(content, [style], settings, Model(params, "caffe"),
+                       RunOptions(mesh=image_mesh(4), regions=regions))
         report["runs"][name] = {"loss_one": one.loss, "loss_four": four.loss, "shape": list(four.image.shape),
                                 "pixels": float(np.abs(one.image - four.image).max())}
     # Print sizes: the content's and the style's passes as programs of their own, split by rows
@@ -328,7 +336,7 @@ def test_one_image_split_by_rows_over_four_devices_equals_one_device():
         # Fixed-step L-BFGS's third step overshoots here (loss ×40), which magnifies float32
         # reduction-order differences between split and whole sums to 1-2e-4 (measured; the
         # losses before it agree to 1e-7). Adam has no such step: 1e-4.
-        adam = name in ("adam", "scales", "tiles")
+        adam = name in ("adam", "scales", "tiles", "regions")
         assert relative < (1e-4 if adam else 1e-3), (name, run)
         # Pixels in [0, 1]. Adam's first steps move each pixel by about the learning rate times
         # the sign of its gradient, so a gradient near 0 that split and whole sums round

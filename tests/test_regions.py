@@ -2,8 +2,6 @@
 carried down the network against brute-force receptive fields, regions that do what they say,
 everywhere a run goes, and one-line refusals of bad maps."""
 
-import contextlib
-import io
 import itertools
 
 import jax
@@ -13,7 +11,7 @@ import pytest
 from PIL import Image
 
 from datafiles import IMAGES
-from nst_jax.cli import run as cli
+from test_cli import _main
 from nst_jax.config.presets import preset
 from nst_jax.engine.regions import Regions
 from nst_jax.engine.memory import estimate_memory, estimate_run
@@ -68,6 +66,32 @@ def test_guided_style_loss_equals_a_float64_transcription_of_the_paper(gram_norm
     np.testing.assert_allclose(float(ours), expected, rtol=2e-5)
 
 
+@pytest.mark.parametrize("convention", losses.CONTENT_LOSSES)
+def test_weighted_content_loss_equals_a_float64_transcription(convention):
+    rng = np.random.default_rng(5)
+    features, target = (rng.normal(size=(7, 9, 4)).astype(np.float32) for _ in range(2))
+    weights = rng.uniform(0, 3, (7, 9)).astype(np.float32)
+    squared = weights[..., None].astype(np.float64) * (features.astype(np.float64) - target) ** 2
+    expected = {"half_sum": 0.5 * squared.sum(), "sum": squared.sum(), "mean": squared.sum() / squared.size}[convention]
+    ours = losses.content_loss(features, target, convention, position_weights=weights)
+    np.testing.assert_allclose(float(ours), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tv_loss", losses.TV_LOSSES)
+def test_weighted_total_variation_equals_a_float64_transcription(tv_loss):
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0, 1, (6, 8, 3))
+    weights = rng.uniform(0, 2, (6, 8))
+    down, right = x[1:] - x[:-1], x[:, 1:] - x[:, :-1]  # each term weighed at its top-left pixel
+    if tv_loss == "l1":
+        expected = (weights[:-1, :, None] * np.abs(down)).sum() + (weights[:, :-1, None] * np.abs(right)).sum()
+    else:
+        squared = down[:, :-1] ** 2 + right[:-1] ** 2
+        expected = (weights[:-1, :-1, None] * (0.5 * squared if tv_loss == "l2" else squared ** 1.25)).sum()
+    ours = losses.total_variation(x.astype(np.float32), tv_loss, 2.5, position_weights=weights.astype(np.float32))
+    np.testing.assert_allclose(float(ours), expected, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def small_images():
     rng = np.random.default_rng(0)
@@ -83,13 +107,17 @@ def test_one_region_covering_everything_is_the_unguided_loss(params, small_image
     content, style, start = small_images
     whole = layer_guides(np.ones((1, 20, 26)), objective.style_layers)
     plain = Targets(content_targets(objective, params, content), style_grams(objective, params, style))
+    ones = {layer: np.ones(layer_guides(np.ones((1, 20, 26)), [layer])[layer].shape[1:], np.float32)
+            for layer in objective.content_layers}  # content and TV weighed 1 everywhere
     guided = Targets(plain.content, style_grams(objective, params, style, guides=whole),
-                     guides=RegionGuides(whole, {layer: np.ones(1, np.float32) for layer in objective.style_layers}))
+                     guides=RegionGuides(whole, {layer: np.ones(1, np.float32) for layer in objective.style_layers},
+                                         ones, np.ones((20, 26), np.float32)))
     weights = loss_weights(1.0, 1e3, 1e-3)
     for layer in objective.style_layers:
         np.testing.assert_array_equal(guided.style[layer][0], plain.style[layer])
-    np.testing.assert_array_equal(loss_terms(objective, params, start, guided, weights)["style"],
-                                  loss_terms(objective, params, start, plain, weights)["style"])
+    guided_terms, plain_terms = (loss_terms(objective, params, start, targets, weights) for targets in (guided, plain))
+    for term in ("style", "content", "tv"):
+        np.testing.assert_array_equal(guided_terms[term], plain_terms[term], err_msg=term)
     gradients = [jax.grad(total_loss, argnums=2)(objective, params, start, targets, weights)
                  for targets in (plain, guided)]
     np.testing.assert_allclose(gradients[1], gradients[0], rtol=0, atol=2e-6 * float(jnp.abs(gradients[0]).max()))
@@ -223,6 +251,21 @@ def test_regions_run_alike_in_buckets_tiles_scales_and_batches(params, region_ru
     assert np.abs(first[: half - 3] - content[: half - 3]).max() > 0.05  # styled where asked
 
 
+def test_a_region_that_weighs_the_content_more_keeps_closer_to_it(params, photo):
+    content = photo("tubingen.jpg", 48)
+    halves = np.zeros((2,) + content.shape[:2], np.float32)
+    halves[0, :, :24], halves[1, :, 24:] = 1, 1
+    settings = preset("neural-style").replace(image_size=48, num_steps=20, init="content", print_every=0,
+                                              style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",),
+                                              style_layer_weights=None, content_layer_weights=None)
+    result = stylize(content, [photo("starry_night.jpg", 48)], settings,
+                     Model(jax.tree_util.tree_map(np.asarray, params), "caffe"),
+                     RunOptions(regions=Regions(halves, styles_of=[[1], [1]], content_weights=[20, 0.05])))
+    held, loose = (np.abs(result.image[:, columns] - content[:, columns]).mean()
+                   for columns in (slice(0, 20), slice(28, 48)))
+    assert held * 2 < loose, (held, loose)
+
+
 def test_the_memory_estimate_counts_the_guides_and_covers_xla():
     settings = preset("neural-style").replace(image_size=96, shape_buckets="off", lbfgs_memory=7)
     plain, guided = (estimate_run(settings, InputShapes((64, 96), ((64, 96),), regions)) for regions in (0, 3))
@@ -234,16 +277,6 @@ def test_the_memory_estimate_counts_the_guides_and_covers_xla():
 
 # --- the command line ---------------------------------------------------------------------------
 
-def _main(argv):
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        try:
-            status = cli.main([str(arg) for arg in argv])
-        except SystemExit as exit_:
-            status = exit_.code
-    return status, stderr.getvalue()
-
-
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory):
     folder = tmp_path_factory.mktemp("maps")
@@ -253,6 +286,7 @@ def maps(tmp_path_factory):
     Image.fromarray(seg).save(folder / "seg.png")
     Image.fromarray(np.full((30, 40, 3), (255, 0, 0), np.uint8)).save(folder / "red-only.png")
     Image.fromarray(np.full((30, 40), 255, np.uint8)).save(folder / "white.png")
+    Image.fromarray(np.where(np.arange(40)[None] < 20, 255, 0).repeat(30, 0).astype(np.uint8)).save(folder / "half.png")
     return folder
 
 
@@ -265,6 +299,9 @@ def maps(tmp_path_factory):
     (["--content-seg", "{maps}/seg.png", "--region-styles", "1,2"], "--region-styles: '2' is not none or style"),
     (["--content-seg", "{maps}/seg.png", "--region-styles", "none,none"], "--region-styles: every region is none"),
     (["--content-seg", "{maps}/seg.png", "--region-weights", "1"], "--region-weights: 1 weights for 2 regions"),
+    (["--mask", "{maps}/half.png", "--region-content-weights", "1,2,3"],
+     "--region-content-weights: 3 weights for 2 regions (inside the mask, outside the mask)"),
+    (["--region-tv-weights", "1,2"], "--region-tv-weights: needs --content-seg or --mask"),
     (["--content-seg", "{maps}/white.png"], "--content-seg {maps}/white.png: is all one color"),
     (["--content-seg", "{maps}/missing.png"], "{maps}/missing.png"),
     (["--mask", "{maps}/seg.png", "--content-seg", "{maps}/seg.png"], "--mask: conflicts with --content-seg"),

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from nst_jax.atomic import PathLike
-from nst_jax.config.settings import Settings
+from nst_jax.config.settings import Settings, flag
 from nst_jax.engine.regions import Regions
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import images
@@ -48,10 +48,12 @@ def load_regions(settings: Settings, style_count: int) -> Optional[Regions]:
                                      f"and that region takes style {style + 1}")
     if not (mix.sum(axis=1) > 0).any():
         raise UserInputError(f"--region-styles: every region is {NO_STYLE}: no style would be used")
-    if flags.region_weights is not None and len(flags.region_weights) != len(names):
-        raise UserInputError(f"--region-weights: {len(flags.region_weights)} weights for {len(names)} regions "
-                             f"({', '.join(names)})")
-    regions = Regions(guides, tuple(style_guides), mix, flags.region_weights, flags.mask_feather)
+    for field in ("region_weights", "region_content_weights", "region_tv_weights"):
+        given = getattr(flags, field)
+        if given is not None and len(given) != len(names):
+            raise UserInputError(f"--{flag(field)}: {len(given)} weights for {len(names)} regions ({', '.join(names)})")
+    regions = Regions(guides, tuple(style_guides), mix, flags.region_weights, flags.mask_feather,
+                      flags.region_content_weights, flags.region_tv_weights)
     return regions.checked(style_count)
 
 

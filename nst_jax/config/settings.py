@@ -144,6 +144,8 @@ RANGES = {
     "mask_feather": Range(0, 1000),
     "guide_grow": Range(-MAX_GUIDE_GROW, MAX_GUIDE_GROW),
     "region_weights": _NON_NEGATIVE,  # and a positive sum
+    "region_content_weights": _NON_NEGATIVE,
+    "region_tv_weights": _NON_NEGATIVE,
 }
 
 
@@ -218,6 +220,9 @@ HELP = {
     "region_styles": "per region, in color order: the style image(s) it takes (1, 2, 1+2 blends) or none "
                      "(the content kept); default: region k takes style k when counts match, else every style",
     "region_weights": "weight λ of each region's style loss (default: 1/n for the n regions with a style)",
+    "region_content_weights": "per region, a multiplier of the content loss at its positions (e.g. 4,1: the "
+                               "first region holds the photo's structure 4× as tightly; default: 1 each)",
+    "region_tv_weights": "per region, a multiplier of the TV loss at its pixels (default: 1 each)",
     "guide_propagation": "how a region reaches each loss layer: simple (resized; soft edges), all (units "
                          "seeing any of it) or inside (units seeing only it), Gatys et al. 2017",
     "guide_grow": "grow (>0) or shrink (<0) each region by N units on every loss layer's grid",
@@ -358,6 +363,8 @@ class RegionSettings:
     mask_feather: float = 0.0
     region_styles: Optional[Tuple[str, ...]] = None
     region_weights: Optional[Tuple[float, ...]] = None
+    region_content_weights: Optional[Tuple[float, ...]] = None
+    region_tv_weights: Optional[Tuple[float, ...]] = None
     guide_propagation: str = "simple"
     guide_grow: int = 0
 
@@ -371,7 +378,7 @@ class RegionSettings:
                 raise UserInputError(f"--{flag(field)}: needs --content-seg, the content's map")
         if self.mask_feather and self.mask is None and self.content_seg is None:
             raise UserInputError("--mask-feather: needs --mask or --content-seg")
-        for field in ("region_styles", "region_weights"):
+        for field in ("region_styles", "region_weights", "region_content_weights", "region_tv_weights"):
             if getattr(self, field) is not None and self.content_seg is None and self.mask is None:
                 raise UserInputError(f"--{flag(field)}: needs --content-seg or --mask")
         if self.region_weights is not None and not sum(self.region_weights) > 0:

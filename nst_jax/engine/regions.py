@@ -43,6 +43,8 @@ class Regions:
         else every painting, as the blend weights say.
       weights: λ_r of each region's style loss; None: 1/n for the n regions with a style.
       feather: Gaussian radius (px, at the output size) of the seam where the content is kept.
+      content_weights, tv_weights: per region, a multiplier of the content loss and of TV at its
+        positions (1 where no region lies); None: the plain terms.
     """
 
     content: npt.ArrayLike
@@ -50,6 +52,8 @@ class Regions:
     styles_of: Optional[npt.ArrayLike] = None
     weights: Optional[Sequence[float]] = None
     feather: float = 0.0
+    content_weights: Optional[Sequence[float]] = None
+    tv_weights: Optional[Sequence[float]] = None
 
     @property
     def count(self) -> int:
@@ -97,7 +101,13 @@ class Regions:
                 if mix[index, style] > 0 and guides is not None and not guides[index].any():
                     raise UserInputError(f"regions: region {index + 1} takes style {style + 1}, whose map "
                                          f"has none of it")
-        return Regions(content, tuple(style_guides), mix, tuple(float(w) for w in weights), self.feather)
+        multipliers = []
+        for name, given in (("content_weights", self.content_weights), ("tv_weights", self.tv_weights)):
+            if given is not None and (len(given) != count or min(given) < 0):
+                raise UserInputError(f"regions: {name} must be {count} non-negative numbers, got {list(given)}")
+            multipliers.append(None if given is None else tuple(float(value) for value in given))
+        return Regions(content, tuple(style_guides), mix, tuple(float(w) for w in weights), self.feather,
+                       *multipliers)
 
     def keep(self, height: int, width: int, scale: float, content: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """(height, width) share of each output pixel that is stylized, where a region keeps the
@@ -121,20 +131,47 @@ def _on_layers(guides: np.ndarray, shape: Tuple[int, int], padded_shape: Tuple[i
 
 
 @dataclasses.dataclass(frozen=True)
+class GuideMaking:
+    """How a scale's guides are made: the layers that read them, the propagation and the sizes."""
+
+    style_layers: Tuple[str, ...]
+    content_layers: Tuple[str, ...]
+    propagation: str
+    grow: int
+    shape: Tuple[int, int]  # the image's true (height, width) at this scale
+    padded: Tuple[int, int]  # its array's (its shape bucket)
+
+    def on_layers(self, guides: np.ndarray) -> Dict[str, np.ndarray]:
+        return _on_layers(guides, self.shape, self.padded, self.style_layers + self.content_layers,
+                          self.propagation, self.grow)
+
+    def on_pixels(self, guides: np.ndarray) -> np.ndarray:
+        return pad_to(resize_guides(guides, *self.shape), self.padded, first_axis=1)
+
+
+def _weight_map(guides: np.ndarray, multipliers: Optional[Sequence[float]]) -> Optional[np.ndarray]:
+    """(h, w): 1 + Σ_r (m_r − 1)·t_r, each position's weight where region r weighs m_r (1 where
+    no region lies); None without multipliers."""
+    if multipliers is None:
+        return None
+    factors = np.asarray(multipliers, np.float32)[:, None, None] - 1.0
+    return (1.0 + np.sum(factors * guides, axis=0)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
 class ScaleGuides:
     """A run's regions at one working size: what the targets and the loop read."""
 
-    content: Dict[str, np.ndarray]  # {style layer: (R, h, w)} of the image being optimized
-    styles: List[Dict[str, np.ndarray]]  # the same of each painting, at its own size
+    content: Dict[str, np.ndarray]  # {style and content layer: (R, h, w)} of the image being optimized
+    pixels: np.ndarray  # (R, H, W) of its pixels
+    styles: List[Dict[str, np.ndarray]]  # {style layer: (R, h, w)} of each painting, at its own size
     regions: Regions  # checked
-    # How `content` was made: its layers, propagation, grow, true and padded (height, width).
-    making: Tuple[Tuple[str, ...], str, int, Tuple[int, int], Tuple[int, int]]
+    making: GuideMaking
 
     def with_content(self, guides: npt.ArrayLike) -> "ScaleGuides":
         """The same with the image's guides made from other (R, H, W) ones (a video frame's)."""
-        layers, propagation, grow, shape, padded = self.making
-        return dataclasses.replace(self, content=_on_layers(np.asarray(guides, np.float32), shape, padded, layers,
-                                                            propagation, grow))
+        guides = np.asarray(guides, np.float32)
+        return dataclasses.replace(self, content=self.making.on_layers(guides), pixels=self.making.on_pixels(guides))
 
     def member_mix(self, style_index: Optional[int], blend: Sequence[float]) -> np.ndarray:
         """(R, S) rows summing to 1 (or 0: no style) of how a member's regions mix the paintings:
@@ -150,32 +187,41 @@ class ScaleGuides:
 
     def region_guides(self, mix: np.ndarray) -> RegionGuides:
         """The loop's RegionGuides for a member mixing the paintings as `mix` says: λ_r on each
-        layer, 0 where the region or a painting it mixes is empty there."""
+        style layer, 0 where the region or a painting it mixes is empty there; the content's and
+        TV's weight maps where the regions weigh them."""
         weights = np.asarray(self.regions.weights, np.float32)
         per_layer = {}
-        for layer, guide in self.content.items():
+        for layer in self.making.style_layers:
+            guide = self.content[layer]
             present = guide.reshape(guide.shape[0], -1).any(axis=1)
             for style, guides in enumerate(self.styles):
                 present &= (mix[:, style] == 0) | guides[layer].reshape(guide.shape[0], -1).any(axis=1)
             per_layer[layer] = np.where(present & (mix.sum(axis=1) > 0), weights, 0.0).astype(np.float32)
-        return RegionGuides(self.content, per_layer)
+        content = None
+        if self.regions.content_weights is not None:
+            content = {layer: _weight_map(self.content[layer], self.regions.content_weights)
+                       for layer in self.making.content_layers}
+        return RegionGuides({layer: self.content[layer] for layer in self.making.style_layers}, per_layer,
+                            content, _weight_map(self.pixels, self.regions.tv_weights))
 
 
-def scale_guides(regions: Regions, layers: Sequence[str], propagation: str, grow: int,
-                 content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
+def scale_guides(regions: Regions, style_layers: Sequence[str], content_layers: Sequence[str], propagation: str,
+                 grow: int, content_shape: Tuple[int, int], style_shapes: Sequence[Tuple[int, int]],
                  content_bucket: Optional[Tuple[int, int]] = None,
                  style_buckets: Optional[Sequence[Tuple[int, int]]] = None) -> ScaleGuides:
-    """`regions` (checked) at one scale: the content's guides at `content_shape` and each
-    painting's at its own, on every style layer, padded to their buckets where given."""
+    """`regions` (checked) at one scale: the content's guides at `content_shape` on every loss
+    layer and its pixels, each painting's at its own size on every style layer, padded to their
+    buckets where given."""
     padded = content_bucket or content_shape
-    content = _on_layers(np.asarray(regions.content), content_shape, padded, layers, propagation, grow)
+    making = GuideMaking(tuple(style_layers), tuple(content_layers), propagation, grow,
+                         (content_shape[0], content_shape[1]), (padded[0], padded[1]))
+    content = np.asarray(regions.content, np.float32)
     styles = []
     for index, (guides, shape) in enumerate(zip(regions.styles, style_shapes)):
         whole = np.ones((regions.count,) + tuple(shape), np.float32) if guides is None else np.asarray(guides)
         bucket = style_buckets[index] if style_buckets is not None else shape
-        styles.append(_on_layers(whole, shape, bucket, layers, propagation, grow))
-    return ScaleGuides(content, styles, regions,
-                       (tuple(layers), propagation, grow, tuple(content_shape), tuple(padded)))  # type: ignore[arg-type]
+        styles.append(_on_layers(whole, shape, bucket, style_layers, propagation, grow))
+    return ScaleGuides(making.on_layers(content), making.on_pixels(content), styles, regions, making)
 
 
 @jax.jit

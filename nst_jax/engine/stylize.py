@@ -399,8 +399,8 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
         bucket = content_pixels.shape[:2]
     guides = keep = None
     if run.regions is not None:  # the regions on every style layer, padded like the images
-        guides = scale_guides(run.regions, objective.style_layers, settings.regions.guide_propagation,
-                              settings.regions.guide_grow, true_shape, style_shapes, content_pixels.shape[:2],
+        guides = scale_guides(run.regions, objective.style_layers, objective.content_layers,
+                              settings.regions.guide_propagation, settings.regions.guide_grow, true_shape, style_shapes, content_pixels.shape[:2],
                               [pixels.shape[:2] for pixels in style_pixels])
         keep = run.regions.keep(true_shape[0], true_shape[1], plan.sizes[index] / plan.sizes[-1])
     # Content targets once, Gram matrices once per style image at its own size, and their blend:

@@ -117,10 +117,14 @@ class TemporalTarget:
 class RegionGuides:
     """The regions of the image being optimized (spatial control, Gatys et al. 2017): each style
     layer's guide (R, h, w) on that layer's grid (model.guides.layer_guides) and each region's
-    weight λ_r (R,) there, 0 where the region has no style or is empty on that layer."""
+    weight λ_r (R,) there, 0 where the region has no style or is empty on that layer. Regions
+    that weigh the content or TV otherwise: their weight at each position of each content layer
+    and of the pixels (1 where no region says otherwise)."""
 
     layers: Any  # {style layer: (R, h, w) float32}
     weights: Any  # {style layer: (R,) float32}
+    content: Any = None  # {content layer: (h, w) float32}, or None: the plain content loss
+    tv: Any = None  # (H, W) float32, or None: the plain TV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +199,8 @@ def _layer_size(pixels: jax.Array, layer: str, extent: Optional[Extent]) -> Tupl
 
 def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels: jax.Array,
                             content: Optional[Dict[str, jax.Array]] = None, extent: Optional[Extent] = None,
-                            guides: Optional[Dict[str, jax.Array]] = None
+                            guides: Optional[Dict[str, jax.Array]] = None,
+                            content_weights: Optional[Dict[str, jax.Array]] = None
                             ) -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]:
     """({style layer: normalized Gram matrix}, {content layer: content loss}) of an image, the
     first two blocks computed in column tiles (remat "tiles": vgg.features_in_tiles).
@@ -203,7 +208,8 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
     Their Gram matrices and content distances are sums over the tiles; deeper layers' come from
     their whole activations. `content`: {layer: target features}; None: Gram matrices only.
     `guides`: {style layer: (R, h, w)}: guided Gram matrices (R, C, C), each tile's product
-    taken with its own columns of the guides.
+    taken with its own columns of the guides. `content_weights`: {content layer: (h, w)}, each
+    position's weight in the content distance (RegionGuides.content).
     """
     if objective.normalize_gradients:
         raise ValueError("remat 'tiles' cannot normalize gradients: the norm spans the whole image")
@@ -219,6 +225,9 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
     padded_guides = {layer: jnp.pad(guide.astype(jnp.float32),
                                     ((0, 0), (0, 0), (0, grid.padded_width(layer) - guide.shape[2])))
                      for layer, guide in (guides or {}).items() if layer in front}
+    padded_weights = {layer: jnp.pad(weights.astype(jnp.float32),
+                                     ((0, 0), (0, grid.padded_width(layer) - weights.shape[1])))
+                      for layer, weights in (content_weights or {}).items() if layer in front}
 
     def tile_columns(array, layer, i, axis):
         return jax.lax.dynamic_slice_in_dim(array, i * grid.tile_width(layer), grid.tile_width(layer), axis=axis)
@@ -230,9 +239,13 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
 
     def reduce_tile(own, i):
         grams = {layer: tile_product(own, layer, i) for layer in objective.style_layers if layer in front}
-        distances = {layer: jnp.sum(jnp.square(
-            own[layer][0].astype(jnp.float32) - tile_columns(target, layer, i, 1)))
-            for layer, target in padded.items()}
+        def squared(layer, target):
+            distance = jnp.square(own[layer][0].astype(jnp.float32) - tile_columns(target, layer, i, 1))
+            if layer in padded_weights:
+                distance = tile_columns(padded_weights[layer], layer, i, 1)[..., None] * distance
+            return jnp.sum(distance)
+
+        distances = {layer: squared(layer, target) for layer, target in padded.items()}
         return grams, distances
 
     activations, (products, distances) = features_in_tiles(params, image, layers, _network(objective),
@@ -250,7 +263,8 @@ def _tiled_layer_statistics(objective: Objective, params: Dict[str, Any], pixels
     def content_loss(layer, target):
         if layer not in distances:
             return losses.content_loss(activations[layer], target, objective.content_loss,
-                                       None if extent is None else extent.at(layer))
+                                       None if extent is None else extent.at(layer),
+                                       None if content_weights is None else content_weights[layer])
         size = target.size if extent is None else losses.size_product(*extent.at(layer), target.shape[-1])
         return losses.content_loss_of_sum(distances[layer], size, objective.content_loss)
 
@@ -343,9 +357,10 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
         return losses.guided_gram_distance(image_gram, targets.style[layer], losses.guide_mass(guides.layers[layer]),
                                            guides.weights[layer], objective.style_loss, image_positions)
 
+    content_weights = None if guides is None else guides.content
     if objective.remat == "tiles":
         grams, content_losses = _tiled_layer_statistics(objective, params, pixels, targets.content, extent,
-                                                        None if guides is None else guides.layers)
+                                                        None if guides is None else guides.layers, content_weights)
         content_terms = [content_losses[layer] for layer in objective.content_layers]
         style_terms = [style_distance(layer, grams[layer]) for layer in objective.style_layers]
     else:
@@ -360,7 +375,8 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
             return l1_normalized_gradient(activations[layer], jnp.float32(strength))
 
         content_terms = [losses.content_loss(layer_input(layer, w * weights.content), targets.content[layer],
-                                             objective.content_loss, true_layer_size(layer))
+                                             objective.content_loss, true_layer_size(layer),
+                                             None if content_weights is None else content_weights[layer])
                          for layer, w in zip(objective.content_layers, objective.content_layer_weights)]
         if guides is None:
             style_terms = [losses.style_layer_loss(
@@ -374,7 +390,8 @@ def loss_terms(objective: Objective, params: Dict[str, Any], pixels: jax.Array, 
                            for layer, w in zip(objective.style_layers, objective.style_layer_weights)]
     content = losses.weighted_sum(content_terms, objective.content_layer_weights)
     style = losses.weighted_sum(style_terms, objective.style_layer_weights)
-    tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta, true_size)
+    tv = losses.total_variation(pixels, objective.tv_loss, objective.tv_beta, true_size,
+                                None if guides is None else guides.tv)
     terms = {"content": weights.content * content, "style": weights.style * style, "tv": weights.tv * tv}
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
     if targets.temporal is not None:  # video frames only: the single-image program stays as it was

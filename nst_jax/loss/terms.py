@@ -193,7 +193,7 @@ def gram(features: ArrayLike, gram_normalization: str = "raw") -> jax.Array:
 
 
 def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "half_sum",
-                 layer_size: Optional[Sequence[Any]] = None) -> jax.Array:
+                 layer_size: Optional[Sequence[Any]] = None, position_weights: Optional[ArrayLike] = None) -> jax.Array:
     """Distance between an image's features and the content target at one layer.
 
     Args:
@@ -202,6 +202,9 @@ def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "ha
         neural-style, TF and PyTorch tutorials) or "half_sum" ½·Σ(F−P)² (Gatys et al.).
       layer_size: the layer's true (H, W) when the arrays are padded (zero past it in both):
         "mean" divides by its H·W·C. None: the arrays' own.
+      position_weights: (H, W) weights of each position's squared distance (regions that hold
+        the content more or less tightly); the divisors stay the unweighted ones, so weights of
+        1 are the plain loss.
     """
     _check_option("content_loss", content_loss, CONTENT_LOSSES)
     image = _single_image(features, "features")
@@ -210,6 +213,8 @@ def content_loss(features: ArrayLike, target: ArrayLike, content_loss: str = "ha
         raise ValueError(f"features have shape {jnp.shape(features)} but the content target has "
                          f"shape {jnp.shape(target)}")
     squared = jnp.square(image - goal)
+    if position_weights is not None:
+        squared = _at_least_float32(position_weights)[..., None] * squared
     if layer_size is not None:
         return content_loss_of_sum(jnp.sum(squared), size_product(*layer_size, image.shape[-1]), content_loss)
     if content_loss == "mean":
@@ -289,7 +294,7 @@ def gram_distance(image_gram: jax.Array, target_gram: ArrayLike, layer_size: Seq
 
 
 def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5,
-                    size: Optional[Sequence[Any]] = None) -> jax.Array:
+                    size: Optional[Sequence[Any]] = None, position_weights: Optional[ArrayLike] = None) -> jax.Array:
     """Total variation of one image, (1, H, W, C) or (H, W, C), summed over channels.
 
     With Δh = x[1:, :] − x[:-1, :] and Δw = x[:, 1:] − x[:, :-1]:
@@ -301,12 +306,14 @@ def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5,
                Its gradient is 0, not NaN, where both differences are 0, as long as β ≥ 2.
 
     `size`: the true (H, W) of a padded image (traced values); the sums then run over the
-    differences inside it, whatever the padding holds.
+    differences inside it, whatever the padding holds. `position_weights`: (H, W) weights of
+    each term, taken at the pixel a difference starts from (its top left).
     """
     _check_option("tv_loss", tv_loss, TV_LOSSES)
     pixels = _single_image(image, "image")
     down = pixels[1:, :] - pixels[:-1, :]
     right = pixels[:, 1:] - pixels[:, :-1]
+    weights = None if position_weights is None else _at_least_float32(position_weights)
 
     def inside(array, rows_past, columns_past):  # zero where a difference reaches past the image
         if size is None:
@@ -315,13 +322,16 @@ def total_variation(image: ArrayLike, tv_loss: str = "l2", tv_beta: float = 2.5,
         column = jnp.arange(array.shape[1])[None, :] + columns_past < size[1]
         return jnp.where((row & column)[..., None], array, jnp.zeros((), array.dtype))
 
+    def weighted(array):  # each term times its top-left pixel's weight
+        return array if weights is None else weights[:array.shape[0], :array.shape[1], None] * array
+
     if tv_loss == "l1":
-        return jnp.sum(jnp.abs(inside(down, 1, 0))) + jnp.sum(jnp.abs(inside(right, 0, 1)))
+        return jnp.sum(weighted(jnp.abs(inside(down, 1, 0)))) + jnp.sum(weighted(jnp.abs(inside(right, 0, 1))))
     # Both differences taken at the same pixel (i, j), i < H−1 and j < W−1.
     squared = inside(jnp.square(down[:, :-1]) + jnp.square(right[:-1, :]), 1, 1)
     if tv_loss == "l2":
-        return 0.5 * jnp.sum(squared)
-    return jnp.sum(jnp.power(squared, tv_beta / 2))
+        return 0.5 * jnp.sum(weighted(squared))
+    return jnp.sum(weighted(jnp.power(squared, tv_beta / 2)))
 
 
 def weighted_sum(terms: Union[Mapping[Any, ArrayLike], Sequence[ArrayLike]],

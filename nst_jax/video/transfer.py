@@ -207,8 +207,8 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
     blend = blend / blend.sum()
     guides = None
     if regions is not None:
-        guides = scale_guides(regions, objective.style_layers, settings.regions.guide_propagation,
-                              settings.regions.guide_grow, true_shape, style_shapes, bucket,
+        guides = scale_guides(regions, objective.style_layers, objective.content_layers,
+                              settings.regions.guide_propagation, settings.regions.guide_grow, true_shape, style_shapes, bucket,
                               [pixels.shape[:2] for pixels in style_pixels])
     _, grams, style_target = targets(objective, params, jax.device_put(first_pixels), jax.device_put(style_pixels),
                                      jax.device_put(blend), extents,
