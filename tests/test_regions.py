@@ -14,6 +14,7 @@ from datafiles import IMAGES
 from test_cli import _main
 from nst_jax.config.presets import preset
 from nst_jax.engine.regions import Regions
+from nst_jax.errors import UserInputError
 from nst_jax.engine.memory import estimate_memory, estimate_run
 from nst_jax.engine.stages import InputShapes
 from nst_jax.engine.stylize import RunOptions, make_members, stylize, stylize_batch
@@ -231,14 +232,14 @@ def region_run_inputs(photo):
 
 
 def test_regions_run_alike_in_buckets_tiles_scales_and_batches(params, region_run_inputs):
-    """One batch (a blend and a member per painting) at two scales: padded to shape buckets with
+    """One batch (a blend and the first painting's member) at two scales: padded to shape buckets with
     tiles, the same images as the exact-shape run without remat; where no painting was asked
     (region 2 of member "a"), the output is the content."""
     content, styles, regions = region_run_inputs
     settings = preset("neural-style").replace(image_size=40, scales=2, num_steps=3, print_every=0,
                                               style_layers=("relu1_1", "relu2_1", "relu3_1"))
     model = Model(jax.tree_util.tree_map(np.asarray, params), "caffe")
-    members = make_members(settings, ["a", "b"]) + make_members(settings, ["a", "b"], per_style=False)
+    members = make_members(settings, ["a", "b"])[:1] + make_members(settings, ["a", "b"], per_style=False)
     runs = [stylize_batch(content, styles, settings.replace(shape_buckets=buckets, remat=remat), model, members,
                           RunOptions(regions=regions))
             for buckets, remat in (("off", "none"), ("on", "tiles"))]
@@ -360,3 +361,50 @@ def test_a_clips_mask_follows_the_flow_and_keeps_the_content_outside(params):
     outside[12:32, 14:34] = False  # the moved square and a 2 px margin for the warp's soft edge
     assert not changed[outside].any()
     assert changed[14:28, 28:31].all()  # where the first frame's square was not: it moved
+
+
+def test_precompile_with_a_mask_warms_what_a_masked_run_compiles(params, photo):
+    from nst_jax.cli.precompile import precompile
+    from nst_jax.engine.devices import Layout
+    from nst_jax.engine.timings import CompileCounter
+
+    settings = preset("neural-style").replace(image_size=48, num_steps=2, shape_buckets="on", print_every=0,
+                                              content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+    model = Model(jax.tree_util.tree_map(np.asarray, params), "caffe")
+    content = photo("tubingen.jpg", 48)[:, :-2]  # 36×46: another photo of 4:3's bucket
+    inside = np.zeros((2,) + content.shape[:2], np.float32)
+    inside[0, 5:30, 10:40] = 1
+    inside[1] = 1 - inside[0]
+    regions = Regions(inside, styles_of=[[1], [0]], feather=1.0)
+    (member,) = make_members(settings, ["style"], per_style=False)
+    precompile(settings, lambda: model, [member], Layout(), 1, [(4, 3)], regions=regions.checked(1))
+    with CompileCounter() as compiled:
+        stylize(content, [photo("starry_night.jpg", 48)], settings, model, RunOptions(regions=regions))
+    assert compiled.programs == [], compiled.programs
+
+
+def test_a_sweep_of_masks_runs_as_one_batch_each_member_as_it_would_alone(params, photo):
+    """One Regions per member (a sweep of masks, the second with a painting's map too): the batch
+    equals each member run on its own."""
+    content, style = photo("tubingen.jpg", 40), photo("starry_night.jpg", 40)
+    settings = preset("neural-style").replace(image_size=40, num_steps=4, optimizer="adam", learning_rate=4.0,
+                                              print_every=0, style_layers=("relu1_1", "relu2_1"),
+                                              content_layers=("relu2_1",), shape_buckets="off")
+    left, top = np.zeros((2,) + content.shape[:2], np.float32), np.zeros((2,) + content.shape[:2], np.float32)
+    left[0, :, :20], top[0, :15] = 1, 1
+    left[1], top[1] = 1 - left[0], 1 - top[0]
+    painting_map = np.zeros((2,) + style.shape[:2], np.float32)
+    painting_map[0, :, :25], painting_map[1, :, 25:] = 1, 1
+    sweep = [Regions(left, styles_of=[[1], [0]], content_weights=[1.0, 1.0]),
+             Regions(top, (painting_map,), content_weights=[2.0, 1.0])]
+    model = Model(jax.tree_util.tree_map(np.asarray, params), "caffe")
+    members = make_members(settings, ["style"], per_style=False, seeds=[0, 1])
+    batch = stylize_batch(content, [style], settings, model, members, RunOptions(regions=sweep))
+    for member, regions, together in zip(members, sweep, batch):
+        alone = stylize_batch(content, [style], settings, model, [member], RunOptions(regions=regions))[0]
+        np.testing.assert_allclose(together.image, alone.image, atol=2e-5)
+        np.testing.assert_allclose(together.loss, alone.loss, rtol=1e-5)
+    np.testing.assert_array_equal(batch[0].image[:, 24:], np.clip(content[:, 24:], 0, 1))  # kept: outside its mask
+    three = Regions(np.stack([left[0], top[0], 1 - np.maximum(left[0], top[0])]))
+    with pytest.raises(UserInputError, match="as many regions"):
+        stylize_batch(content, [style], settings, model, members, RunOptions(regions=[sweep[0], three]))

@@ -7,6 +7,7 @@ cache is what a run compiles (the same programs, the same flags), not a copy of 
 """
 
 import argparse
+import dataclasses
 import time
 from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 
@@ -17,6 +18,7 @@ from nst_jax.config.settings import Settings
 from nst_jax.engine.buckets import COMPILE_SECONDS, bucket_shape
 from nst_jax.engine.devices import Layout
 from nst_jax.engine.plan import plan_run
+from nst_jax.engine.regions import Regions
 from nst_jax.engine.stages import InputShapes, scale_sizes, style_side
 from nst_jax.engine.stylize import Member, RunOptions, run_plan
 from nst_jax.engine.timings import CompileCounter
@@ -65,11 +67,23 @@ def aspect_list(text: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(aspects)
 
 
+def like_regions(regions: Regions, shape: Tuple[int, int]) -> Regions:
+    """Regions that compile what `regions` (checked) compile, for a picture of `shape`: as many,
+    as horizontal bands, every one styled, the same per-region terms weighed."""
+    bands = np.zeros((regions.count,) + tuple(shape), np.float32)
+    for index, rows in enumerate(np.array_split(np.arange(shape[0]), regions.count)):
+        bands[index, rows] = 1.0
+    ones = None if regions.content_weights is None else [1.0] * regions.count
+    return Regions(bands, styles_of=np.ones((regions.count, len(regions.styles)), np.float32), content_weights=ones,
+                   tv_weights=None if regions.tv_weights is None else [1.0] * regions.count)
+
+
 def precompile(settings: Settings, load_model: Callable[[], Model], members: Sequence[Member], layout: Layout,
                styles: int = 1, aspects: Sequence[Tuple[int, int]] = COMMON_ASPECTS,
-               stream: Optional[TextIO] = None) -> Tuple[int, int, float]:
+               stream: Optional[TextIO] = None, regions: Optional[Regions] = None) -> Tuple[int, int, float]:
     """Run one step of `settings` on a gray picture per bucket of `aspects` (`warm_inputs`),
-    compiling what those runs compile into the cache. Returns (buckets, programs compiled, seconds)."""
+    compiling what those runs compile into the cache. With `regions` (checked), runs with as many
+    regions, as the run's map or mask makes. Returns (buckets, programs compiled, seconds)."""
     if settings.network.shape_buckets == "off":
         raise UserInputError("--precompile: fills the cache for shape buckets; --shape-buckets off "
                              "compiles for each photo's own size")
@@ -78,11 +92,13 @@ def precompile(settings: Settings, load_model: Callable[[], Model], members: Seq
     began, programs = time.perf_counter(), 0
     inputs = warm_inputs(warm, styles, aspects)
     for index, shapes in enumerate(inputs, start=1):
+        region_options = None if regions is None else like_regions(regions, shapes.content)
+        shapes = dataclasses.replace(shapes, regions=0 if regions is None else regions.count)
         plan = plan_run(warm, shapes, layout)
         content = np.full(shapes.content + (3,), 0.5, np.float32)
         paintings = [np.full(shape + (3,), 0.5, np.float32) for shape in shapes.styles]
         with CompileCounter() as compiled:
-            run_plan(plan, content, paintings, model, members, RunOptions())
+            run_plan(plan, content, paintings, model, members, RunOptions(regions=region_options))
         programs += len(compiled.programs)
         height, width = bucket_shape(*plan.working_shape)
         if stream is not None:

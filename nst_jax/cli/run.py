@@ -317,8 +317,9 @@ def _precompile(args: argparse.Namespace, settings: Settings, sweeps: Sweeps) ->
         params, metadata = load_weights(args.weights, args.preprocessing)
         return Model(params, metadata.preprocessing)
 
+    regions = load_regions(settings, len(styles))  # a map or mask given: runs with as many regions
     buckets, programs, seconds = precompile(settings, load_model, members, request_layout(batch, len(members)),
-                                            len(styles), args.precompile, sys.stderr)
+                                            len(styles), args.precompile, sys.stderr, regions)
     print(f"precompiled {buckets} buckets at {settings.image.image_size} px: {programs} programs in "
           f"{seconds:.1f} s, kept in {cache_dir() / COMPILE_CACHE_SUBDIR}")
 

@@ -28,7 +28,7 @@ import dataclasses
 import itertools
 import signal
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import jax
 import numpy as np
@@ -45,8 +45,9 @@ from nst_jax.engine.devices import Layout, splits_rows
 from nst_jax.engine.checkpoint import Checkpoints, Position, finite_terms, host_terms
 from nst_jax.engine.optimize import LoopResult, OptimizerSpec, PieceEnd, Pieces, agreed, run_loop, to_host
 from nst_jax.engine.plan import RunPlan, plan_run
-from nst_jax.engine.regions import Regions, mix_grams, scale_guides
+from nst_jax.engine.regions import Regions, ScaleGuides, mix_grams, scale_guides
 from nst_jax.engine.stages import InputShapes, finish_image, initial_pixels, prepare_images, run_targets
+from nst_jax.errors import UserInputError
 from nst_jax.model.ops import with_adjoint_kernels
 from nst_jax.weights.params_file import Model, Params
 
@@ -167,7 +168,8 @@ class RunOptions:
         (equal to the uninterrupted run), saves at its interval and when stopped. The caller
         removes it after a finished run (`remove()`), or releases it (`close()`).
       regions: which region of the output takes which style (`engine.regions.Regions`: guides
-        as arrays); settings.regions says how guides reach the loss layers.
+        as arrays), for every member, or a sequence of one per member (a sweep of masks: as
+        many regions each); settings.regions says how guides reach the loss layers.
     """
 
     init_image: Optional[npt.ArrayLike] = None
@@ -177,7 +179,30 @@ class RunOptions:
     should_stop: Optional[Callable[[], bool]] = None
     on_steps: Optional[Callable[[int, float], None]] = None
     checkpoints: Optional[Checkpoints] = None
-    regions: Optional[Regions] = None
+    regions: Union[None, Regions, Sequence[Regions]] = None
+
+
+def _region_count(regions: Union[None, Regions, Sequence[Regions]]) -> int:
+    if regions is None:
+        return 0
+    return regions.count if isinstance(regions, Regions) else regions[0].count
+
+
+def _member_regions(regions: Union[None, Regions, Sequence[Regions]], members: int,
+                    styles: int) -> Optional[Tuple[Regions, ...]]:
+    """RunOptions.regions as one checked Regions per member (the same object where shared)."""
+    if regions is None:
+        return None
+    listed = [regions] * members if isinstance(regions, Regions) else list(regions)
+    if len(listed) != members:
+        raise UserInputError(f"regions: {len(listed)} for {members} outputs (one Regions, or one per output)")
+    checked = {id(each): each.checked(styles) for each in listed}
+    per_member = tuple(checked[id(each)] for each in listed)
+    shapes = {(each.count, each.content_weights is None, each.tv_weights is None) for each in per_member}
+    if len(shapes) > 1:  # the members share one program: their regions' arrays must stack
+        raise UserInputError("regions: every output's Regions needs as many regions, and content_weights and "
+                             "tv_weights given for all or none")
+    return per_member
 
 
 @contextlib.contextmanager
@@ -221,8 +246,8 @@ def stylize_batch(content: npt.ArrayLike, styles: StyleImages, settings: Setting
     """
     content_rgb, style_rgbs = _checked_images(content, styles, settings)
     mesh = _splitting(options.mesh)
-    regions = 0 if options.regions is None else options.regions.count
-    plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs, regions), Layout.of_mesh(len(members), mesh),
+    plan = plan_run(settings, InputShapes.of(content_rgb, style_rgbs, _region_count(options.regions)),
+                    Layout.of_mesh(len(members), mesh),
                     device=mesh.devices.flat[0] if mesh is not None else None)
     with _ctrl_c_stops(options) as stoppable:
         return _run_checked(plan, content_rgb, style_rgbs, model, members, stoppable)
@@ -269,8 +294,8 @@ def _run_checked(plan, content_rgb, style_rgbs, model, members, options):
     """`run_plan` for images already made RGB floats (`_checked_images`)."""
     if not members:
         raise ValueError("a batch needs at least one member")
-    regions = None if options.regions is None else options.regions.checked(len(style_rgbs))
-    if InputShapes.of(content_rgb, style_rgbs, 0 if regions is None else regions.count) != plan.inputs:
+    regions = _member_regions(options.regions, len(members), len(style_rgbs))
+    if InputShapes.of(content_rgb, style_rgbs, _region_count(regions)) != plan.inputs:
         raise ValueError(f"the plan was made for images of {plan.inputs}, not these")
     mesh = _splitting(options.mesh) if options.mesh is not None else plan.layout.mesh()
     if Layout.of_mesh(len(members), mesh) != plan.layout:
@@ -379,7 +404,7 @@ class _Run:
     members: Tuple[Member, ...]
     mesh: Optional[Mesh]
     options: RunOptions
-    regions: Optional[Regions]  # checked
+    regions: Optional[Tuple[Regions, ...]]  # checked, one per member
 
 
 def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], first_step: int,
@@ -397,33 +422,51 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
     if settings.network.shape_buckets == "on":  # every image padded to its bucket, its true size traced
         content_pixels, style_pixels, extents = pad_images(content_pixels, style_pixels)
         bucket = content_pixels.shape[:2]
-    guides = keep = None
-    if run.regions is not None:  # the regions on every style layer, padded like the images
-        guides = scale_guides(run.regions, objective.style_layers, objective.content_layers,
-                              settings.regions.guide_propagation, settings.regions.guide_grow, true_shape, style_shapes, content_pixels.shape[:2],
-                              [pixels.shape[:2] for pixels in style_pixels])
-        keep = run.regions.keep(true_shape[0], true_shape[1], plan.sizes[index] / plan.sizes[-1])
-    # Content targets once, Gram matrices once per style image at its own size, and their blend:
-    # one program (print sizes: one per image, split by rows like the loop). Host arrays go in
-    # by device_put (jnp.asarray compiles a copy per shape).
+    keeps: Sequence[Optional[np.ndarray]] = [None] * len(members)
+    guides: Dict[int, ScaleGuides] = {}  # by id of each distinct Regions: the regions on every layer, padded
+    for distinct in run.regions or ():
+        if id(distinct) not in guides:
+            guides[id(distinct)] = scale_guides(
+                distinct, objective.style_layers, objective.content_layers, settings.regions.guide_propagation,
+                settings.regions.guide_grow, true_shape, style_shapes, content_pixels.shape[:2],
+                [pixels.shape[:2] for pixels in style_pixels])
+    if run.regions is not None:
+        keeps = [own.keep(true_shape[0], true_shape[1], plan.sizes[index] / plan.sizes[-1]) for own in run.regions]
+    # Content targets once, Gram matrices once per style image at its own size (per distinct
+    # paintings' guides with regions), and their blend: one program (print sizes: one per image,
+    # split by rows like the loop). Host arrays go in by device_put (jnp.asarray compiles a copy
+    # per shape).
     blend = np.asarray(settings.image.style_blend_weights or (1.0,) * len(styles), np.float32)
-    content_targets, grams, blended = run_targets(
-        objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
-        jax.device_put(blend / blend.sum()), rows=run.mesh if splits_rows(run.mesh) else None, extents=extents,
-        style_guides=None if guides is None else jax.device_put(guides.styles))
+    grams_by_guides: Dict[Any, List[Any]] = {}
 
-    def style_of(member):  # its style targets, and its regions' guides
-        if guides is None:
+    def paintings_grams(style_guides):  # the content's targets, each painting's Grams, their blend
+        return run_targets(objective, params, jax.device_put(content_pixels), jax.device_put(style_pixels),
+                           jax.device_put(blend / blend.sum()), rows=run.mesh if splits_rows(run.mesh) else None,
+                           extents=extents, style_guides=None if style_guides is None else jax.device_put(style_guides))
+
+    def paintings_key(regions):  # the paintings' guides a Regions has (the same arrays: the same Grams)
+        return tuple(None if guide is None else id(guide) for guide in regions.styles)
+
+    first = None if run.regions is None else run.regions[0]
+    content_targets, grams, blended = paintings_grams(None if first is None else guides[id(first)].styles)
+    if first is not None:
+        grams_by_guides[paintings_key(first)] = grams
+
+    def style_of(member, regions):  # its style targets, and its regions' guides
+        if regions is None:
             return grams[member.style_index] if member.style_index is not None else blended, None
-        mix = guides.member_mix(member.style_index, blend / blend.sum())
-        return mix_grams(grams, jax.device_put(mix)), guides.region_guides(mix)
+        scaled, key = guides[id(regions)], paintings_key(regions)
+        if key not in grams_by_guides:  # other paintings' maps: their own Grams
+            grams_by_guides[key] = paintings_grams(scaled.styles)[1]
+        mix = scaled.member_mix(member.style_index, blend / blend.sum())
+        return mix_grams(grams_by_guides[key], jax.device_put(mix)), scaled.region_guides(mix)
 
     member_inputs = []
-    for member, start in zip(members, starts):
-        style, regions = style_of(member)
+    for member, start, own in zip(members, starts, run.regions or [None] * len(members)):
+        style, member_guides = style_of(member, own)
         member_inputs.append(MemberInputs(
             initial_pixels(settings, preprocessing, unpadded, start, seed=member.seed, bucket=bucket), style,
-            loss_weights(member.content_weight, member.style_weight, member.tv_weight), guides=regions))
+            loss_weights(member.content_weight, member.style_weight, member.tv_weight), guides=member_guides))
     inputs = build_chunk_inputs(objective, OptimizerSpec.from_settings(settings), params, content_targets,
                                 member_inputs, run.mesh, batched=plan.layout.batched,
                                 extent=None if extents is None else extents[0])
@@ -440,7 +483,7 @@ def _run_scale(run: _Run, index: int, starts: Sequence[Optional[np.ndarray]], fi
 
     def finished_images(current):  # cropped to the true image (shape buckets)
         return [finish_image(member[:true_shape[0], :true_shape[1]], content_rgb, settings, keep)
-                for member in per_member(to_host(current))]
+                for member, keep in zip(per_member(to_host(current)), keeps)]
 
     def visit(step, current, terms):
         if options.on_visit is not None:
