@@ -52,7 +52,8 @@ if (( dry )); then
   # One quick test stands for the tests step: the suite that runs this dry run runs them all.
   budget=900 sizes="64:20,48:20" tests=(tests/test_lbfgs.py::test_first_step_is_capped_by_the_gradient_l1_norm)
   test_timeout=300 e2e_timeout=300
-  step_sizes=32 step_timeout=200 largest_sizes="32,48" largest_timeout=120 lbfgs_sizes=32 lbfgs_timeout=120
+  step_sizes=32 step_optimizers=adam step_timeout=200 largest_sizes=32 largest_timeout=120 lbfgs_sizes=32
+  lbfgs_timeout=120
   compile_flags=("--xla_cpu_enable_fast_math=false") compile_timeout=120 first_timeout=300
 else
   # 512:500 is the goal's run (500 L-BFGS iterations at 512 px), in float32 and bfloat16.
@@ -60,7 +61,8 @@ else
   # Seen on an H200 (BENCHMARKS.md): a cold nst-jax run ~40 s (XLA's autotuning), warm 7 s,
   # PyTorch's 13-17 s; the bfloat16 run compiles anew (~40 s). So bfloat16 at the first size only.
   sizes=${DEVICE_CHECK_SIZES:-512:500,1024:200} first_timeout=150 e2e_timeout=100
-  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_timeout=60 lbfgs_sizes=512,1024 lbfgs_timeout=45
+  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_optimizers=adam,lbfgs step_timeout=60
+  lbfgs_sizes=512,1024 lbfgs_timeout=45
   largest_sizes="8192,12288,16384" largest_timeout=90 test_timeout=${DEVICE_CHECK_TEST_TIMEOUT:-40}
   tests=(tests/test_lbfgs.py tests/test_losses.py tests/test_vgg_numerics.py tests/test_batch.py)
   # Cold runs under other XLA flags (compile time against step time), e.g.
@@ -137,9 +139,9 @@ EOF
   log "  exit $?"
 done
 if [[ "$step_sizes" != none ]]; then
-  log "the step (diagnosis): $step_sizes px, Adam and L-BFGS, against PyTorch's"
+  log "the step (diagnosis): $step_sizes px, $step_optimizers, against PyTorch's"
   step step "$step_timeout" "$out/step.log" "$out/step.err" \
-    $python -m bench --sizes "$step_sizes" --optimizers adam,lbfgs --dtypes float32 --steps 5 --warmup 2 \
+    $python -m bench --sizes "$step_sizes" --optimizers "$step_optimizers" --dtypes float32 --steps 5 --warmup 2 \
     --long-chunk-steps 10 --batch-sizes none --long-run none --out "$out" --markdown "$out/step.md"
 fi
 log "tests"

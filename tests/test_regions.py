@@ -236,8 +236,9 @@ def test_regions_run_alike_in_buckets_tiles_scales_and_batches(params, region_ru
     tiles, the same images as the exact-shape run without remat; where no painting was asked
     (region 2 of member "a"), the output is the content."""
     content, styles, regions = region_run_inputs
-    settings = preset("neural-style").replace(image_size=40, scales=2, num_steps=3, print_every=0,
-                                              style_layers=("relu1_1", "relu2_1", "relu3_1"))
+    settings = preset("neural-style").replace(image_size=40, scales=2, num_steps=3, print_every=0, optimizer="adam",
+                                              learning_rate=4.0, style_layers=("relu1_1", "relu2_1", "relu3_1"),
+                                              content_layers=("relu2_1",))
     model = Model(jax.tree_util.tree_map(np.asarray, params), "caffe")
     members = make_members(settings, ["a", "b"])[:1] + make_members(settings, ["a", "b"], per_style=False)
     runs = [stylize_batch(content, styles, settings.replace(shape_buckets=buckets, remat=remat), model, members,
@@ -408,3 +409,31 @@ def test_a_sweep_of_masks_runs_as_one_batch_each_member_as_it_would_alone(params
     three = Regions(np.stack([left[0], top[0], 1 - np.maximum(left[0], top[0])]))
     with pytest.raises(UserInputError, match="as many regions"):
         stylize_batch(content, [style], settings, model, members, RunOptions(regions=[sweep[0], three]))
+
+
+def test_a_folder_of_per_frame_masks_styles_each_frame_inside_its_own(tmp_path, synthetic_params_path):
+    pytest.importorskip("av")
+    pytest.importorskip("cv2")
+    from test_video import CHEAP_FLAGS, texture, translating, write_folder
+    from nst_jax.cli.video import main as video_main
+
+    frames = translating(3)
+    clip = write_folder(tmp_path / "clip", frames)
+    masks = []
+    for index in range(3):  # a square 6 px further right in each frame
+        mask = np.zeros((48, 48, 3), np.float32)
+        mask[10:30, 6 + 6 * index:26 + 6 * index] = 1.0
+        masks.append(mask)
+    mask_folder = write_folder(tmp_path / "masks", masks)
+    images.save_image(tmp_path / "style.png", texture(64, 64, seed=3))
+    common = [clip, tmp_path / "style.png", "--weights", synthetic_params_path, *CHEAP_FLAGS]
+    assert video_main([*common, "--mask", mask_folder, "-o", tmp_path / "out"]) == 0
+    outputs = [images.load_image(path) for path in sorted((tmp_path / "out").glob("*.png"))]
+    assert len(outputs) == 3
+    for output, frame, mask in zip(outputs, frames, masks):
+        changed = np.abs(output - frame).max(axis=-1) > 1.5 / 255  # the PNG's 8 bits aside
+        inside = mask[..., 0] > 0
+        assert changed[inside].mean() > 0.9 and not changed[~inside].any()
+    fewer = write_folder(tmp_path / "fewer", masks[:2])
+    assert video_main([*common, "--mask", fewer, "-o", tmp_path / "other"]) == 2  # 2 masks for 3 frames
+    assert not (tmp_path / "other").exists()

@@ -21,15 +21,16 @@ def region_paths(settings: Settings) -> List[str]:
     return [path for path in (regions.content_seg, regions.mask, *(regions.style_seg or ())) if path is not None]
 
 
-def load_regions(settings: Settings, style_count: int) -> Optional[Regions]:
-    """The run's Regions from its maps or mask (None: no regions)."""
+def load_regions(settings: Settings, style_count: int, content_map: Optional[np.ndarray] = None) -> Optional[Regions]:
+    """The run's Regions from its maps or mask (None: no regions). `content_map`: the content's
+    map or mask as RGB, read already (a clip's first of a folder of per-frame maps)."""
     flags = settings.regions
     if not flags.given:
         return None
     if flags.style_seg is not None and len(flags.style_seg) != style_count:
         raise UserInputError(f"--style-seg: {len(flags.style_seg)} map(s) for {style_count} style images (one each)")
     if flags.mask is not None:
-        mask = mask_guide(images.load_image(flags.mask))
+        mask = mask_guide(images.load_image(flags.mask) if content_map is None else content_map)
         if mask.max() - mask.min() < 1 / 255:
             raise UserInputError(f"--mask {flags.mask}: is all one value ({mask.flat[0]:.2f}): nothing tells "
                                  f"the styled inside (white) from the kept outside (black)")
@@ -37,7 +38,7 @@ def load_regions(settings: Settings, style_count: int) -> Optional[Regions]:
         default = np.stack([np.ones(style_count), np.zeros(style_count)])
         style_guides: List[Optional[np.ndarray]] = [None] * style_count
     else:
-        guides, names, colors = _content_map(settings)
+        guides, names, colors = _content_map(settings, content_map)
         style_guides = [_style_map(settings, path, colors) for path in (flags.style_seg or ())] or [None] * style_count
         default = _default_mix(settings, names, style_guides, style_count)
     mix = default if flags.region_styles is None else _region_styles(flags.region_styles, names, style_count)
@@ -57,25 +58,41 @@ def load_regions(settings: Settings, style_count: int) -> Optional[Regions]:
     return regions.checked(style_count)
 
 
-def _content_map(settings: Settings) -> Tuple[np.ndarray, List[str], List[Color]]:
-    """(guides, region names, colors) of --content-seg."""
+def map_colors(settings: Settings, seg: np.ndarray) -> List[Color]:
+    """The regions' colors: --seg-colors, or those `seg` (the content's map) paints."""
+    flags = settings.regions
+    if flags.seg_colors is None:
+        return find_colors(seg, flags.seg_tolerance)
+    colors: List[Color] = []
+    for text in flags.seg_colors:
+        try:
+            colors.append(parse_color(text))
+        except ValueError as error:
+            raise UserInputError(f"--seg-colors: {error}") from None
+    if len(set(colors)) != len(colors):
+        raise UserInputError("--seg-colors: a color is listed twice")
+    return colors
+
+
+def frame_guides(settings: Settings, maps: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """Each frame's (R, H, W) guides from its own map or mask (RGB), in the regions the first
+    map made (`load_regions`): the mask and its outside, or the first map's colors."""
+    flags = settings.regions
+    if flags.mask is not None:
+        return [np.stack([mask, 1.0 - mask]) for mask in map(mask_guide, maps)]
+    colors = map_colors(settings, maps[0])
+    return [color_guides(seg, colors, flags.seg_tolerance) for seg in maps]
+
+
+def _content_map(settings: Settings, seg: Optional[np.ndarray] = None) -> Tuple[np.ndarray, List[str], List[Color]]:
+    """(guides, region names, colors) of --content-seg (`seg`: read already)."""
     flags = settings.regions
     path = str(flags.content_seg)
-    seg = images.load_image(path)
-    if flags.seg_colors is not None:
-        colors: List[Color] = []
-        for text in flags.seg_colors:
-            try:
-                colors.append(parse_color(text))
-            except ValueError as error:
-                raise UserInputError(f"--seg-colors: {error}") from None
-        if len(set(colors)) != len(colors):
-            raise UserInputError("--seg-colors: a color is listed twice")
-    else:
-        colors = find_colors(seg, flags.seg_tolerance)
-        if len(colors) < 2:
-            raise UserInputError(f"--content-seg {path}: is all one color ({color_name(colors[0])}): a map needs "
-                                 f"two regions or more (--mask styles part of a picture)")
+    seg = images.load_image(path) if seg is None else seg
+    colors = map_colors(settings, seg)
+    if flags.seg_colors is None and len(colors) < 2:
+        raise UserInputError(f"--content-seg {path}: is all one color ({color_name(colors[0])}): a map needs "
+                             f"two regions or more (--mask styles part of a picture)")
     guides = color_guides(seg, colors, flags.seg_tolerance)
     names = [color_name(color) for color in colors]
     for name, guide in zip(names, guides):

@@ -18,13 +18,14 @@ import numpy as np
 from nst_jax.cache import enable_compile_cache
 from nst_jax.cli import run
 from nst_jax.cli.files import refuse_undersized, run_description
-from nst_jax.cli.regions import load_regions
+from nst_jax.cli.regions import frame_guides, load_regions
 from nst_jax.cli.flags import add_field_flag, keep_negative_values, same_path
 from nst_jax.cli.interrupt import ctrl_c_at_visits, exit_status
 from nst_jax.cli.run import Command, build_parser as build_image_parser, require_pictures
 from nst_jax.config.settings import INITS, Settings, flag
 from nst_jax.engine.optimize import StopRun
 from nst_jax.engine.plan import check_fits, plan_run
+from nst_jax.engine.regions import Regions
 from nst_jax.engine.stages import InputShapes
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import color, images
@@ -67,6 +68,22 @@ VIDEO_COMMAND = Command(
     field_help=(("init", "start image: the content, noise around the mean color, or flat gray"),),
     choices=(("init", tuple(choice for choice in INITS if choice != "image")),),
     precompiles=False)
+
+
+def _clip_regions(settings: Settings, video: VideoSettings, clip: video_io.Clip,
+                  styles: int) -> Tuple[Optional[Regions], Optional[List[np.ndarray]]]:
+    """The clip's Regions and, for a folder of per-frame maps or masks (one per input frame,
+    selected as the frames are), each frame's guides."""
+    path = settings.regions.mask or settings.regions.content_seg
+    if path is None or not os.path.isdir(path):
+        return load_regions(settings, styles), None
+    option = "--mask" if settings.regions.mask is not None else "--content-seg"
+    maps = video_io.read_clip(path, settings.image.image_size, video.start, video.duration, video.every,
+                              float(clip.fps * video.every))
+    if len(maps.frames) != len(clip.frames):
+        raise UserInputError(f"{option} {path}: {len(maps.frames)} maps for the {len(clip.frames)} frames stylized "
+                             f"(one map per input frame, selected as the frames are)")
+    return load_regions(settings, styles, maps.frames[0]), frame_guides(settings, maps.frames)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +177,7 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     clip = video_io.read_clip(args.content, settings.image.image_size, video.start, video.duration,
                               video.every, video.fps)
     styles = [images.load_image(path) for path in args.styles]
-    regions = load_regions(settings, len(styles))
+    regions, per_frame = _clip_regions(settings, video, clip, len(styles))
     # Frames are read at the working size already; the content's check is on that size.
     inputs = InputShapes.of(clip.frames[0], styles, 0 if regions is None else regions.count)
     refuse_undersized(settings, inputs, args.content, args.styles, long_side=settings.image.image_size)
@@ -222,7 +239,8 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
                 _, interrupted = stylize_frames(
                     clip.frames, styles, plan.settings, video, Model(params, params_metadata.preprocessing),
                     FrameOptions(first_index=first, recent_pixels=recent, on_frame=write_then_check,
-                                 on_visit=on_visit, intervals=(settings.output.print_every, 10), regions=regions))
+                                 on_visit=on_visit, intervals=(settings.output.print_every, 10), regions=regions,
+                                 frame_guides=per_frame))
             except StopRun:
                 interrupted = True
             interrupted = interrupted or ctrl_c.requested

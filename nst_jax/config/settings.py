@@ -207,7 +207,8 @@ HELP = {
                        "or recombine YCbCr chroma after the run",
     "normalize_gradients": "divide each loss layer's gradient by its L1 norm (neural-style's -normalize_gradients)",
     "content_seg": "color-coded map of the content's regions (any size; resized to the output): region k "
-                   "takes the style statistics of region k of the style images",
+                   "takes the style statistics of region k of the style images (videos: a folder of one "
+                   "per input frame)",
     "style_seg": "comma-separated color-coded map per style image, in the content map's colors (default: "
                  "each painting is whole for every region it serves)",
     "seg_colors": "the regions' colors in the maps, in order: names (red, blue, ...), #rrggbb or r/g/b "
@@ -215,7 +216,7 @@ HELP = {
     "seg_tolerance": "a map's pixel belongs to the nearest listed color if no channel differs by more "
                      "than this (0..255: anti-aliased edges)",
     "mask": "style only inside this mask (white: styled, black: the content kept; gray: partly); "
-            "the output is the content outside it",
+            "the output is the content outside it (videos: a folder of one per input frame)",
     "mask_feather": "soften the edge where the stylized inside meets the kept content, Gaussian radius in px",
     "region_styles": "per region, in color order: the style image(s) it takes (1, 2, 1+2 blends) or none "
                      "(the content kept); default: region k takes style k when counts match, else every style",

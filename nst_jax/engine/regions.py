@@ -65,6 +65,11 @@ class Regions:
         content = np.asarray(self.content, np.float32)
         if content.ndim != 3 or content.shape[0] < 1:
             raise UserInputError(f"regions: the content's guides must be (R, H, W), got {content.shape}")
+        listed = [("the content's", content)] + [(f"style {index + 1}'s", np.asarray(given, np.float32))
+                                                 for index, given in enumerate(self.styles) if given is not None]
+        for name, values in listed:
+            if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+                raise UserInputError(f"regions: {name} guides must lie in [0, 1]")
         count = content.shape[0]
         styles = list(self.styles) or [None] * style_count
         if len(styles) != style_count:
@@ -111,15 +116,15 @@ class Regions:
 
     def keep(self, height: int, width: int, scale: float, content: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """(height, width) share of each output pixel that is stylized, where a region keeps the
-        content (None where every region has a style): the styled regions' guides (`content`,
-        default the regions' own), feathered by `feather` px at the output size (`scale`: this
-        size's share of it)."""
-        styled = np.asarray(self.styles_of).sum(axis=1) > 0
-        if styled.all():
+        content (None where every region has a style): 1 less the kept regions' guides (`content`,
+        default the regions' own; a pixel in no region is stylized), feathered by `feather` px at
+        the output size (`scale`: this size's share of it)."""
+        kept = np.asarray(self.styles_of).sum(axis=1) == 0
+        if not kept.any():
             return None
         guides = np.asarray(self.content if content is None else content)
-        inside = resize_guides(guides[styled], height, width).sum(axis=0)
-        return feathered(np.clip(inside, 0.0, 1.0), self.feather * scale)
+        outside = resize_guides(guides[kept], height, width).sum(axis=0)
+        return feathered(np.clip(1.0 - outside, 0.0, 1.0), self.feather * scale)
 
 
 def _on_layers(guides: np.ndarray, shape: Tuple[int, int], padded_shape: Tuple[int, int], layers: Sequence[str],

@@ -157,6 +157,8 @@ class FrameOptions:
       intervals: step intervals at which to visit the host.
       regions: the clip's regions (engine.regions.Regions; the content guides those of every
         frame, or of the first one when VideoSettings.regions_follow_flow).
+      frame_guides: with regions, each frame's own (R, H, W) content guides (a folder of
+        per-frame masks), in place of the regions' content guides.
     """
 
     first_index: int = 0
@@ -165,6 +167,7 @@ class FrameOptions:
     on_visit: Optional[Callable[[int, int, int, Dict[str, Any]], None]] = None
     intervals: Tuple[int, ...] = ()
     regions: Optional[Regions] = None
+    frame_guides: Optional[Sequence[np.ndarray]] = None
 
 
 def _moved_guides(guides: np.ndarray, shape: Tuple[int, int], motion: flow.Motion) -> np.ndarray:
@@ -189,6 +192,13 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
     clip = [images.as_rgb(frame, f"frame {index}") for index, frame in enumerate(frames)]
     style_rgbs = [images.as_rgb(style, f"style {index + 1}") for index, style in enumerate(styles)]
     regions = None if options.regions is None else options.regions.checked(len(style_rgbs))
+    if options.frame_guides is not None:
+        if regions is None or len(options.frame_guides) != len(clip):
+            raise UserInputError(f"frame guides: {len(options.frame_guides)} for {len(clip)} frames, with regions")
+        if video.regions_follow_flow:
+            raise UserInputError("--regions-follow-flow: the regions are given per frame already")
+        if any(np.shape(guides)[0] != regions.count for guides in options.frame_guides):
+            raise UserInputError(f"frame guides: every frame needs {regions.count} regions")
     settings = plan_run(settings, InputShapes.of(clip[0], style_rgbs, 0 if regions is None else regions.count)).settings
     preprocessing = model.preprocessing
     objective = Objective.from_settings(settings, preprocessing)
@@ -260,7 +270,9 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                 upcoming = motions_of(index + 1)  # computed while this frame optimizes
             region_guides = keep = None
             if guides is not None:
-                if video.regions_follow_flow and index > options.first_index:
+                if options.frame_guides is not None:
+                    frame_guides = np.asarray(options.frame_guides[index], np.float32)
+                elif video.regions_follow_flow and index > options.first_index:
                     frame_guides = _moved_guides(frame_guides, true_shape, motions[0])
                 region_guides = guides.with_content(frame_guides).region_guides(mix)
                 keep = cast(Regions, regions).keep(true_shape[0], true_shape[1], 1.0, frame_guides)
