@@ -22,13 +22,15 @@ def test_normalized_gradients_are_strength_times_unit_l1_gradients_per_layer():
     content, style, start = (jnp.asarray(rng.uniform(0, 255, (20, 24, 3)).astype(np.float32)) for _ in range(3))
     targets = compute_targets(objective, params, content, [style])
     weights = loss_weights(settings.loss.content_weight, settings.loss.style_weight, 0.0)
-    ours = jax.grad(lambda x: total_loss(objective, params, x, targets, weights))(start)
+    # Compiled, everything but the objective as arguments: an eager gradient dispatches each op.
+    ours = jax.jit(jax.grad(total_loss, argnums=2), static_argnums=0)(objective, params, start, targets, weights)
 
     # Reference, following neural-style's ContentLoss/StyleLoss:updateGradInput: each layer's
     # gradient ∂E/∂F is divided by its L1 norm (+1e-8), times the layer's strength, then
     # back-propagated through the network to the image.
     layers = ("relu1_1", "relu2_1")
-    acts, pullback = jax.vjp(lambda x: vgg_features(objective, params, x, layers), start)
+    features = jax.jit(lambda x, p: vgg_features(objective, p, x, layers))
+    acts, pullback = jax.vjp(lambda x: features(x, params), start)
     cotangents = {layer: jnp.zeros_like(acts[layer]) for layer in layers}
     layer_losses = {
         ("content", "relu2_1"): lambda f: losses.content_loss(f, targets.content["relu2_1"], "mean"),
