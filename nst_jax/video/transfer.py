@@ -227,6 +227,9 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
         mix = guides.member_mix(None, blend)
         style_target = mix_grams(grams, jax.device_put(mix))
         frame_guides = np.asarray(cast(Regions, regions).content)  # moved along the flow, if asked
+        # A frame's RegionGuides and kept share, remade only when its guides change.
+        made_for: Optional[np.ndarray] = None
+        made: Tuple[Any, Optional[np.ndarray]] = (None, None)
         if video.regions_follow_flow:  # a resumed clip: moved to its first frame as before
             for index in range(1, options.first_index + 1):
                 frame_guides = _moved_guides(frame_guides, true_shape, flow.motion(clip[index - 1], clip[index]))
@@ -274,8 +277,11 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                     frame_guides = np.asarray(options.frame_guides[index], np.float32)
                 elif video.regions_follow_flow and index > options.first_index:
                     frame_guides = _moved_guides(frame_guides, true_shape, motions[0])
-                region_guides = guides.with_content(frame_guides).region_guides(mix)
-                keep = cast(Regions, regions).keep(true_shape[0], true_shape[1], 1.0, frame_guides)
+                if made_for is not frame_guides:  # the same regions as the last frame's: made once
+                    made_for, made = frame_guides, (
+                        guides.with_content(frame_guides).region_guides(mix),
+                        cast(Regions, regions).keep(true_shape[0], true_shape[1], 1.0, frame_guides))
+                region_guides, keep = made
             inputs = build_chunk_inputs(
                 objective, spec, params,
                 content_pass(objective, params, jax.device_put(pad_to(content_pixels, bucket)), extent),
