@@ -16,7 +16,7 @@ _API = {
     "stylize": "nst_jax.engine.stylize", "stylize_batch": "nst_jax.engine.stylize",
     "make_members": "nst_jax.engine.stylize", "Member": "nst_jax.engine.stylize",
     "RunOptions": "nst_jax.engine.stylize", "StylizeResult": "nst_jax.engine.stylize",
-    "Regions": "nst_jax.engine.regions",
+    "Regions": "nst_jax.engine.regions", "NotebookPreview": "nst_jax.preview.notebook",
     "Settings": "nst_jax.config.settings", "preset": "nst_jax.config.presets", "PRESETS": "nst_jax.config.presets",
     "Model": "nst_jax.weights.params_file", "load_params": "nst_jax.weights.params_file",
     "save_params": "nst_jax.weights.params_file", "ParamsMetadata": "nst_jax.weights.params_file",
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from nst_jax.config.settings import Settings
     from nst_jax.engine.regions import Regions
     from nst_jax.engine.stylize import Member, RunOptions, StylizeResult, make_members, stylize, stylize_batch
+    from nst_jax.preview.notebook import NotebookPreview
     from nst_jax.model.layers import CONV_LAYERS, LAYER_ORDER, canonical_layer
     from nst_jax.model.preprocess import deprocess, preprocess
     from nst_jax.model.vgg import VGG19, features

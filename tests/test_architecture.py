@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Lowest first: the data flows from weights files through the model and the loss to the engine,
 # which the command lines drive. `config` (Settings) sits between the loss and the engine.
-LAYERS = ["errors", "atomic", "cache", "imaging", "model", "weights", "loss", "config", "engine", "video", "cli"]
+LAYERS = ["errors", "atomic", "cache", "imaging", "model", "weights", "loss", "config", "engine", "video", "preview", "cli"]
 # Entry points and the curated namespace may import anything in the package.
 TOP = {"nst_jax", "nst_jax.run", "nst_jax.video.__main__"}
 

@@ -30,6 +30,7 @@ from nst_jax.cli.regions import load_regions, region_paths
 from nst_jax.cli.progress import ProgressBar, write_line
 from nst_jax.cli.watch import LossWatch, check_finite, divergence_advice
 from nst_jax.engine.timings import RunTimings
+from nst_jax.preview.live import LiveRun
 from nst_jax.weights.params_file import Model, Params, ParamsMetadata
 
 # Steps between host visits even when nothing is printed: how soon Ctrl-C is noticed and how
@@ -218,7 +219,8 @@ def _progress_terms(visit):
 def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], output_path: str, settings: Settings,
                   load_weights: LoadWeights, *, batch: Optional[BatchRequest] = None,
                   checkpoint: Optional[CheckpointRequest] = None, stream: Optional[TextIO] = None,
-                  timings: Optional[RunTimings] = None) -> List[Tuple[str, StylizeResult]]:
+                  timings: Optional[RunTimings] = None, preview: Optional[LiveRun] = None
+                  ) -> List[Tuple[str, StylizeResult]]:
     """The CLI's run: load, stylize with progress and intermediate saves, write atomically.
 
     Args:
@@ -229,6 +231,7 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
         run's checkpoint, saves there as asked and when stopped, and removes it once the images
         are written (unless asked to keep it).
       timings: a RunTimings to record the phases, compilation and each visit's losses in.
+      preview: a LiveRun (--preview) to show the run in: its outputs, progress, images and end.
 
     Returns [(path, StylizeResult)], one per output. Raises UserInputError (one line naming the
     file) for unusable inputs or outputs, before any compute. Ctrl-C saves the current images
@@ -254,6 +257,9 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
     outputs = _Outputs(output_path, members, run_description(content_path, style_paths, settings, params_metadata),
                        settings, batched=batch is not None)
     out = stream or sys.stderr
+    if preview is not None:
+        preview.describe([member.label for member in members] if len(members) > 1 else [""],
+                         {"output": str(outputs), **settings.to_dict()}, total=plan.total_steps)
     checkpoints = open_checkpoints(
         checkpoint, output_path, plan,
         lambda: run_fingerprint(settings, plan, members, content_path, style_paths, params_metadata), out)
@@ -266,7 +272,7 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                            "the picture will not be art", out)
             bar = ProgressBar(plan.total_steps, stream=stream,
                               label="step" if len(members) == 1 else f"{len(members)} images, step")
-            monitor = _Monitor(plan, outputs, bar, timings, out)
+            monitor = _Monitor(plan, outputs, bar, timings, out, preview)
             ctrl_c.on_quit = monitor.write_latest
             with timings.phase("run"), timings.compile:
                 try:
@@ -283,6 +289,8 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
             first = results[0]
             if first.interrupted and first.steps_done == 0:  # the start image is no result
                 bar.close("interrupted before the first step; nothing written")
+                if preview is not None:
+                    preview.end("interrupted", "interrupted before the first step; nothing written")
                 return list(zip(outputs.paths, results))
             with timings.phase("write"):
                 for result in results:
@@ -294,8 +302,11 @@ def stylize_files(content_path: PathLike, style_paths: Sequence[PathLike], outpu
                 elif checkpoints is not None:
                     checkpoints.remove()  # the images are written: it served its run
             state = "interrupted" if first.interrupted else "done"
-            bar.close(f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
-                      f"({timings.compile.seconds:.1f} s of it compiling); wrote {outputs}{kept}")
+            line = (f"{state} after {first.steps_done} steps in {timings.phases['run']:.1f} s "
+                    f"({timings.compile.seconds:.1f} s of it compiling); wrote {outputs}{kept}")
+            bar.close(line)
+            if preview is not None:
+                preview.end(state, line, [result.image for result in results], first.steps_done)
         return list(zip(outputs.paths, results))
     finally:
         if checkpoints is not None:
@@ -351,8 +362,8 @@ class _Monitor:
     the visits kept for after the run (the latest, for a third Ctrl-C; the last finite one, for
     a run that diverges)."""
 
-    def __init__(self, plan, outputs, bar, timings, out):
-        self.plan, self.outputs, self.bar = plan, outputs, bar
+    def __init__(self, plan, outputs, bar, timings, out, preview=None):
+        self.plan, self.outputs, self.bar, self.preview = plan, outputs, bar, preview
         self.timings, self.out, self.watch = timings, out, LossWatch(plan.settings)
         self.latest = self.finite = self.diverged_at = None
 
@@ -374,10 +385,25 @@ class _Monitor:
             self.bar.update(visit.step, _progress_terms(visit), force_line=bool(at_print),
                             scale=self.scale_label(visit.scale),
                             work_left=_work_left(visit.step, visit.scale, settings.optimizer.num_steps, sizes))
+        if self.preview is not None:
+            self.show(visit)
         if save_every and visit.step % save_every == 0 and visit.step < total_steps:
             snapshots = visit.images()  # a collective across hosts: every host takes part
             self.outputs.write(snapshots, visit.step,
                                [intermediate_path(path, visit.step, total_steps) for path in self.outputs.paths])
+
+    def show(self, visit):
+        """The visit on the --preview page: its numbers now, its images made on the preview's
+        worker (the pixels are not donated to the next chunk, so they can be read meanwhile).
+        Across hosts the images are a collective: every host gathers them here, at each visit."""
+        preview = cast(LiveRun, self.preview)
+        preview.progress(visit.step, self.plan.total_steps, visit.terms, self.bar.rate, self.bar.seconds_left,
+                         self.scale_label(visit.scale))
+        if jax.process_count() > 1:
+            gathered = visit.images()
+            preview.offer_images(visit.step, lambda: gathered)
+        else:
+            preview.offer_images(visit.step, visit.images)
 
     def scale_label(self, scale):
         sizes = self.plan.sizes
@@ -393,6 +419,8 @@ class _Monitor:
         label = self.scale_label(scale)
         self.bar.measured(step, seconds_per_step, scale=label)
         self.bar.update(step, scale=label, work_left=_work_left(step, scale, steps_per_scale, self.plan.sizes))
+        if self.preview is not None:
+            self.preview.progress(step, self.plan.total_steps, None, self.bar.rate, self.bar.seconds_left, label)
 
     def write_latest(self):
         """The third Ctrl-C: write the last visited images, if any, then quit."""

@@ -69,6 +69,10 @@ class ProgressBar:
         # The engine's measured steps and their seconds at this scale (see `measured`).
         self.measured_steps, self.measured_seconds = 0, 0.0
         self.measured_until: Optional[int] = None
+        # The latest update's steps per second and seconds left (None until known): what a
+        # --preview page shows beside the bar.
+        self.rate: Optional[float] = None
+        self.seconds_left: Optional[float] = None
 
     def _new_scale(self, scale: str) -> None:
         # A new scale compiles anew and runs at another speed: its rate counts afresh, on a new bar.
@@ -109,6 +113,7 @@ class ProgressBar:
         else:  # the first visit's chunk includes compilation: the rate from later ones
             rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
         left = self.total - step if work_left is None else work_left
+        self.rate, self.seconds_left = rate, left / rate if rate else None
         eta = _format_seconds(left / rate) if rate else "?"
         loss = format_terms(self.terms)
         label = f"{scale}, {self.label}" if scale else self.label

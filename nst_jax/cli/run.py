@@ -12,12 +12,15 @@ import re
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
+import jax
+
 from nst_jax.cache import COMPILE_CACHE_SUBDIR, cache_dir, enable_compile_cache
 from nst_jax.cli.files import BatchRequest, CheckpointRequest, request_layout, request_members, stylize_files
 from nst_jax.cli.flags import OneLineParser, add_field_flag, comma_list, keep_negative_values, number, same_path
 from nst_jax.cli.interrupt import exit_status
 from nst_jax.cli.memory_report import memory_report
 from nst_jax.cli.precompile import COMMON_ASPECTS, aspect_list, precompile
+from nst_jax.cli.preview import PREVIEW_HELP, preview_address, preview_session, run_title
 from nst_jax.cli.regions import load_regions, region_paths
 from nst_jax.config.presets import DEFAULT_PRESET, PRESETS, preset
 from nst_jax.config.settings import (AUTO_NUMBERS, CHOICES, FIELDS, FILE_FIELDS, FILE_LIST_FIELDS, GROUP_TITLES, HELP,
@@ -82,6 +85,7 @@ def build_parser(command: Command = Command()) -> OneLineParser:
                         help="also write where the time went (start-up, images, weights, compiling, steps, "
                              "writing), the compiled programs, peak memory and the loss at each progress "
                              "visit, as JSON")
+    parser.add_argument("--preview", type=preview_address, metavar="[HOST:]PORT", help=PREVIEW_HELP)
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="compile every program afresh instead of keeping compiled programs "
                              "in the cache folder ($NST_JAX_CACHE/xla) for later runs")
@@ -208,6 +212,9 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
             raise UserInputError(f"--checkpoint-every: {error}") from None
     elif args.keep_checkpoint:
         raise UserInputError("--keep-checkpoint: only with --checkpoint-every N|TIME")
+    if args.preview is not None and (args.estimate_memory or args.precompile):
+        mode = "--estimate-memory" if args.estimate_memory else "--precompile"
+        raise UserInputError(f"--preview: shows a run as it goes; {mode} runs no steps")
     if args.weights is not None and not str(args.weights).strip():
         raise UserInputError("--weights: an empty path (leave the flag out for the default weights)")
     settings = settings_from_args(args)
@@ -367,8 +374,12 @@ def _run(argv: Optional[Sequence[Any]], timings: RunTimings) -> Optional[Stylize
             raise UserInputError(f"{option}: cannot join the cluster ({reason(error, first_line=True)})") from None
     checkpoint = (CheckpointRequest(args.checkpoint_every, args.keep_checkpoint)
                   if args.checkpoint_every is not None else None)
-    outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
-                            batch=batch_request(args, sweeps), checkpoint=checkpoint, timings=timings)
+    # Bound before the images are read: a port in use ends the run here. The first host serves.
+    with preview_session(args.preview, run_title(args.content, args.styles),
+                         serve=jax.process_index() == 0) as live:
+        outputs = stylize_files(args.content, args.styles, args.output, settings, load_checked_weights,
+                                batch=batch_request(args, sweeps), checkpoint=checkpoint, timings=timings,
+                                preview=live)
     if args.report:
         try:
             timings.write(args.report)

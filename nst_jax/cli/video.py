@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple, cast
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from nst_jax.cli.files import refuse_undersized, run_description
 from nst_jax.cli.regions import frame_guides, load_regions
 from nst_jax.cli.flags import add_field_flag, keep_negative_values, same_path
 from nst_jax.cli.interrupt import ctrl_c_at_visits, exit_status
+from nst_jax.cli.preview import preview_session, run_title
 from nst_jax.cli.run import Command, build_parser as build_image_parser, require_pictures
 from nst_jax.config.settings import INITS, Settings, flag
 from nst_jax.engine.optimize import StopRun
@@ -29,6 +30,7 @@ from nst_jax.engine.regions import Regions
 from nst_jax.engine.stages import InputShapes
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import color, images
+from nst_jax.preview.live import LiveRun
 from nst_jax.video import files as video_io
 from nst_jax.video import flow
 from nst_jax.video.transfer import (FRAME_INITS, VIDEO_HELP, VIDEO_METAVARS, VIDEO_RANGES, FrameOptions, FrameResult,
@@ -164,8 +166,12 @@ def _size_of(path):
 
 def stylize_video_files(args: argparse.Namespace, settings: Settings, video: VideoSettings,
                         load_weights: Callable[[], Tuple[Params, ParamsMetadata]], stream: Optional[TextIO] = None,
-                        on_frame: Optional[Callable[[FrameResult], None]] = None) -> ClipResult:
+                        on_frame: Optional[Callable[[FrameResult], None]] = None,
+                        preview: Optional[LiveRun] = None) -> ClipResult:
     """The CLI's run: check, read, stylize with progress, write frames as they finish, encode.
+
+    preview: a LiveRun (--preview) to show the clip in: the current frame as it optimizes, the
+    finished ones, progress and the end.
 
     Returns a ClipResult. Raises UserInputError (one line) before any compute for unusable
     inputs or outputs. Ctrl-C stops at the next host visit: finished frames stay on disk.
@@ -191,6 +197,21 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     total = len(clip.frames)
     describe = run_description(args.content, args.styles, plan.settings, params_metadata)  # what ran
     began, finished_times = time.perf_counter(), []
+    clip_eta: List[Tuple[float, float]] = []  # (when, seconds left) at the latest finished frame
+    if preview is not None:
+        preview.describe([""], {"output": output, **plan.settings.to_dict(), **dataclasses.asdict(video)},
+                         kind="video", total=video.steps(plan.settings, first), frames=len(clip.frames))
+
+    def show(visit):  # a visit on the --preview page: the frame's progress, its image made off the step
+        live = cast(LiveRun, preview)
+        if live.frame != visit.index:
+            live.begin_frame(visit.index)
+        left = None
+        if clip_eta:
+            when, seconds = clip_eta[-1]
+            left = max(0.0, seconds - (time.perf_counter() - when))
+        live.progress(visit.step, visit.steps, visit.terms, seconds_left=left)
+        live.offer_images(visit.step, lambda: [visit.image()])
     if params_metadata.synthetic:
         print("warning: these VGG-19 weights are synthetic random values (for tests); "
               "the picture will not be art", file=stream)
@@ -213,6 +234,9 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
         later = finished_times[1:] if len(finished_times) > 1 else None
         per_frame = np.mean(later) if later else finished_times[0] * video.steps(settings, 1) / max(
             1, video.steps(settings, result.index))
+        clip_eta.append((time.perf_counter(), left * per_frame))
+        if preview is not None:
+            preview.finish_frame(result.index, result.image)
         print(f"frame {result.index + 1}/{total}: {result.steps} steps, loss {result.loss:.4g} "
               f"(temporal {result.temporal:.3g}), "
               f"{result.seconds:.1f} s; clip {result.index + 1}/{total} frames, "
@@ -223,12 +247,15 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
     interrupted = False
     if first < total:
         with ctrl_c_at_visits() as ctrl_c:
-            def on_visit(index, step, steps, terms):
-                if ctrl_c.requested and step < steps:
+            def on_visit(visit):
+                if ctrl_c.requested and visit.step < visit.steps:
                     raise KeyboardInterrupt  # the unfinished frame is dropped; the rest are on disk
-                if settings.output.print_every and step % settings.output.print_every == 0 and step < steps:
-                    print(f"frame {index + 1}/{total}: step {step}/{steps}, loss "
-                          f"{float(terms['total']):.4g}", file=stream, flush=True)
+                if preview is not None:
+                    show(visit)
+                print_every = settings.output.print_every
+                if print_every and visit.step % print_every == 0 and visit.step < visit.steps:
+                    print(f"frame {visit.index + 1}/{total}: step {visit.step}/{visit.steps}, loss "
+                          f"{float(visit.terms['total']):.4g}", file=stream, flush=True)
 
             def write_then_check(result):
                 write_frame(result)
@@ -246,8 +273,11 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
             interrupted = interrupted or ctrl_c.requested
     done = next((i for i in range(total) if not store.path(i).exists()), total)
     if interrupted or done < total:
-        print(f"interrupted: {done} of {total} frames are in {store.folder}; run the same command "
-              f"again to continue", file=stream)
+        line = (f"interrupted: {done} of {total} frames are in {store.folder}; run the same command "
+                f"again to continue")
+        print(line, file=stream)
+        if preview is not None:
+            preview.end("interrupted", line)
         return ClipResult(done, total, True, time.perf_counter() - began)
     if video_io.is_video_path(output):
         video_io.encode_video(output, store.frames(), clip.fps, clip.source_size,
@@ -258,7 +288,10 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
             _remove_frames(store)
     else:
         store.finish()
-    print(f"done: {total} frames in {time.perf_counter() - began:.1f} s; wrote {output}", file=stream)
+    line = f"done: {total} frames in {time.perf_counter() - began:.1f} s; wrote {output}"
+    print(line, file=stream)
+    if preview is not None:
+        preview.end("done", line)
     return ClipResult(total, total, False, time.perf_counter() - began)
 
 
@@ -287,8 +320,10 @@ def _run(argv: Optional[Sequence[Any]], on_frame: Optional[Callable[[FrameResult
     args, settings, video = parse_and_validate(argv)
     if not args.no_compile_cache:
         enable_compile_cache()
-    return stylize_video_files(args, settings, video, lambda: load_weights(args.weights, args.preprocessing),
-                               on_frame=on_frame)
+    # Bound before the clip is read: a port in use ends the run here.
+    with preview_session(args.preview, run_title(args.content, args.styles)) as live:
+        return stylize_video_files(args, settings, video, lambda: load_weights(args.weights, args.preprocessing),
+                                   on_frame=on_frame, preview=live)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -143,6 +143,17 @@ _finished_temporal_loss = jax.jit(temporal_loss)
 
 
 @dataclasses.dataclass(frozen=True)
+class FrameVisit:
+    """What a clip's run shows its caller at a host visit during a frame."""
+
+    index: int  # the frame
+    step: int  # the frame's steps done
+    steps: int  # the frame's steps in all
+    terms: Dict[str, Any]  # {"total"/"content"/"style"/"tv"/"temporal": value} at the last evaluation
+    image: Callable[[], np.ndarray]  # () -> the frame as it stands: RGB in [0, 1], at the working size
+
+
+@dataclasses.dataclass(frozen=True)
 class FrameOptions:
     """How a clip's run meets its caller.
 
@@ -152,8 +163,8 @@ class FrameOptions:
         (nearest first, video.long_term of them or as many as there are).
       on_frame: called with each finished frame (write it there); may raise optimize.StopRun,
         which ends the call there (the caller catches it).
-      on_visit: called (frame index, step, steps, terms) at host visits; raising StopRun there
-        stops the run without finishing the frame.
+      on_visit: called with a FrameVisit at host visits; raising StopRun there stops the run
+        without finishing the frame.
       intervals: step intervals at which to visit the host.
       regions: the clip's regions (engine.regions.Regions; the content guides those of every
         frame, or of the first one when VideoSettings.regions_follow_flow).
@@ -164,7 +175,7 @@ class FrameOptions:
     first_index: int = 0
     recent_pixels: Sequence[np.ndarray] = ()
     on_frame: Optional[Callable[[FrameResult], None]] = None
-    on_visit: Optional[Callable[[int, int, int, Dict[str, Any]], None]] = None
+    on_visit: Optional[Callable[[FrameVisit], None]] = None
     intervals: Tuple[int, ...] = ()
     regions: Optional[Regions] = None
     frame_guides: Optional[Sequence[np.ndarray]] = None
@@ -244,6 +255,13 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
         rgb, pixels, _ = prepare_images(clip[index], [], settings)
         return rgb, pixels
 
+    def optimized_pixels(pixels):  # at the true size; L-BFGS runs unconstrained: clipped, as a run's end is
+        optimized = np.asarray(pixels)[:true_shape[0], :true_shape[1]]
+        return optimized if spec.projects_pixels else np.clip(optimized, 0.0, settings.loss.pixel_range)
+
+    def finished_frame(pixels, content_rgb, keep):
+        return finish_image(optimized_pixels(pixels), content_rgb, settings, keep)
+
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         def motions_of(index):  # flows from frames index − 1, − 2, … to index, on the thread
@@ -290,9 +308,10 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                 extent=extent)
             steps = video.steps(settings, index)
 
-            def visit(step, current, terms, index=index, steps=steps):
+            def visit(step, current, terms, index=index, steps=steps, content_rgb=content_rgb, keep=keep):
                 if options.on_visit is not None:
-                    options.on_visit(index, step, steps, terms)
+                    options.on_visit(FrameVisit(index, step, steps, terms,
+                                                lambda: finished_frame(current, content_rgb, keep)))
 
             # In pieces (about half a second each): a notebook's interrupt stops the device's
             # work there, not after the frame's whole chunk.
@@ -300,9 +319,7 @@ def stylize_frames(frames: Sequence[npt.ArrayLike], styles: Sequence[npt.ArrayLi
                            options.intervals, visit, pieces=Pieces())
             if run.interrupted:
                 return done, True
-            optimized = np.asarray(run.pixels)[:true_shape[0], :true_shape[1]]
-            if not spec.projects_pixels:  # L-BFGS runs unconstrained: clip, as at the end of a run
-                optimized = np.clip(optimized, 0.0, settings.loss.pixel_range)
+            optimized = optimized_pixels(run.pixels)
             history = [optimized] + history[: look_back - 1]
             temporal = video.temporal_weight * float(_finished_temporal_loss(optimized, previous, masks))
             result = FrameResult(index, finish_image(optimized, content_rgb, settings, keep), optimized,
