@@ -35,7 +35,7 @@ class Seen:
     """What a view has been sent so far (`LiveRun.snapshot` sends the rest)."""
 
     version: int = -1
-    described: bool = False
+    described: int = -1  # the description's (`describe` may come after a page connects)
     epoch: int = -1  # the loss history's (a video frame starts a new one)
     points: int = 0
     images: int = 0
@@ -70,6 +70,7 @@ class LiveRun:
         self.labels: Tuple[str, ...] = ("",)
         self.settings: Dict[str, Any] = {}
         self.kind = "image"
+        self.described = 0
         self.status, self.message, self.problem = "starting", "", ""
         self.step, self.total, self.scale = 0, 0, ""
         self.rate: Optional[float] = None
@@ -99,6 +100,7 @@ class LiveRun:
         with self._changed:
             self.labels, self.settings, self.kind = tuple(labels) or ("",), dict(settings), kind
             self.total, self.frames_total = total, frames
+            self.described += 1
             self._bump()
 
     def progress(self, step: int, total: Optional[int] = None, terms: Optional[Mapping[str, Any]] = None,
@@ -211,7 +213,7 @@ class LiveRun:
                 "version": self.version, "status": self.status, "message": self.message, "problem": self.problem,
                 "step": self.step, "total": self.total, "rate": self.rate, "seconds_left": self.seconds_left,
                 "scale": self.scale, "frame": self.frame, "frames_total": self.frames_total}
-            if not seen.described:
+            if seen.described != self.described:
                 state["info"] = {"title": self.title, "labels": list(self.labels), "kind": self.kind,
                                  "settings": self.settings}
             fresh = seen.epoch != self.epoch
@@ -221,7 +223,7 @@ class LiveRun:
             if seen.frames != self.frames_made:
                 new = self.frames_made - seen.frames
                 state["frames"] = [list(frame) for frame in self.frames[-new:]]
-            return state, Seen(self.version, True, self.epoch, len(self.points), self.image_version, self.frames_made)
+            return state, Seen(self.version, self.described, self.epoch, len(self.points), self.image_version, self.frames_made)
 
     # -- the worker -------------------------------------------------------------------------
 
