@@ -26,8 +26,9 @@ DEFAULT_MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 # way), remat (what --remat blocks / tiles save and cost), largest (the largest image one device
 # runs), lbfgs (one L-BFGS update in each form), checkpoint (what --checkpoint-every costs),
 # buckets (what shape buckets cost per step and save in compiles), regions (what spatial control
-# costs per step, in memory and in a whole command).
-SUBCOMMANDS = ("e2e", "remat", "largest", "lbfgs", "checkpoint", "buckets", "regions")
+# costs per step, in memory and in a whole command), preview (what --preview costs a run, how soon
+# its page shows a visit, and the README's screenshots).
+SUBCOMMANDS = ("e2e", "remat", "largest", "lbfgs", "checkpoint", "buckets", "regions", "preview")
 OPTIMIZERS = ("adam", "lbfgs")
 DTYPES = ("float32", "bfloat16")
 MIN_SIZE = 16  # VGG's four 2×2 pools must leave at least one pixel for conv5_1

@@ -329,9 +329,11 @@ def test_a_batch_command_streams_its_run_and_ends_its_page(synthetic_params_path
          synthetic_params_path, *CHEAP_FLAGS, "--num-steps", "30", "-o", output, "--preview", "0"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        first_line = process.stderr.readline()
+        said = [process.stderr.readline() for _ in range(1)]
+        while not said[-1].startswith("preview: ") and said[-1]:  # a library's warning may come first
+            said.append(process.stderr.readline())
         url = re.fullmatch(r"preview: (http://127\.0\.0\.1:\d+/) \(open it in a browser; it ends with the run\)\n",
-                           first_line).group(1)
+                           said[-1]).group(1)
         events = _events(url)
         rest = process.stderr.read()
     finally:
@@ -406,3 +408,27 @@ def test_the_notebook_view_draws_a_batch_in_one_cell(params):
         _matches(uri, result.image, preview_side(2))
     assert final.count("<polyline") == 4  # total, content, style, tv of the first output
     assert any('data-status="running"' in html for html in drawn[:-1])
+
+
+def test_the_notebook_view_updates_one_ipython_display_in_place():
+    """Without a display of its own, NotebookPreview draws through IPython's display machinery:
+    one display made when it starts, then updates of that display (what a notebook redraws)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from nst_jax import NotebookPreview
+    from nst_jax.engine.stylize import Visit
+    shell = InteractiveShell.instance()
+    published = []
+    original = shell.display_pub.publish
+    shell.display_pub.publish = lambda data, metadata=None, **kwargs: published.append((data, kwargs))
+    try:
+        with NotebookPreview(title="in a notebook", min_interval=0) as preview:
+            image = np.full((24, 32, 3), 0.5, np.float32)
+            preview(Visit(step=10, total_steps=20, terms={"total": np.array([2.0])}, images=lambda: [image]))
+    finally:
+        shell.display_pub.publish = original
+    first, *updates = published
+    display_id = first[1]["transient"]["display_id"]
+    assert not first[1].get("update") and updates
+    assert all(kwargs.get("update") and kwargs["transient"]["display_id"] == display_id for _, kwargs in updates)
+    final = updates[-1][0]["text/html"]
+    assert 'data-status="done"' in final and "in a notebook" in final and "<img src=\"data:image/jpeg" in final

@@ -11,14 +11,13 @@ NST_JAX_REQUIRE_BROWSER=1, which turns that skip into a failure.
 import base64
 import io
 import os
-import shutil
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
 
 from nst_jax.cli.files import BatchRequest, stylize_files  # noqa: E402
 from nst_jax.cli.preview import preview_session  # noqa: E402
@@ -29,36 +28,23 @@ from nst_jax.preview.live import LiveRun  # noqa: E402
 from nst_jax.preview.server import PreviewServer  # noqa: E402
 from nst_jax.preview.thumbnails import FRAME_SIDE, preview_side, thumbnail  # noqa: E402
 from nst_jax.weights.fetch import load_weights  # noqa: E402
+from bench.browser import INSTALL_HINT, browser_paths, open_browser  # noqa: E402
 from datafiles import IMAGES  # noqa: E402
 from test_preview import JPEG_MEAN_LEVELS, _blocks  # noqa: E402
 
 CONTENT, STYLE, STYLE_2 = IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg", IMAGES / "the_scream.jpg"
-# Chromium as root on a closed network: no sandbox, and none of its background connections.
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--window-size=1280,900")
 PAGE_TIMEOUT_S = 20  # for the page to show what the run has published (it takes well under a second)
 STYLE_COLOR = (0xFF, 0x94, 0x48)  # the page's colour for the style term's curve
 
 
-def _binary(*names):
-    return next((path for path in map(shutil.which, names) if path), None)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver = _binary("chromium", "chromium-browser"), _binary("chromedriver")
-    if chromium is None or driver is None:
-        reason = "no Chromium and ChromeDriver on this machine (Debian: apt-get install chromium chromium-driver)"
+    if browser_paths() is None:
+        reason = f"no Chromium and ChromeDriver on this machine ({INSTALL_HINT})"
         if os.environ.get("NST_JAX_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{reason}, and NST_JAX_REQUIRE_BROWSER=1")
         pytest.skip(reason)
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    with webdriver.Chrome(service=Service(driver), options=options) as session:
+    with open_browser() as session:
         yield session
 
 

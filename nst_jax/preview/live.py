@@ -35,6 +35,7 @@ class Seen:
     """What a view has been sent so far (`LiveRun.snapshot` sends the rest)."""
 
     version: int = -1
+    news: int = -1  # the state's `news` count (`LiveRun.news`)
     described: int = -1  # the description's (`describe` may come after a page connects)
     epoch: int = -1  # the loss history's (a video frame starts a new one)
     points: int = 0
@@ -66,7 +67,12 @@ class LiveRun:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.title, self.min_interval, self.clock = title, min_interval, clock
         self._changed = threading.Condition()
+        # Every change bumps `version`; `news` counts the ones a page shows at once (a point of
+        # the curve, images, frames, the description, the status). A change of the numbers alone
+        # (a piece's step and speed) can wait: views send those at most about once a second, as
+        # each wake-up of a browser takes a core from the run's threads for a moment.
         self.version = 0
+        self.news = 0
         self.labels: Tuple[str, ...] = ("",)
         self.settings: Dict[str, Any] = {}
         self.kind = "image"
@@ -110,6 +116,7 @@ class LiveRun:
         from the calls), and the scale ("scale 2/3 (362 px)")."""
         now = self.clock()
         with self._changed:
+            news = terms is not None or self.status == "starting"
             if self.status == "starting":
                 self.status = "running"
             segment = (scale, self.frame)
@@ -128,7 +135,7 @@ class LiveRun:
                 if len(self.points) > MAX_POINTS:
                     self.points = self.points[:-MAX_POINTS // 2:2] + self.points[-MAX_POINTS // 2:]
                     self.epoch += 1
-            self._bump()
+            self._bump(news)
 
     def offer_images(self, step: int, images: Images) -> None:
         """The images at `step`, made into previews on the worker when it is next free (an offer
@@ -201,6 +208,11 @@ class LiveRun:
             self._changed.wait_for(lambda: self.version != version or stop(), timeout)
             return self.version
 
+    def wait_news(self, news: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
+        """Block until there is news since `news` (a Seen's), `stop()` holds or `timeout` passes."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.news != news or stop(), timeout)
+
     def wake(self) -> None:
         """Wake every `wait`, to look at its `stop` again."""
         with self._changed:
@@ -223,12 +235,13 @@ class LiveRun:
             if seen.frames != self.frames_made:
                 new = self.frames_made - seen.frames
                 state["frames"] = [list(frame) for frame in self.frames[-new:]]
-            return state, Seen(self.version, self.described, self.epoch, len(self.points), self.image_version, self.frames_made)
+            return state, Seen(self.version, self.news, self.described, self.epoch, len(self.points), self.image_version, self.frames_made)
 
     # -- the worker -------------------------------------------------------------------------
 
-    def _bump(self) -> None:  # under the lock
+    def _bump(self, news: bool = True) -> None:  # under the lock
         self.version += 1
+        self.news += news
         self._changed.notify_all()
 
     def _start_worker(self) -> None:  # under the lock

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 import socket
+import socketserver
 import threading
 import time
 from importlib import resources
@@ -25,7 +26,8 @@ from nst_jax.errors import UserInputError, reason
 from nst_jax.preview.live import LiveRun, Seen
 
 DEFAULT_HOST = "127.0.0.1"
-EVENTS_PER_SECOND = 5
+EVENTS_PER_SECOND = 5  # at most: news (a visit's point and images, the end) goes out at once
+NUMBERS_SECONDS = 1.0  # a change of the numbers alone (step, speed) waits up to this for company
 KEEPALIVE_SECONDS = 10.0  # a comment line this often finds a browser that went away
 SEND_TIMEOUT_SECONDS = 10.0  # a browser that takes no data for this long is dropped
 END_GRACE_SECONDS = 2.0  # how long a finished run waits for open pages to receive its end
@@ -64,6 +66,13 @@ def _page() -> bytes:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     live: LiveRun
+
+    def server_bind(self) -> None:
+        # HTTPServer's own looks the address up in DNS (socket.getfqdn), which can hang for
+        # seconds on a closed network; the name is only used in error pages.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
     loopback: bool
     closing: threading.Event
     feeds: int
@@ -118,7 +127,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         with server.feeds_ended:
             server.feeds += 1
-        seen, version = Seen(), -1
+        seen, version, sent = Seen(), -1, 0.0
         try:
             while not server.closing.is_set():
                 version = live.wait(version, KEEPALIVE_SECONDS, server.closing.is_set)
@@ -128,7 +137,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(b": keepalive\n\n")
                     self.wfile.flush()
                     continue
+                if live.news == seen.news:  # numbers alone: sent with the next news, or after a while
+                    live.wait_news(seen.news, sent + NUMBERS_SECONDS - time.monotonic(), server.closing.is_set)
                 state, seen = live.snapshot(seen)
+                sent = time.monotonic()
                 self.wfile.write(b"data: " + json.dumps(state, default=str).encode() + b"\n\n")
                 self.wfile.flush()
                 if state["status"] in ("done", "interrupted", "failed"):
@@ -171,7 +183,7 @@ class PreviewServer:
         self.server.feeds, self.server.feeds_ended = 0, threading.Condition()
         self.live = live
         self.host, self.port = host, self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="nst-jax preview server", daemon=True)
         self._thread.start()
 
