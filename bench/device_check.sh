@@ -50,8 +50,12 @@ log() { echo "[device_check $(( $(date +%s) - started ))s] $*" | tee -a "$out/de
 if (( dry )); then
   export JAX_PLATFORMS=cpu
   # One quick test stands for the tests step: the suite that runs this dry run runs them all.
-  budget=900 sizes="64:20,48:20" tests=(tests/test_lbfgs.py::test_first_step_is_capped_by_the_gradient_l1_norm)
+  # One e2e size: each costs 6-7 processes (~35 s of the suite); later sizes differ only in
+  # leaving the extra dtype out.
+  budget=900 sizes="64:20" tests=(tests/test_lbfgs.py::test_first_step_is_capped_by_the_gradient_l1_norm)
   test_timeout=300 e2e_timeout=300
+  # The matrix-multiply peak at one small size: the default sizes take ~15 s on this CPU.
+  step_extra=(--matmul-sizes 128)
   step_sizes=32 step_optimizers=adam step_timeout=200 largest_sizes=32 largest_timeout=120 lbfgs_sizes=32
   lbfgs_timeout=120
   compile_flags=("--xla_cpu_enable_fast_math=false") compile_timeout=120 first_timeout=300
@@ -61,7 +65,7 @@ else
   # Seen on an H200 (BENCHMARKS.md): a cold nst-jax run ~40 s (XLA's autotuning), warm 7 s,
   # PyTorch's 13-17 s; the bfloat16 run compiles anew (~40 s). So bfloat16 at the first size only.
   sizes=${DEVICE_CHECK_SIZES:-512:500,1024:200} first_timeout=150 e2e_timeout=100
-  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_optimizers=adam,lbfgs step_timeout=60
+  step_sizes=${DEVICE_CHECK_STEP_SIZES:-none} step_optimizers=adam,lbfgs step_timeout=60 step_extra=()
   lbfgs_sizes=512,1024 lbfgs_timeout=45
   largest_sizes="8192,12288,16384" largest_timeout=90 test_timeout=${DEVICE_CHECK_TEST_TIMEOUT:-40}
   tests=(tests/test_lbfgs.py tests/test_losses.py tests/test_vgg_numerics.py tests/test_batch.py)
@@ -142,7 +146,8 @@ if [[ "$step_sizes" != none ]]; then
   log "the step (diagnosis): $step_sizes px, $step_optimizers, against PyTorch's"
   step step "$step_timeout" "$out/step.log" "$out/step.err" \
     $python -m bench --sizes "$step_sizes" --optimizers "$step_optimizers" --dtypes float32 --steps 5 --warmup 2 \
-    --long-chunk-steps 10 --batch-sizes none --long-run none --out "$out" --markdown "$out/step.md"
+    --long-chunk-steps 10 --batch-sizes none --long-run none ${step_extra[@]:+"${step_extra[@]}"} --out "$out" \
+    --markdown "$out/step.md"
 fi
 log "tests"
 step tests "$test_timeout" "$out/tests.log" "$out/tests.err" \

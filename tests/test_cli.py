@@ -495,7 +495,8 @@ def no_compute(monkeypatch):
     """stylize_files replaced by a recorder: main runs up to the computation and no further."""
     calls = []
 
-    def stylize_files(content, styles, output, settings, load_weights, batch=None, checkpoint=None, timings=None):
+    def stylize_files(content, styles, output, settings, load_weights, batch=None, checkpoint=None, timings=None,
+                      preview=None):
         calls.append(settings)
         return [(output, types.SimpleNamespace(interrupted=False))]
 

@@ -33,6 +33,9 @@ from datafiles import IMAGES  # noqa: E402
 from test_preview import JPEG_MEAN_LEVELS, _blocks  # noqa: E402
 
 CONTENT, STYLE, STYLE_2 = IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg", IMAGES / "the_scream.jpg"
+# test_video's cheap clip flags at a size of our own: test_video counts the programs its clips
+# compile, which a clip of its own size run earlier in the process would have compiled already.
+OWN_SIZE = ("--image-size", "40")
 PAGE_TIMEOUT_S = 20  # for the page to show what the run has published (it takes well under a second)
 STYLE_COLOR = (0xFF, 0x94, 0x48)  # the page's colour for the style term's curve
 
@@ -137,7 +140,7 @@ def test_the_page_shows_a_clips_frames_as_they_finish(browser, synthetic_params_
     from test_video import CHEAP_FLAGS as VIDEO_FLAGS, translating, write_folder
     clip = write_folder(tmp_path / "clip", translating(3))
     args, settings, video = video_cli.parse_and_validate(
-        [clip, STYLE, "--weights", synthetic_params_path, *VIDEO_FLAGS, "-o", tmp_path / "out"])
+        [clip, STYLE, "--weights", synthetic_params_path, *VIDEO_FLAGS, "-o", tmp_path / "out", *OWN_SIZE])
     live = LiveRun("clip in the style of starry_night.jpg")
     server = PreviewServer(("127.0.0.1", 0), live)
     try:
