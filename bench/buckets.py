@@ -9,7 +9,6 @@ STEP_SECONDS_PER_MEGAPIXEL, COMPILE_SECONDS).
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from PIL import Image
 
 from bench.e2e import DEFAULT_IMAGES, PICTURES, _prepare, run_process
 from bench.flags import at_least
-from bench.machine import describe_machine
+from bench.machine import publish
 from bench.timing import chunk_steps_in_turns
 from nst_jax.engine.buckets import bucket_side, padding_share
 from nst_jax.errors import bad_input_exits_2
@@ -154,11 +153,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     results = measure(at_least("--size", args.size, 64), at_least("--steps", args.steps, 20),
                       at_least("--rounds", args.rounds, 3))
-    machine = describe_machine()
-    results["machine"] = machine
-    if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=1))
-    print(markdown(results, machine.get("cpu_model", "this machine")))
+    publish(results, args.out, markdown)
     return 0
 
 

@@ -143,3 +143,15 @@ def device_memory():
         return None
     keys = ("bytes_in_use", "peak_bytes_in_use", "bytes_limit", "largest_alloc_size")
     return {key: int(stats[key]) for key in keys if key in stats}
+
+
+def publish(results, out, markdown):
+    """A bench subcommand's ending: `results` get this machine's description, go to `out` as
+    JSON when it is given, and `markdown(results, cpu model)` is printed."""
+    import json
+
+    machine = describe_machine()
+    results["machine"] = machine
+    if out is not None:
+        out.write_text(json.dumps(results, indent=1))
+    print(markdown(results, machine.get("cpu_model", "this machine")))

@@ -29,7 +29,7 @@ from PIL import Image
 from bench.browser import open_browser
 from bench.e2e import DEFAULT_IMAGES, REPO_ROOT, _prepare
 from bench.flags import at_least
-from bench.machine import describe_machine
+from bench.machine import publish
 from nst_jax.errors import bad_input_exits_2
 
 PAGE_TIMEOUT_S = 60
@@ -279,11 +279,7 @@ def main(argv=None):
         return 0
     results = measure(at_least("--size", args.size, 64), at_least("--steps", args.steps, 10),
                       at_least("--rounds", args.rounds, 3))
-    machine = describe_machine()
-    results["machine"] = machine
-    if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=1))
-    print(markdown(results, machine.get("cpu_model", "this machine")))
+    publish(results, args.out, markdown)
     return 0
 
 

@@ -369,3 +369,22 @@ def test_lbfgs_bench_full_state_is_one_the_forms_agree_on():
         assert int(after.newest) == 0 and int(after.kept) == 5  # slot 0, the oldest, replaced
         updates.append(np.asarray(update))
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-4, atol=1e-6)
+
+
+def test_preview_bench_reports_its_rounds_cpu_and_latency():
+    """bench/preview.py's table from a run's results, and the CPU it reads from /proc."""
+    from bench import preview
+
+    results = {"size": 256, "steps": 50, "rounds": 2, "ratio": 1.006,
+               "steps_seconds": {"off": [20.0, 22.0], "on": [20.5, 21.8]},
+               "cpu_mean": {"off": {"chromium": 0.02, "python": 0.65, "xla": 45.0},
+                            "on": {"chromium": 0.40, "python": 0.68, "xla": 45.2}}, "cpu_share": 0.009,
+               "latency_s": {"median": 0.2, "max": 0.216, "visits": 10},
+               "commands": {"plain": {"wall_s": 29.6, "programs": 7, "compile_s": 4.5}}}
+    table = preview.markdown(results, "a CPU")
+    assert "| with the page open | 21.15 | 20.50, 21.80 | 1.006 |" in table
+    assert "Chromium 0.02 → 0.40" in table and "0.9 % of the CPU" in table and "at most 216 ms" in table
+    before = preview.cpu_seconds()
+    sum(i * i for i in range(300_000))  # some CPU in this process's main thread
+    after = preview.cpu_seconds()
+    assert set(before) == {"chromium", "python", "xla"} and after["python"] >= before["python"]

@@ -30,7 +30,7 @@ from nst_jax.cli.preview import preview_session
 from nst_jax.errors import UserInputError
 from nst_jax.imaging.images import load_image
 from nst_jax.preview import live as live_module
-from nst_jax.preview.live import LiveRun, Seen
+from nst_jax.preview.live import LiveRun
 from nst_jax.preview.server import PreviewServer, parse_address
 from nst_jax.preview.thumbnails import preview_side, thumbnail
 from datafiles import IMAGES
