@@ -36,8 +36,11 @@ def test_two_hosts_write_what_one_host_writes(synthetic_params_path, tmp_path):
     outputs = [tmp_path / f"host{i}" for i in range(2)]
     for folder in outputs:
         folder.mkdir()
+    # With --preview: the first host serves, and every host gathers the images at each visit (a
+    # collective: a host that skipped it would hang the others).
     hosts = [subprocess.Popen(_command(synthetic_params_path, outputs[i] / "out.png", "--coordinator",
-                                       f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
+                                       f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+                                       "--preview", "127.0.0.1:0"),
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
@@ -46,6 +49,7 @@ def test_two_hosts_write_what_one_host_writes(synthetic_params_path, tmp_path):
         for host in hosts:
             host.kill()
     assert [host.returncode for host in hosts] == [0, 0], [log[1][-2000:] for log in logs]
+    assert ["preview: http://127.0.0.1:" in log[1] for log in logs] == [True, False]
 
     single = tmp_path / "single"
     single.mkdir()
