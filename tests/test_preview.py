@@ -6,6 +6,7 @@ the page's end states, a real command's event stream, a clip's frames, and the n
 The page itself, in headless Chromium: tests/test_preview_browser.py.
 """
 
+import base64
 import contextlib
 import http.client
 import io
@@ -60,8 +61,7 @@ def _main(main, argv):
 
 
 def _decode(uri):
-    """A data: URI's JPEG as float RGB in [0, 1]."""
-    import base64
+    """A data: URI's image (the previews' JPEG, a canvas's PNG) as float RGB in [0, 1]."""
     encoded = uri.split(",", 1)[1]
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB"), np.float32) / 255
 

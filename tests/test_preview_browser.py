@@ -8,14 +8,12 @@ Chromium is installed; CI installs it (Debian: chromium, chromium-driver) and se
 NST_JAX_REQUIRE_BROWSER=1, which turns that skip into a failure.
 """
 
-import base64
 import io
 import os
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("selenium.webdriver")
 
@@ -30,7 +28,7 @@ from nst_jax.preview.thumbnails import FRAME_SIDE, preview_side, thumbnail  # no
 from nst_jax.weights.fetch import load_weights  # noqa: E402
 from bench.browser import INSTALL_HINT, browser_paths, open_browser  # noqa: E402
 from datafiles import IMAGES  # noqa: E402
-from test_preview import JPEG_MEAN_LEVELS, _blocks  # noqa: E402
+from test_preview import JPEG_MEAN_LEVELS, _blocks, _decode  # noqa: E402
 
 CONTENT, STYLE, STYLE_2 = IMAGES / "tubingen.jpg", IMAGES / "starry_night.jpg", IMAGES / "the_scream.jpg"
 # test_video's cheap clip flags at a size of our own: test_video counts the programs its clips
@@ -68,13 +66,12 @@ def _wait(browser, script, what):
 
 def _cell_pixels(browser, selector, index):
     """The RGB pixels of the index-th <img> under `selector`, as the page holds them."""
-    uri = _js(browser, f"""
+    return _decode(_js(browser, f"""
         const img = document.querySelectorAll({selector!r})[{index}];
         const canvas = document.createElement("canvas");
         canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
         canvas.getContext("2d").drawImage(img, 0, 0);
-        return canvas.toDataURL("image/png");""")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"), np.float32) / 255
+        return canvas.toDataURL("image/png");"""))
 
 
 def _shows(browser, selector, index, image, side):
@@ -124,15 +121,10 @@ def test_the_page_follows_a_batch_sweep_to_its_end(browser, synthetic_params_pat
         for index, (path, result) in enumerate(results):
             assert path.endswith(f"out_{labels[index]}.png")
             _shows(browser, "#grid img", index, load_image(path), preview_side(4))
-        plot = _cell_pixels_of_canvas(browser, "plot")
+        plot = _decode(_js(browser, "return document.getElementById('plot').toDataURL('image/png')"))
         assert (np.abs(plot - np.asarray(STYLE_COLOR, np.float32) / 255).max(-1) < 0.1).sum() > 50
     finally:
         server.close(grace=0)
-
-
-def _cell_pixels_of_canvas(browser, canvas_id):
-    uri = _js(browser, f"return document.getElementById({canvas_id!r}).toDataURL('image/png')")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"), np.float32) / 255
 
 
 def test_the_page_shows_a_clips_frames_as_they_finish(browser, synthetic_params_path, tmp_path):

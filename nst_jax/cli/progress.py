@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional, TextIO
 
 from tqdm import tqdm
 
+from nst_jax.engine.timings import format_seconds
 
 FALLBACK_COLUMNS, FALLBACK_ROWS = 100, 24
 # tqdm's own bar without its time left, which counts all steps at the current scale's rate: ours
@@ -26,11 +27,6 @@ def _reports_no_width(stream):
         return os.get_terminal_size(stream.fileno()).columns == 0
     except (OSError, ValueError, AttributeError):  # not a terminal's file descriptor
         return False
-
-
-def _format_seconds(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def write_line(line: str, stream: Optional[TextIO] = None) -> None:
@@ -114,7 +110,7 @@ class ProgressBar:
             rate = (step - self.first_step) / elapsed if elapsed > 0 and step > self.first_step else None
         left = self.total - step if work_left is None else work_left
         self.rate, self.seconds_left = rate, left / rate if rate else None
-        eta = _format_seconds(left / rate) if rate else "?"
+        eta = format_seconds(left / rate) if rate else "?"
         loss = format_terms(self.terms)
         label = f"{scale}, {self.label}" if scale else self.label
         if self.interactive:

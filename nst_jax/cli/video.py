@@ -28,6 +28,7 @@ from nst_jax.engine.optimize import StopRun
 from nst_jax.engine.plan import check_fits, plan_run
 from nst_jax.engine.regions import Regions
 from nst_jax.engine.stages import InputShapes
+from nst_jax.engine.timings import format_seconds
 from nst_jax.errors import UserInputError
 from nst_jax.imaging import color, images
 from nst_jax.preview.live import LiveRun
@@ -143,11 +144,6 @@ def parse_and_validate(argv: Optional[Sequence[Any]] = None) -> Tuple[argparse.N
     return args, settings, video
 
 
-def _format_seconds(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _manifest(args, clip, settings, video, params_metadata):
     """What must match for a rerun to continue a frames folder (progress flags do not count)."""
     image_settings = {k: v for k, v in settings.to_dict().items() if k not in ("print_every", "save_every")}
@@ -240,7 +236,7 @@ def stylize_video_files(args: argparse.Namespace, settings: Settings, video: Vid
         print(f"frame {result.index + 1}/{total}: {result.steps} steps, loss {result.loss:.4g} "
               f"(temporal {result.temporal:.3g}), "
               f"{result.seconds:.1f} s; clip {result.index + 1}/{total} frames, "
-              f"eta {_format_seconds(left * per_frame)}", file=stream, flush=True)
+              f"eta {format_seconds(left * per_frame)}", file=stream, flush=True)
         if on_frame is not None:
             on_frame(result)
 

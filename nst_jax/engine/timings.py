@@ -25,6 +25,13 @@ BACKEND_COMPILE_EVENT = COMPILE_EVENTS[-1]
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # a program loaded from the persistent cache
 
 
+def format_seconds(seconds: float) -> str:
+    """A time left as people read it: "4:07" under an hour, "2h05m" from one (progress bars,
+    the video command's lines, the notebook preview)."""
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def process_age_seconds() -> Optional[float]:
     """Seconds since this process started (Linux /proc; None elsewhere): start-up and imports."""
     try:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nst_jax.engine.checkpoint import host_terms
 from nst_jax.preview.thumbnails import FRAME_SIDE, preview_side, previews
 
 # What a run can be: "starting" until its first step (loading, compiling), then "running", and
@@ -43,15 +44,11 @@ class Seen:
     frames: int = 0
 
 
-def _number(value: Any) -> Optional[float]:
-    """A float JSON can carry: NaN and ±inf as None (the page draws a gap)."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def member_terms(terms: Mapping[str, Any]) -> Dict[str, List[Optional[float]]]:
-    """{"total": array of one value per output, ...} -> {"total": [floats], ...}."""
-    return {name: [_number(v) for v in np.ravel(np.asarray(values, np.float64))] for name, values in terms.items()}
+    """{"total": array of one value per output, ...} -> {"total": [floats], ...}, NaN and ±inf
+    as None (JSON has neither; the page draws a gap)."""
+    return {name: [value if math.isfinite(value) else None for value in values]
+            for name, values in host_terms(terms).items()}
 
 
 class LiveRun:

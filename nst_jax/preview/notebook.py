@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from nst_jax.engine.stylize import StylizeResult, Visit
+from nst_jax.engine.timings import format_seconds
 from nst_jax.preview.live import LiveRun
 from nst_jax.video.transfer import FrameVisit
 
@@ -36,10 +37,7 @@ def _ipython_display() -> Callable[[str], None]:
 
 
 def _seconds(value: Optional[float]) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    value = int(round(value))
-    return f"{value // 60}:{value % 60:02d}" if value < 3600 else f"{value // 3600}h{value % 3600 // 60:02d}m"
+    return format_seconds(value) if value is not None and math.isfinite(value) else "–"
 
 
 def loss_svg(points: Sequence[Dict[str, Any]], member: int = 0) -> str:
